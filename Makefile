@@ -1,0 +1,38 @@
+# Two commands set everything up on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.motfm-installed
+# Prefect's local embedded mode: SQLite under this folder, no server to start.
+export PREFECT_HOME ?= $(CURDIR)/.prefect
+export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_LOGGING_EXTRA_LOGGERS ?= motfm_core
+
+.PHONY: demo test venv data clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[test]'
+	touch $@
+
+# Debian's mricron-data gives the second real brain (Colin27 + AAL); installed when we can (root + apt).
+data:
+	@if [ ! -d /usr/share/mricron/templates ]; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq mricron-data >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq mricron-data)) \
+	      || echo "warning: mricron-data not installed; the demo uses the nilearn brain only"; \
+	  else echo "warning: /usr/share/mricron/templates missing (sudo apt-get install mricron-data); the demo uses the nilearn brain only"; fi; \
+	fi
+
+demo: venv data
+	$(PY) -m flows.synth_and_eval --run-name demo
+
+test: venv
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf outputs/demo .prefect

@@ -1,0 +1,188 @@
+"""Typed configuration for every stage; each config is saved with the artifact it produced.
+
+Defaults run on a 2-core CPU in minutes. `from_dict` refuses unknown keys so a typo in a
+deployment parameter fails before any heavy work, naming the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
+    """Build dataclass `cls` from `values`, raising on keys it does not have."""
+    values = dict(values or {})
+    names = {f.name for f in fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        label = where or cls.__name__
+        raise ValueError(f"{label}: unknown parameter(s) {unknown}; valid ones are {sorted(names)}")
+    for f in fields(cls):  # JSON/YAML give lists where the dataclass holds tuples
+        if f.name in values and isinstance(values[f.name], list):
+            values[f.name] = tuple(values[f.name])
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def config_hash(*configs: Any) -> str:
+    """Stable short hash of one or more dataclass configs (used to key cached stages)."""
+    payload = json.dumps([asdict(c) if dataclasses.is_dataclass(c) else c for c in configs], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()[:16]
+
+
+def _check(cond: bool, msg: str) -> None:
+    if not cond:
+        raise ValueError(msg)
+
+
+@dataclass
+class DataConfig:
+    """How the real dataset is built. `source` is `brain-mri` (bundled), a `.npz`, or a folder with labels.csv."""
+
+    source: str = "brain-mri"
+    image_size: int = 48
+    spatial_dims: int = 2
+    depth: int = 16  # 3D only: slices per crop along the last axis
+    val_fraction: float = 0.15  # folders/npz without a given split: patient-level fractions
+    test_fraction: float = 0.15
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.spatial_dims in (2, 3), f"data.spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        _check(8 <= self.image_size <= 512 and self.image_size % 8 == 0,
+               f"data.image_size must be a multiple of 8 in [8, 512], got {self.image_size}")
+        _check(self.depth % 4 == 0 and self.depth >= 4, f"data.depth must be a multiple of 4 >= 4, got {self.depth}")
+        _check(0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5,
+               "data.val_fraction and data.test_fraction must lie in (0, 0.5)")
+
+
+@dataclass
+class ModelConfig:
+    """MONAI `DiffusionModelUNet` backbone used as the velocity field v(x_t, t, y)."""
+
+    spatial_dims: int = 2
+    in_channels: int = 1
+    num_classes: int = 3
+    channels: tuple[int, ...] = (32, 64, 64)
+    attention_levels: tuple[bool, ...] = (False, False, True)
+    num_res_blocks: int = 1
+    num_head_channels: int = 32
+    norm_num_groups: int = 32
+    image_size: int = 48
+    depth: int = 16  # 3D only
+
+    def validate(self) -> None:
+        _check(len(self.channels) == len(self.attention_levels),
+               f"model.channels {self.channels} and model.attention_levels {self.attention_levels} differ in length")
+        _check(all(c % self.norm_num_groups == 0 for c in self.channels),
+               f"model.channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
+        down = 2 ** (len(self.channels) - 1)
+        _check(self.image_size % down == 0, f"model.image_size {self.image_size} must be divisible by {down}")
+        _check(self.num_classes >= 1, "model.num_classes must be >= 1")
+
+
+@dataclass
+class TrainConfig:
+    """Flow-matching optimisation recipe."""
+
+    steps: int = 1200
+    batch_size: int = 32
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    warmup_steps: int = 100
+    ema_decay: float = 0.995
+    grad_clip: float = 1.0
+    time_sampling: str = "uniform"  # or "logit_normal"
+    coupling: str = "independent"  # or "ot" (minibatch exact OT, within class)
+    class_dropout: float = 0.1  # drop labels to the null class for classifier-free guidance
+    checkpoint_every: int = 200
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.steps >= 1 and self.batch_size >= 1, "train.steps and train.batch_size must be >= 1")
+        _check(self.time_sampling in ("uniform", "logit_normal"),
+               f"train.time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}")
+        _check(self.coupling in ("independent", "ot"),
+               f"train.coupling must be 'independent' or 'ot', got {self.coupling!r}")
+        _check(0.0 <= self.class_dropout < 1.0, "train.class_dropout must lie in [0, 1)")
+        _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)")
+
+
+@dataclass
+class SampleConfig:
+    """Large-scale sampling into a sharded Zarr store."""
+
+    samples_per_class: int = 64
+    shard_size: int = 32
+    solver: str = "euler"
+    nfe: int = 10  # solver steps; euler spends exactly this many network evaluations
+    guidance: float = 1.0  # classifier-free guidance scale; 1.0 = plain conditional model
+    batch_size: int = 64
+    seed: int = 1234
+
+    def validate(self) -> None:
+        from motfm_core.solvers import SOLVERS
+
+        _check(self.samples_per_class >= 1, "sample.samples_per_class must be >= 1")
+        _check(self.shard_size >= 1, "sample.shard_size must be >= 1")
+        _check(self.nfe >= 1, f"sample.nfe must be >= 1, got {self.nfe}")
+        _check(self.solver in SOLVERS, f"sample.solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+        _check(self.guidance >= 0.0, "sample.guidance must be >= 0")
+
+
+@dataclass
+class EvalConfig:
+    """Downstream classifier: real-only vs real+synthetic, evaluated on the real test split."""
+
+    seeds: tuple[int, ...] = (0, 1, 2)
+    steps: int = 300
+    batch_size: int = 32
+    lr: float = 1e-3
+    synthetic_ratio: float = 1.0  # synthetic images per real training image in the augmented arm
+    channels: tuple[int, ...] = (16, 32, 64)
+
+    def validate(self) -> None:
+        _check(len(self.seeds) >= 1, "eval.seeds must name at least one seed")
+        _check(self.synthetic_ratio > 0, "eval.synthetic_ratio must be > 0")
+        _check(self.steps >= 1, "eval.steps must be >= 1")
+
+
+@dataclass
+class PipelineConfig:
+    """Everything one run of the DAG needs; saved in the report."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, dict[str, Any]] | None) -> "PipelineConfig":
+        """Defaults with per-section overrides, e.g. {"train": {"steps": 50}}; unknown keys raise."""
+        overrides = dict(overrides or {})
+        sections = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(overrides) - set(sections))
+        if unknown:
+            raise ValueError(f"unknown config section(s) {unknown}; valid ones are {sorted(sections)}")
+        kinds = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig,
+                 "eval": EvalConfig}
+        built = {name: from_dict(kind, overrides.get(name), where=name) for name, kind in kinds.items()}
+        # the model's geometry always follows the data's
+        built["model"].spatial_dims = built["data"].spatial_dims
+        built["model"].image_size = built["data"].image_size
+        built["model"].depth = built["data"].depth
+        built["model"].validate()
+        return cls(**built)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,158 @@
+"""The bundled real demo set: axial brain-MRI slices with tissue masks and anatomical level classes.
+
+Sources (real T1 MRI, installed from package registries, nothing downloaded at run time):
+- `mni152`: MNI ICBM152 2009a symmetric T1 with grey/white-matter probability maps, shipped in the
+  `nilearn` wheel (nilearn/datasets/data/).
+- `colin27`: Colin27 single-subject T1 (`ch2bet`, skull-stripped) with the AAL atlas drawn on it, from
+  Debian's `mricron-data` (/usr/share/mricron/templates). Used when installed (`make data`).
+
+Both lie in MNI space, so every slice is resampled from world coordinates on one grid:
+x in [-96, 96] mm, y in [-116, 76] mm (a 192 mm square), axial level z every 1 mm.
+
+Class label = axial level band, defined in MNI z (mm): 0 `inferior` (z < -20: cerebellum, brainstem,
+temporal poles), 1 `middle` (-20 <= z < 25: basal ganglia, ventricles), 2 `superior` (z >= 25:
+centrum semiovale to vertex). Slices with under 8% brain are dropped.
+Mask: 0 background, 1 CSF, 2 grey matter, 3 white matter (MNI152: argmax of the tissue maps inside
+the brain; Colin27: AAL regions = grey matter, the rest of the brain split into CSF/white matter by an
+Otsu threshold on T1 intensity).
+Split: by source volume and 12 mm slab (slab k: test if k % 5 == 1, val if k % 5 == 3, else train,
+shifted per volume), and slices within 2 mm of a slab of another split are dropped, so test slices never
+neighbour training slices. Group = (volume, slab).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+from motfm_core.config import DataConfig
+from motfm_core.data.ingest import normalise, resize
+
+log = logging.getLogger(__name__)
+
+CLASS_NAMES = ["inferior (z<-20mm)", "middle (-20<=z<25mm)", "superior (z>=25mm)"]
+MASK_NAMES = ["background", "csf", "grey_matter", "white_matter"]
+MRICRON = Path("/usr/share/mricron/templates")
+FOV_X, FOV_Y, FOV_MM = -96.0, -116.0, 192
+Z_RANGE = (-72, 90)
+SLAB_MM, GUARD_MM, MIN_BRAIN = 12, 2, 0.08
+
+
+def band(z: float) -> int:
+    return 0 if z < -20 else 1 if z < 25 else 2
+
+
+def _nilearn_dir() -> Path:
+    import nilearn
+
+    return Path(nilearn.__file__).parent / "datasets" / "data"
+
+
+def _load(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    import nibabel as nib
+
+    img = nib.load(str(path))
+    return np.asarray(img.dataobj, dtype=np.float32), img.affine
+
+
+def _otsu(values: np.ndarray) -> float:
+    hist, edges = np.histogram(values, bins=256)
+    centres = (edges[:-1] + edges[1:]) / 2
+    w0 = np.cumsum(hist)
+    w1 = w0[-1] - w0
+    m0 = np.cumsum(hist * centres) / np.maximum(w0, 1)
+    m1 = (np.sum(hist * centres) - np.cumsum(hist * centres)) / np.maximum(w1, 1)
+    return float(centres[np.argmax(w0 * w1 * (m0 - m1) ** 2)])
+
+
+def _mni152() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    d = _nilearn_dir()
+    t1, aff = _load(d / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+    gm, _ = _load(d / "mni_icbm152_gm_tal_nlin_sym_09a_converted.nii.gz")
+    wm, _ = _load(d / "mni_icbm152_wm_tal_nlin_sym_09a_converted.nii.gz")
+    gm, wm = gm / 255.0, wm / 255.0
+    brain = ndimage.binary_closing(gm + wm > 0.3, iterations=3)
+    brain = np.stack([ndimage.binary_fill_holes(brain[..., z]) for z in range(brain.shape[-1])], -1)
+    csf = np.clip(1.0 - gm - wm, 0, 1)
+    tissue = np.argmax(np.stack([csf, gm, wm]), 0).astype(np.uint8) + 1
+    return t1 * brain, np.where(brain, tissue, 0).astype(np.uint8), aff
+
+
+def _colin27() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    t1, aff = _load(MRICRON / "ch2bet.nii.gz")
+    aal, aal_aff = _load(MRICRON / "aal.nii.gz")
+    if aal.shape != t1.shape or not np.allclose(aal_aff, aff):
+        raise ValueError(f"{MRICRON}: aal.nii.gz is not on the ch2bet.nii.gz grid; reinstall mricron-data")
+    brain = t1 > 0
+    gm = (aal > 0) & brain
+    rest = brain & ~gm
+    wm = rest & (t1 > _otsu(t1[rest]))
+    mask = np.zeros(t1.shape, np.uint8)
+    mask[rest] = 1
+    mask[gm] = 2
+    mask[wm] = 3
+    return t1, mask, aff
+
+
+def _plane(vol: np.ndarray, affine: np.ndarray, z: float, n: int, order: int) -> np.ndarray:
+    """Sample an axial plane at world z on an n x n grid covering the FOV (pixel centres)."""
+    step = FOV_MM / n
+    xs = FOV_X + step * (np.arange(n) + 0.5)
+    ys = FOV_Y + step * (np.arange(n) + 0.5)
+    gx, gy = np.meshgrid(xs, ys, indexing="ij")
+    world = np.stack([gx, gy, np.full_like(gx, z), np.ones_like(gx)]).reshape(4, -1)
+    vox = (np.linalg.inv(affine) @ world)[:3]
+    plane = ndimage.map_coordinates(vol, vox, order=order, mode="constant", cval=0.0).reshape(n, n)
+    return np.ascontiguousarray(plane.T[::-1])  # rows: anterior at the top; columns: x (radiological left)
+
+
+def _slab_split(z: np.ndarray, shift: int) -> np.ndarray:
+    slab = np.floor((z - Z_RANGE[0]) / SLAB_MM).astype(int) + shift
+    return np.where(slab % 5 == 1, 2, np.where(slab % 5 == 3, 1, 0)).astype(np.uint8)
+
+
+def volumes() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The available source volumes: name -> (T1 brain, tissue mask, affine)."""
+    vols = {"mni152": _mni152()}
+    if (MRICRON / "ch2bet.nii.gz").exists():
+        vols["colin27"] = _colin27()
+    else:
+        log.warning("brain-mri: %s not found (apt-get install mricron-data); using the MNI152 volume only", MRICRON)
+    return vols
+
+
+def build_brain_mri(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
+    """Arrays (images, labels, masks, split, group_names) and attrs of the demo set at cfg.image_size."""
+    if cfg.spatial_dims != 2:
+        raise ValueError("brain-mri: the bundled demo set is 2D (two source volumes are too few for 3D crops); "
+                         "use data.spatial_dims=2, or a NIfTI folder / MedMNIST-3D .npz for 3D")
+    n, size = FOV_MM, cfg.image_size
+    imgs, masks, labels, split, groups = [], [], [], [], []
+    for v, (name, (t1, tissue, aff)) in enumerate(volumes().items()):
+        t1 = normalise(t1)
+        zs = np.arange(Z_RANGE[0], Z_RANGE[1] + 1, dtype=float)
+        sp = _slab_split(zs, shift=2 * v)
+        for i, z in enumerate(zs):
+            near = sp[max(0, i - GUARD_MM): i + GUARD_MM + 1]
+            if (near != sp[i]).any():  # guard: too close to a slab of another split
+                continue
+            m = _plane(tissue.astype(np.float32), aff, z, size, order=0).astype(np.uint8)
+            if (m > 0).mean() < MIN_BRAIN:
+                continue
+            img = _plane(t1, aff, z, n, order=1)  # 1 mm grid, then area-averaged down: no aliasing
+            imgs.append(resize(img[None], (size, size)))
+            masks.append(m[None])
+            labels.append(band(z))
+            split.append(sp[i])
+            groups.append(f"{name}/slab{int((z - Z_RANGE[0]) // SLAB_MM):02d}")
+    arrays = {"images": np.clip(np.stack(imgs), 0, 1).astype(np.float32), "labels": np.array(labels),
+              "masks": np.stack(masks), "split": np.array(split, np.uint8), "group_names": groups}
+    attrs = {"source": "brain-mri: " + ", ".join(sorted({g.split("/")[0] for g in groups})),
+             "class_names": CLASS_NAMES, "mask_names": MASK_NAMES,
+             "spacing": [FOV_MM / size, FOV_MM / size], "spacing_units": "mm (axial plane, MNI space)",
+             "normalisation": "per volume: percentiles [0.5, 99.5] of brain voxels -> [0, 1], clipped",
+             "description": __doc__}
+    return arrays, attrs

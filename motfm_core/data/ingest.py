@@ -1,0 +1,142 @@
+"""Ingestion: any supported source -> normalised, resized, patient-split Zarr v3 store."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from motfm_core.config import DataConfig, config_hash
+from motfm_core.data.readers import RawSet, read_folder, read_medmnist
+from motfm_core.data.store import open_store, write_dataset
+
+log = logging.getLogger(__name__)
+NORMALISATION = "per image/volume: percentiles [0.5, 99.5] of foreground (>0) -> [0, 1], clipped"
+
+
+def normalise(img: np.ndarray) -> np.ndarray:
+    """Scale intensities to [0, 1] by robust percentiles of the foreground (all voxels if none is > 0)."""
+    fg = img[img > 0] if (img > 0).any() else img.ravel()
+    lo, hi = np.percentile(fg, [0.5, 99.5])
+    if hi <= lo:
+        return np.zeros_like(img, dtype=np.float32)
+    return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def resize(img: np.ndarray, shape: tuple[int, ...], nearest: bool = False) -> np.ndarray:
+    """Zero-pad (C, *spatial) to a square/cube, then resample to `shape` (area/linear; nearest for masks)."""
+    spatial = img.shape[1:]
+    side = max(spatial)
+    pads = []
+    for s in reversed(spatial):
+        before = (side - s) // 2
+        pads += [before, side - s - before]
+    x = F.pad(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None], pads)
+    if nearest:
+        y = F.interpolate(x, size=shape, mode="nearest")
+    elif all(t <= side for t in shape):
+        y = F.interpolate(x, size=shape, mode="area")  # averaging: no aliasing when shrinking
+    else:
+        y = F.interpolate(x, size=shape, mode="bilinear" if len(shape) == 2 else "trilinear", align_corners=False)
+    return y[0].numpy()
+
+
+def patient_split(groups: list[str], val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
+    """Deterministic split by group: every sample of a patient lands in the same split (0/1/2)."""
+    uniq = sorted(set(groups))
+    if len(uniq) < 3:
+        raise ValueError(f"need at least 3 patients/groups for a train/val/test split, got {len(uniq)}")
+    order = np.random.RandomState(seed).permutation(len(uniq))
+    n_test = max(1, round(test_fraction * len(uniq)))
+    n_val = max(1, round(val_fraction * len(uniq)))
+    code = {}
+    for rank, i in enumerate(order):
+        code[uniq[i]] = 2 if rank < n_test else 1 if rank < n_test + n_val else 0
+    return np.array([code[g] for g in groups], dtype=np.uint8)
+
+
+def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, np.ndarray]:
+    """Normalise, slice volumes for 2D, resize, and stack a RawSet."""
+    target = (cfg.image_size,) * 2 if cfg.spatial_dims == 2 else (cfg.image_size, cfg.image_size, cfg.depth)
+    imgs, labels, masks, groups, split = [], [], [], [], []
+    for k, (img, lab, mask, grp) in enumerate(zip(raw.images, raw.labels, raw.masks, raw.groups)):
+        nd = img.ndim - 1
+        if nd not in (2, 3):
+            raise ValueError(f"{raw.origin}: sample {k} ({grp}) has {nd} spatial dims; expected 2 or 3")
+        if nd == 2 and cfg.spatial_dims == 3:
+            raise ValueError(f"{raw.origin}: sample {k} ({grp}) is 2D but data.spatial_dims=3; use spatial_dims=2")
+        img = normalise(img)
+        if nd == 3 and cfg.spatial_dims == 2:  # a volume in 2D mode: its axial slices with enough foreground
+            keep = [z for z in range(img.shape[-1]) if (img[..., z] > 0.05).mean() >= 0.05]
+            pieces = [(img[..., z], None if mask is None else mask[..., z]) for z in keep]
+        else:
+            pieces = [(img, mask)]
+        for im, mk in pieces:
+            imgs.append(resize(im, target))
+            masks.append(None if mk is None else resize(mk, target, nearest=True).astype(np.uint8))
+            labels.append(lab)
+            groups.append(grp)
+            split.append(raw.split[k] if raw.split is not None else -1)
+    if not imgs:
+        raise ValueError(f"{raw.origin}: no usable samples found")
+    has_masks = [m is not None for m in masks]
+    if any(has_masks) and not all(has_masks):
+        raise ValueError(f"{raw.origin}: some samples have masks and some do not; give a mask for every row or none")
+    out = {"images": np.stack(imgs), "labels": np.array(labels), "group_names": groups}
+    out["masks"] = np.stack(masks) if all(has_masks) else None
+    out["split"] = (np.array(split, dtype=np.uint8) if raw.split is not None
+                    else patient_split(groups, cfg.val_fraction, cfg.test_fraction, cfg.seed))
+    return out
+
+
+def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
+    """Read and prepare cfg.source; returns arrays and store attributes."""
+    src = cfg.source
+    if src == "brain-mri":
+        from motfm_core.data.brain import build_brain_mri
+
+        return build_brain_mri(cfg)
+    if src.startswith("phantom"):
+        from motfm_core.data.phantom import build_phantom
+
+        return build_phantom(cfg)
+    path = Path(src)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: data source not found; give 'brain-mri', a MedMNIST .npz, "
+                                "or a folder with labels.csv")
+    raw = read_medmnist(path) if path.suffix == ".npz" else read_folder(path)
+    arrays = _prepare(raw, cfg)
+    attrs = {"source": str(path), "class_names": raw.class_names, "normalisation": NORMALISATION,
+             "spacing": "resampled to image_size (source spacing not preserved)"}
+    return arrays, attrs
+
+
+def ingest(cfg: DataConfig, out_path: str | Path) -> Path:
+    """Build the real dataset store at out_path; a store already built from the same config is reused."""
+    out_path = Path(out_path)
+    key = config_hash(cfg)
+    if (out_path / "zarr.json").exists():
+        try:
+            if open_store(out_path).attrs.get("ingest_key") == key:
+                log.info("ingest: %s already built from this config (key %s); reusing it", out_path, key)
+                return out_path
+        except ValueError:
+            pass
+    arrays, attrs = load_source(cfg)
+    groups = arrays.pop("group_names")
+    uniq = {g: i for i, g in enumerate(dict.fromkeys(groups))}
+    attrs.update({"ingest_key": key, "data_config": asdict(cfg), "spatial_dims": cfg.spatial_dims,
+                  "group_names": list(uniq)})
+    for code, name in enumerate(("train", "val", "test")):
+        if not (arrays["split"] == code).any():
+            raise ValueError(f"{cfg.source}: the {name} split is empty; add data or change the split fractions")
+    path = write_dataset(out_path, arrays["images"], arrays["labels"], arrays["split"],
+                         np.array([uniq[g] for g in groups]), attrs, masks=arrays["masks"])
+    counts = {n: int((arrays["split"] == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))}
+    log.info("ingest: wrote %s: %d samples %s, shape %s", path, len(arrays["labels"]), counts,
+             arrays["images"].shape[1:])
+    return path

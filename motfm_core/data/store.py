@@ -1,0 +1,197 @@
+"""Zarr v3 stores: the ingested real dataset and the sharded synthetic dataset.
+
+Real dataset (`dataset.zarr`, written once, atomically: built under a temporary name, then renamed):
+    images  float32 (N, C, H, W[, D]) in [0, 1], one chunk per sample
+    labels  int64   (N,)
+    masks   uint8   (N, 1, H, W[, D])            optional
+    split   uint8   (N,)  0 train, 1 val, 2 test
+    group   int32   (N,)  patient / source-volume id (splits never share a group)
+    attrs   schema_version, source, class_names, spacing, normalisation, fingerprint, ...
+
+Synthetic dataset (`synthetic.zarr`): `images`, `labels`, `seed` with one Zarr shard per sampling
+task (sharding codec; chunk = one sample), so concurrent writers never touch the same object. After a
+shard's data is written, its completion record `shards/<index>` (a Zarr group whose attributes say
+what was written) is created by an atomic rename; a re-run regenerates only shards without one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+SCHEMA_VERSION = 1
+SPLITS = {"train": 0, "val": 1, "test": 2}
+
+
+def _tmp_sibling(path: Path) -> Path:
+    return path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+
+
+def fingerprint_arrays(*arrays: np.ndarray) -> str:
+    """sha256 over the bytes (and shapes) of the given arrays: identifies a dataset's content."""
+    h = hashlib.sha256()
+    for a in arrays:
+        a = np.ascontiguousarray(a)
+        h.update(str((a.shape, a.dtype.str)).encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def write_dataset(
+    path: str | Path,
+    images: np.ndarray,
+    labels: np.ndarray,
+    split: np.ndarray,
+    group: np.ndarray,
+    attrs: dict[str, Any],
+    masks: np.ndarray | None = None,
+) -> Path:
+    """Write the real dataset store atomically; an existing store at `path` is kept as `<path>.old-<time>`."""
+    path = Path(path)
+    n = len(images)
+    if images.ndim not in (4, 5):
+        raise ValueError(f"{path}: images must be (N, C, H, W[, D]), got shape {images.shape}")
+    for name, arr in (("labels", labels), ("split", split), ("group", group)):
+        if arr.shape != (n,):
+            raise ValueError(f"{path}: {name} shape {arr.shape} != ({n},)")
+    if masks is not None and masks.shape[0] != n:
+        raise ValueError(f"{path}: masks have {masks.shape[0]} samples, images {n}")
+    if not np.isfinite(images).all():
+        raise ValueError(f"{path}: images contain NaN/inf; fix the source files before ingesting")
+    tmp = _tmp_sibling(path)
+    try:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        sample_chunk = (1, *images.shape[1:])
+        root.create_array("images", data=images.astype(np.float32), chunks=sample_chunk)
+        root.create_array("labels", data=labels.astype(np.int64), chunks=(n,))
+        root.create_array("split", data=split.astype(np.uint8), chunks=(n,))
+        root.create_array("group", data=group.astype(np.int32), chunks=(n,))
+        if masks is not None:
+            root.create_array("masks", data=masks.astype(np.uint8), chunks=(1, *masks.shape[1:]))
+        fp = fingerprint_arrays(images.astype(np.float32), labels.astype(np.int64), split.astype(np.uint8))
+        root.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "fingerprint": fp, "num_samples": n,
+                           "split_codes": SPLITS, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        if path.exists():
+            path.rename(path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def open_store(path: str | Path) -> zarr.Group:
+    """Open a store read-only with a clear error when it is missing or not a motfm store."""
+    path = Path(path)
+    if not (path / "zarr.json").exists():
+        raise FileNotFoundError(f"{path}: no Zarr v3 store here; run the ingest (or sample) stage first")
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    if "schema_version" not in root.attrs:
+        raise ValueError(f"{path}: not a motfm store (no schema_version attribute)")
+    return root
+
+
+def load_split(path: str | Path, split: str) -> dict[str, np.ndarray]:
+    """All samples of one split as arrays: {'images', 'labels'[, 'masks']} (fine for small datasets)."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
+    root = open_store(path)
+    idx = np.nonzero(root["split"][:] == SPLITS[split])[0]
+    out = {"images": root["images"].get_orthogonal_selection((idx,)), "labels": root["labels"][:][idx]}
+    if "masks" in root.array_keys():
+        out["masks"] = root["masks"].get_orthogonal_selection((idx,))
+    return out
+
+
+# --- synthetic, sharded store --------------------------------------------------------------------
+
+
+def create_synthetic_store(
+    path: str | Path, num_samples: int, sample_shape: tuple[int, ...], shard_size: int, attrs: dict[str, Any]
+) -> Path:
+    """Create (once) the empty sharded store; an existing store with the same plan is reused as is."""
+    path = Path(path)
+    plan = {"num_samples": num_samples, "sample_shape": list(sample_shape), "shard_size": shard_size}
+    if (path / "zarr.json").exists():
+        root = zarr.open_group(str(path), mode="r", zarr_format=3)
+        old = {k: root.attrs.get(k) for k in plan}
+        if old != plan or root.attrs.get("run_key") != attrs.get("run_key"):
+            raise ValueError(
+                f"{path}: an existing synthetic store has a different plan or checkpoint ({old}); "
+                "choose a new output folder or remove the old store")
+        return path
+    tmp = _tmp_sibling(path)
+    try:
+        root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        root.create_array("images", shape=(num_samples, *sample_shape), dtype="float32",
+                          chunks=(1, *sample_shape), shards=(shard_size, *sample_shape), fill_value=np.nan)
+        root.create_array("labels", shape=(num_samples,), dtype="int64", chunks=(shard_size,),
+                          shards=(shard_size,), fill_value=-1)
+        root.create_array("seed", shape=(num_samples,), dtype="int64", chunks=(shard_size,),
+                          shards=(shard_size,), fill_value=-1)
+        root.create_group("shards")
+        root.attrs.update({**attrs, **plan, "schema_version": SCHEMA_VERSION,
+                           "num_shards": num_shards(num_samples, shard_size),
+                           "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        tmp.rename(path)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def num_shards(num_samples: int, shard_size: int) -> int:
+    return -(-num_samples // shard_size)
+
+
+def shard_bounds(index: int, num_samples: int, shard_size: int) -> tuple[int, int]:
+    """[start, stop) sample range of shard `index`."""
+    start = index * shard_size
+    if not 0 <= start < num_samples:
+        raise ValueError(f"shard {index} is outside a dataset of {num_samples} samples")
+    return start, min(start + shard_size, num_samples)
+
+
+def _record_dir(path: Path, index: int) -> Path:
+    return path / "shards" / f"{index:05d}"
+
+
+def shard_complete(path: str | Path, index: int) -> bool:
+    return (_record_dir(Path(path), index) / "zarr.json").exists()
+
+
+def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray,
+                info: dict[str, Any] | None = None) -> None:
+    """Write one shard's samples, then its completion record (atomic rename) last."""
+    path = Path(path)
+    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
+    start, stop = shard_bounds(index, root.attrs["num_samples"], root.attrs["shard_size"])
+    if len(images) != stop - start or len(labels) != stop - start or len(seeds) != stop - start:
+        raise ValueError(f"{path}: shard {index} needs {stop - start} samples, got {len(images)}")
+    root["images"][start:stop] = images.astype(np.float32)
+    root["labels"][start:stop] = labels.astype(np.int64)
+    root["seed"][start:stop] = seeds.astype(np.int64)
+    record = _record_dir(path, index)
+    tmp = _tmp_sibling(record)
+    tmp.mkdir(parents=True)
+    meta = {"zarr_format": 3, "node_type": "group",
+            "attributes": {"start": start, "stop": stop, **(info or {})}}
+    (tmp / "zarr.json").write_text(json.dumps(meta))
+    if record.exists():  # a racing duplicate finished first: same seeds, same content
+        shutil.rmtree(tmp)
+        return
+    os.replace(tmp, record)
+
+
+def incomplete_shards(path: str | Path) -> list[int]:
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    return [i for i in range(root.attrs["num_shards"]) if not shard_complete(path, i)]

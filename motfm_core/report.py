@@ -1,0 +1,110 @@
+"""Run report: `report.json` (machine-readable), `report.md` (first screen answers "use the data?"), a sample grid."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+
+from motfm_core.data.store import load_split
+
+
+def _middle(img: np.ndarray) -> np.ndarray:
+    """A 2D view of (C, H, W[, D]): first channel, middle slice for 3D."""
+    img = img[0]
+    return img[..., img.shape[-1] // 2] if img.ndim == 3 else img
+
+
+def sample_grid(real_path: str | Path, synthetic_path: str | Path, out_png: str | Path, per_class: int = 8) -> Path:
+    """PNG with, per class, one row of real training images and one row of synthetic images."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    real = load_split(real_path, "train")
+    root = zarr.open_group(str(synthetic_path), mode="r", zarr_format=3)
+    sx, sy = root["images"], root["labels"][:]
+    names = list(root.attrs.get("class_names", []))
+    k = int(max(real["labels"].max(), sy.max()) + 1)
+    fig, axes = plt.subplots(2 * k, per_class, figsize=(per_class * 1.1, 2 * k * 1.2), squeeze=False)
+    for c in range(k):
+        ri = np.nonzero(real["labels"] == c)[0][:per_class]
+        si = np.nonzero(sy == c)[0][:per_class]
+        for row, (kind, imgs) in enumerate((("real", [real["images"][i] for i in ri]),
+                                            ("synthetic", [sx[int(i)] for i in si]))):
+            for j in range(per_class):
+                ax = axes[2 * c + row, j]
+                ax.axis("off")
+                if j < len(imgs):
+                    ax.imshow(_middle(imgs[j]), cmap="gray", vmin=0, vmax=1)
+            name = names[c] if c < len(names) else str(c)
+            axes[2 * c + row, 0].set_title(f"{kind}: {name}", fontsize=7, loc="left")
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
+def _fmt(s: dict[str, float]) -> str:
+    if s is None or math.isnan(s["mean"]):
+        return "n/a"
+    return f"{s['mean']:.3f} ± {s['std']:.3f}"
+
+
+def _signed(s: dict[str, float]) -> str:
+    return "n/a" if math.isnan(s["mean"]) else f"{s['mean']:+.3f} ± {s['std']:.3f}"
+
+
+def render_markdown(report: dict[str, Any], grid_name: str) -> str:
+    """report.md: verdict first, then sizes, metrics per arm, timing, configuration."""
+    ev, gain = report["evaluation"], report["evaluation"]["gain"]
+    g = gain["accuracy"]
+    verdict = ("helped" if g["mean"] - g["std"] > 0 else "hurt" if g["mean"] + g["std"] < 0
+               else "made no clear difference (gain within one standard deviation of 0)")
+    seeds = ev["summary"]["real"]["accuracy"]["n"]
+    lines = [
+        f"# motfm report: {report['run_name']}",
+        "",
+        f"**Verdict:** adding synthetic images {verdict} on the held-out real test set: accuracy gain "
+        f"{_signed(g)}, macro-F1 gain {_signed(gain['macro_f1'])}, AUROC gain {_signed(gain['auroc'])} "
+        f"(mean ± std over {seeds} seeds).",
+        "",
+        f"- dataset: {report['dataset']['source']} — train {ev['sizes']['real_train']}, "
+        f"val {report['dataset']['sizes']['val']}, test {ev['sizes']['real_test']} real images, "
+        f"{report['dataset']['sample_shape']} each; classes {report['dataset']['class_names']}",
+        f"- synthetic: {report['sampling']['num_samples']} images, solver {report['sampling']['solver']}, "
+        f"NFE {report['sampling']['nfe']}, {report['sampling']['seconds_per_image'] * 1e3:.1f} ms per image "
+        f"on {report['sampling']['device']}; {ev['sizes']['synthetic_added']} added to the real training set",
+        f"- flow-matching training: {report['training']['steps']} steps, final loss "
+        f"{report['training']['final_loss']:.4f}, {report['training']['seconds']:.0f} s",
+        "",
+        "| arm | accuracy | macro-F1 | AUROC |",
+        "|---|---|---|---|",
+    ]
+    for arm, s in ev["summary"].items():
+        lines.append(f"| {arm} | {_fmt(s['accuracy'])} | {_fmt(s['macro_f1'])} | {_fmt(s['auroc'])} |")
+    lines += ["", f"![real vs synthetic samples per class]({grid_name})", "",
+              "Per-seed figures, the full configuration and the store paths are in `report.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def write_report(out_dir: str | Path, report: dict[str, Any], real_path: str | Path,
+                 synthetic_path: str | Path) -> dict[str, str]:
+    """Write report.json, report.md and samples.png into out_dir (each via a temporary name)."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid = sample_grid(real_path, synthetic_path, out_dir / "samples.png")
+    report = {**report, "files": {"grid": str(grid)}}
+    for name, text in (("report.json", json.dumps(report, indent=2, default=str)),
+                       ("report.md", render_markdown(report, grid.name))):
+        tmp = out_dir / f".{name}.tmp"
+        tmp.write_text(text)
+        os.replace(tmp, out_dir / name)
+    return {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"), "grid": str(grid)}

@@ -1,0 +1,152 @@
+"""Flow-matching training: loss, EMA, warmup, grad clipping, bf16 on CUDA, atomic resumable checkpoints.
+
+Checkpoints hold only tensors and plain Python values, so `torch.load(..., weights_only=True)` reads
+them. `model.pt` (the product) = EMA weights + model/train config + data fingerprint + class names;
+`last.pt` adds the raw weights, optimizer, step and RNG state to resume an interrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+from torch import nn
+
+from motfm_core.config import ModelConfig, TrainConfig, config_hash
+from motfm_core.couplings import COUPLINGS
+from motfm_core.data.store import load_split, open_store
+from motfm_core.nets import VelocityUNet, build_model
+from motfm_core.paths import CondOTPath, sample_time
+
+log = logging.getLogger(__name__)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_model_space(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] stored intensities -> [-1, 1] model space."""
+    return images * 2.0 - 1.0
+
+
+def to_image_space(x: torch.Tensor) -> torch.Tensor:
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+def flow_matching_loss(
+    model: nn.Module, x1: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
+    path: CondOTPath = CondOTPath(),
+) -> torch.Tensor:
+    """MSE between v(x_t, t, y) and the path's target velocity, with coupling and label dropout."""
+    x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
+    x0 = COUPLINGS[cfg.coupling](x0, x1, y)
+    t = sample_time(x1.shape[0], cfg.time_sampling, generator, x1.device)
+    xt, ut = path.sample(x0, x1, t)
+    if cfg.class_dropout > 0:
+        drop = torch.rand(y.shape, generator=generator, device=y.device) < cfg.class_dropout
+        y = torch.where(drop, torch.full_like(y, model.null_class), y)
+    return (model(xt, t, y).float() - ut).pow(2).mean()
+
+
+def save_atomic(obj: dict[str, Any], path: Path) -> None:
+    """torch.save to a temporary name, then rename: a reader never sees half a checkpoint."""
+    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VelocityUNet, dict[str, Any]]:
+    """EMA model (eval mode) and the checkpoint's metadata; needs no other file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint; run the train stage first")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()})
+    model = build_model(cfg).to(device)
+    model.load_state_dict(ckpt["ema"])
+    model.eval()
+    return model, {k: v for k, v in ckpt.items() if k not in ("ema", "model", "optimizer", "rng")}
+
+
+def _lr_at(step: int, cfg: TrainConfig) -> float:
+    """Linear warmup, then cosine decay to 10% of the peak."""
+    if step < cfg.warmup_steps:
+        return cfg.lr * (step + 1) / cfg.warmup_steps
+    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
+    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
+
+
+def train_flow_matching(
+    data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | Path,
+    device: str | torch.device | None = None, progress: Callable[[str], None] | None = None,
+) -> Path:
+    """Train on the store's train split; returns `out_dir/model.pt`. Resumes from `last.pt`; skips if done."""
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = torch.device(device) if device else default_device()
+    say = progress or log.info
+    attrs = dict(open_store(data_path).attrs)
+    key = config_hash(model_cfg, cfg, attrs["fingerprint"])
+    final, last = out_dir / "model.pt", out_dir / "last.pt"
+    if final.exists() and torch.load(final, weights_only=True, map_location="cpu").get("run_key") == key:
+        say(f"train: {final} already trained with this data and config (key {key}); reusing it")
+        return final
+
+    data = load_split(data_path, "train")
+    x_all = to_model_space(torch.from_numpy(data["images"])).to(device)
+    y_all = torch.from_numpy(data["labels"]).long().to(device)
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg).to(device)
+    ema = copy.deepcopy(model).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    step, losses = 0, []
+    if last.exists():
+        state = torch.load(last, map_location=device, weights_only=True)
+        if state.get("run_key") == key:
+            model.load_state_dict(state["model"])
+            ema.load_state_dict(state["ema"])
+            opt.load_state_dict(state["optimizer"])
+            gen.set_state(state["rng"].cpu() if device.type == "cpu" else state["rng"])
+            step, losses = state["step"], list(state["losses"])
+            say(f"train: resuming from {last} at step {step}/{cfg.steps}")
+
+    meta = {"model_config": asdict(model_cfg), "train_config": asdict(cfg), "run_key": key,
+            "data_fingerprint": attrs["fingerprint"], "data_path": str(data_path),
+            "class_names": list(attrs["class_names"]), "num_train": int(len(y_all)), "device": str(device)}
+    use_bf16 = device.type == "cuda"
+    n, t_start = len(y_all), time.time()
+    model.train()
+    while step < cfg.steps:
+        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen, device=device)
+        for group in opt.param_groups:
+            group["lr"] = _lr_at(step, cfg)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            loss = flow_matching_loss(model, x_all[idx], y_all[idx], cfg, gen)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        opt.step()
+        with torch.no_grad():
+            for pe, pm in zip(ema.parameters(), model.parameters()):
+                pe.lerp_(pm, 1.0 - cfg.ema_decay)
+        step += 1
+        losses.append(float(loss))
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+            recent = float(np.mean(losses[-cfg.checkpoint_every:]))
+            say(f"train: step {step}/{cfg.steps} loss {recent:.4f} ({time.time() - t_start:.0f}s)")
+            save_atomic({**meta, "step": step, "losses": losses, "model": model.state_dict(),
+                         "ema": ema.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state()}, last)
+    save_atomic({**meta, "step": step, "losses": losses, "ema": ema.state_dict(),
+                 "train_seconds": time.time() - t_start}, final)
+    return final

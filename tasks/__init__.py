@@ -1,0 +1,1 @@
+"""Thin Prefect tasks: arguments in, one `motfm_core` call, paths out."""

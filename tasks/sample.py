@@ -1,0 +1,54 @@
+"""Sampling tasks: plan the sharded synthetic store, then one task per shard."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import asdict
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from motfm_core import code_version
+from motfm_core.config import SampleConfig, config_hash, from_dict
+from motfm_core.data import create_synthetic_store, incomplete_shards
+from motfm_core.sampling import sample_shard
+from motfm_core.training import load_checkpoint
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@task(name="plan-sampling")
+def plan_sampling_task(checkpoint: str, sample: dict, run_dir: str) -> tuple[str, list[int]]:
+    """Create (or reopen) `<run_dir>/synthetic.zarr`; returns it and the shards still to write."""
+    logger = get_run_logger()
+    cfg = from_dict(SampleConfig, sample, "sample")
+    model, meta = load_checkpoint(checkpoint)
+    m = model.cfg
+    shape = (m.in_channels, m.image_size, m.image_size) + ((m.depth,) if m.spatial_dims == 3 else ())
+    ckpt_hash = _sha256(checkpoint)
+    attrs = {"checkpoint": checkpoint, "checkpoint_sha256": ckpt_hash, "model_config": meta["model_config"],
+             "solver": cfg.solver, "nfe": cfg.nfe, "guidance": cfg.guidance, "sample_config": asdict(cfg),
+             "class_names": meta["class_names"], "source_fingerprint": meta["data_fingerprint"],
+             "code_version": code_version(), "run_key": f"{ckpt_hash[:16]}-{config_hash(cfg)}"}
+    n = len(meta["class_names"]) * cfg.samples_per_class
+    store = create_synthetic_store(Path(run_dir) / "synthetic.zarr", n, shape, cfg.shard_size, attrs)
+    todo = incomplete_shards(store)
+    logger.info("sample: %s holds %d samples in %d-sample shards; %d shard(s) to write", store, n,
+                cfg.shard_size, len(todo))
+    return str(store), todo
+
+
+@task(name="sample-shard")
+def sample_shard_task(checkpoint: str, store: str, index: int, sample: dict) -> dict:
+    """Generate and write one shard (skipped when its completion record exists)."""
+    result = sample_shard(checkpoint, store, index, from_dict(SampleConfig, sample, "sample"))
+    if not result["skipped"]:
+        get_run_logger().info("sample: shard %d: %d images, NFE %d, %.2fs", index, result["count"], result["nfe"],
+                              result["seconds"])
+    return result

@@ -1,0 +1,24 @@
+"""Train task: real dataset store -> flow-matching checkpoint."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from prefect import get_run_logger, task
+
+from motfm_core.config import ModelConfig, TrainConfig, from_dict
+from motfm_core.data import open_store
+from motfm_core.training import train_flow_matching
+
+
+@task(name="train")
+def train_task(data_path: str, model: dict, train: dict, run_dir: str) -> str:
+    """Train (or resume, or reuse) the model; channels and classes come from the store. Returns model.pt."""
+    logger = get_run_logger()
+    attrs = open_store(data_path).attrs
+    shape = open_store(data_path)["images"].shape
+    model_cfg = from_dict(ModelConfig, {**model, "in_channels": shape[1], "num_classes": len(attrs["class_names"])},
+                          "model")
+    ckpt = train_flow_matching(data_path, model_cfg, from_dict(TrainConfig, train, "train"),
+                               Path(run_dir) / "checkpoints", progress=logger.info)
+    return str(ckpt)
