@@ -124,18 +124,18 @@ class SampleConfig:
     samples_per_class: int = 64
     shard_size: int = 32
     solver: str = "euler"
-    nfe: int = 10  # solver steps; euler spends exactly this many network evaluations
+    nfe: int = 10  # solver steps: euler spends exactly this many evaluations (dopri5: adaptive, ignored)
     guidance: float = 1.0  # classifier-free guidance scale; 1.0 = plain conditional model
     batch_size: int = 64
     seed: int = 1234
 
     def validate(self) -> None:
-        from motfm_core.solvers import SOLVERS
+        from motfm_core.solvers import METHODS
 
         _check(self.samples_per_class >= 1, "sample.samples_per_class must be >= 1")
         _check(self.shard_size >= 1, "sample.shard_size must be >= 1")
         _check(self.nfe >= 1, f"sample.nfe must be >= 1, got {self.nfe}")
-        _check(self.solver in SOLVERS, f"sample.solver must be one of {sorted(SOLVERS)}, got {self.solver!r}")
+        _check(self.solver in METHODS, f"sample.solver must be one of {sorted(METHODS)}, got {self.solver!r}")
         _check(self.guidance >= 0.0, "sample.guidance must be >= 0")
 
 

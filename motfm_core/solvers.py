@@ -3,7 +3,9 @@
 A solver takes any velocity function and knows nothing of networks. Each returns the samples and
 the number of velocity evaluations (NFE) it actually spent, counted by a wrapper, never inferred.
 `steps` is the number of solver steps: Euler spends `steps` evaluations, midpoint and Heun 2 per
-step, RK4 4 per step. One step works for all of them.
+step, RK4 4 per step. One step works for all of them. `dopri5` is adaptive (Dormand-Prince 5(4)
+with error control, written here so that NFE is counted exactly); `steps` is then ignored and the
+NFE follows from the tolerances.
 """
 
 from __future__ import annotations
@@ -55,15 +57,52 @@ def _step_rk4(v: _Counted, x: torch.Tensor, t: float, h: float) -> torch.Tensor:
 
 
 SOLVERS = {"euler": _step_euler, "midpoint": _step_midpoint, "heun": _step_heun, "rk4": _step_rk4}
+METHODS = (*SOLVERS, "dopri5")
+
+
+# Dormand-Prince 5(4) tableau (FSAL: the last stage of a step is the first of the next).
+_DP_C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+_DP_A = ((), (1 / 5,), (3 / 40, 9 / 40), (44 / 45, -56 / 15, 32 / 9),
+         (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+         (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+         (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84))
+_DP_B5 = (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84, 0.0)
+_DP_B4 = (5179 / 57600, 0.0, 7571 / 16695, 393 / 640, -92097 / 339200, 187 / 2100, 1 / 40)
+
+
+def dopri5(velocity: Velocity, x0: torch.Tensor, rtol: float = 1e-5, atol: float = 1e-5, t0: float = 0.0,
+           t1: float = 1.0, max_nfe: int = 10_000) -> tuple[torch.Tensor, int]:
+    """Adaptive Dormand-Prince 5(4) with a standard PI-free step controller; returns (x(t1), NFE)."""
+    v, t, x = _Counted(velocity), t0, x0
+    k1 = v(x, t)
+    h = 0.1 * (t1 - t0)
+    while t < t1 - 1e-12:
+        if v.calls > max_nfe:
+            raise RuntimeError(f"dopri5 exceeded {max_nfe} evaluations; loosen rtol/atol")
+        h = min(h, t1 - t)
+        ks = [k1]
+        for i in range(1, 7):
+            xi = x + h * sum(a * k for a, k in zip(_DP_A[i], ks))
+            ks.append(v(xi, t + _DP_C[i] * h))
+        x5 = x + h * sum(b * k for b, k in zip(_DP_B5, ks) if b)
+        err = h * sum((b5 - b4) * k for b5, b4, k in zip(_DP_B5, _DP_B4, ks))
+        scale = atol + rtol * torch.maximum(x.abs(), x5.abs())
+        e = float((err / scale).pow(2).mean().sqrt())
+        if e <= 1.0:
+            t, x, k1 = t + h, x5, ks[6]
+        h *= min(5.0, max(0.2, 0.9 * (e if e > 0 else 1e-10) ** -0.2))
+    return x, v.calls
 
 
 @torch.no_grad()
 def solve(
     velocity: Velocity, x0: torch.Tensor, steps: int, method: str = "euler", t0: float = 0.0, t1: float = 1.0
 ) -> tuple[torch.Tensor, int]:
-    """Integrate from x0 at t0 to t1 in `steps` equal steps; returns (x at t1, NFE spent)."""
+    """Integrate from x0 at t0 to t1 in `steps` equal steps (adaptive for dopri5); returns (x at t1, NFE)."""
+    if method == "dopri5":
+        return dopri5(velocity, x0, t0=t0, t1=t1)
     if method not in SOLVERS:
-        raise ValueError(f"unknown solver {method!r}; choose one of {sorted(SOLVERS)}")
+        raise ValueError(f"unknown solver {method!r}; choose one of {sorted(SOLVERS) + ['dopri5']}")
     step, v = SOLVERS[method], _Counted(velocity)
     grid, x = _grid(steps, t0, t1), x0
     for ta, tb in zip(grid[:-1], grid[1:]):

@@ -141,12 +141,12 @@ def train_flow_matching(
             for pe, pm in zip(ema.parameters(), model.parameters()):
                 pe.lerp_(pm, 1.0 - cfg.ema_decay)
         step += 1
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            recent = float(np.mean(losses[-cfg.checkpoint_every:]))
-            say(f"train: step {step}/{cfg.steps} loss {recent:.4f} ({time.time() - t_start:.0f}s)")
             save_atomic({**meta, "step": step, "losses": losses, "model": model.state_dict(),
                          "ema": ema.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state()}, last)
+            recent = float(np.mean(losses[-cfg.checkpoint_every:]))
+            say(f"train: step {step}/{cfg.steps} loss {recent:.4f} ({time.time() - t_start:.0f}s)")
     save_atomic({**meta, "step": step, "losses": losses, "ema": ema.state_dict(),
                  "train_seconds": time.time() - t_start}, final)
     return final

@@ -130,7 +130,7 @@ def build_brain_mri(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
         raise ValueError("brain-mri: the bundled demo set is 2D (two source volumes are too few for 3D crops); "
                          "use data.spatial_dims=2, or a NIfTI folder / MedMNIST-3D .npz for 3D")
     n, size = FOV_MM, cfg.image_size
-    imgs, masks, labels, split, groups = [], [], [], [], []
+    imgs, masks, labels, split, groups, zpos = [], [], [], [], [], []
     for v, (name, (t1, tissue, aff)) in enumerate(volumes().items()):
         t1 = normalise(t1)
         zs = np.arange(Z_RANGE[0], Z_RANGE[1] + 1, dtype=float)
@@ -147,12 +147,14 @@ def build_brain_mri(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
             masks.append(m[None])
             labels.append(band(z))
             split.append(sp[i])
+            zpos.append(float(z))
             groups.append(f"{name}/slab{int((z - Z_RANGE[0]) // SLAB_MM):02d}")
     arrays = {"images": np.clip(np.stack(imgs), 0, 1).astype(np.float32), "labels": np.array(labels),
               "masks": np.stack(masks), "split": np.array(split, np.uint8), "group_names": groups}
     attrs = {"source": "brain-mri: " + ", ".join(sorted({g.split("/")[0] for g in groups})),
              "class_names": CLASS_NAMES, "mask_names": MASK_NAMES,
              "spacing": [FOV_MM / size, FOV_MM / size], "spacing_units": "mm (axial plane, MNI space)",
+             "slice_z_mm": zpos,
              "normalisation": "per volume: percentiles [0.5, 99.5] of brain voxels -> [0, 1], clipped",
              "description": __doc__}
     return arrays, attrs

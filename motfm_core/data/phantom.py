@@ -1,7 +1,8 @@
 """Procedural phantoms for fast unit tests only (the demo runs on real MRI).
 
-Class 0: one bright disc, class 1: two discs, class 2: a ring; random position, size and contrast,
-with additive noise. Mask 1 marks the structures. Six samples per 'patient' group.
+Class 0: one disc, class 1: two small discs, class 2: a ring; random position and size, with a
+class-dependent contrast band (so that a small classifier can learn the classes from a few dozen
+images) and additive noise. Mask 1 marks the structures. Six samples per 'patient' group.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ def phantom_image(label: int, shape: tuple[int, ...], rng: np.random.RandomState
         rad = rng.uniform(0.2, 0.35) if label != 1 else rng.uniform(0.12, 0.2)
         shape_mask = (r < rad) & (r > 0.6 * rad) if label == 2 else r < rad
         mask |= shape_mask
-        img = img + rng.uniform(0.5, 0.8) * shape_mask
+        img = img + (0.35 + 0.2 * label + rng.uniform(0.0, 0.1)) * shape_mask
     img = np.clip(img + rng.normal(0, 0.03, shape), 0, 1)
     return img[None].astype(np.float32), mask[None].astype(np.uint8)
 

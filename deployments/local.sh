@@ -1,0 +1,45 @@
+#!/usr/bin/env bash
+# Local Prefect server path (embedded SQLite, loopback only):
+#   deployments/local.sh up      start server, create the process pool, deploy prefect.yaml, start a worker
+#   deployments/local.sh run     prefect deployment run synth-and-eval/synth-and-eval --watch
+#   deployments/local.sh down    stop worker and server
+# State (SQLite, logs, pids) lives in $PREFECT_HOME (default: ./.prefect-server).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect-server}"
+PORT="${MOTFM_PREFECT_PORT:-4200}"
+export PREFECT_API_URL="http://127.0.0.1:${PORT}/api"
+export PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_LOGGING_EXTRA_LOGGERS=motfm_core
+PREFECT=".venv/bin/prefect"
+POOL=motfm-process
+mkdir -p "$PREFECT_HOME"
+
+up() {
+  test -x "$PREFECT" || make venv
+  if ! curl -sf "$PREFECT_API_URL/health" >/dev/null; then
+    setsid "$PREFECT" server start --host 127.0.0.1 --port "$PORT" >"$PREFECT_HOME/server.log" 2>&1 &
+    echo $! >"$PREFECT_HOME/server.pid"
+    for _ in $(seq 120); do curl -sf "$PREFECT_API_URL/health" >/dev/null && break; sleep 1; done
+    curl -sf "$PREFECT_API_URL/health" >/dev/null || { echo "server did not start; see $PREFECT_HOME/server.log"; exit 1; }
+  fi
+  "$PREFECT" work-pool inspect "$POOL" >/dev/null 2>&1 || "$PREFECT" work-pool create "$POOL" --type process
+  "$PREFECT" --no-prompt deploy --all
+  setsid "$PREFECT" worker start --pool "$POOL" >"$PREFECT_HOME/worker.log" 2>&1 &
+  echo $! >"$PREFECT_HOME/worker.pid"
+  echo "server: ${PREFECT_API_URL%/api} (UI), worker log: $PREFECT_HOME/worker.log"
+  echo "export PREFECT_API_URL=$PREFECT_API_URL"
+}
+
+down() {
+  for name in worker server; do
+    f="$PREFECT_HOME/$name.pid"
+    if [ -f "$f" ]; then kill -- "-$(cat "$f")" 2>/dev/null || kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+  done
+}
+
+case "${1:-}" in
+  up) up ;;
+  run) shift; "$PREFECT" deployment run synth-and-eval/synth-and-eval --watch "$@" ;;
+  down) down ;;
+  *) echo "usage: $0 up|run|down"; exit 2 ;;
+esac

@@ -1,0 +1,135 @@
+import nibabel as nib
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from motfm_core.config import DataConfig
+from motfm_core.data import ingest, load_split, open_store, patient_split
+
+
+def _nifti(path, arr):
+    nib.save(nib.Nifti1Image(arr.astype(np.float32), np.eye(4)), str(path))
+
+
+@pytest.fixture
+def nifti_folder(tmp_path):
+    rng = np.random.RandomState(0)
+    rows = []
+    for i in range(6):
+        vol = rng.rand(20, 24, 6) + 0.2
+        _nifti(tmp_path / f"s{i}.nii.gz", vol)
+        _nifti(tmp_path / f"s{i}_mask.nii.gz", (vol > 0.7).astype(np.float32))
+        rows.append({"filename": f"s{i}.nii.gz", "label": "tumour" if i % 2 else "healthy",
+                     "mask": f"s{i}_mask.nii.gz", "subject": f"patient{i}"})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    return tmp_path
+
+
+def test_nifti_folder_3d(nifti_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("o") / "d.zarr"
+    path = ingest(DataConfig(source=str(nifti_folder), image_size=16, spatial_dims=3, depth=4), out)
+    root = open_store(path)
+    assert root["images"].shape == (6, 1, 16, 16, 4) and root["masks"].shape == (6, 1, 16, 16, 4)
+    assert root.attrs["class_names"] == ["healthy", "tumour"]
+    imgs = root["images"][:]
+    assert imgs.min() >= 0 and imgs.max() <= 1
+    assert set(root["split"][:]) == {0, 1, 2}
+
+
+def test_nifti_volumes_in_2d_mode_give_slices_split_by_patient(nifti_folder, tmp_path):
+    path = ingest(DataConfig(source=str(nifti_folder), image_size=16), tmp_path / "d.zarr")
+    root = open_store(path)
+    assert root["images"].shape[1:] == (1, 16, 16) and root["images"].shape[0] == 6 * 6
+    split, group = root["split"][:], root["group"][:]
+    for g in np.unique(group):
+        assert len(set(split[group == g])) == 1  # a patient's slices never straddle splits
+
+
+def test_ingest_is_idempotent(nifti_folder, tmp_path):
+    cfg = DataConfig(source=str(nifti_folder), image_size=16)
+    p = ingest(cfg, tmp_path / "d.zarr")
+    mtime = (p / "zarr.json").stat().st_mtime_ns
+    ingest(cfg, tmp_path / "d.zarr")
+    assert (p / "zarr.json").stat().st_mtime_ns == mtime
+
+
+def test_corrupt_nifti_names_the_file_and_keeps_old_store(nifti_folder, tmp_path):
+    cfg = DataConfig(source=str(nifti_folder), image_size=16)
+    good = ingest(cfg, tmp_path / "d.zarr")
+    fp = open_store(good).attrs["fingerprint"]
+    (nifti_folder / "s3.nii.gz").write_bytes(b"\x1f\x8b not really a nifti")
+    with pytest.raises(ValueError, match=r"s3\.nii\.gz: cannot read NIfTI"):
+        ingest(DataConfig(source=str(nifti_folder), image_size=16, seed=1), tmp_path / "d.zarr")
+    assert open_store(good).attrs["fingerprint"] == fp
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_mask_shape_mismatch(nifti_folder, tmp_path):
+    _nifti(nifti_folder / "s2_mask.nii.gz", np.zeros((10, 10, 6)))
+    with pytest.raises(ValueError, match=r"s2_mask\.nii\.gz: mask shape \(10, 10, 6\) != image shape \(20, 24, 6\)"):
+        ingest(DataConfig(source=str(nifti_folder), image_size=16), tmp_path / "d.zarr")
+
+
+def test_nan_in_volume(nifti_folder, tmp_path):
+    vol = np.ones((20, 24, 6))
+    vol[1, 1, 1] = np.nan
+    _nifti(nifti_folder / "s1.nii.gz", vol)
+    with pytest.raises(ValueError, match=r"s1\.nii\.gz: contains NaN"):
+        ingest(DataConfig(source=str(nifti_folder), image_size=16), tmp_path / "d.zarr")
+
+
+def test_image_missing_from_csv_and_missing_label(nifti_folder, tmp_path):
+    _nifti(nifti_folder / "extra.nii.gz", np.ones((20, 24, 6)))
+    with pytest.raises(ValueError, match=r"extra\.nii\.gz: image has no row in .*labels\.csv"):
+        ingest(DataConfig(source=str(nifti_folder), image_size=16), tmp_path / "d.zarr")
+    (nifti_folder / "extra.nii.gz").unlink()
+    df = pd.read_csv(nifti_folder / "labels.csv")
+    df.loc[2, "label"] = None
+    df.to_csv(nifti_folder / "labels.csv", index=False)
+    with pytest.raises(ValueError, match="empty label for"):
+        ingest(DataConfig(source=str(nifti_folder), image_size=16), tmp_path / "d.zarr")
+
+
+def test_png_folder(tmp_path):
+    rng = np.random.RandomState(0)
+    rows = []
+    for i in range(9):
+        Image.fromarray((rng.rand(30, 20) * 255).astype(np.uint8)).save(tmp_path / f"im{i}.png")
+        rows.append({"filename": f"im{i}.png", "label": i % 3})
+    pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
+    path = ingest(DataConfig(source=str(tmp_path), image_size=16), tmp_path / "out" / "d.zarr")
+    root = open_store(path)
+    assert root["images"].shape == (9, 1, 16, 16) and sorted(set(root["labels"][:])) == [0, 1, 2]
+    (tmp_path / "im4.png").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match=r"im4\.png: cannot read image"):
+        ingest(DataConfig(source=str(tmp_path), image_size=16, seed=2), tmp_path / "out" / "d.zarr")
+
+
+def test_medmnist_npz_keeps_its_split(tmp_path):
+    rng = np.random.RandomState(0)
+    parts = {}
+    for part, n in (("train", 12), ("val", 3), ("test", 6)):
+        parts[f"{part}_images"] = (rng.rand(n, 28, 28) * 255).astype(np.uint8)
+        parts[f"{part}_labels"] = rng.randint(0, 2, (n, 1))
+    np.savez(tmp_path / "pneumoniamnist.npz", **parts)
+    path = ingest(DataConfig(source=str(tmp_path / "pneumoniamnist.npz"), image_size=16), tmp_path / "d.zarr")
+    assert len(load_split(path, "train")["labels"]) == 12 and len(load_split(path, "test")["labels"]) == 6
+    assert np.array_equal(load_split(path, "test")["labels"], parts["test_labels"].ravel())
+    np.savez(tmp_path / "broken.npz", train_images=parts["train_images"])
+    with pytest.raises(ValueError, match="broken.npz: missing arrays"):
+        ingest(DataConfig(source=str(tmp_path / "broken.npz"), image_size=16), tmp_path / "e.zarr")
+
+
+def test_unknown_source_and_bad_parameter(tmp_path):
+    with pytest.raises(FileNotFoundError, match="data source not found"):
+        ingest(DataConfig(source=str(tmp_path / "nope")), tmp_path / "d.zarr")
+    with pytest.raises(ValueError, match="image_size must be a multiple of 8"):
+        DataConfig(image_size=30).validate()
+
+
+def test_patient_split_is_deterministic_and_groupwise():
+    groups = [f"p{i // 4}" for i in range(80)]
+    a, b = patient_split(groups, 0.15, 0.15, 0), patient_split(groups, 0.15, 0.15, 0)
+    assert np.array_equal(a, b) and set(a) == {0, 1, 2}
+    assert not np.array_equal(a, patient_split(groups, 0.15, 0.15, 1))

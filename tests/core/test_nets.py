@@ -1,0 +1,45 @@
+import pytest
+import torch
+
+from motfm_core.config import ModelConfig
+from motfm_core.nets import build_model, guided_velocity
+from tests.conftest import TINY_MODEL
+
+
+@pytest.mark.parametrize("dims,shape", [(2, (2, 1, 16, 16)), (3, (2, 1, 16, 16, 8))])
+def test_forward_backward_2d_and_3d(dims, shape):
+    model = build_model(ModelConfig(spatial_dims=dims, image_size=16, depth=8, num_classes=3, **TINY_MODEL))
+    x = torch.randn(shape, requires_grad=True)
+    out = model(x, torch.rand(2), torch.tensor([0, 2]))
+    assert out.shape == x.shape
+    out.pow(2).mean().backward()
+    assert x.grad is not None and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+def test_time_is_not_quantised():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(image_size=16, num_classes=2, **TINY_MODEL)).eval()
+    with torch.no_grad():  # MONAI zero-initialises the output layer; give it weights so outputs can differ
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.1)
+    x, y = torch.randn(1, 1, 16, 16), torch.tensor([0])
+    with torch.no_grad():
+        a, b = model(x, torch.tensor([0.5000]), y), model(x, torch.tensor([0.5003]), y)
+    assert not torch.equal(a, b)  # 0.3 of a 1/1000 step still changes the output
+
+
+def test_guidance_scales():
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(image_size=16, num_classes=3, **TINY_MODEL)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.1)
+    x, t, y = torch.randn(3, 1, 16, 16), torch.rand(3), torch.tensor([0, 1, 2])
+    null = torch.full_like(y, model.null_class)
+    with torch.no_grad():
+        cond, uncond = model(x, t, y), model(x, t, null)
+        assert torch.allclose(guided_velocity(model, y, 1.0)(x, t), cond)
+        assert torch.allclose(guided_velocity(model, y, 0.0)(x, t), uncond)
+        assert torch.allclose(guided_velocity(model, y, 3.0)(x, t), uncond + 3.0 * (cond - uncond), atol=1e-5)

@@ -1,0 +1,73 @@
+import numpy as np
+import pytest
+import zarr
+
+from motfm_core.data import (
+    create_synthetic_store,
+    incomplete_shards,
+    load_split,
+    open_store,
+    shard_complete,
+    write_dataset,
+    write_shard,
+)
+
+
+def _arrays(n=10, dims=2):
+    rng = np.random.RandomState(0)
+    shape = (n, 1, 8, 8) if dims == 2 else (n, 1, 8, 8, 4)
+    return (rng.rand(*shape).astype(np.float32), rng.randint(0, 3, n), np.array([0, 0, 0, 0, 0, 0, 1, 1, 2, 2]),
+            np.arange(n) // 2)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_dataset_round_trip(tmp_path, dims):
+    images, labels, split, group = _arrays(dims=dims)
+    masks = (images > 0.5).astype(np.uint8)
+    path = write_dataset(tmp_path / "d.zarr", images, labels, split, group, {"class_names": ["a", "b", "c"]}, masks)
+    root = open_store(path)
+    assert root.attrs["schema_version"] == 1 and len(root.attrs["fingerprint"]) == 64
+    assert root["images"].chunks == (1, *images.shape[1:])  # one sample per chunk
+    test = load_split(path, "test")
+    assert np.array_equal(test["images"], images[split == 2])
+    assert np.array_equal(test["labels"], labels[split == 2])
+    assert np.array_equal(test["masks"], masks[split == 2])
+
+
+def test_rewrite_keeps_previous_store_and_rejects_nan(tmp_path):
+    images, labels, split, group = _arrays()
+    path = write_dataset(tmp_path / "d.zarr", images, labels, split, group, {"class_names": ["a"]})
+    first = open_store(path).attrs["fingerprint"]
+    bad = images.copy()
+    bad[3, 0, 2, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        write_dataset(path, bad, labels, split, group, {})
+    assert open_store(path).attrs["fingerprint"] == first  # untouched by the failed write
+    write_dataset(path, images * 0.5, labels, split, group, {"class_names": ["a"]})
+    olds = list(tmp_path.glob("d.zarr.old-*"))
+    assert len(olds) == 1 and open_store(olds[0]).attrs["fingerprint"] == first
+    assert not list(tmp_path.glob("*.tmp-*"))
+
+
+def test_missing_store_error_names_the_fix(tmp_path):
+    with pytest.raises(FileNotFoundError, match="run the ingest"):
+        open_store(tmp_path / "nothing.zarr")
+
+
+def test_sharded_synthetic_store(tmp_path):
+    path = create_synthetic_store(tmp_path / "s.zarr", 10, (1, 8, 8), 4, {"run_key": "k"})
+    root = zarr.open_group(str(path), mode="r")
+    assert root["images"].shards == (4, 1, 8, 8) and root["images"].chunks == (1, 1, 8, 8)
+    assert incomplete_shards(path) == [0, 1, 2]
+    write_shard(path, 2, np.ones((2, 1, 8, 8)), np.array([1, 2]), np.array([8, 9]))
+    assert shard_complete(path, 2) and incomplete_shards(path) == [0, 1]
+    assert np.isnan(zarr.open_group(str(path))["images"][0]).all()  # unwritten samples stay NaN
+    with pytest.raises(ValueError, match="needs 4 samples"):
+        write_shard(path, 0, np.ones((3, 1, 8, 8)), np.zeros(3), np.zeros(3))
+    assert not shard_complete(path, 0)
+    # the same plan reopens; a different plan is refused rather than mixed in
+    assert create_synthetic_store(path, 10, (1, 8, 8), 4, {"run_key": "k"}) == path
+    with pytest.raises(ValueError, match="different plan"):
+        create_synthetic_store(path, 12, (1, 8, 8), 4, {"run_key": "k"})
+    with pytest.raises(ValueError, match="outside a dataset"):
+        write_shard(path, 3, np.ones((1, 1, 8, 8)), np.zeros(1), np.zeros(1))
