@@ -79,8 +79,11 @@ class ModelConfig:
     norm_num_groups: int = 32
     image_size: int = 48
     depth: int = 16  # 3D only
+    prediction: str = "velocity"  # "velocity": flow matching; "epsilon": the DDPM/DDIM baseline
 
     def validate(self) -> None:
+        _check(self.prediction in ("velocity", "epsilon"),
+               f"model.prediction must be 'velocity' (flow matching) or 'epsilon' (DDPM), got {self.prediction!r}")
         _check(len(self.channels) == len(self.attention_levels),
                f"model.channels {self.channels} and model.attention_levels {self.attention_levels} differ in length")
         _check(all(c % self.norm_num_groups == 0 for c in self.channels),
@@ -102,7 +105,8 @@ class TrainConfig:
     ema_decay: float = 0.995
     grad_clip: float = 1.0
     time_sampling: str = "uniform"  # or "logit_normal"
-    coupling: str = "independent"  # or "ot" (minibatch exact OT, within class)
+    time_shift: float = 1.0  # > 1 spends more training time near noise (SD3/MAISI resolution shift)
+    coupling: str = "independent"  # "ot" (minibatch exact OT, within class) or "sinkhorn" (entropic OT)
     class_dropout: float = 0.1  # drop labels to the null class for classifier-free guidance
     checkpoint_every: int = 200
     seed: int = 0
@@ -111,8 +115,9 @@ class TrainConfig:
         _check(self.steps >= 1 and self.batch_size >= 1, "train.steps and train.batch_size must be >= 1")
         _check(self.time_sampling in ("uniform", "logit_normal"),
                f"train.time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}")
-        _check(self.coupling in ("independent", "ot"),
-               f"train.coupling must be 'independent' or 'ot', got {self.coupling!r}")
+        _check(self.coupling in ("independent", "ot", "sinkhorn"),
+               f"train.coupling must be 'independent', 'ot' or 'sinkhorn', got {self.coupling!r}")
+        _check(self.time_shift > 0, f"train.time_shift must be > 0, got {self.time_shift}")
         _check(0.0 <= self.class_dropout < 1.0, "train.class_dropout must lie in [0, 1)")
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)")
 
@@ -123,7 +128,7 @@ class SampleConfig:
 
     samples_per_class: int = 64
     shard_size: int = 32
-    solver: str = "euler"
+    solver: str = "euler"  # flow models: euler/midpoint/heun/rk4/dopri5; DDPM models: ddpm (1000) or ddim
     nfe: int = 10  # solver steps: euler spends exactly this many evaluations (dopri5: adaptive, ignored)
     guidance: float = 1.0  # classifier-free guidance scale; 1.0 = plain conditional model
     batch_size: int = 64
@@ -132,10 +137,12 @@ class SampleConfig:
     def validate(self) -> None:
         from motfm_core.solvers import METHODS
 
+        methods = (*METHODS, "ddpm", "ddim")
+
         _check(self.samples_per_class >= 1, "sample.samples_per_class must be >= 1")
         _check(self.shard_size >= 1, "sample.shard_size must be >= 1")
         _check(self.nfe >= 1, f"sample.nfe must be >= 1, got {self.nfe}")
-        _check(self.solver in METHODS, f"sample.solver must be one of {sorted(METHODS)}, got {self.solver!r}")
+        _check(self.solver in methods, f"sample.solver must be one of {sorted(methods)}, got {self.solver!r}")
         _check(self.guidance >= 0.0, "sample.guidance must be >= 0")
 
 

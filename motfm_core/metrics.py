@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
+import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
 
@@ -26,3 +29,21 @@ def summarise(values: list[float]) -> dict[str, float]:
     a = np.asarray(values, dtype=float)
     return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
             "min": float(a.min()), "max": float(a.max()), "n": int(len(a))}
+
+
+@torch.no_grad()
+def straightness(velocity: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x0: torch.Tensor,
+                 steps: int = 20) -> float:
+    """Rectified-flow straightness: mean over t of E||v(x_t, t) - (x_1 - x_0)||^2 along Euler trajectories.
+
+    0 means every trajectory is a straight line travelled at constant speed (one Euler step is exact);
+    values are per element, so they compare across image sizes.
+    """
+    x, vs = x0, []
+    for i in range(steps):
+        t = torch.full((x.shape[0],), i / steps, device=x.device)
+        v = velocity(x, t)
+        vs.append(v)
+        x = x + v / steps
+    chord = x - x0
+    return float(torch.stack([(v - chord).pow(2).mean() for v in vs]).mean())

@@ -31,12 +31,21 @@ class CondOTPath:
         return xt, ut
 
 
+def shift_time(t: torch.Tensor, shift: float) -> torch.Tensor:
+    """Resolution shift (SD3): noise level s = 1 - t becomes shift*s / (1 + (shift-1)*s); shift 1 is identity."""
+    s = 1.0 - t
+    return 1.0 - shift * s / (1.0 + (shift - 1.0) * s)
+
+
 def sample_time(
-    n: int, scheme: str = "uniform", generator: torch.Generator | None = None, device: str | torch.device = "cpu"
+    n: int, scheme: str = "uniform", generator: torch.Generator | None = None, device: str | torch.device = "cpu",
+    shift: float = 1.0,
 ) -> torch.Tensor:
     """Draw n training times in (0, 1): `uniform`, or `logit_normal` (SD3/MONAI RFlow: sigmoid of N(0, 1))."""
     if scheme == "uniform":
-        return torch.rand(n, generator=generator, device=device)
-    if scheme == "logit_normal":
-        return torch.sigmoid(torch.randn(n, generator=generator, device=device))
-    raise ValueError(f"unknown time sampling scheme {scheme!r}; use 'uniform' or 'logit_normal'")
+        t = torch.rand(n, generator=generator, device=device)
+    elif scheme == "logit_normal":
+        t = torch.sigmoid(torch.randn(n, generator=generator, device=device))
+    else:
+        raise ValueError(f"unknown time sampling scheme {scheme!r}; use 'uniform' or 'logit_normal'")
+    return t if shift == 1.0 else shift_time(t, shift)

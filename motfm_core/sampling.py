@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from motfm_core.baselines import diffusion_sample
 from motfm_core.config import SampleConfig
 from motfm_core.data.store import shard_bounds, shard_complete, write_shard
 from motfm_core.nets import VelocityUNet, guided_velocity
@@ -35,6 +36,11 @@ def generate(
 ) -> tuple[np.ndarray, int]:
     """Images (N, C, *spatial) in [0, 1] for the given labels/seeds, and NFE spent per sample."""
     m = model.cfg
+    diffusion = cfg.solver in ("ddpm", "ddim")
+    if diffusion != (m.prediction == "epsilon"):
+        kind = "a DDPM (epsilon) model" if m.prediction == "epsilon" else "a flow-matching (velocity) model"
+        raise ValueError(f"solver {cfg.solver!r} cannot sample {kind}; use "
+                         + ("'ddpm' or 'ddim'" if m.prediction == "epsilon" else "euler/midpoint/heun/rk4/dopri5"))
     shape = (m.in_channels, m.image_size, m.image_size) + ((m.depth,) if m.spatial_dims == 3 else ())
     device = torch.device(device)
     out, nfe = [], 0
@@ -42,7 +48,11 @@ def generate(
         x0 = initial_noise(seeds[i:i + cfg.batch_size], shape).to(device)
         y = torch.as_tensor(labels[i:i + cfg.batch_size], device=device).long()
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            x1, nfe = solve(guided_velocity(model, y, cfg.guidance), x0, cfg.nfe, cfg.solver)
+            if m.prediction == "epsilon":
+                gen = torch.Generator(device=device).manual_seed(int(seeds[i]))
+                x1, nfe = diffusion_sample(model, x0, y, cfg.solver, cfg.nfe, cfg.guidance, gen)
+            else:
+                x1, nfe = solve(guided_velocity(model, y, cfg.guidance), x0, cfg.nfe, cfg.solver)
         out.append(to_image_space(x1.float()).cpu().numpy())
     return np.concatenate(out), nfe
 

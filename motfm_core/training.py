@@ -1,4 +1,4 @@
-"""Flow-matching training: loss, EMA, warmup, grad clipping, bf16 on CUDA, atomic resumable checkpoints.
+"""Training (flow matching, or the same-backbone DDPM baseline): loss, EMA, warmup, grad clipping, bf16 on CUDA, atomic resumable checkpoints.
 
 Checkpoints hold only tensors and plain Python values, so `torch.load(..., weights_only=True)` reads
 them. `model.pt` (the product) = EMA weights + model/train config + data fingerprint + class names;
@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from motfm_core.baselines import ddpm_loss
 from motfm_core.config import ModelConfig, TrainConfig, config_hash
 from motfm_core.couplings import COUPLINGS
 from motfm_core.data.store import load_split, open_store
@@ -49,8 +50,8 @@ def flow_matching_loss(
 ) -> torch.Tensor:
     """MSE between v(x_t, t, y) and the path's target velocity, with coupling and label dropout."""
     x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
-    x0 = COUPLINGS[cfg.coupling](x0, x1, y)
-    t = sample_time(x1.shape[0], cfg.time_sampling, generator, x1.device)
+    x0 = COUPLINGS[cfg.coupling](x0, x1, y)  # pairs within each class label
+    t = sample_time(x1.shape[0], cfg.time_sampling, generator, x1.device, cfg.time_shift)
     xt, ut = path.sample(x0, x1, t)
     if cfg.class_dropout > 0:
         drop = torch.rand(y.shape, generator=generator, device=y.device) < cfg.class_dropout
@@ -132,7 +133,10 @@ def train_flow_matching(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            loss = flow_matching_loss(model, x_all[idx], y_all[idx], cfg, gen)
+            if model_cfg.prediction == "epsilon":
+                loss = ddpm_loss(model, x_all[idx], y_all[idx], cfg.class_dropout, gen)
+            else:
+                loss = flow_matching_loss(model, x_all[idx], y_all[idx], cfg, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -41,3 +41,14 @@ def test_time_sampling_is_continuous_in_unit_interval(scheme):
 def test_unknown_time_scheme():
     with pytest.raises(ValueError, match="unknown time sampling"):
         sample_time(3, "beta")
+
+
+def test_time_shift_moves_mass_towards_noise():
+    from motfm_core.paths import shift_time
+
+    t = torch.linspace(0, 1, 11)
+    assert torch.allclose(shift_time(t, 1.0), t)
+    shifted = shift_time(t, 3.0)
+    assert shifted[0] == 0 and shifted[-1] == 1 and (shifted[1:-1] < t[1:-1]).all()
+    g = torch.Generator().manual_seed(0)
+    assert sample_time(4000, "uniform", g, shift=3.0).mean() < 0.4
