@@ -17,7 +17,7 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 
 def ddpm_loss(model: VelocityUNet, x1: torch.Tensor, y: torch.Tensor, class_dropout: float,
-              generator: torch.Generator) -> torch.Tensor:
+              generator: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Epsilon-prediction MSE at uniformly drawn integer steps, with label dropout for guidance."""
     scheduler = DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
     noise = torch.randn(x1.shape, generator=generator, device=x1.device)
@@ -26,12 +26,13 @@ def ddpm_loss(model: VelocityUNet, x1: torch.Tensor, y: torch.Tensor, class_drop
     if class_dropout > 0:
         drop = torch.rand(y.shape, generator=generator, device=y.device) < class_dropout
         y = torch.where(drop, torch.full_like(y, model.null_class), y)
-    return (model(xk, k.float() / TIME_SCALE, y).float() - noise).pow(2).mean()
+    return (model(xk, k.float() / TIME_SCALE, y, mask).float() - noise).pow(2).mean()
 
 
 @torch.no_grad()
 def diffusion_sample(model: VelocityUNet, x_noise: torch.Tensor, y: torch.Tensor, method: str, steps: int,
-                     guidance: float = 1.0, generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
+                     guidance: float = 1.0, generator: torch.Generator | None = None,
+                     mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Reverse diffusion from x_noise: `ddpm` (must be 1000 steps) or deterministic `ddim` (any steps).
 
     Returns the samples in model space and the number of network evaluations spent (one per step).
@@ -47,7 +48,7 @@ def diffusion_sample(model: VelocityUNet, x_noise: torch.Tensor, y: torch.Tensor
     else:
         raise ValueError(f"unknown diffusion sampler {method!r}; use 'ddpm' or 'ddim'")
     scheduler.set_timesteps(steps, device=x_noise.device)
-    eps_fn = guided_velocity(model, y, guidance)  # guidance mixes eps predictions the same way
+    eps_fn = guided_velocity(model, y, guidance, mask)  # guidance mixes eps predictions the same way
     x, nfe = x_noise, 0
     for k in scheduler.timesteps:
         t = torch.full((x.shape[0],), float(k) / TIME_SCALE, device=x.device)

@@ -80,8 +80,13 @@ class ModelConfig:
     image_size: int = 48
     depth: int = 16  # 3D only
     prediction: str = "velocity"  # "velocity": flow matching; "epsilon": the DDPM/DDIM baseline
+    mask_conditioning: str = "none"  # "concat" (one-hot mask channels) or "controlnet" (MONAI ControlNet)
+    mask_classes: int = 0  # set from the dataset's mask_names when masks condition the model
+    gradient_checkpointing: bool = False  # recompute UNet blocks in backward: less memory (3D), more time
 
     def validate(self) -> None:
+        _check(self.mask_conditioning in ("none", "concat", "controlnet"),
+               f"model.mask_conditioning must be 'none', 'concat' or 'controlnet', got {self.mask_conditioning!r}")
         _check(self.prediction in ("velocity", "epsilon"),
                f"model.prediction must be 'velocity' (flow matching) or 'epsilon' (DDPM), got {self.prediction!r}")
         _check(len(self.channels) == len(self.attention_levels),

@@ -10,7 +10,7 @@ import torch
 
 from motfm_core.baselines import diffusion_sample
 from motfm_core.config import SampleConfig
-from motfm_core.data.store import shard_bounds, shard_complete, write_shard
+from motfm_core.data.store import load_split, shard_bounds, shard_complete, write_shard
 from motfm_core.nets import VelocityUNet, guided_velocity
 from motfm_core.solvers import solve
 from motfm_core.training import load_checkpoint, to_image_space
@@ -24,6 +24,23 @@ def sample_plan(num_classes: int, cfg: SampleConfig) -> tuple[np.ndarray, np.nda
     return labels, seeds
 
 
+def mask_plan(data_path: str | Path, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Masks to condition each planned sample on: the n-th sample of class c takes the n-th real training
+    mask of class c (cycling). Returns (masks (N, 1, *spatial) uint8, index into the train split)."""
+    train = load_split(data_path, "train")
+    if "masks" not in train:
+        raise ValueError(f"{data_path}: the model is mask-conditioned but this dataset has no masks")
+    source = np.empty(len(labels), dtype=np.int64)
+    seen: dict[int, int] = {}
+    for i, c in enumerate(labels.tolist()):
+        pool = np.nonzero(train["labels"] == c)[0]
+        if len(pool) == 0:
+            raise ValueError(f"{data_path}: no training mask of class {c} to condition on")
+        source[i] = pool[seen.get(c, 0) % len(pool)]
+        seen[c] = seen.get(c, 0) + 1
+    return train["masks"][source], source
+
+
 def initial_noise(seeds: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
     """x0 ~ N(0, I) of shape (len(seeds), *shape), each row from its own seed (CPU generator: portable)."""
     return torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in seeds])
@@ -32,9 +49,9 @@ def initial_noise(seeds: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
 @torch.inference_mode()
 def generate(
     model: VelocityUNet, labels: np.ndarray, seeds: np.ndarray, cfg: SampleConfig,
-    device: str | torch.device = "cpu",
+    device: str | torch.device = "cpu", masks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Images (N, C, *spatial) in [0, 1] for the given labels/seeds, and NFE spent per sample."""
+    """Images (N, C, *spatial) in [0, 1] for the given labels/seeds (and masks), and NFE spent per sample."""
     m = model.cfg
     diffusion = cfg.solver in ("ddpm", "ddim")
     if diffusion != (m.prediction == "epsilon"):
@@ -47,12 +64,13 @@ def generate(
     for i in range(0, len(labels), cfg.batch_size):
         x0 = initial_noise(seeds[i:i + cfg.batch_size], shape).to(device)
         y = torch.as_tensor(labels[i:i + cfg.batch_size], device=device).long()
+        mk = None if masks is None else torch.as_tensor(masks[i:i + cfg.batch_size], device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             if m.prediction == "epsilon":
                 gen = torch.Generator(device=device).manual_seed(int(seeds[i]))
-                x1, nfe = diffusion_sample(model, x0, y, cfg.solver, cfg.nfe, cfg.guidance, gen)
+                x1, nfe = diffusion_sample(model, x0, y, cfg.solver, cfg.nfe, cfg.guidance, gen, mk)
             else:
-                x1, nfe = solve(guided_velocity(model, y, cfg.guidance), x0, cfg.nfe, cfg.solver)
+                x1, nfe = solve(guided_velocity(model, y, cfg.guidance, mk), x0, cfg.nfe, cfg.solver)
         out.append(to_image_space(x1.float()).cpu().numpy())
     return np.concatenate(out), nfe
 
@@ -70,9 +88,13 @@ def sample_shard(
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     model, meta = load_checkpoint(checkpoint, device)
     labels, seeds = sample_plan(len(meta["class_names"]), cfg)
+    masks = source = None
+    if model.cfg.mask_conditioning != "none":
+        masks, source = mask_plan(meta["data_path"], labels)
+        masks, source = masks[start:stop], source[start:stop]
     t0 = time.perf_counter()
-    images, nfe = generate(model, labels[start:stop], seeds[start:stop], cfg, device)
+    images, nfe = generate(model, labels[start:stop], seeds[start:stop], cfg, device, masks)
     seconds = time.perf_counter() - t0
     write_shard(store, index, images, labels[start:stop], seeds[start:stop],
-                info={"nfe": nfe, "seconds": seconds, "device": str(device)})
+                info={"nfe": nfe, "seconds": seconds, "device": str(device)}, masks=masks, mask_source=source)
     return {"shard": index, "skipped": False, "nfe": nfe, "seconds": seconds, "count": stop - start}

@@ -46,7 +46,7 @@ def to_image_space(x: torch.Tensor) -> torch.Tensor:
 
 def flow_matching_loss(
     model: nn.Module, x1: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
-    path: CondOTPath = CondOTPath(),
+    path: CondOTPath = CondOTPath(), mask: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE between v(x_t, t, y) and the path's target velocity, with coupling and label dropout."""
     x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
@@ -56,7 +56,7 @@ def flow_matching_loss(
     if cfg.class_dropout > 0:
         drop = torch.rand(y.shape, generator=generator, device=y.device) < cfg.class_dropout
         y = torch.where(drop, torch.full_like(y, model.null_class), y)
-    return (model(xt, t, y).float() - ut).pow(2).mean()
+    return (model(xt, t, y, mask).float() - ut).pow(2).mean()
 
 
 def save_atomic(obj: dict[str, Any], path: Path) -> None:
@@ -106,6 +106,12 @@ def train_flow_matching(
     data = load_split(data_path, "train")
     x_all = to_model_space(torch.from_numpy(data["images"])).to(device)
     y_all = torch.from_numpy(data["labels"]).long().to(device)
+    m_all = None
+    if model_cfg.mask_conditioning != "none":
+        if "masks" not in data:
+            raise ValueError(f"{data_path}: model.mask_conditioning={model_cfg.mask_conditioning!r} needs masks, "
+                             "and this dataset has none; use model.mask_conditioning='none'")
+        m_all = torch.from_numpy(data["masks"]).to(device)
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
     ema = copy.deepcopy(model).requires_grad_(False)
@@ -133,10 +139,11 @@ def train_flow_matching(
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
+            mask = None if m_all is None else m_all[idx]
             if model_cfg.prediction == "epsilon":
-                loss = ddpm_loss(model, x_all[idx], y_all[idx], cfg.class_dropout, gen)
+                loss = ddpm_loss(model, x_all[idx], y_all[idx], cfg.class_dropout, gen, mask)
             else:
-                loss = flow_matching_loss(model, x_all[idx], y_all[idx], cfg, gen)
+                loss = flow_matching_loss(model, x_all[idx], y_all[idx], cfg, gen, mask=mask)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

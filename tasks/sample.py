@@ -37,7 +37,8 @@ def plan_sampling_task(checkpoint: str, sample: dict, run_dir: str) -> tuple[str
              "class_names": meta["class_names"], "source_fingerprint": meta["data_fingerprint"],
              "code_version": code_version(), "run_key": f"{ckpt_hash[:16]}-{config_hash(cfg)}"}
     n = len(meta["class_names"]) * cfg.samples_per_class
-    store = create_synthetic_store(Path(run_dir) / "synthetic.zarr", n, shape, cfg.shard_size, attrs)
+    store = create_synthetic_store(Path(run_dir) / "synthetic.zarr", n, shape, cfg.shard_size, attrs,
+                                   with_masks=m.mask_conditioning != "none")
     todo = incomplete_shards(store)
     logger.info("sample: %s holds %d samples in %d-sample shards; %d shard(s) to write", store, n,
                 cfg.shard_size, len(todo))

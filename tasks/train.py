@@ -15,10 +15,13 @@ from motfm_core.training import train_flow_matching
 def train_task(data_path: str, model: dict, train: dict, run_dir: str) -> str:
     """Train (or resume, or reuse) the model; channels and classes come from the store. Returns model.pt."""
     logger = get_run_logger()
-    attrs = open_store(data_path).attrs
-    shape = open_store(data_path)["images"].shape
-    model_cfg = from_dict(ModelConfig, {**model, "in_channels": shape[1], "num_classes": len(attrs["class_names"])},
-                          "model")
+    root = open_store(data_path)
+    geometry = {"in_channels": root["images"].shape[1], "num_classes": len(root.attrs["class_names"])}
+    if model.get("mask_conditioning", "none") != "none":
+        if "masks" not in root.array_keys():
+            raise ValueError(f"{data_path}: model.mask_conditioning needs a dataset with masks; this one has none")
+        geometry["mask_classes"] = len(root.attrs.get("mask_names", [])) or int(root["masks"][:].max()) + 1
+    model_cfg = from_dict(ModelConfig, {**model, **geometry}, "model")
     ckpt = train_flow_matching(data_path, model_cfg, from_dict(TrainConfig, train, "train"),
                                Path(run_dir) / "checkpoints", progress=logger.info)
     return str(ckpt)

@@ -8,7 +8,8 @@ Real dataset (`dataset.zarr`, written once, atomically: built under a temporary 
     group   int32   (N,)  patient / source-volume id (splits never share a group)
     attrs   schema_version, source, class_names, spacing, normalisation, fingerprint, ...
 
-Synthetic dataset (`synthetic.zarr`): `images`, `labels`, `seed` with one Zarr shard per sampling
+Synthetic dataset (`synthetic.zarr`): `images`, `labels`, `seed` (and, for mask-conditioned models,
+`masks` and `mask_source`, the train-split index of each conditioning mask) with one Zarr shard per sampling
 task (sharding codec; chunk = one sample), so concurrent writers never touch the same object. After a
 shard's data is written, its completion record `shards/<index>` (a Zarr group whose attributes say
 what was written) is created by an atomic rename; a re-run regenerates only shards without one.
@@ -116,7 +117,8 @@ def load_split(path: str | Path, split: str) -> dict[str, np.ndarray]:
 
 
 def create_synthetic_store(
-    path: str | Path, num_samples: int, sample_shape: tuple[int, ...], shard_size: int, attrs: dict[str, Any]
+    path: str | Path, num_samples: int, sample_shape: tuple[int, ...], shard_size: int, attrs: dict[str, Any],
+    with_masks: bool = False,
 ) -> Path:
     """Create (once) the empty sharded store; an existing store with the same plan is reused as is."""
     path = Path(path)
@@ -138,6 +140,12 @@ def create_synthetic_store(
                           shards=(shard_size,), fill_value=-1)
         root.create_array("seed", shape=(num_samples,), dtype="int64", chunks=(shard_size,),
                           shards=(shard_size,), fill_value=-1)
+        if with_masks:  # the real training masks each sample was conditioned on, and their train-split index
+            root.create_array("masks", shape=(num_samples, 1, *sample_shape[1:]), dtype="uint8",
+                              chunks=(1, 1, *sample_shape[1:]), shards=(shard_size, 1, *sample_shape[1:]),
+                              fill_value=0)
+            root.create_array("mask_source", shape=(num_samples,), dtype="int64", chunks=(shard_size,),
+                              shards=(shard_size,), fill_value=-1)
         root.create_group("shards")
         root.attrs.update({**attrs, **plan, "schema_version": SCHEMA_VERSION,
                            "num_shards": num_shards(num_samples, shard_size),
@@ -170,7 +178,8 @@ def shard_complete(path: str | Path, index: int) -> bool:
 
 
 def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray,
-                info: dict[str, Any] | None = None) -> None:
+                info: dict[str, Any] | None = None, masks: np.ndarray | None = None,
+                mask_source: np.ndarray | None = None) -> None:
     """Write one shard's samples, then its completion record (atomic rename) last."""
     path = Path(path)
     root = zarr.open_group(str(path), mode="r+", zarr_format=3)
@@ -180,6 +189,11 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
     root["images"][start:stop] = images.astype(np.float32)
     root["labels"][start:stop] = labels.astype(np.int64)
     root["seed"][start:stop] = seeds.astype(np.int64)
+    if ("masks" in root.array_keys()) != (masks is not None):
+        raise ValueError(f"{path}: the store {'expects' if masks is None else 'has no'} masks for shard {index}")
+    if masks is not None:
+        root["masks"][start:stop] = masks.astype(np.uint8)
+        root["mask_source"][start:stop] = np.asarray(mask_source, dtype=np.int64)
     record = _record_dir(path, index)
     tmp = _tmp_sibling(record)
     tmp.mkdir(parents=True)

@@ -25,7 +25,7 @@ def test_ddpm_loss_of_the_true_noise_is_zero():
     class Oracle(torch.nn.Module):
         null_class = 1
 
-        def forward(self, xk, t, yy):
+        def forward(self, xk, t, yy, mask=None):
             assert torch.all(t * 1000 == torch.round(t * 1000))  # integer diffusion steps, exactly
             return noise
 

@@ -80,7 +80,7 @@ def test_flow_matching_loss_is_zero_for_the_exact_velocity():
     class Oracle(torch.nn.Module):
         null_class = 1
 
-        def forward(self, xt, tt, yy):
+        def forward(self, xt, tt, yy, mask=None):
             assert torch.allclose(tt, t)
             return x1 - x0
 
@@ -94,3 +94,19 @@ def test_unknown_config_key_is_refused():
         PipelineConfig.from_overrides({"train": {"stepz": 3}})
     with pytest.raises(ValueError, match="sample.nfe must be >= 1"):
         PipelineConfig.from_overrides({"sample": {"nfe": 0}})
+
+
+def test_3d_train_and_sample(tmp_path):
+    """The same code trains and samples volumes when the data are 3D (spatial_dims from the data)."""
+    from motfm_core.config import DataConfig
+    from motfm_core.data import ingest
+
+    store = ingest(DataConfig(source="phantom:6", image_size=16, spatial_dims=3, depth=8), tmp_path / "d.zarr")
+    cfg = ModelConfig(spatial_dims=3, image_size=16, depth=8, num_classes=3, gradient_checkpointing=True,
+                      **TINY_MODEL)
+    ckpt = train_flow_matching(store, cfg, TrainConfig(steps=4, batch_size=2, warmup_steps=1), tmp_path / "c",
+                               device="cpu")
+    model, _ = load_checkpoint(ckpt)
+    labels, seeds = sample_plan(3, SampleConfig(samples_per_class=1))
+    images, nfe = generate(model, labels, seeds, SampleConfig(samples_per_class=1, nfe=2, solver="heun"))
+    assert images.shape == (3, 1, 16, 16, 8) and nfe == 4 and np.isfinite(images).all()

@@ -61,3 +61,18 @@ def test_bad_parameter_fails_before_any_work(harness, tmp_path):
     with pytest.raises(ValueError, match="sample.solver must be one of"):
         synth_and_eval(run_name="bad", output_root=str(tmp_path), **{**TINY, "solver": "magic"})
     assert not (tmp_path / "bad" / "dataset.zarr").exists()
+
+
+@pytest.mark.parametrize("how", ["concat", "controlnet"])
+def test_mask_conditioned_run_stores_its_masks(harness, tmp_path, how):
+    params = {**TINY, "samples_per_class": 2, "seeds": [0]}
+    params["overrides"] = {**TINY["overrides"], "model": {**TINY_MODEL, "mask_conditioning": how}}
+    synth_and_eval(run_name="m", output_root=str(tmp_path), **params)
+    syn = zarr.open_group(str(tmp_path / "m" / "synthetic.zarr"), mode="r")
+    from motfm_core.data import load_split
+
+    train = load_split(str(tmp_path / "m" / "dataset.zarr"), "train")
+    src = syn["mask_source"][:]
+    assert (src >= 0).all()
+    assert np.array_equal(syn["masks"][:], train["masks"][src])
+    assert np.array_equal(train["labels"][src], syn["labels"][:])  # each mask comes from its own class
