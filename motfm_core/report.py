@@ -90,6 +90,14 @@ def render_markdown(report: dict[str, Any], grid_name: str) -> str:
     ]
     for arm, s in ev["summary"].items():
         lines.append(f"| {arm} | {_fmt(s['accuracy'])} | {_fmt(s['macro_f1'])} | {_fmt(s['auroc'])} |")
+    q = ev.get("quality")
+    if q:
+        lines += ["", f"Image quality on in-domain features ({q['feature_dim']}-d, from a classifier trained on the "
+                  "real train split; lower FID/KID is better, precision = fidelity, recall = coverage):", "",
+                  "| compared with real test | FID | KID | precision | recall |", "|---|---|---|---|---|"]
+        for name, row in (("synthetic", q["synthetic_vs_test"]), ("real train (baseline)", q["train_vs_test"])):
+            lines.append(f"| {name} | {row['fid']:.3f} | {row['kid']:.4f} | {row['precision']:.2f} | "
+                         f"{row['recall']:.2f} |")
     lines += ["", f"![real vs synthetic samples per class]({grid_name})", "",
               "Per-seed figures, the full configuration and the store paths are in `report.json`."]
     return "\n".join(lines) + "\n"

@@ -76,3 +76,12 @@ def test_mask_conditioned_run_stores_its_masks(harness, tmp_path, how):
     assert (src >= 0).all()
     assert np.array_equal(syn["masks"][:], train["masks"][src])
     assert np.array_equal(train["labels"][src], syn["labels"][:])  # each mask comes from its own class
+
+
+def test_report_has_quality_against_its_baseline(harness, tmp_path):
+    synth_and_eval(run_name="q", output_root=str(tmp_path), **{**TINY, "seeds": [0]})
+    report = json.loads((tmp_path / "q" / "report.json").read_text())
+    q = report["evaluation"]["quality"]
+    for block in ("synthetic_vs_test", "train_vs_test"):
+        assert set(q[block]) == {"fid", "kid", "precision", "recall"} and q[block]["fid"] >= 0
+    assert "real train (baseline)" in (tmp_path / "q" / "report.md").read_text()
