@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 import time
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,9 @@ from prefect import flow, get_run_logger, unmapped
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from motfm_core.config import PipelineConfig
+from motfm_core.config import from_dict
+from motfm_core.enhance import EnhanceConfig
+from tasks.enhance import enhance_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.report import report_task
@@ -28,7 +32,7 @@ def build_config(dataset: str, image_size: int, train_steps: int | None, solver:
                  samples_per_class: int, seeds: list[int], overrides: dict[str, dict[str, Any]] | None
                  ) -> PipelineConfig:
     """Named parameters first, then `overrides` per section; validates everything before heavy work."""
-    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (overrides or {}).items()}
+    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (overrides or {}).items() if k != "enhance"}
     merged.setdefault("data", {}).update({"source": dataset, "image_size": image_size})
     merged.setdefault("sample", {}).update({"solver": solver, "nfe": nfe, "samples_per_class": samples_per_class})
     merged.setdefault("eval", {}).update({"seeds": list(seeds)})
@@ -49,24 +53,32 @@ def synth_and_eval(
     nfe: int = 10,
     samples_per_class: int = 64,
     seeds: list[int] = [0, 1, 2],  # noqa: B006 (Prefect parameters are copied per run)
+    enhance: list[str] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> str:
-    """Run the whole DAG into `<output_root>/<run_name>/`; returns the path of report.md."""
+    """Run the whole DAG into `<output_root>/<run_name>/`; returns the path of report.md.
+
+    `enhance` (e.g. ["denoise", "superres"]) also trains and scores image-enhancement flows on the real
+    data; `overrides["enhance"]` sets their EnhanceConfig fields.
+    """
     logger = get_run_logger()
     cfg = build_config(dataset, image_size, train_steps, solver, nfe, samples_per_class, seeds, overrides)
     c = cfg.to_dict()
+    enhance_cfgs = [asdict(from_dict(EnhanceConfig, {**(overrides or {}).get("enhance", {}), "task": name}, "enhance"))
+                    for name in (enhance or [])]
     run_dir = Path(output_root).resolve() / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.json").write_text(json.dumps(c, indent=2))
     logger.info("synth-and-eval: outputs in %s", run_dir)
 
     data_path = ingest_task(c["data"], str(run_dir))
+    enhancements = [enhance_task(data_path, e, str(run_dir)) for e in enhance_cfgs]
     checkpoint = train_task(data_path, c["model"], c["train"], str(run_dir))
     store, todo = plan_sampling_task(checkpoint, c["sample"], str(run_dir))
     shards = sample_shard_task.map(unmapped(checkpoint), unmapped(store), todo, unmapped(c["sample"])).result()
     logger.info("sample: %d shard(s) written this run", sum(not s["skipped"] for s in shards))
     evaluation = evaluate_task(data_path, store, c["eval"], str(run_dir))
-    report = report_task(run_name, c, data_path, checkpoint, store, evaluation, str(run_dir))
+    report = report_task(run_name, c, data_path, checkpoint, store, evaluation, str(run_dir), enhancements)
     logger.info("synth-and-eval: done; report at %s", report)
     return report
 
@@ -82,6 +94,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--nfe", type=int, default=10)
     p.add_argument("--samples-per-class", type=int, default=64)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--enhance", nargs="*", default=[], choices=["denoise", "superres"],
+                   help="also train and score image-enhancement flows on the real data")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
                    help="override any config value, e.g. --set train.lr=1e-3 --set model.channels=[32,64,64]")
     a = p.parse_args(argv)
@@ -99,7 +113,8 @@ def main(argv: list[str] | None = None) -> None:
     t0 = time.time()
     report = synth_and_eval(run_name=a.run_name, output_root=a.output_root, dataset=a.dataset,
                             image_size=a.image_size, train_steps=a.train_steps, solver=a.solver, nfe=a.nfe,
-                            samples_per_class=a.samples_per_class, seeds=a.seeds, overrides=overrides)
+                            samples_per_class=a.samples_per_class, seeds=a.seeds, enhance=a.enhance,
+                            overrides=overrides)
     print(f"\nDone in {time.time() - t0:.0f}s. Outputs in {Path(report).parent}/:")
     print(f"  report     {report}  (and report.json, samples.png)")
     print(f"  real data  {Path(report).parent / 'dataset.zarr'}")

@@ -1,10 +1,13 @@
-"""Image-quality metrics in an in-domain feature space (no Inception/ImageNet weights exist here).
+"""Image-quality metrics without Inception/ImageNet weights (none can be fetched here).
 
-The feature extractor is the downstream classifier trained on the real training split; features are
-the spatial average of its last convolutional stage (channels[-1] numbers per image, 2D or 3D). On
-those features: FID (MONAI `FIDMetric`), KID (unbiased polynomial-kernel MMD^2, Binkowski et al. 2018)
-and improved precision/recall (k-NN manifolds, Kynkaanniemi et al. 2019). Always read them against
-the real-vs-real baseline (train split vs test split) reported beside them.
+Semantic: the feature extractor is the downstream classifier trained on the real training split;
+features are the spatial average of its last convolutional stage (channels[-1] numbers per image, 2D
+or 3D). On those: FID (MONAI `FIDMetric`), KID (unbiased polynomial-kernel MMD^2, Binkowski et al. 2018)
+and improved precision/recall (k-NN manifolds, Kynkaanniemi et al. 2019).
+Detail: a classifier of anatomical level is blind to blur and noise (measured: FID moved 1.18 -> 1.27
+for a sigma-1 blur), so `swd` adds the sliced Wasserstein distance between 7x7 patches of Laplacian
+pyramid levels (Karras et al. 2018), which needs no weights and ranks blur and noise correctly.
+Always read them against the real-vs-real baseline (train split vs test split) reported beside them.
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from monai.metrics import FIDMetric
 from torch import nn
 
@@ -80,12 +84,68 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str
     return {"precision": precision, "recall": recall}
 
 
-def quality(real_train: np.ndarray, real_test: np.ndarray, fake: np.ndarray) -> dict[str, dict[str, float]]:
-    """Synthetic vs real test, beside the real-vs-real baseline (real train vs real test), on features."""
+def _laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
+    """Band-pass levels, finest first, then the coarsest low-pass; x (B, C, H, W)."""
+    out, cur = [], x
+    for _ in range(levels - 1):
+        down = F.avg_pool2d(cur, 2)
+        out.append(cur - F.interpolate(down, scale_factor=2, mode="bilinear", align_corners=False))
+        cur = down
+    return out + [cur]
+
+
+def _patches(x: torch.Tensor, n: int, size: int, g: torch.Generator) -> torch.Tensor:
+    b, _, h, w = x.shape
+    i = torch.randint(0, h - size + 1, (b, n), generator=g)
+    j = torch.randint(0, w - size + 1, (b, n), generator=g)
+    windows = x.unfold(2, size, 1).unfold(3, size, 1)  # (B, C, H', W', size, size)
+    return windows[torch.arange(b)[:, None].expand(b, n), :, i, j].reshape(b * n, -1)
+
+
+def swd(real: np.ndarray, fake: np.ndarray, levels: int = 3, patches_per_image: int = 64, size: int = 7,
+        projections: int = 256, seed: int = 0) -> dict[str, float]:
+    """Sliced Wasserstein distance (x 1e3) between Laplacian-pyramid patches, per level and averaged.
+
+    Images (N, C, H, W[, D]) in [0, 1]; 3D volumes are scored on their middle slice along the last axis.
+    Level 0 is the finest detail; fewer levels are used when the image is too small; lower is better.
+    """
+    def as_2d(a: np.ndarray) -> torch.Tensor:
+        a = a[..., a.shape[-1] // 2] if a.ndim == 5 else a
+        return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+    g = torch.Generator().manual_seed(seed)
+    side = min(real.shape[2:4])
+    size = min(size, side)
+    levels = max(1, min(levels, int(np.log2(side / size)) + 1))  # the coarsest level still holds a patch
+    out = {}
+    for lvl, (la, lb) in enumerate(zip(_laplacian_pyramid(as_2d(real), levels), _laplacian_pyramid(as_2d(fake), levels))):
+        pa, pb = _patches(la, patches_per_image, size, g), _patches(lb, patches_per_image, size, g)
+        m = min(len(pa), len(pb))
+        pa, pb = pa[torch.randperm(len(pa), generator=g)[:m]], pb[torch.randperm(len(pb), generator=g)[:m]]
+        both = torch.cat([pa, pb])
+        mu, sd = both.mean(0), both.std(0) + 1e-8
+        d = torch.randn(pa.shape[1], projections, generator=g, dtype=torch.float64)
+        d = d / d.norm(dim=0, keepdim=True)
+        proj_a, proj_b = ((pa - mu) / sd) @ d, ((pb - mu) / sd) @ d
+        out[f"level{lvl}"] = float((proj_a.sort(0).values - proj_b.sort(0).values).abs().mean() * 1e3)
+    out["mean"] = float(np.mean(list(out.values())))
+    return out
+
+
+def quality(real_train: np.ndarray, real_test: np.ndarray, fake: np.ndarray,
+            images: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+    """Synthetic vs real test, beside the real-vs-real baseline (real train vs real test).
+
+    real_train/real_test/fake are features; `images` ({"train", "test", "fake"}) adds the pixel-level SWD.
+    """
     def block(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
         return {"fid": fid(a, b), "kid": kid(a, b), **precision_recall(a, b)}
 
-    return {"synthetic_vs_test": block(real_test, fake), "train_vs_test": block(real_test, real_train)}
+    out = {"synthetic_vs_test": block(real_test, fake), "train_vs_test": block(real_test, real_train)}
+    if images is not None:
+        out["synthetic_vs_test"]["swd"] = swd(images["test"], images["fake"])
+        out["train_vs_test"]["swd"] = swd(images["test"], images["train"])
+    return out
 
 
 def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig | None = None,
@@ -95,7 +155,8 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
 
     extractor = FeatureExtractor.train(real_path, cfg, device=device)
     fake, _ = load_synthetic(synthetic_path)
-    feats = {name: extractor(load_split(real_path, name)["images"]) for name in ("train", "test")}
-    out = quality(feats["train"], feats["test"], extractor(fake))
+    images = {name: load_split(real_path, name)["images"] for name in ("train", "test")}
+    feats = {name: extractor(x) for name, x in images.items()}
+    out = quality(feats["train"], feats["test"], extractor(fake), {**images, "fake": fake})
     out["feature_dim"] = int(feats["train"].shape[1])
     return out

@@ -92,12 +92,25 @@ def render_markdown(report: dict[str, Any], grid_name: str) -> str:
         lines.append(f"| {arm} | {_fmt(s['accuracy'])} | {_fmt(s['macro_f1'])} | {_fmt(s['auroc'])} |")
     q = ev.get("quality")
     if q:
-        lines += ["", f"Image quality on in-domain features ({q['feature_dim']}-d, from a classifier trained on the "
-                  "real train split; lower FID/KID is better, precision = fidelity, recall = coverage):", "",
-                  "| compared with real test | FID | KID | precision | recall |", "|---|---|---|---|---|"]
+        lines += ["", f"Image quality against the real test split. FID/KID/precision/recall on in-domain features "
+                  f"({q['feature_dim']}-d, from a classifier trained on the real train split: anatomy-sensitive, "
+                  "blind to blur); SWD (x1e3) on Laplacian-pyramid patches, finest level first (detail-sensitive). "
+                  "Lower FID/KID/SWD is better; precision = fidelity, recall = coverage.", "",
+                  "| compared with real test | FID | KID | precision | recall | SWD fine / mid / coarse |",
+                  "|---|---|---|---|---|---|"]
         for name, row in (("synthetic", q["synthetic_vs_test"]), ("real train (baseline)", q["train_vs_test"])):
+            sw = row.get("swd", {})
+            levels = " / ".join(f"{sw[k]:.0f}" for k in sorted(sw) if k.startswith("level")) or "n/a"
             lines.append(f"| {name} | {row['fid']:.3f} | {row['kid']:.4f} | {row['precision']:.2f} | "
-                         f"{row['recall']:.2f} |")
+                         f"{row['recall']:.2f} | {levels} |")
+    if report.get("enhancement"):
+        lines += ["", "Image enhancement on the real test split (PSNR dB / SSIM; higher is better):", "",
+                  "| task | degraded input | classical | flow (NFE) |", "|---|---|---|---|"]
+        for e in report["enhancement"]:
+            lines.append(f"| {e['config']['task']} (level {e['config']['level']}) | {e['degraded']['psnr']:.2f} / "
+                         f"{e['degraded']['ssim']:.3f} | {e['classical']['psnr']:.2f} / {e['classical']['ssim']:.3f} "
+                         f"({e['classical']['method']}) | {e['flow']['psnr']:.2f} / {e['flow']['ssim']:.3f} "
+                         f"({e['nfe']}) |")
     lines += ["", f"![real vs synthetic samples per class]({grid_name})", "",
               "Per-seed figures, the full configuration and the store paths are in `report.json`."]
     return "\n".join(lines) + "\n"

@@ -17,7 +17,7 @@ from motfm_core.report import write_report
 
 
 def _gather(run_name: str, config: dict, data_path: str, checkpoint: str, synthetic_path: str,
-            evaluation_path: str) -> dict:
+            evaluation_path: str, enhancement_paths: list[str]) -> dict:
     data = open_store(data_path)
     split = data["split"][:]
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -38,14 +38,16 @@ def _gather(run_name: str, config: dict, data_path: str, checkpoint: str, synthe
                      "device": shard_info[0].get("device", "?") if shard_info else "?",
                      "checkpoint_sha256": syn.attrs["checkpoint_sha256"]},
         "evaluation": json.loads(Path(evaluation_path).read_text()),
+        "enhancement": [json.loads(Path(p).read_text()) for p in enhancement_paths],
     }
 
 
 @task(name="report")
 def report_task(run_name: str, config: dict, data_path: str, checkpoint: str, synthetic_path: str,
-                evaluation_path: str, run_dir: str) -> str:
+                evaluation_path: str, run_dir: str, enhancement_paths: list[str] | None = None) -> str:
     """Write the report files and publish them as markdown and table artifacts; returns report.md's path."""
-    report = _gather(run_name, config, data_path, checkpoint, synthetic_path, evaluation_path)
+    report = _gather(run_name, config, data_path, checkpoint, synthetic_path, evaluation_path,
+                     enhancement_paths or [])
     files = write_report(run_dir, report, data_path, synthetic_path)
     md = Path(files["markdown"]).read_text()
     create_markdown_artifact(markdown=md, key="synth-and-eval-report", description=f"motfm report {run_name}")

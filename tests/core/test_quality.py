@@ -45,3 +45,21 @@ def test_features_and_baseline_on_phantoms(phantom_store):
     q = quality(f_train, f_test, f_train)
     assert set(q) == {"synthetic_vs_test", "train_vs_test"}
     assert q["synthetic_vs_test"]["fid"] == pytest.approx(q["train_vs_test"]["fid"])
+
+
+def test_swd_ranks_blur_and_noise_worse_than_fresh_real_images():
+    from scipy.ndimage import gaussian_filter
+
+    from motfm_core.data.phantom import phantom_image
+    from motfm_core.quality import swd
+
+    rng = np.random.RandomState(0)
+    make = lambda n: np.stack([phantom_image(i % 3, (32, 32), rng)[0] for i in range(n)])  # noqa: E731
+    real, other = make(60), make(60)
+    blurred = gaussian_filter(other, (0, 0, 1.0, 1.0))
+    noisy = np.clip(other + rng.randn(*other.shape) * 0.1, 0, 1)
+    base = swd(real, other)
+    assert set(base) == {"level0", "level1", "level2", "mean"}
+    assert swd(real, blurred)["level0"] > 2 * base["level0"]
+    assert swd(real, noisy)["level0"] > 2 * base["level0"]
+    assert swd(real, other, seed=1)["mean"] == pytest.approx(swd(real, other, seed=1)["mean"])  # seeded

@@ -83,5 +83,19 @@ def test_report_has_quality_against_its_baseline(harness, tmp_path):
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     q = report["evaluation"]["quality"]
     for block in ("synthetic_vs_test", "train_vs_test"):
-        assert set(q[block]) == {"fid", "kid", "precision", "recall"} and q[block]["fid"] >= 0
+        assert set(q[block]) == {"fid", "kid", "precision", "recall", "swd"} and q[block]["fid"] >= 0
+        assert q[block]["swd"]["mean"] > 0
     assert "real train (baseline)" in (tmp_path / "q" / "report.md").read_text()
+
+
+def test_enhancement_through_flow_parameters(harness, tmp_path):
+    params = {**TINY, "samples_per_class": 2, "seeds": [0], "enhance": ["denoise"]}
+    params["overrides"] = {**TINY["overrides"], "enhance": {"channels": [16, 16], "steps": 10, "nfe": 2}}
+    synth_and_eval(run_name="e", output_root=str(tmp_path), **params)
+    report = json.loads((tmp_path / "e" / "report.json").read_text())
+    (e,) = report["enhancement"]
+    assert e["config"]["task"] == "denoise" and e["nfe"] == 2 and "flow" in e
+    assert "Image enhancement" in (tmp_path / "e" / "report.md").read_text()
+    with pytest.raises(ValueError, match="enhance: unknown parameter"):
+        synth_and_eval(run_name="e2", output_root=str(tmp_path),
+                       **{**params, "overrides": {"enhance": {"stepz": 1}}})

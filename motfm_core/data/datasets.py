@@ -1,0 +1,96 @@
+"""Readers for training jobs: lazy PyTorch / MONAI-style datasets over motfm Zarr stores, mixing, dask.
+
+Each dataset opens its store lazily in the process that reads it, so it is safe with
+`DataLoader(num_workers > 0)`: no open handle is pickled into the workers.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import ConcatDataset, Dataset, Subset
+
+from motfm_core.data.store import SPLITS
+
+
+class ZarrImageDataset(Dataset):
+    """(image, label) pairs from a real (`split` selects) or synthetic store, one sample read per item.
+
+    image: float32 tensor (C, H, W[, D]) in [0, 1]; label: int. Synthetic stores must be complete.
+    """
+
+    def __init__(self, path: str | Path, split: str | None = None, transform: Callable | None = None) -> None:
+        self.path, self.transform, self._root = str(path), transform, None
+        root = zarr.open_group(self.path, mode="r", zarr_format=3)
+        n = root["labels"].shape[0]
+        if "split" in root.array_keys():
+            if split is not None and split not in SPLITS:
+                raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
+            self.index = (np.arange(n) if split is None else np.nonzero(root["split"][:] == SPLITS[split])[0])
+        else:
+            if split is not None:
+                raise ValueError(f"{path}: a synthetic store has no splits; leave split=None")
+            if "shards" in root.group_keys():
+                done = {name for name, _ in root["shards"].groups()}
+                if len(done) != root.attrs["num_shards"]:
+                    raise ValueError(f"{path}: {root.attrs['num_shards'] - len(done)} shard(s) are unfinished; "
+                                     "finish the sampling run first")
+            self.index = np.arange(n)
+        self.has_masks = "masks" in root.array_keys()
+
+    def _store(self) -> zarr.Group:
+        if self._root is None:  # opened in the reading process (DataLoader workers included)
+            self._root = zarr.open_group(self.path, mode="r", zarr_format=3)
+        return self._root
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_root": None}
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def item(self, i: int) -> dict[str, Any]:
+        """The raw sample as a dict: image, label and, when the store has them, mask."""
+        j, root = int(self.index[i]), self._store()
+        out: dict[str, Any] = {"image": torch.from_numpy(np.asarray(root["images"][j], dtype=np.float32)),
+                               "label": int(root["labels"][j])}
+        if self.has_masks:
+            out["mask"] = torch.from_numpy(np.asarray(root["masks"][j]))
+        return out
+
+    def __getitem__(self, i: int):
+        d = self.item(i)
+        image = self.transform(d["image"]) if self.transform else d["image"]
+        return image, d["label"]
+
+
+class ZarrDictDataset(ZarrImageDataset):
+    """MONAI-style dict samples {"image", "label"[, "mask"]}; `transform` is a MONAI dict transform (e.g.
+    `monai.transforms.Compose([RandFlipd(keys=["image", "mask"], prob=0.5)])`)."""
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        d = self.item(i)
+        return self.transform(d) if self.transform else d
+
+
+def mix_real_synthetic(real: Dataset, synthetic: Dataset, ratio: float, seed: int = 0) -> ConcatDataset:
+    """All of `real` plus round(ratio * len(real)) synthetic samples drawn without replacement."""
+    if ratio < 0:
+        raise ValueError(f"ratio must be >= 0, got {ratio}")
+    n = int(round(ratio * len(real)))
+    if n > len(synthetic):
+        raise ValueError(f"ratio {ratio} needs {n} synthetic samples, the store has {len(synthetic)}; "
+                         "sample more or lower the ratio")
+    pick = np.random.RandomState(seed).choice(len(synthetic), n, replace=False)
+    return ConcatDataset([real, Subset(synthetic, pick.tolist())])
+
+
+def as_dask(path: str | Path, name: str = "images"):
+    """A dask array over one array of a store, chunked one sample per chunk (lazy)."""
+    import dask.array as da
+
+    return da.from_zarr(zarr.open_group(str(path), mode="r", zarr_format=3)[name])
