@@ -50,6 +50,12 @@ def memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # process high-water mark (Linux: KiB)
 
 
+def swd_fields(real: np.ndarray, fake: np.ndarray) -> dict[str, float]:
+    """Patch SWD: the finest Laplacian level (detail; what the targets use) and the mean over levels."""
+    s = swd(real, fake)
+    return {"swd_fine": s["level0"], "swd": s["mean"]}
+
+
 def settings(kind: str) -> list[tuple[str, int]]:
     """(solver, solver steps) pairs whose NFE lies in NFES, plus the adaptive / full-chain ones."""
     if kind == "ddpm":
@@ -80,15 +86,16 @@ def run(args: argparse.Namespace) -> dict:
               "dataset": {"train": len(real["train"]), "test": len(real["test"]), "size": args.image_size},
               "baseline_train_vs_test": {"fid": fid(real["test"], real["train"]), "kid": kid(real["test"], real["train"]),
                                          **precision_recall(real["test"], real["train"]),
-                                         "swd": swd(real_images["test"], real_images["train"])["mean"]},
+                                         **swd_fields(real_images["test"], real_images["train"])},
               "models": {}, "rows": []}
+    grids: dict[str, np.ndarray] = {}
     for name, (mcfg, tcfg) in models.items():
-        t0 = time.time()
         ckpt = train_flow_matching(data, mcfg, tcfg, work / name, device=device,
                                    progress=lambda m, n=name: print(f"[{n}] {m}", flush=True))
         model, meta = load_checkpoint(ckpt, device)
-        result["models"][name] = {"train_seconds": time.time() - t0,
-                                  "final_loss": float(np.mean(torch.load(ckpt, weights_only=True)["losses"][-50:]))}
+        saved = torch.load(ckpt, weights_only=True, map_location="cpu")
+        result["models"][name] = {"train_seconds": saved.get("train_seconds"), "steps": saved["step"],
+                                  "final_loss": float(np.mean(saved["losses"][-50:]))}
         for solver, steps in settings("ddpm" if name == "ddpm" else "fm"):
             if device.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(device)
@@ -105,24 +112,29 @@ def run(args: argparse.Namespace) -> dict:
             feats = extractor(images)
             row = {"model": name, "solver": solver, "nfe": nfe, "seconds_per_image": seconds / len(labels),
                    "fid": fid(real["test"], feats), "kid": kid(real["test"], feats),
-                   **precision_recall(real["test"], feats), "swd": swd(real_images["test"], images)["mean"],
+                   **precision_recall(real["test"], feats), **swd_fields(real_images["test"], images),
                    "memory_mb": memory_mb(device)}
             result["rows"].append(row)
-            print(f"[{name}] {solver:>6} NFE {nfe:4d}: FID {row['fid']:.3f} KID {row['kid']:.4f} SWD {row['swd']:.0f} "
+            if (solver, nfe) in (("euler", 1), ("euler", 10), ("euler", 50), ("dopri5", nfe), ("ddim", 10),
+                                 ("ddim", 50), ("ddpm", 1000)):
+                grids[f"{name} {solver} NFE {nfe}"] = images[:: max(1, len(images) // 8)][:8]
+            print(f"[{name}] {solver:>6} NFE {nfe:4d}: FID {row['fid']:.3f} KID {row['kid']:.4f} "
+                  f"SWD fine {row['swd_fine']:.0f} mean {row['swd']:.0f} "
                   f"P {row['precision']:.2f} R {row['recall']:.2f} {row['seconds_per_image'] * 1e3:.1f} ms/img",
                   flush=True)
     result["targets"] = targets(result["rows"])
+    result["_grids"] = grids
     return result
 
 
 def targets(rows: list[dict]) -> dict:
-    """The issue's three claims, each judged on FID (semantic features) and on SWD (detail), with the numbers."""
+    """The issue's three claims, each judged on FID (semantic features) and on fine-level SWD (detail)."""
     def get(model, solver, nfe):
         return next((r for r in rows if r["model"] == model and r["solver"] == solver and r["nfe"] == nfe), None)
 
     ddpm, ddim50 = get("ddpm", "ddpm", 1000), get("ddpm", "ddim", 50)
     out = {}
-    for metric in ("fid", "swd"):
+    for metric in ("fid", "swd_fine"):
         for m in ("fm-independent", "fm-ot"):
             r10 = get(m, "euler", 10)
             out[f"{m} euler-10 {metric} <= DDPM-1000"] = {"holds": r10[metric] <= ddpm[metric], "fm": r10[metric],
@@ -144,7 +156,7 @@ def plot(result: dict, png: Path) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     keys = dict.fromkeys((r["model"], r["solver"]) for r in result["rows"])
-    for row_axes, metric, label in ((axes[0], "fid", "in-domain FID"), (axes[1], "swd", "patch SWD x1e3")):
+    for row_axes, metric, label in ((axes[0], "fid", "in-domain FID"), (axes[1], "swd_fine", "fine-level patch SWD x1e3")):
         for model, solver in keys:
             rs = sorted((r for r in result["rows"] if r["model"] == model and r["solver"] == solver),
                         key=lambda r: r["nfe"])
@@ -160,6 +172,24 @@ def plot(result: dict, png: Path) -> None:
     fig.suptitle(f"{result['machine']}, {result['date']}: flow matching vs DDPM/DDIM, same UNet and budget")
     fig.tight_layout()
     fig.savefig(png, dpi=80)
+
+
+def sample_grid(grids: dict[str, np.ndarray], png: Path) -> None:
+    """One row of samples per setting (same noise seeds in every row), to look at, not only to score."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(grids), 8, figsize=(8 * 1.1, len(grids) * 1.25), squeeze=False)
+    for r, (title, imgs) in enumerate(grids.items()):
+        for c in range(8):
+            axes[r, c].axis("off")
+            if c < len(imgs):
+                axes[r, c].imshow(imgs[c, 0], cmap="gray", vmin=0, vmax=1)
+        axes[r, 0].set_title(title, fontsize=7, loc="left")
+    fig.tight_layout()
+    fig.savefig(png, dpi=70)
 
 
 def main() -> None:
@@ -178,25 +208,28 @@ def main() -> None:
         args.image_size, args.steps, args.samples_per_class = 32, 300, 16
         args.work = args.work + "-quick"
     result = run(args)
+    grids = result.pop("_grids")
     out_dir = ROOT / "benchmarks" / "results"
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = f"{result['date']}-{result['machine']}{'-quick' if args.quick else ''}"
     (out_dir / f"{stem}.json").write_text(json.dumps(result, indent=2, default=float))
     plot(result, out_dir / f"{stem}.png")
+    sample_grid(grids, out_dir / f"{stem}-samples.png")
     held = ", ".join(f"{k}: {'holds' if v['holds'] else 'does not hold'}" for k, v in result["targets"].items())
-    best = {m: min((r for r in result["rows"] if r["model"] == m), key=lambda r: r["swd"]) for m in result["models"]}
-    summary = "; ".join(f"{m} best SWD {r['swd']:.0f} (FID {r['fid']:.2f}; {r['solver']}, NFE {r['nfe']}, "
+    best = {m: min((r for r in result["rows"] if r["model"] == m), key=lambda r: r["swd_fine"])
+            for m in result["models"]}
+    summary = "; ".join(f"{m} best fine SWD {r['swd_fine']:.0f} (FID {r['fid']:.2f}; {r['solver']}, NFE {r['nfe']}, "
                         f"{r['seconds_per_image'] * 1e3:.0f} ms/img)" for m, r in best.items())
     base = result["baseline_train_vs_test"]
-    row = (f"| {result['date']} | {result['machine']} | `{result['command']}` | {summary}; real train-vs-test SWD "
-           f"{base['swd']:.0f}, FID {base['fid']:.2f} | {held} | [{stem}.json](results/{stem}.json) |\n")
+    row = (f"| {result['date']} | {result['machine']} | `{result['command']}` | {summary}; real train-vs-test fine "
+           f"SWD {base['swd_fine']:.0f}, FID {base['fid']:.2f} | {held} | [{stem}.json](results/{stem}.json) |\n")
     results_md = ROOT / "benchmarks" / "RESULTS.md"
     if not results_md.exists():
         results_md.write_text("# Benchmark results\n\n| date | machine | command | figures | targets | file |\n"
                               "|---|---|---|---|---|---|\n")
     with results_md.open("a") as f:
         f.write(row)
-    print(f"wrote {out_dir / stem}.json, .png and a row in {results_md}")
+    print(f"wrote {out_dir / stem}.json, .png, -samples.png and a row in {results_md}")
 
 
 if __name__ == "__main__":

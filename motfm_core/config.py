@@ -136,6 +136,8 @@ class SampleConfig:
     solver: str = "euler"  # flow models: euler/midpoint/heun/rk4/dopri5; DDPM models: ddpm (1000) or ddim
     nfe: int = 10  # solver steps: euler spends exactly this many evaluations (dopri5: adaptive, ignored)
     guidance: float = 1.0  # classifier-free guidance scale; 1.0 = plain conditional model
+    rtol: float = 1e-5  # dopri5 only: error tolerances (the NFE it spends follows from them)
+    atol: float = 1e-5
     batch_size: int = 64
     seed: int = 1234
 
@@ -149,6 +151,7 @@ class SampleConfig:
         _check(self.nfe >= 1, f"sample.nfe must be >= 1, got {self.nfe}")
         _check(self.solver in methods, f"sample.solver must be one of {sorted(methods)}, got {self.solver!r}")
         _check(self.guidance >= 0.0, "sample.guidance must be >= 0")
+        _check(self.rtol > 0 and self.atol > 0, "sample.rtol and sample.atol must be > 0")
 
 
 @dataclass

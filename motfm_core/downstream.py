@@ -3,7 +3,8 @@
 Arms, each trained from scratch per seed with the same network, steps and batch size:
 `real` (real train split), `real+synthetic` (plus synthetic images at `synthetic_ratio` per real
 image), `synthetic` (synthetic only). All are tested on the real test split. The gain is the paired
-per-seed difference real+synthetic minus real.
+per-seed difference real+synthetic minus real (mean and std over seeds), with a 95% bootstrap CI over
+test images (paired across arms, averaged over seeds).
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from torch import nn
 
 from motfm_core.config import EvalConfig
 from motfm_core.data.store import incomplete_shards, load_split
-from motfm_core.metrics import classification_metrics, summarise
+from motfm_core.metrics import bootstrap_gain, classification_metrics, summarise
 
 log = logging.getLogger(__name__)
 ARMS = ("real", "real+synthetic", "synthetic")
@@ -81,6 +82,7 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
     k = int(max(train["labels"].max(), test["labels"].max(), sy.max()) + 1)
     n_syn = min(len(sy), int(round(cfg.synthetic_ratio * len(train["labels"]))))
     results: dict[str, dict[int, dict[str, float]]] = {arm: {} for arm in ARMS}
+    probas: dict[str, list[np.ndarray]] = {arm: [] for arm in ARMS}
     t0 = time.time()
     for seed in cfg.seeds:
         pick = np.random.RandomState(seed).choice(len(sy), n_syn, replace=False)
@@ -90,12 +92,14 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
                 "synthetic": (sx, sy)}
         for arm, (x, y) in sets.items():
             model = train_classifier(x, y, k, cfg, seed, device)
-            results[arm][seed] = classification_metrics(test["labels"], predict_proba(model, test["images"], device))
+            probas[arm].append(predict_proba(model, test["images"], device))
+            results[arm][seed] = classification_metrics(test["labels"], probas[arm][-1])
             say(f"evaluate: seed {seed} {arm:>15}: " + ", ".join(f"{m} {v:.3f}" for m, v in results[arm][seed].items())
                 + f" ({time.time() - t0:.0f}s)")
     metrics = list(next(iter(results["real"].values())))
     summary = {arm: {m: summarise([results[arm][s][m] for s in cfg.seeds]) for m in metrics} for arm in ARMS}
-    gain = {m: summarise([results["real+synthetic"][s][m] - results["real"][s][m] for s in cfg.seeds])
+    gain = {m: {**summarise([results["real+synthetic"][s][m] - results["real"][s][m] for s in cfg.seeds]),
+                **bootstrap_gain(test["labels"], probas["real"], probas["real+synthetic"], m)}
             for m in metrics}
     return {"per_seed": {arm: {str(s): v for s, v in r.items()} for arm, r in results.items()},
             "summary": summary, "gain": gain, "sizes": {"real_train": int(len(train["labels"])),

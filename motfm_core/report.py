@@ -59,22 +59,27 @@ def _fmt(s: dict[str, float]) -> str:
 
 
 def _signed(s: dict[str, float]) -> str:
-    return "n/a" if math.isnan(s["mean"]) else f"{s['mean']:+.3f} ± {s['std']:.3f}"
+    if math.isnan(s["mean"]):
+        return "n/a"
+    ci = (f", 95% CI {s['ci95_low']:+.3f}..{s['ci95_high']:+.3f}"
+          if s.get("ci95_low") is not None else "")
+    return f"{s['mean']:+.3f} ± {s['std']:.3f}{ci}"
 
 
 def render_markdown(report: dict[str, Any], grid_name: str) -> str:
     """report.md: verdict first, then sizes, metrics per arm, timing, configuration."""
     ev, gain = report["evaluation"], report["evaluation"]["gain"]
     g = gain["accuracy"]
-    verdict = ("helped" if g["mean"] - g["std"] > 0 else "hurt" if g["mean"] + g["std"] < 0
-               else "made no clear difference (gain within one standard deviation of 0)")
+    lo, hi = g.get("ci95_low", g["mean"] - g["std"]), g.get("ci95_high", g["mean"] + g["std"])
+    verdict = ("helped" if lo > 0 else "hurt" if hi < 0
+               else "made no clear difference (the 95% CI of the accuracy gain includes 0)")
     seeds = ev["summary"]["real"]["accuracy"]["n"]
     lines = [
         f"# motfm report: {report['run_name']}",
         "",
         f"**Verdict:** adding synthetic images {verdict} on the held-out real test set: accuracy gain "
         f"{_signed(g)}, macro-F1 gain {_signed(gain['macro_f1'])}, AUROC gain {_signed(gain['auroc'])} "
-        f"(mean ± std over {seeds} seeds).",
+        f"(mean ± std over {seeds} seeds; CI by bootstrap over test images).",
         "",
         f"- dataset: {report['dataset']['source']} — train {ev['sizes']['real_train']}, "
         f"val {report['dataset']['sizes']['val']}, test {ev['sizes']['real_test']} real images, "
@@ -103,6 +108,13 @@ def render_markdown(report: dict[str, Any], grid_name: str) -> str:
             levels = " / ".join(f"{sw[k]:.0f}" for k in sorted(sw) if k.startswith("level")) or "n/a"
             lines.append(f"| {name} | {row['fid']:.3f} | {row['kid']:.4f} | {row['precision']:.2f} | "
                          f"{row['recall']:.2f} | {levels} |")
+    mem = ev.get("memorisation")
+    if mem:
+        lines += ["", f"Memorisation audit: {mem['fraction_flagged']:.1%} of synthetic images are nearer to a training "
+                  f"image than {1 - mem['quantile']:.0%} of unseen real test images are (threshold RMS "
+                  f"{mem['threshold']:.3f}); nearest-train distance median {mem['synthetic_nn']['median']:.3f} for "
+                  f"synthetic vs {mem['test_nn']['median']:.3f} for real test images. Closest pairs: "
+                  f"![closest pairs]({Path(mem['png']).name})"]
     if report.get("enhancement"):
         lines += ["", "Image enhancement on the real test split (PSNR dB / SSIM; higher is better):", "",
                   "| task | degraded input | classical | flow (NFE) |", "|---|---|---|---|"]

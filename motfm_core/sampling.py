@@ -70,7 +70,8 @@ def generate(
                 gen = torch.Generator(device=device).manual_seed(int(seeds[i]))
                 x1, nfe = diffusion_sample(model, x0, y, cfg.solver, cfg.nfe, cfg.guidance, gen, mk)
             else:
-                x1, nfe = solve(guided_velocity(model, y, cfg.guidance, mk), x0, cfg.nfe, cfg.solver)
+                x1, nfe = solve(guided_velocity(model, y, cfg.guidance, mk), x0, cfg.nfe, cfg.solver,
+                                rtol=cfg.rtol, atol=cfg.atol)
         out.append(to_image_space(x1.float()).cpu().numpy())
     return np.concatenate(out), nfe
 

@@ -96,11 +96,12 @@ def dopri5(velocity: Velocity, x0: torch.Tensor, rtol: float = 1e-5, atol: float
 
 @torch.no_grad()
 def solve(
-    velocity: Velocity, x0: torch.Tensor, steps: int, method: str = "euler", t0: float = 0.0, t1: float = 1.0
+    velocity: Velocity, x0: torch.Tensor, steps: int, method: str = "euler", t0: float = 0.0, t1: float = 1.0,
+    rtol: float = 1e-5, atol: float = 1e-5,
 ) -> tuple[torch.Tensor, int]:
-    """Integrate from x0 at t0 to t1 in `steps` equal steps (adaptive for dopri5); returns (x at t1, NFE)."""
+    """Integrate from x0 at t0 to t1 in `steps` equal steps (dopri5: adaptive to rtol/atol); returns (x(t1), NFE)."""
     if method == "dopri5":
-        return dopri5(velocity, x0, t0=t0, t1=t1)
+        return dopri5(velocity, x0, rtol=rtol, atol=atol, t0=t0, t1=t1)
     if method not in SOLVERS:
         raise ValueError(f"unknown solver {method!r}; choose one of {sorted(SOLVERS) + ['dopri5']}")
     step, v = SOLVERS[method], _Counted(velocity)

@@ -10,6 +10,7 @@ from prefect import get_run_logger, task
 
 from motfm_core.config import EvalConfig, from_dict
 from motfm_core.downstream import evaluate_augmentation
+from motfm_core.privacy import audit_stores
 from motfm_core.quality import synthetic_quality
 
 
@@ -20,6 +21,7 @@ def evaluate_task(data_path: str, synthetic_path: str, eval: dict, run_dir: str)
     cfg = from_dict(EvalConfig, eval, "eval")
     result = evaluate_augmentation(data_path, synthetic_path, cfg, progress=logger.info)
     result["quality"] = synthetic_quality(data_path, synthetic_path, cfg)
+    result["memorisation"] = audit_stores(data_path, synthetic_path, Path(run_dir) / "closest_pairs.png")
     q = result["quality"]
     logger.info("evaluate: in-domain FID synthetic-vs-test %.3f (real train-vs-test %.3f), precision %.2f, "
                 "recall %.2f", q["synthetic_vs_test"]["fid"], q["train_vs_test"]["fid"],
@@ -28,6 +30,8 @@ def evaluate_task(data_path: str, synthetic_path: str, eval: dict, run_dir: str)
     tmp = out.with_name(".evaluation.json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, out)
-    g = result["gain"]["accuracy"]
-    logger.info("evaluate: accuracy gain %+.3f ± %.3f over %d seeds", g["mean"], g["std"], g["n"])
+    g, mem = result["gain"]["accuracy"], result["memorisation"]  # accuracy always has a CI
+    logger.info("evaluate: accuracy gain %+.3f ± %.3f over %d seeds (95%% CI %+.3f..%+.3f); %.1f%% of synthetic "
+                "images flagged as near-copies", g["mean"], g["std"], g["n"], g["ci95_low"], g["ci95_high"],
+                100 * mem["fraction_flagged"])
     return str(out)

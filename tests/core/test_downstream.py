@@ -47,3 +47,18 @@ def test_incomplete_synthetic_store_is_refused(phantom_store, tmp_path):
     write_shard(store, 0, np.zeros((4, 1, 16, 16)), np.zeros(4), np.arange(4))
     with pytest.raises(ValueError, match=r"shards \[1\] are incomplete"):
         evaluate_augmentation(phantom_store, store, EvalConfig(seeds=(0,), steps=1))
+
+
+def test_bootstrap_gain_ci():
+    from motfm_core.metrics import bootstrap_gain
+
+    y = np.array([0, 1, 2] * 10)
+    right, wrong = np.eye(3)[y], np.eye(3)[(y + 1) % 3]
+    same = bootstrap_gain(y, [right, right], [right, right], n_boot=200)
+    assert same["ci95_low"] == same["ci95_high"] == 0.0
+    better = bootstrap_gain(y, [wrong], [right], n_boot=200)
+    assert better["ci95_low"] == better["ci95_high"] == 1.0
+    half = right.copy()
+    half[::2] = wrong[::2]  # new arm right on half the images
+    ci = bootstrap_gain(y, [wrong], [half], n_boot=500)
+    assert 0.25 < ci["ci95_low"] < 0.5 < ci["ci95_high"] < 0.75

@@ -85,7 +85,12 @@ def test_report_has_quality_against_its_baseline(harness, tmp_path):
     for block in ("synthetic_vs_test", "train_vs_test"):
         assert set(q[block]) == {"fid", "kid", "precision", "recall", "swd"} and q[block]["fid"] >= 0
         assert q[block]["swd"]["mean"] > 0
-    assert "real train (baseline)" in (tmp_path / "q" / "report.md").read_text()
+    md = (tmp_path / "q" / "report.md").read_text()
+    assert "real train (baseline)" in md and "Memorisation audit" in md and "95% CI" in md
+    mem = report["evaluation"]["memorisation"]
+    assert 0 <= mem["fraction_flagged"] <= 1 and (tmp_path / "q" / "closest_pairs.png").exists()
+    g = report["evaluation"]["gain"]["accuracy"]
+    assert -1 <= g["ci95_low"] <= g["ci95_high"] <= 1 and g["n_boot"] > 0
 
 
 def test_enhancement_through_flow_parameters(harness, tmp_path):
