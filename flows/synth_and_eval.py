@@ -1,4 +1,4 @@
-"""The main DAG: ingest -> train -> sample (one task per Zarr shard) -> evaluate -> report.
+"""The main DAG: ingest -> train -> sample (one task per Zarr shard) -> publish -> evaluate -> report.
 
 Run locally (Prefect's embedded mode, no server): `python -m flows.synth_and_eval --run-name demo`.
 As a deployment: `prefect deployment run synth-and-eval/synth-and-eval` (see prefect.yaml).
@@ -24,7 +24,7 @@ from tasks.enhance import enhance_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.report import report_task
-from tasks.sample import plan_sampling_task, sample_shard_task
+from tasks.sample import plan_sampling_task, publish_task, sample_shard_task
 from tasks.train import train_task
 
 
@@ -77,6 +77,7 @@ def synth_and_eval(
     store, todo = plan_sampling_task(checkpoint, c["sample"], str(run_dir))
     shards = sample_shard_task.map(unmapped(checkpoint), unmapped(store), todo, unmapped(c["sample"])).result()
     logger.info("sample: %d shard(s) written this run", sum(not s["skipped"] for s in shards))
+    publish_task(store, c["sample"])  # evaluation reads this version itself, not the moving `latest` link
     evaluation = evaluate_task(data_path, store, c["eval"], str(run_dir))
     report = report_task(run_name, c, data_path, checkpoint, store, evaluation, str(run_dir), enhancements)
     logger.info("synth-and-eval: done; report at %s", report)
@@ -118,7 +119,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"\nDone in {time.time() - t0:.0f}s. Outputs in {Path(report).parent}/:")
     print(f"  report     {report}  (and report.json, samples.png)")
     print(f"  real data  {Path(report).parent / 'dataset.zarr'}")
-    print(f"  synthetic  {Path(report).parent / 'synthetic.zarr'}")
+    print(f"  synthetic  {Path(report).parent / 'synthetic' / 'latest'}  (-> the newest complete version)")
     print(f"  model      {Path(report).parent / 'checkpoints' / 'model.pt'}")
 
 

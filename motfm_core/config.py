@@ -140,6 +140,7 @@ class SampleConfig:
     atol: float = 1e-5
     batch_size: int = 64
     seed: int = 1234
+    keep_versions: int = 0  # synthetic dataset versions to keep (0 = all; the published one always stays)
 
     def validate(self) -> None:
         from motfm_core.solvers import METHODS
@@ -152,6 +153,7 @@ class SampleConfig:
         _check(self.solver in methods, f"sample.solver must be one of {sorted(methods)}, got {self.solver!r}")
         _check(self.guidance >= 0.0, "sample.guidance must be >= 0")
         _check(self.rtol > 0 and self.atol > 0, "sample.rtol and sample.atol must be > 0")
+        _check(self.keep_versions >= 0, "sample.keep_versions must be >= 0 (0 keeps all)")
 
 
 @dataclass

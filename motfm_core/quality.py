@@ -154,9 +154,41 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
     from motfm_core.downstream import load_synthetic
 
     extractor = FeatureExtractor.train(real_path, cfg, device=device)
-    fake, _ = load_synthetic(synthetic_path)
-    images = {name: load_split(real_path, name)["images"] for name in ("train", "test")}
+    fake, fake_labels = load_synthetic(synthetic_path)
+    real = {name: load_split(real_path, name) for name in ("train", "test")}
+    images = {name: d["images"] for name, d in real.items()}
     feats = {name: extractor(x) for name, x in images.items()}
     out = quality(feats["train"], feats["test"], extractor(fake), {**images, "fake": fake})
     out["feature_dim"] = int(feats["train"].shape[1])
+    out["diversity"] = {"synthetic": diversity(fake, fake_labels),
+                        "real_train": diversity(images["train"], real["train"]["labels"])}
     return out
+
+
+def diversity(images: np.ndarray, labels: np.ndarray, pairs: int = 300, seed: int = 0) -> dict[str, float]:
+    """Mean MS-SSIM over random same-class pairs (MONAI `MultiScaleSSIMMetric`); higher = less diverse.
+
+    Three scales; the Gaussian window shrinks (odd, <= 7) to fit small images. Compare the synthetic
+    set's value with the real set's: well above it signals mode collapse, near 1 signals copies.
+    """
+    from monai.metrics import MultiScaleSSIMMetric
+
+    rng = np.random.RandomState(seed)
+    spatial = images.shape[2:]
+    scales = 3
+    k = min(7, max(3, (min(spatial) // 2 ** (scales - 1) - 1) // 2 * 2 + 1))
+    metric = MultiScaleSSIMMetric(spatial_dims=len(spatial), data_range=1.0, kernel_size=k, kernel_sigma=k / 4,
+                                  weights=(0.33, 0.34, 0.33))
+    a, b = [], []
+    for c in np.unique(labels):
+        idx = np.nonzero(labels == c)[0]
+        if len(idx) < 2:
+            continue
+        n = max(1, pairs // len(np.unique(labels)))
+        i, j = rng.choice(idx, n), rng.choice(idx, n)
+        keep = i != j
+        a.append(images[i[keep]])
+        b.append(images[j[keep]])
+    x, y = (torch.from_numpy(np.concatenate(v).astype(np.float32)) for v in (a, b))
+    values = metric(x, y).flatten()
+    return {"ms_ssim": float(values.mean()), "pairs": int(len(values))}

@@ -108,6 +108,10 @@ def render_markdown(report: dict[str, Any], grid_name: str) -> str:
             levels = " / ".join(f"{sw[k]:.0f}" for k in sorted(sw) if k.startswith("level")) or "n/a"
             lines.append(f"| {name} | {row['fid']:.3f} | {row['kid']:.4f} | {row['precision']:.2f} | "
                          f"{row['recall']:.2f} | {levels} |")
+    if q and "diversity" in q:
+        d = q["diversity"]
+        lines += ["", f"Diversity (mean MS-SSIM of random same-class pairs; lower = more diverse): synthetic "
+                  f"{d['synthetic']['ms_ssim']:.3f}, real train {d['real_train']['ms_ssim']:.3f}."]
     mem = ev.get("memorisation")
     if mem:
         lines += ["", f"Memorisation audit: {mem['fraction_flagged']:.1%} of synthetic images are nearer to a training "

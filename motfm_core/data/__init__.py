@@ -7,13 +7,16 @@ from motfm_core.data.store import (
     incomplete_shards,
     load_split,
     open_store,
+    publish_latest,
     shard_bounds,
     shard_complete,
+    version_for,
     write_dataset,
     write_shard,
 )
 
 __all__ = [
     "SPLITS", "create_synthetic_store", "incomplete_shards", "ingest", "load_split", "normalise", "open_store",
-    "patient_split", "resize", "shard_bounds", "shard_complete", "write_dataset", "write_shard",
+    "patient_split", "publish_latest", "resize", "shard_bounds", "shard_complete", "version_for", "write_dataset",
+    "write_shard",
 ]

@@ -209,3 +209,42 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
 def incomplete_shards(path: str | Path) -> list[int]:
     root = zarr.open_group(str(path), mode="r", zarr_format=3)
     return [i for i in range(root.attrs["num_shards"]) if not shard_complete(path, i)]
+
+
+# --- versions of the synthetic dataset ---------------------------------------------------------
+
+
+def _versions(root: Path) -> list[Path]:
+    return sorted(p for p in root.glob("v[0-9][0-9][0-9][0-9].zarr") if (p / "zarr.json").exists())
+
+
+def version_for(root: str | Path, run_key: str) -> Path:
+    """The version to write for `run_key`: the newest version if it has that key (resume or reuse), else a
+    new `v<N+1>.zarr`. A finished version with another key is never reopened for writing."""
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    versions = _versions(root)
+    if versions:
+        newest = versions[-1]
+        if zarr.open_group(str(newest), mode="r", zarr_format=3).attrs.get("run_key") == run_key:
+            return newest
+    number = int(versions[-1].name[1:5]) + 1 if versions else 1
+    return root / f"v{number:04d}.zarr"
+
+
+def publish_latest(version: str | Path, keep: int = 0) -> Path:
+    """Point `<root>/latest` at a complete version (atomic symlink swap); keep the newest `keep` versions
+    (0 = all), never removing the one published. Returns the `latest` path."""
+    version = Path(version)
+    missing = incomplete_shards(version)
+    if missing:
+        raise ValueError(f"{version}: shards {missing[:10]} are incomplete; it cannot be published as latest")
+    latest = version.parent / "latest"
+    tmp = version.parent / f".latest.tmp-{uuid.uuid4().hex[:8]}"
+    os.symlink(version.name, tmp)
+    os.replace(tmp, latest)
+    if keep > 0:
+        for old in _versions(version.parent)[:-keep]:
+            if old != version:
+                shutil.rmtree(old)
+    return latest

@@ -63,3 +63,16 @@ def test_swd_ranks_blur_and_noise_worse_than_fresh_real_images():
     assert swd(real, blurred)["level0"] > 2 * base["level0"]
     assert swd(real, noisy)["level0"] > 2 * base["level0"]
     assert swd(real, other, seed=1)["mean"] == pytest.approx(swd(real, other, seed=1)["mean"])  # seeded
+
+
+def test_diversity_of_identical_images_is_one_and_real_sets_are_lower():
+    from motfm_core.data.phantom import phantom_image
+    from motfm_core.quality import diversity
+
+    rng = np.random.RandomState(0)
+    imgs = np.stack([phantom_image(i % 3, (32, 32), rng)[0] for i in range(30)])
+    labels = np.arange(30) % 3
+    copies = np.repeat(imgs[:1], 30, 0)
+    assert diversity(copies, labels)["ms_ssim"] == pytest.approx(1.0, abs=1e-4)
+    assert diversity(imgs, labels)["ms_ssim"] < 0.95
+    assert diversity(imgs[:, :, :16, :16], labels)["pairs"] > 0  # small images use a smaller window

@@ -71,3 +71,27 @@ def test_sharded_synthetic_store(tmp_path):
         create_synthetic_store(path, 12, (1, 8, 8), 4, {"run_key": "k"})
     with pytest.raises(ValueError, match="outside a dataset"):
         write_shard(path, 3, np.ones((1, 1, 8, 8)), np.zeros(1), np.zeros(1))
+
+
+def test_versions_are_never_overwritten_and_latest_moves_atomically(tmp_path):
+    from motfm_core.data import publish_latest, version_for
+
+    root = tmp_path / "synthetic"
+    v1 = create_synthetic_store(version_for(root, "a"), 4, (1, 8, 8), 4, {"run_key": "a"})
+    assert v1.name == "v0001.zarr" and version_for(root, "a") == v1  # same key: resume/reuse
+    with pytest.raises(ValueError, match="incomplete"):
+        publish_latest(v1)
+    write_shard(v1, 0, np.ones((4, 1, 8, 8)), np.zeros(4), np.arange(4))
+    latest = publish_latest(v1)
+    assert latest.resolve() == v1.resolve()
+    v2 = create_synthetic_store(version_for(root, "b"), 4, (1, 8, 8), 4, {"run_key": "b"})
+    assert v2.name == "v0002.zarr" and latest.resolve() == v1.resolve()  # not moved before v2 is complete
+    write_shard(v2, 0, np.zeros((4, 1, 8, 8)), np.zeros(4), np.arange(4))
+    publish_latest(v2)
+    assert latest.resolve() == v2.resolve() and v1.exists()
+    assert zarr.open_group(str(latest), mode="r")["images"][0].max() == 0
+    v3 = create_synthetic_store(version_for(root, "c"), 4, (1, 8, 8), 4, {"run_key": "c"})
+    write_shard(v3, 0, np.zeros((4, 1, 8, 8)), np.zeros(4), np.arange(4))
+    publish_latest(v3, keep=2)
+    assert not v1.exists() and v2.exists() and latest.resolve() == v3.resolve()
+    assert version_for(root, "a").name == "v0004.zarr"  # an old key never reopens a finished version

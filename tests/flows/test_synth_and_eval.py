@@ -24,7 +24,8 @@ def harness():
 def test_flow_end_to_end_and_rerun_is_idempotent(harness, tmp_path):
     report_md = synth_and_eval(run_name="t", output_root=str(tmp_path), **TINY)
     run = tmp_path / "t"
-    syn = zarr.open_group(str(run / "synthetic.zarr"), mode="r")
+    assert (run / "synthetic" / "latest").resolve() == (run / "synthetic" / "v0001.zarr").resolve()
+    syn = zarr.open_group(str(run / "synthetic" / "latest"), mode="r")
     assert syn["images"].shape == (15, 1, 16, 16) and syn["images"].shards == (4, 1, 16, 16)
     imgs = syn["images"][:]
     assert np.isfinite(imgs).all() and imgs.min() >= 0 and imgs.max() <= 1
@@ -48,11 +49,19 @@ def test_flow_end_to_end_and_rerun_is_idempotent(harness, tmp_path):
 
     # a re-run reuses the data, the model and every shard
     before = (run / "checkpoints" / "model.pt").stat().st_mtime_ns
-    shard_file = next((run / "synthetic.zarr" / "images" / "c").rglob("*"))
+    shard_file = next((run / "synthetic" / "v0001.zarr" / "images" / "c").rglob("*"))
     shard_mtime = shard_file.stat().st_mtime_ns
     synth_and_eval(run_name="t", output_root=str(tmp_path), **TINY)
     assert (run / "checkpoints" / "model.pt").stat().st_mtime_ns == before
     assert shard_file.stat().st_mtime_ns == shard_mtime
+    assert not (run / "synthetic" / "v0002.zarr").exists()
+
+    # regenerating with other sampling parameters writes a new version and moves `latest` to it
+    synth_and_eval(run_name="t", output_root=str(tmp_path), **{**TINY, "nfe": 1, "seeds": [0]})
+    assert (run / "synthetic" / "latest").resolve().name == "v0002.zarr"
+    assert zarr.open_group(str(run / "synthetic" / "v0002.zarr"), mode="r").attrs["nfe"] == 1
+    assert shard_file.stat().st_mtime_ns == shard_mtime  # v0001 untouched
+    assert (run / "checkpoints" / "model.pt").stat().st_mtime_ns == before  # no retraining
 
 
 def test_bad_parameter_fails_before_any_work(harness, tmp_path):
@@ -68,7 +77,7 @@ def test_mask_conditioned_run_stores_its_masks(harness, tmp_path, how):
     params = {**TINY, "samples_per_class": 2, "seeds": [0]}
     params["overrides"] = {**TINY["overrides"], "model": {**TINY_MODEL, "mask_conditioning": how}}
     synth_and_eval(run_name="m", output_root=str(tmp_path), **params)
-    syn = zarr.open_group(str(tmp_path / "m" / "synthetic.zarr"), mode="r")
+    syn = zarr.open_group(str(tmp_path / "m" / "synthetic" / "latest"), mode="r")
     from motfm_core.data import load_split
 
     train = load_split(str(tmp_path / "m" / "dataset.zarr"), "train")
