@@ -33,7 +33,12 @@ up() {
 down() {
   for name in worker server; do
     f="$PREFECT_HOME/$name.pid"
-    if [ -f "$f" ]; then kill -- "-$(cat "$f")" 2>/dev/null || kill "$(cat "$f")" 2>/dev/null || true; rm -f "$f"; fi
+    [ -f "$f" ] || continue
+    pid=$(cat "$f")
+    kill -- "-$pid" 2>/dev/null || kill "$pid" 2>/dev/null || true
+    for _ in $(seq 20); do kill -0 "$pid" 2>/dev/null || break; sleep 0.5; done
+    kill -9 -- "-$pid" 2>/dev/null || kill -9 "$pid" 2>/dev/null || true  # still there after 10 s
+    rm -f "$f"
   done
 }
 
