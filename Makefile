@@ -31,7 +31,7 @@ data:
 demo: venv data
 	$(PY) -m flows.synth_and_eval --run-name demo
 
-test: venv
+test: venv data
 	$(PY) -m pytest -q
 
 clean:
