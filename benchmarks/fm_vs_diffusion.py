@@ -28,6 +28,9 @@ import torch
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from results_table import add_row  # noqa: E402
 
 from motfm_core.config import DataConfig, EvalConfig, ModelConfig, SampleConfig, TrainConfig  # noqa: E402
 from motfm_core.data import ingest, load_split  # noqa: E402
@@ -36,6 +39,7 @@ from motfm_core.sampling import generate, sample_plan  # noqa: E402
 from motfm_core.training import load_checkpoint, train_flow_matching  # noqa: E402
 
 NFES = (1, 2, 4, 10, 20, 50)
+SECTION = "Flow matching vs diffusion (`benchmarks/fm_vs_diffusion.py`)"
 
 
 def machine_name(device: torch.device) -> str:
@@ -221,15 +225,11 @@ def main() -> None:
     summary = "; ".join(f"{m} best fine SWD {r['swd_fine']:.0f} (FID {r['fid']:.2f}; {r['solver']}, NFE {r['nfe']}, "
                         f"{r['seconds_per_image'] * 1e3:.0f} ms/img)" for m, r in best.items())
     base = result["baseline_train_vs_test"]
-    row = (f"| {result['date']} | {result['machine']} | `{result['command']}` | {summary}; real train-vs-test fine "
-           f"SWD {base['swd_fine']:.0f}, FID {base['fid']:.2f} | {held} | [{stem}.json](results/{stem}.json) |\n")
-    results_md = ROOT / "benchmarks" / "RESULTS.md"
-    if not results_md.exists():
-        results_md.write_text("# Benchmark results\n\n| date | machine | command | figures | targets | file |\n"
-                              "|---|---|---|---|---|---|\n")
-    with results_md.open("a") as f:
-        f.write(row)
-    print(f"wrote {out_dir / stem}.json, .png, -samples.png and a row in {results_md}")
+    add_row(SECTION, ["date", "machine", "command", "figures", "targets", "file"],
+            [result["date"], result["machine"], f"`{result['command']}`",
+             f"{summary}; real train-vs-test fine SWD {base['swd_fine']:.0f}, FID {base['fid']:.2f}", held,
+             f"[{stem}.json](results/{stem}.json)"])
+    print(f"wrote {out_dir / stem}.json, .png, -samples.png and a row in benchmarks/RESULTS.md")
 
 
 if __name__ == "__main__":

@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from fm_vs_diffusion import ROOT, machine_name, swd_fields  # noqa: E402
+from results_table import add_row  # noqa: E402
 
 from motfm_core.config import EvalConfig, SampleConfig, TrainConfig  # noqa: E402
 from motfm_core.data import load_split  # noqa: E402
@@ -72,9 +73,23 @@ def main() -> None:
             print(f"[{name}] {solver:>8} NFE {spent:4d}: FID {row['fid']:.3f} fine SWD {row['swd_fine']:.0f} "
                   f"{sec * 1e3:.1f} ms/img; straightness {s:.4f}", flush=True)
     out = ROOT / "benchmarks" / "results" / f"{time.strftime('%Y-%m-%d')}-{machine_name(device)}-solvers.json"
-    out.write_text(json.dumps({"command": "benchmarks/solvers_couplings.py " + " ".join(sys.argv[1:]),
-                               "machine": machine_name(device), "rows": rows}, indent=2))
+    result = {"command": "benchmarks/solvers_couplings.py " + " ".join(sys.argv[1:]), "machine": machine_name(device),
+              "rows": rows}
+    out.write_text(json.dumps(result, indent=2))
+    record(result, out)
     print(f"wrote {out}")
+
+
+def record(result: dict, out: Path) -> None:
+    """One RESULTS.md row per coupling: straightness and every solver's NFE / FID / fine SWD / ms per image."""
+    for name in dict.fromkeys(r["model"] for r in result["rows"]):
+        rows = [r for r in result["rows"] if r["model"] == name]
+        cells = "; ".join(f"{r['solver']} {r['nfe']}: {r['fid']:.2f} / {r['swd_fine']:.0f} / "
+                          f"{r['seconds_per_image'] * 1e3:.0f}" for r in rows)
+        add_row("Solvers and couplings (`benchmarks/solvers_couplings.py`)",
+                ["date", "machine", "model", "straightness", "solver NFE: FID / fine SWD / ms per image", "file"],
+                [out.name[:10], result["machine"], name, f"{rows[0]['straightness']:.4f}", cells,
+                 f"[{out.name}](results/{out.name})"])
 
 
 if __name__ == "__main__":

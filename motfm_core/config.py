@@ -80,13 +80,15 @@ class ModelConfig:
     image_size: int = 48
     depth: int = 16  # 3D only
     prediction: str = "velocity"  # "velocity": flow matching; "epsilon": the DDPM/DDIM baseline
-    mask_conditioning: str = "none"  # "concat" (one-hot mask channels) or "controlnet" (MONAI ControlNet)
+    mask_conditioning: str = "none"  # "concat" (one-hot mask channels), "controlnet" (MONAI ControlNet), or
+    # "auto" (resolved by the train stage: "concat" when the dataset has masks, else "none")
     mask_classes: int = 0  # set from the dataset's mask_names when masks condition the model
     gradient_checkpointing: bool = False  # recompute UNet blocks in backward: less memory (3D), more time
 
     def validate(self) -> None:
-        _check(self.mask_conditioning in ("none", "concat", "controlnet"),
-               f"model.mask_conditioning must be 'none', 'concat' or 'controlnet', got {self.mask_conditioning!r}")
+        _check(self.mask_conditioning in ("none", "concat", "controlnet", "auto"),
+               "model.mask_conditioning must be 'none', 'concat', 'controlnet' or 'auto', got "
+               f"{self.mask_conditioning!r}")
         _check(self.prediction in ("velocity", "epsilon"),
                f"model.prediction must be 'velocity' (flow matching) or 'epsilon' (DDPM), got {self.prediction!r}")
         _check(len(self.channels) == len(self.attention_levels),
@@ -138,7 +140,10 @@ class SampleConfig:
     guidance: float = 1.0  # classifier-free guidance scale; 1.0 = plain conditional model
     rtol: float = 1e-5  # dopri5 only: error tolerances (the NFE it spends follows from them)
     atol: float = 1e-5
-    batch_size: int = 64
+    batch_size: int = 64  # images per forward pass; on a GPU raise it until memory is full
+    compile: bool = False  # torch.compile the network (pays off on a GPU for large runs)
+    workers: int = 0  # Dask workers of the local cluster (0 = one per GPU, or one on a CPU)
+    scheduler: str = ""  # address of an existing Dask scheduler (or $MOTFM_DASK_SCHEDULER); "" = local cluster
     seed: int = 1234
     keep_versions: int = 0  # synthetic dataset versions to keep (0 = all; the published one always stays)
 
@@ -153,24 +158,43 @@ class SampleConfig:
         _check(self.solver in methods, f"sample.solver must be one of {sorted(methods)}, got {self.solver!r}")
         _check(self.guidance >= 0.0, "sample.guidance must be >= 0")
         _check(self.rtol > 0 and self.atol > 0, "sample.rtol and sample.atol must be > 0")
+        _check(self.workers >= 0, "sample.workers must be >= 0 (0 = one per GPU, or one on a CPU)")
         _check(self.keep_versions >= 0, "sample.keep_versions must be >= 0 (0 keeps all)")
 
 
 @dataclass
 class EvalConfig:
-    """Downstream classifier: real-only vs real+synthetic, evaluated on the real test split."""
+    """Downstream classifier (and segmenter, when masks exist): real-only vs real+synthetic arms, each
+    tested on the real test split."""
 
     seeds: tuple[int, ...] = (0, 1, 2)
     steps: int = 300
     batch_size: int = 32
     lr: float = 1e-3
-    synthetic_ratio: float = 1.0  # synthetic images per real training image in the augmented arm
+    synthetic_ratio: float = 1.0  # the headline arm: synthetic images per real training image
+    ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # every real+synthetic arm (the headline ratio is always run)
+    real_fractions: tuple[float, ...] = (0.25, 0.1)  # low-data arms: this share of real train, +/- synthetic
     channels: tuple[int, ...] = (16, 32, 64)
+    segmentation: bool = True  # also train a segmenter when both stores have masks
+    seg_steps: int = 200
+    seg_channels: tuple[int, ...] = (8, 16, 32)
+    nfe_curve: tuple[int, ...] = (1, 2, 4, 10, 20)  # Euler NFEs of the report's quality-vs-NFE curve (() = none)
+    nfe_curve_samples: int = 32  # fresh samples per class at each NFE of the curve
 
     def validate(self) -> None:
         _check(len(self.seeds) >= 1, "eval.seeds must name at least one seed")
         _check(self.synthetic_ratio > 0, "eval.synthetic_ratio must be > 0")
-        _check(self.steps >= 1, "eval.steps must be >= 1")
+        _check(all(r > 0 for r in self.ratios), f"eval.ratios must all be > 0, got {self.ratios}")
+        _check(all(0 < f < 1 for f in self.real_fractions),
+               f"eval.real_fractions must lie in (0, 1) (the full set is always run), got {self.real_fractions}")
+        _check(self.steps >= 1 and self.seg_steps >= 1, "eval.steps and eval.seg_steps must be >= 1")
+        _check(len(self.seg_channels) >= 2, "eval.seg_channels needs at least two levels")
+        _check(all(n >= 1 for n in self.nfe_curve) and self.nfe_curve_samples >= 1,
+               "eval.nfe_curve values and eval.nfe_curve_samples must be >= 1")
+
+
+# named backbone sizes for the `model_size` parameter: UNet channels per level (attention at the last level)
+MODEL_SIZES: dict[str, tuple[int, ...]] = {"small": (32, 64, 64), "medium": (64, 128, 128), "large": (128, 256, 256)}
 
 
 @dataclass

@@ -1,16 +1,19 @@
-"""Downstream evaluation: does adding synthetic images help a classifier on held-out real data?
+"""Downstream evaluation: does adding synthetic images help a classifier (and a segmenter) on held-out real data?
 
-Arms, each trained from scratch per seed with the same network, steps and batch size:
-`real` (real train split), `real+synthetic` (plus synthetic images at `synthetic_ratio` per real
-image), `synthetic` (synthetic only). All are tested on the real test split. The gain is the paired
-per-seed difference real+synthetic minus real (mean and std over seeds), with a 95% bootstrap CI over
-test images (paired across arms, averaged over seeds).
+Arms (`plan_arms`), each trained from scratch per seed with the same network, steps and batch size:
+`real`; `real+synthetic` at every ratio of synthetic to real images (the headline one, `synthetic_ratio`,
+named plain `real+synthetic`); `synthetic` only; and low-data arms `real f%` / `real f%+synthetic`. All are
+tested on the real test split. A gain is the paired per-seed difference arm minus its baseline (mean and std
+over seeds) with a 95% bootstrap CI over test images (paired across arms, averaged over seeds).
+Caveat for the low-data arms: the generative model itself saw the full real train split.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -22,10 +25,10 @@ from torch import nn
 
 from motfm_core.config import EvalConfig
 from motfm_core.data.store import incomplete_shards, load_split
-from motfm_core.metrics import bootstrap_gain, classification_metrics, summarise
+from motfm_core.metrics import bootstrap_gain, bootstrap_paired, classification_metrics, summarise
+from motfm_core.segmentation import predict_masks, segmentation_scores, train_segmenter
 
 log = logging.getLogger(__name__)
-ARMS = ("real", "real+synthetic", "synthetic")
 
 
 def build_classifier(in_shape: tuple[int, ...], num_classes: int, cfg: EvalConfig) -> nn.Module:
@@ -62,46 +65,134 @@ def predict_proba(model: nn.Module, x: np.ndarray, device: torch.device, batch: 
     return torch.cat(out).numpy()
 
 
-def load_synthetic(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """All samples of a complete synthetic store; refuses a store with unfinished shards."""
-    missing = incomplete_shards(path)
-    if missing:
-        raise ValueError(f"{path}: shards {missing[:10]} are incomplete; re-run the sample stage to finish them")
-    root = zarr.open_group(str(path), mode="r", zarr_format=3)
-    return root["images"][:], root["labels"][:]
+@dataclass(frozen=True)
+class Arm:
+    """One downstream training set: a share of the real train split plus synthetic images."""
+
+    name: str
+    real_fraction: float  # share of the real train split (stratified by class); 0 = none
+    ratio: float  # synthetic images per image of the *full* real train split; inf = every synthetic image
+    baseline: str | None  # the arm its gain is measured against
+
+
+def plan_arms(cfg: EvalConfig) -> list[Arm]:
+    """real; real+synthetic at every ratio (the headline one named plain `real+synthetic`); synthetic only;
+    and per low-data fraction f: `real f%` and `real f%+synthetic` (the headline synthetic images added)."""
+    head = cfg.synthetic_ratio
+    arms = [Arm("real", 1.0, 0.0, None)]
+    for r in sorted({*cfg.ratios, head}):
+        arms.append(Arm("real+synthetic" if r == head else f"real+synthetic x{r:g}", 1.0, r, "real"))
+    arms.append(Arm("synthetic", 0.0, float("inf"), "real"))
+    for f in sorted(cfg.real_fractions, reverse=True):
+        base = f"real {f:.0%}"
+        arms += [Arm(base, f, 0.0, None), Arm(f"{base}+synthetic", f, head, base)]
+    return arms
+
+
+def _subsample(labels: np.ndarray, fraction: float, rng: np.random.RandomState) -> np.ndarray:
+    """Indices of a class-stratified share of `labels` (at least one image per class)."""
+    if fraction >= 1:
+        return np.arange(len(labels))
+    keep = [rng.choice(idx, max(1, int(round(fraction * len(idx)))), replace=False)
+            for idx in (np.nonzero(labels == c)[0] for c in np.unique(labels))]
+    return np.sort(np.concatenate(keep))
+
+
+def _arm_indices(arm: Arm, n_real: int, real_labels: np.ndarray, n_syn: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(real indices, synthetic indices) of one arm for one seed; the same seed picks the same subsets."""
+    real = _subsample(real_labels, arm.real_fraction, np.random.RandomState(seed)) if arm.real_fraction else \
+        np.arange(0)
+    k = n_syn if arm.ratio == float("inf") else min(n_syn, int(round(arm.ratio * n_real)))
+    syn = np.sort(np.random.RandomState(1000 + seed).permutation(n_syn)[:k])
+    return real, syn
+
+
+def _gains(arms: list[Arm], results: dict, seeds: tuple[int, ...], ci) -> dict:
+    """Per augmented arm and metric: paired per-seed gain over its baseline (mean/std) and a bootstrap CI."""
+    out = {}
+    for arm in arms:
+        if arm.baseline is None:
+            continue
+        out[arm.name] = {m: {**summarise([results[arm.name][s][m] - results[arm.baseline][s][m] for s in seeds]),
+                             **ci(arm, m)} for m in results[arm.name][seeds[0]]}
+    return out
 
 
 def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig,
                           device: str | torch.device | None = None,
                           progress: Callable[[str], None] | None = None) -> dict:
-    """Per-arm, per-seed test metrics and the augmentation gain with its spread over seeds."""
+    """Per-arm, per-seed test metrics of a classifier (and a segmenter when both stores have masks) and the
+    augmentation gain of every augmented arm over its baseline, with its spread and 95% bootstrap CI."""
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     say = progress or log.info
     train, test = load_split(real_path, "train"), load_split(real_path, "test")
-    sx, sy = load_synthetic(synthetic_path)
+    syn = load_synthetic(synthetic_path, with_masks=True)
+    sx, sy = syn["images"], syn["labels"]
     k = int(max(train["labels"].max(), test["labels"].max(), sy.max()) + 1)
-    n_syn = min(len(sy), int(round(cfg.synthetic_ratio * len(train["labels"]))))
-    results: dict[str, dict[int, dict[str, float]]] = {arm: {} for arm in ARMS}
-    probas: dict[str, list[np.ndarray]] = {arm: [] for arm in ARMS}
+    segment = cfg.segmentation and "masks" in train and "masks" in syn
+    mask_classes = int(max(train["masks"].max(), test["masks"].max()) + 1) if segment else 0
+    arms, n = plan_arms(cfg), len(train["labels"])
+    results: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in arms}
+    seg_results: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in arms}
+    probas: dict[str, list[np.ndarray]] = {a.name: [] for a in arms}
+    per_image: dict[str, dict[str, list[np.ndarray]]] = {a.name: {"dice": [], "hd95": []} for a in arms}
+    sizes: dict[str, dict[str, int]] = {}
     t0 = time.time()
     for seed in cfg.seeds:
-        pick = np.random.RandomState(seed).choice(len(sy), n_syn, replace=False)
-        sets = {"real": (train["images"], train["labels"]),
-                "real+synthetic": (np.concatenate([train["images"], sx[pick]]),
-                                   np.concatenate([train["labels"], sy[pick]])),
-                "synthetic": (sx, sy)}
-        for arm, (x, y) in sets.items():
+        for arm in arms:
+            ri, si = _arm_indices(arm, n, train["labels"], len(sy), seed)
+            sizes[arm.name] = {"real": int(len(ri)), "synthetic": int(len(si))}
+            x = np.concatenate([train["images"][ri], sx[si]])
+            y = np.concatenate([train["labels"][ri], sy[si]])
             model = train_classifier(x, y, k, cfg, seed, device)
-            probas[arm].append(predict_proba(model, test["images"], device))
-            results[arm][seed] = classification_metrics(test["labels"], probas[arm][-1])
-            say(f"evaluate: seed {seed} {arm:>15}: " + ", ".join(f"{m} {v:.3f}" for m, v in results[arm][seed].items())
-                + f" ({time.time() - t0:.0f}s)")
-    metrics = list(next(iter(results["real"].values())))
-    summary = {arm: {m: summarise([results[arm][s][m] for s in cfg.seeds]) for m in metrics} for arm in ARMS}
-    gain = {m: {**summarise([results["real+synthetic"][s][m] - results["real"][s][m] for s in cfg.seeds]),
-                **bootstrap_gain(test["labels"], probas["real"], probas["real+synthetic"], m)}
-            for m in metrics}
-    return {"per_seed": {arm: {str(s): v for s, v in r.items()} for arm, r in results.items()},
-            "summary": summary, "gain": gain, "sizes": {"real_train": int(len(train["labels"])),
-            "synthetic_added": n_syn, "synthetic_total": int(len(sy)), "real_test": int(len(test["labels"]))},
-            "num_classes": k, "seconds": time.time() - t0}
+            probas[arm.name].append(predict_proba(model, test["images"], device))
+            results[arm.name][seed] = classification_metrics(test["labels"], probas[arm.name][-1])
+            line = ", ".join(f"{m} {v:.3f}" for m, v in results[arm.name][seed].items())
+            if segment:
+                masks = np.concatenate([train["masks"][ri], syn["masks"][si]])
+                seg = train_segmenter(x, masks, mask_classes, cfg, seed, device)
+                scores = segmentation_scores(predict_masks(seg, test["images"], device), test["masks"], mask_classes)
+                for m, v in scores.items():
+                    per_image[arm.name][m].append(v)
+                seg_results[arm.name][seed] = {m: float(np.nanmean(v)) for m, v in scores.items()}
+                line += ", " + ", ".join(f"{m} {v:.3f}" for m, v in seg_results[arm.name][seed].items())
+            say(f"evaluate: seed {seed} {arm.name:>22}: {line} ({time.time() - t0:.0f}s)")
+
+    def class_ci(arm: Arm, m: str) -> dict:
+        return bootstrap_gain(test["labels"], probas[arm.baseline], probas[arm.name], m)
+
+    def seg_ci(arm: Arm, m: str) -> dict:
+        return bootstrap_paired(per_image[arm.baseline][m], per_image[arm.name][m])
+
+    metrics = list(results["real"][cfg.seeds[0]])
+    summary = {a.name: {m: summarise([results[a.name][s][m] for s in cfg.seeds]) for m in metrics} for a in arms}
+    gains = _gains(arms, results, cfg.seeds, class_ci)
+    out = {"arms": [dataclasses.asdict(a) for a in arms], "headline": "real+synthetic",
+           "per_seed": {a: {str(s): v for s, v in r.items()} for a, r in results.items()},
+           "summary": summary, "gain": gains["real+synthetic"], "gains": gains,
+           "sizes": {"real_train": int(n), "synthetic_added": sizes["real+synthetic"]["synthetic"],
+                     "synthetic_total": int(len(sy)), "real_test": int(len(test["labels"])), "arms": sizes},
+           "num_classes": k, "seconds": time.time() - t0}
+    if segment:
+        out["segmentation"] = {
+            "mask_classes": mask_classes,
+            "per_seed": {a: {str(s): v for s, v in r.items()} for a, r in seg_results.items()},
+            "summary": {a.name: {m: summarise([seg_results[a.name][s][m] for s in cfg.seeds])
+                                 for m in ("dice", "hd95")} for a in arms},
+            "gains": _gains(arms, seg_results, cfg.seeds, seg_ci)}
+    return out
+
+
+def load_synthetic(path: str | Path, with_masks: bool = False):
+    """All samples of a complete synthetic store, (images, labels), or a dict that also holds `masks` when
+    the store has them; refuses a store with unfinished shards."""
+    missing = incomplete_shards(path)
+    if missing:
+        raise ValueError(f"{path}: shards {missing[:10]} are incomplete; re-run the sample stage to finish them")
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    if not with_masks:
+        return root["images"][:], root["labels"][:]
+    out = {"images": root["images"][:], "labels": root["labels"][:]}
+    if "masks" in root.array_keys():
+        out["masks"] = root["masks"][:]
+    return out

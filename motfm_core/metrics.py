@@ -54,6 +54,19 @@ def bootstrap_gain(y_true: np.ndarray, proba_base: list[np.ndarray], proba_new: 
     return {"ci95_low": float(lo), "ci95_high": float(hi), "n_boot": int(n_boot)}
 
 
+def bootstrap_paired(base: list[np.ndarray], new: list[np.ndarray], n_boot: int = 2000,
+                     seed: int = 0) -> dict[str, float]:
+    """95% CI of the seed-averaged mean gain of per-image scores (new - base), resampling test images
+    (paired across arms); images where a score is NaN are left out."""
+    diff = np.mean([b - a for a, b in zip(base, new)], 0)
+    diff = diff[np.isfinite(diff)]
+    if len(diff) == 0:
+        return {"ci95_low": None, "ci95_high": None, "n_boot": 0}
+    idx = np.random.RandomState(seed).randint(0, len(diff), (n_boot, len(diff)))
+    lo, hi = np.percentile(diff[idx].mean(1), [2.5, 97.5])
+    return {"ci95_low": float(lo), "ci95_high": float(hi), "n_boot": int(n_boot)}
+
+
 def summarise(values: list[float]) -> dict[str, float]:
     """Mean, sample standard deviation, min and max over seeds."""
     a = np.asarray(values, dtype=float)

@@ -148,11 +148,37 @@ def quality(real_train: np.ndarray, real_test: np.ndarray, fake: np.ndarray,
     return out
 
 
+def nfe_curve(checkpoint: str | Path, extractor: "FeatureExtractor", test: np.ndarray, test_feats: np.ndarray,
+              nfes: tuple[int, ...], samples_per_class: int, real_path: str | Path,
+              device: torch.device | str = "cpu") -> list[dict[str, float]]:
+    """FID and fine SWD against the real test split of `samples_per_class` fresh Euler samples per class at
+    each NFE (same noise seeds at every NFE), with seconds per image: how far the step count can drop."""
+    import time
+
+    from motfm_core.config import SampleConfig
+    from motfm_core.sampling import generate, mask_plan, sample_plan
+    from motfm_core.training import load_checkpoint
+
+    model, meta = load_checkpoint(checkpoint, device)
+    labels, seeds = sample_plan(len(meta["class_names"]), SampleConfig(samples_per_class=samples_per_class, seed=99))
+    masks = mask_plan(real_path, labels)[0] if model.cfg.mask_conditioning != "none" else None
+    rows = []
+    for nfe in nfes:
+        t0 = time.perf_counter()
+        images, spent = generate(model, labels, seeds, SampleConfig(solver="euler", nfe=nfe), device, masks)
+        sec = (time.perf_counter() - t0) / len(labels)
+        rows.append({"nfe": spent, "fid": fid(test_feats, extractor(images)), "swd_fine": swd(test, images)["level0"],
+                     "seconds_per_image": sec})
+    return rows
+
+
 def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig | None = None,
-                      device: torch.device | str = "cpu") -> dict:
-    """Train the in-domain extractor on the real train split and score the synthetic store against real test."""
+                      device: torch.device | str | None = None, checkpoint: str | Path | None = None) -> dict:
+    """Train the in-domain extractor on the real train split and score the synthetic store against real test;
+    with the `checkpoint` and `cfg.nfe_curve`, also the quality-vs-NFE curve of fresh samples."""
     from motfm_core.downstream import load_synthetic
 
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     extractor = FeatureExtractor.train(real_path, cfg, device=device)
     fake, fake_labels = load_synthetic(synthetic_path)
     real = {name: load_split(real_path, name) for name in ("train", "test")}
@@ -162,6 +188,9 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
     out["feature_dim"] = int(feats["train"].shape[1])
     out["diversity"] = {"synthetic": diversity(fake, fake_labels),
                         "real_train": diversity(images["train"], real["train"]["labels"])}
+    if checkpoint is not None and cfg is not None and cfg.nfe_curve:
+        out["nfe_curve"] = nfe_curve(checkpoint, extractor, images["test"], feats["test"], tuple(cfg.nfe_curve),
+                                     cfg.nfe_curve_samples, real_path, device)
     return out
 
 

@@ -30,24 +30,78 @@ def sample_grid(real_path: str | Path, synthetic_path: str | Path, out_png: str 
     real = load_split(real_path, "train")
     root = zarr.open_group(str(synthetic_path), mode="r", zarr_format=3)
     sx, sy = root["images"], root["labels"][:]
+    smasks = root["masks"] if "masks" in root.array_keys() else None  # overlay the conditioning masks
     names = list(root.attrs.get("class_names", []))
     k = int(max(real["labels"].max(), sy.max()) + 1)
     fig, axes = plt.subplots(2 * k, per_class, figsize=(per_class * 1.1, 2 * k * 1.2), squeeze=False)
     for c in range(k):
         ri = np.nonzero(real["labels"] == c)[0][:per_class]
         si = np.nonzero(sy == c)[0][:per_class]
-        for row, (kind, imgs) in enumerate((("real", [real["images"][i] for i in ri]),
-                                            ("synthetic", [sx[int(i)] for i in si]))):
+        rows = (("real", [real["images"][i] for i in ri],
+                 [real["masks"][i] for i in ri] if smasks is not None and "masks" in real else []),
+                ("synthetic", [sx[int(i)] for i in si], [smasks[int(i)] for i in si] if smasks is not None else []))
+        for row, (kind, imgs, masks) in enumerate(rows):
             for j in range(per_class):
                 ax = axes[2 * c + row, j]
                 ax.axis("off")
                 if j < len(imgs):
                     ax.imshow(_middle(imgs[j]), cmap="gray", vmin=0, vmax=1)
+                if j < len(masks) and _middle(masks[j]).max() > 0:
+                    ax.contour(_middle(masks[j]), levels=np.arange(0.5, _middle(masks[j]).max()), linewidths=0.4,
+                               cmap="autumn")
             name = names[c] if c < len(names) else str(c)
             axes[2 * c + row, 0].set_title(f"{kind}: {name}", fontsize=7, loc="left")
     fig.tight_layout()
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=80)
+    plt.close(fig)
+    return out_png
+
+
+def gain_figure(evaluation: dict[str, Any], out_png: str | Path) -> Path:
+    """PNG: augmentation gain (95% CI) per augmented arm for each task, and quality vs NFE when measured."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("classifier accuracy gain", evaluation["gains"], "accuracy")]
+    if "segmentation" in evaluation:
+        panels.append(("segmenter Dice gain", evaluation["segmentation"]["gains"], "dice"))
+    curve = evaluation.get("quality", {}).get("nfe_curve")
+    fig, axes = plt.subplots(1, len(panels) + bool(curve), figsize=(5.2 * (len(panels) + bool(curve)), 3.6),
+                             squeeze=False)
+    for ax, (title, gains, metric) in zip(axes[0], panels):
+        names = list(gains)
+        mean = np.array([gains[n][metric]["mean"] for n in names])
+        lo = np.array([gains[n][metric].get("ci95_low") if gains[n][metric].get("ci95_low") is not None
+                       else gains[n][metric]["mean"] for n in names])
+        hi = np.array([gains[n][metric].get("ci95_high") if gains[n][metric].get("ci95_high") is not None
+                       else gains[n][metric]["mean"] for n in names])
+        y = np.arange(len(names))
+        ax.errorbar(mean, y, xerr=[mean - lo, hi - mean], fmt="o", capsize=3)
+        ax.axvline(0, color="grey", lw=0.8)
+        ax.set_yticks(y, [f"{n} vs {'real' if '%' not in n else n.split('+')[0]}" if n != "synthetic" else
+                          "synthetic only vs real" for n in names], fontsize=7)
+        ax.invert_yaxis()
+        ax.set_title(f"{title} (mean, 95% CI)", fontsize=9)
+    if curve:
+        ax = axes[0][-1]
+        nfe = [r["nfe"] for r in curve]
+        ax.plot(nfe, [r["fid"] for r in curve], "o-", label="FID (in-domain)")
+        ax.set_xscale("log")
+        ax.set_xlabel("NFE (Euler)")
+        ax.set_ylabel("FID")
+        ax2 = ax.twinx()
+        ax2.plot(nfe, [r["swd_fine"] for r in curve], "s--", color="C1", label="fine SWD")
+        ax2.set_ylabel("fine SWD (x1e3)")
+        base = evaluation["quality"]["train_vs_test"]
+        ax.axhline(base["fid"], color="C0", lw=0.7, ls=":")
+        ax2.axhline(base["swd"]["level0"], color="C1", lw=0.7, ls=":")
+        ax.set_title("quality vs NFE (dotted: real train vs test)", fontsize=9)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=90)
     plt.close(fig)
     return out_png
 
@@ -66,7 +120,49 @@ def _signed(s: dict[str, float]) -> str:
     return f"{s['mean']:+.3f} ± {s['std']:.3f}{ci}"
 
 
-def render_markdown(report: dict[str, Any], grid_name: str) -> str:
+def _more_verdicts(ev: dict[str, Any]) -> str:
+    """The segmenter's headline gain and the best ratio, for the first screen."""
+    out = ""
+    if "segmentation" in ev:
+        g = ev["segmentation"]["gains"]["real+synthetic"]
+        out += f" Segmenter: Dice gain {_signed(g['dice'])}, HD95 change {_signed(g['hd95'])} px."
+    ratios = {a: g["accuracy"]["mean"] for a, g in ev.get("gains", {}).items() if a.startswith("real+synthetic")}
+    if len(ratios) > 1:
+        best = max(ratios, key=ratios.get)
+        out += f" Best ratio arm by accuracy: {best} ({ratios[best]:+.3f})."
+    return out
+
+
+def _gains_table(ev: dict[str, Any]) -> list[str]:
+    """Every augmented arm against its baseline: sizes and gains with CIs (and the segmenter's, if any)."""
+    if "gains" not in ev:
+        return []
+    seg = ev.get("segmentation")
+    head = "| arm (vs baseline) | real / synthetic images | accuracy gain | macro-F1 gain |"
+    lines = ["", "Augmentation gain of every arm over its baseline (mean ± std over seeds, 95% bootstrap CI):", "",
+             head + (" Dice gain | HD95 change (px) |" if seg else ""),
+             "|---|---|---|---|" + ("---|---|" if seg else "")]
+    baselines = {a["name"]: a["baseline"] for a in ev.get("arms", [])}
+    for arm, g in ev["gains"].items():
+        size = ev["sizes"].get("arms", {}).get(arm, {})
+        row = (f"| {arm} (vs {baselines.get(arm, 'real')}) | {size.get('real', '?')} / {size.get('synthetic', '?')} | "
+               f"{_signed(g['accuracy'])} | {_signed(g['macro_f1'])} |")
+        if seg:
+            sg = seg["gains"][arm]
+            row += f" {_signed(sg['dice'])} | {_signed(sg['hd95'])} |"
+        lines.append(row)
+    if seg:
+        lines += ["", f"Segmenter (MONAI UNet, DiceCELoss; {seg['mask_classes'] - 1} foreground classes) on the real "
+                  "test split: Dice (higher is better) / HD95 in pixels (lower is better):", "",
+                  "| arm | Dice | HD95 |", "|---|---|---|"]
+        lines += [f"| {arm} | {_fmt(s['dice'])} | {_fmt(s['hd95'])} |" for arm, s in seg["summary"].items()]
+    if any("%" in arm for arm in ev["gains"]):
+        lines += ["", "Low-data arms use a class-stratified share of the real train split; caveat: the generative "
+                  "model was trained on the full split, so they overstate what synthesis from that share alone gives."]
+    return lines
+
+
+def render_markdown(report: dict[str, Any], grid_name: str, gains_png: str | None = None) -> str:
     """report.md: verdict first, then sizes, metrics per arm, timing, configuration."""
     ev, gain = report["evaluation"], report["evaluation"]["gain"]
     g = gain["accuracy"]
@@ -79,7 +175,7 @@ def render_markdown(report: dict[str, Any], grid_name: str) -> str:
         "",
         f"**Verdict:** adding synthetic images {verdict} on the held-out real test set: accuracy gain "
         f"{_signed(g)}, macro-F1 gain {_signed(gain['macro_f1'])}, AUROC gain {_signed(gain['auroc'])} "
-        f"(mean ± std over {seeds} seeds; CI by bootstrap over test images).",
+        f"(mean ± std over {seeds} seeds; CI by bootstrap over test images)." + _more_verdicts(ev),
         "",
         f"- dataset: {report['dataset']['source']} — train {ev['sizes']['real_train']}, "
         f"val {report['dataset']['sizes']['val']}, test {ev['sizes']['real_test']} real images, "
@@ -95,6 +191,7 @@ def render_markdown(report: dict[str, Any], grid_name: str) -> str:
     ]
     for arm, s in ev["summary"].items():
         lines.append(f"| {arm} | {_fmt(s['accuracy'])} | {_fmt(s['macro_f1'])} | {_fmt(s['auroc'])} |")
+    lines += _gains_table(ev)
     q = ev.get("quality")
     if q:
         lines += ["", f"Image quality against the real test split. FID/KID/precision/recall on in-domain features "
@@ -127,6 +224,13 @@ def render_markdown(report: dict[str, Any], grid_name: str) -> str:
                          f"{e['degraded']['ssim']:.3f} | {e['classical']['psnr']:.2f} / {e['classical']['ssim']:.3f} "
                          f"({e['classical']['method']}) | {e['flow']['psnr']:.2f} / {e['flow']['ssim']:.3f} "
                          f"({e['nfe']}) |")
+    curve = (q or {}).get("nfe_curve")
+    if curve:
+        lines += ["", "Quality vs NFE (fresh Euler samples, same noise at every NFE; FID / fine SWD against the real "
+                  "test split): " + ", ".join(f"NFE {r['nfe']}: {r['fid']:.2f} / {r['swd_fine']:.0f} "
+                                             f"({r['seconds_per_image'] * 1e3:.1f} ms/img)" for r in curve) + "."]
+    if gains_png:
+        lines += ["", f"![gains and quality vs NFE]({gains_png})"]
     lines += ["", f"![real vs synthetic samples per class]({grid_name})", "",
               "Per-seed figures, the full configuration and the store paths are in `report.json`."]
     return "\n".join(lines) + "\n"
@@ -138,9 +242,10 @@ def write_report(out_dir: str | Path, report: dict[str, Any], real_path: str | P
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = sample_grid(real_path, synthetic_path, out_dir / "samples.png")
-    report = {**report, "files": {"grid": str(grid)}}
+    gains = gain_figure(report["evaluation"], out_dir / "gains.png") if "gains" in report["evaluation"] else None
+    report = {**report, "files": {"grid": str(grid), "gains": str(gains) if gains else None}}
     for name, text in (("report.json", json.dumps(report, indent=2, default=str)),
-                       ("report.md", render_markdown(report, grid.name))):
+                       ("report.md", render_markdown(report, grid.name, gains.name if gains else None))):
         tmp = out_dir / f".{name}.tmp"
         tmp.write_text(text)
         os.replace(tmp, out_dir / name)

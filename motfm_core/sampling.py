@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from motfm_core.baselines import diffusion_sample
-from motfm_core.config import SampleConfig
-from motfm_core.data.store import load_split, shard_bounds, shard_complete, write_shard
+from motfm_core import code_version
+from motfm_core.config import SampleConfig, config_hash
+from motfm_core.data.store import (
+    create_synthetic_store,
+    incomplete_shards,
+    load_split,
+    shard_bounds,
+    shard_complete,
+    version_for,
+    write_shard,
+)
 from motfm_core.nets import VelocityUNet, guided_velocity
 from motfm_core.solvers import solve
 from motfm_core.training import load_checkpoint, to_image_space
@@ -76,6 +88,16 @@ def generate(
     return np.concatenate(out), nfe
 
 
+@functools.lru_cache(maxsize=2)
+def _model_for(checkpoint: str, stamp: tuple[int, int], device: str, compile: bool) -> tuple[VelocityUNet, dict]:
+    """One loaded (optionally compiled) model per worker process, reused by its shards; `stamp` (mtime, size)
+    makes a rewritten checkpoint load afresh."""
+    model, meta = load_checkpoint(checkpoint, device)
+    if compile:
+        model.unet = torch.compile(model.unet)
+    return model, meta
+
+
 def sample_shard(
     checkpoint: str | Path, store: str | Path, index: int, cfg: SampleConfig, device: str | None = None,
 ) -> dict:
@@ -87,7 +109,10 @@ def sample_shard(
     attrs = zarr.open_group(str(store), mode="r", zarr_format=3).attrs
     start, stop = shard_bounds(index, attrs["num_samples"], attrs["shard_size"])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    model, meta = load_checkpoint(checkpoint, device)
+    st = Path(checkpoint).stat() if Path(checkpoint).exists() else None
+    if st is None:
+        raise FileNotFoundError(f"{checkpoint}: no checkpoint; run the train stage first")
+    model, meta = _model_for(str(checkpoint), (st.st_mtime_ns, st.st_size), str(device), cfg.compile)
     labels, seeds = sample_plan(len(meta["class_names"]), cfg)
     masks = source = None
     if model.cfg.mask_conditioning != "none":
@@ -98,4 +123,37 @@ def sample_shard(
     seconds = time.perf_counter() - t0
     write_shard(store, index, images, labels[start:stop], seeds[start:stop],
                 info={"nfe": nfe, "seconds": seconds, "device": str(device)}, masks=masks, mask_source=source)
-    return {"shard": index, "skipped": False, "nfe": nfe, "seconds": seconds, "count": stop - start}
+    return {"shard": index, "skipped": False, "nfe": nfe, "seconds": seconds, "count": stop - start,
+            "device": str(device)}
+
+
+# where and how sampling runs (and pruning) does not change the dataset, so it is not part of its key
+EXECUTION_ONLY = ("keep_versions", "workers", "scheduler", "compile")
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path) -> tuple[Path, list[int]]:
+    """Create (or reopen, to resume) the synthetic dataset version under `root` for this checkpoint and
+    sample config; returns its path and the shards still to write."""
+    model, meta = load_checkpoint(checkpoint)
+    m = model.cfg
+    shape = (m.in_channels, m.image_size, m.image_size) + ((m.depth,) if m.spatial_dims == 3 else ())
+    ckpt_hash = file_sha256(checkpoint)
+    attrs = {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_hash, "model_config": meta["model_config"],
+             "solver": cfg.solver, "nfe": cfg.nfe, "guidance": cfg.guidance, "sample_config": asdict(cfg),
+             "class_names": meta["class_names"], "source_fingerprint": meta["data_fingerprint"],
+             "code_version": code_version()}
+    content = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_ONLY}
+    attrs["run_key"] = f"{ckpt_hash[:16]}-{config_hash(content)}"
+    n = len(meta["class_names"]) * cfg.samples_per_class
+    version = version_for(root, attrs["run_key"])
+    store = create_synthetic_store(version, n, shape, cfg.shard_size, attrs,
+                                   with_masks=m.mask_conditioning != "none")
+    return store, incomplete_shards(store)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from motfm_core import __version__
 from motfm_core.baselines import ddpm_loss
 from motfm_core.config import ModelConfig, TrainConfig, config_hash
 from motfm_core.couplings import COUPLINGS
@@ -97,7 +98,7 @@ def train_flow_matching(
     device = torch.device(device) if device else default_device()
     say = progress or log.info
     attrs = dict(open_store(data_path).attrs)
-    key = config_hash(model_cfg, cfg, attrs["fingerprint"])
+    key = config_hash(model_cfg, cfg, attrs["fingerprint"], __version__)
     final, last = out_dir / "model.pt", out_dir / "last.pt"
     if final.exists() and torch.load(final, weights_only=True, map_location="cpu").get("run_key") == key:
         say(f"train: {final} already trained with this data and config (key {key}); reusing it")

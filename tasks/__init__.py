@@ -1,1 +1,26 @@
-"""Thin Prefect tasks: arguments in, one `motfm_core` call, paths out."""
+"""Thin Prefect tasks: arguments in, one `motfm_core` call, paths out.
+
+Shared task settings:
+- GPU_TAG marks the stages that use the accelerator (train, sample, evaluate, enhance); `deployments/local.sh up`
+  sets a tag concurrency limit of 1 on it so two runs never oversubscribe one GPU (raise it per GPU count).
+- `transient` lets a task retry (with backoff) on I/O and runtime failures, never on bad input: a ValueError or
+  a missing file fails at once with its message.
+"""
+
+from __future__ import annotations
+
+GPU_TAG = "motfm-gpu"
+BACKOFF = [10, 60]  # seconds before the first and second retry
+
+
+def transient(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's retry_condition_fn signature)
+    """Retry only what a second attempt can fix: OSError (disk, network) and RuntimeError (CUDA, Dask)."""
+    try:
+        state.result()
+    except (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError):
+        return False
+    except (OSError, RuntimeError):
+        return True
+    except BaseException:  # noqa: BLE001
+        return False
+    return False

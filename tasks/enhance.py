@@ -10,9 +10,10 @@ from prefect import get_run_logger, task
 
 from motfm_core.config import from_dict
 from motfm_core.enhance import EnhanceConfig, train_and_evaluate
+from tasks import BACKOFF, GPU_TAG, transient
 
 
-@task(name="enhance")
+@task(name="enhance", tags=[GPU_TAG], retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
 def enhance_task(data_path: str, enhance: dict, run_dir: str) -> str:
     """Writes `<run_dir>/enhance-<task>.json` (PSNR/SSIM of input, classical baseline, flow); returns its path."""
     logger = get_run_logger()

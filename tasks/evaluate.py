@@ -8,25 +8,38 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from motfm_core.config import EvalConfig, from_dict
+from motfm_core import __version__
+from motfm_core.config import EvalConfig, config_hash, from_dict
+from motfm_core.data import open_store
 from motfm_core.downstream import evaluate_augmentation
 from motfm_core.privacy import audit_stores
 from motfm_core.quality import synthetic_quality
+from tasks import BACKOFF, GPU_TAG, transient
 
 
-@task(name="evaluate")
+@task(name="evaluate", tags=[GPU_TAG], retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
 def evaluate_task(data_path: str, synthetic_path: str, eval: dict, run_dir: str) -> str:
     """Classifier arms over seeds plus in-domain quality metrics -> `<run_dir>/evaluation.json`; returns its path."""
     logger = get_run_logger()
     cfg = from_dict(EvalConfig, eval, "eval")
+    out = Path(run_dir) / "evaluation.json"
+    key = config_hash(cfg, open_store(data_path).attrs["fingerprint"], open_store(synthetic_path).attrs["run_key"],
+                      __version__)
+    if out.exists() and json.loads(out.read_text()).get("key") == key:
+        logger.info("evaluate: %s already holds this data, synthetic version and config (key %s); reusing it",
+                    out, key)
+        return str(out)
     result = evaluate_augmentation(data_path, synthetic_path, cfg, progress=logger.info)
-    result["quality"] = synthetic_quality(data_path, synthetic_path, cfg)
+    checkpoint = open_store(synthetic_path).attrs.get("checkpoint")
+    if checkpoint and open_store(synthetic_path).attrs.get("solver") in ("ddpm", "ddim"):
+        checkpoint = None  # the NFE curve is an Euler (flow-matching) curve
+    result["quality"] = synthetic_quality(data_path, synthetic_path, cfg, checkpoint=checkpoint)
     result["memorisation"] = audit_stores(data_path, synthetic_path, Path(run_dir) / "closest_pairs.png")
     q = result["quality"]
     logger.info("evaluate: in-domain FID synthetic-vs-test %.3f (real train-vs-test %.3f), precision %.2f, "
                 "recall %.2f", q["synthetic_vs_test"]["fid"], q["train_vs_test"]["fid"],
                 q["synthetic_vs_test"]["precision"], q["synthetic_vs_test"]["recall"])
-    out = Path(run_dir) / "evaluation.json"
+    result["key"] = key
     tmp = out.with_name(".evaluation.json.tmp")
     tmp.write_text(json.dumps(result, indent=2))
     os.replace(tmp, out)

@@ -8,9 +8,10 @@ from prefect import get_run_logger, task
 
 from motfm_core.config import DataConfig, from_dict
 from motfm_core.data import ingest, open_store
+from tasks import BACKOFF, transient
 
 
-@task(name="ingest")
+@task(name="ingest", retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
 def ingest_task(data: dict, run_dir: str) -> str:
     """Build (or reuse) the real dataset store; returns its path."""
     logger = get_run_logger()

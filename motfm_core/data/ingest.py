@@ -10,9 +10,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from motfm_core import __version__
 from motfm_core.config import DataConfig, config_hash
 from motfm_core.data.readers import RawSet, read_folder, read_medmnist
-from motfm_core.data.store import open_store, write_dataset
+from motfm_core.data.store import SCHEMA_VERSION, open_store, write_dataset
 
 log = logging.getLogger(__name__)
 NORMALISATION = "per image/volume: percentiles [0.5, 99.5] of foreground (>0) -> [0, 1], clipped"
@@ -115,10 +116,26 @@ def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     return arrays, attrs
 
 
+def source_signature(source: str) -> list:
+    """What identifies the source's content cheaply: (relative path, size, mtime) of every file it reads; for
+    the bundled set, which source volumes are installed. A changed file re-ingests; an unchanged one does not."""
+    if source == "brain-mri":
+        from motfm_core.data.brain import MRICRON
+
+        return ["mni152", (MRICRON / "ch2bet.nii.gz").exists()]
+    path = Path(source)
+    if source.startswith("phantom") or not path.exists():
+        return []
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns)
+            for f in files]
+
+
 def ingest(cfg: DataConfig, out_path: str | Path) -> Path:
-    """Build the real dataset store at out_path; a store already built from the same config is reused."""
+    """Build the real dataset store at out_path; a store built from the same config, source files and
+    package version is reused."""
     out_path = Path(out_path)
-    key = config_hash(cfg)
+    key = config_hash(cfg, source_signature(cfg.source), __version__, SCHEMA_VERSION)
     if (out_path / "zarr.json").exists():
         try:
             if open_store(out_path).attrs.get("ingest_key") == key:

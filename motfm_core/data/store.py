@@ -219,15 +219,14 @@ def _versions(root: Path) -> list[Path]:
 
 
 def version_for(root: str | Path, run_key: str) -> Path:
-    """The version to write for `run_key`: the newest version if it has that key (resume or reuse), else a
-    new `v<N+1>.zarr`. A finished version with another key is never reopened for writing."""
+    """The version to write for `run_key`: an existing version with that key (to resume or reuse it), else a
+    new `v<N+1>.zarr`. A version with another key is never reopened for writing."""
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     versions = _versions(root)
-    if versions:
-        newest = versions[-1]
-        if zarr.open_group(str(newest), mode="r", zarr_format=3).attrs.get("run_key") == run_key:
-            return newest
+    for version in reversed(versions):
+        if zarr.open_group(str(version), mode="r", zarr_format=3).attrs.get("run_key") == run_key:
+            return version
     number = int(versions[-1].name[1:5]) + 1 if versions else 1
     return root / f"v{number:04d}.zarr"
 

@@ -22,22 +22,65 @@ def test_metrics_on_known_cases():
 
 
 def test_evaluate_augmentation_on_phantoms(phantom_store, tmp_path):
-    """Synthetic set = the real training images in the same order: the 'synthetic' arm then sees exactly the
-    real arm's data with the same seed, so their metrics must be identical (a check of the wiring)."""
+    """Synthetic set = the real training images (and masks) in the same order: the 'synthetic' arm then sees
+    exactly the real arm's data with the same seed, so their metrics must be identical (a check of the wiring)."""
     train = load_split(phantom_store, "train")
     n = len(train["labels"])
-    store = create_synthetic_store(tmp_path / "s.zarr", n, train["images"].shape[1:], n, {"run_key": "x"})
-    write_shard(store, 0, train["images"], train["labels"], np.arange(n))
-    cfg = EvalConfig(seeds=(0, 1), steps=60, batch_size=16, channels=(8, 16))
+    store = create_synthetic_store(tmp_path / "s.zarr", n, train["images"].shape[1:], n, {"run_key": "x"},
+                                   with_masks=True)
+    write_shard(store, 0, train["images"], train["labels"], np.arange(n), masks=train["masks"],
+                mask_source=np.arange(n))
+    cfg = EvalConfig(seeds=(0, 1), steps=40, batch_size=16, channels=(8, 16), ratios=(0.5,), real_fractions=(0.5,),
+                     seg_steps=20, seg_channels=(8, 16))
     out = evaluate_augmentation(phantom_store, store, cfg, device="cpu")
-    assert set(out["per_seed"]) == {"real", "real+synthetic", "synthetic"}
-    assert out["sizes"]["synthetic_added"] == n and out["sizes"]["real_test"] > 0
+    names = ["real", "real+synthetic x0.5", "real+synthetic", "synthetic", "real 50%", "real 50%+synthetic"]
+    assert [a["name"] for a in out["arms"]] == names and set(out["per_seed"]) == set(names)
+    sizes = out["sizes"]["arms"]
+    assert sizes["real+synthetic x0.5"] == {"real": n, "synthetic": round(0.5 * n)}
+    assert sizes["synthetic"] == {"real": 0, "synthetic": n} and sizes["real 50%+synthetic"]["synthetic"] == n
+    assert sizes["real 50%"]["real"] < n and out["sizes"]["synthetic_added"] == n
     for arm in out["summary"].values():
         assert arm["accuracy"]["n"] == 2 and 0 <= arm["accuracy"]["mean"] <= 1
     assert out["per_seed"]["synthetic"] == out["per_seed"]["real"]
     gains = [out["per_seed"]["real+synthetic"][s]["accuracy"] - out["per_seed"]["real"][s]["accuracy"]
              for s in ("0", "1")]
     assert abs(out["gain"]["accuracy"]["mean"] - np.mean(gains)) < 1e-12
+    assert set(out["gains"]) == set(names) - {"real", "real 50%"}
+    seg = out["segmentation"]
+    assert seg["per_seed"]["synthetic"] == seg["per_seed"]["real"]
+    assert 0 <= seg["summary"]["real"]["dice"]["mean"] <= 1 and seg["summary"]["real"]["hd95"]["mean"] >= 0
+    g = seg["gains"]["synthetic"]["dice"]
+    assert g["mean"] == 0 and g["ci95_low"] == g["ci95_high"] == 0
+
+
+def test_segmentation_scores_known_cases():
+    from motfm_core.segmentation import segmentation_scores
+
+    truth = np.zeros((2, 1, 16, 16), np.int64)
+    truth[:, 0, 4:12, 4:12] = 1
+    truth[:, 0, 6:8, 6:8] = 2
+    same = segmentation_scores(truth, truth, 3)
+    assert np.allclose(same["dice"], 1) and np.allclose(same["hd95"], 0)
+    shifted = np.roll(truth, 3, axis=3)
+    worse = segmentation_scores(shifted, truth, 3)
+    assert (worse["dice"] < 1).all() and (worse["hd95"] >= 2.9).all()
+    missed = segmentation_scores(np.zeros_like(truth), truth, 3)  # nothing predicted: dice 0, worst distance
+    assert np.allclose(missed["dice"], 0) and np.allclose(missed["hd95"], np.sqrt(2) * 16)
+
+
+def test_arm_plan_and_bad_eval_parameters():
+    import pytest
+
+    from motfm_core.downstream import plan_arms
+
+    arms = plan_arms(EvalConfig(ratios=(2.0, 0.5), synthetic_ratio=1.0, real_fractions=(0.1, 0.25)))
+    assert [a.name for a in arms] == ["real", "real+synthetic x0.5", "real+synthetic", "real+synthetic x2",
+                                      "synthetic", "real 25%", "real 25%+synthetic", "real 10%", "real 10%+synthetic"]
+    assert {a.name: a.baseline for a in arms}["real 10%+synthetic"] == "real 10%"
+    with pytest.raises(ValueError, match="real_fractions"):
+        EvalConfig(real_fractions=(1.0,)).validate()
+    with pytest.raises(ValueError, match="eval.ratios"):
+        EvalConfig(ratios=(0.0,)).validate()
 
 
 def test_incomplete_synthetic_store_is_refused(phantom_store, tmp_path):

@@ -94,4 +94,5 @@ def test_versions_are_never_overwritten_and_latest_moves_atomically(tmp_path):
     write_shard(v3, 0, np.zeros((4, 1, 8, 8)), np.zeros(4), np.arange(4))
     publish_latest(v3, keep=2)
     assert not v1.exists() and v2.exists() and latest.resolve() == v3.resolve()
-    assert version_for(root, "a").name == "v0004.zarr"  # an old key never reopens a finished version
+    assert version_for(root, "a").name == "v0004.zarr"  # a pruned version's key starts a new version
+    assert version_for(root, "b") == v2  # an older version with the same key is reused, never rewritten

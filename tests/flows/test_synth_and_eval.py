@@ -12,7 +12,9 @@ from tests.conftest import TINY_MODEL
 
 TINY = dict(dataset="phantom:12", image_size=16, train_steps=20, nfe=2, samples_per_class=5, seeds=[0, 1, 2],
             overrides={"model": dict(TINY_MODEL), "train": {"batch_size": 8, "warmup_steps": 5, "checkpoint_every": 10},
-                       "sample": {"shard_size": 4}, "eval": {"steps": 15, "channels": [8, 16]}})
+                       "sample": {"shard_size": 4},
+                       "eval": {"steps": 15, "channels": [8, 16], "ratios": [0.5, 1.0], "real_fractions": [0.5],
+                                "seg_steps": 10, "seg_channels": [8, 16], "nfe_curve": [1, 2], "nfe_curve_samples": 2}})
 
 
 @pytest.fixture(scope="module")
@@ -85,6 +87,11 @@ def test_mask_conditioned_run_stores_its_masks(harness, tmp_path, how):
     assert (src >= 0).all()
     assert np.array_equal(syn["masks"][:], train["masks"][src])
     assert np.array_equal(train["labels"][src], syn["labels"][:])  # each mask comes from its own class
+    seg = json.loads((tmp_path / "m" / "report.json").read_text())["evaluation"]["segmentation"]
+    assert set(seg["gains"]) == {"real+synthetic", "real+synthetic x0.5", "synthetic", "real 50%+synthetic"}
+    assert 0 <= seg["summary"]["real"]["dice"]["mean"] <= 1 and seg["gains"]["real+synthetic"]["dice"]["n_boot"] > 0
+    md = (tmp_path / "m" / "report.md").read_text()
+    assert "Segmenter: Dice gain" in md and "| real 50%+synthetic (vs real 50%) |" in md
 
 
 def test_report_has_quality_against_its_baseline(harness, tmp_path):
@@ -94,6 +101,8 @@ def test_report_has_quality_against_its_baseline(harness, tmp_path):
     for block in ("synthetic_vs_test", "train_vs_test"):
         assert set(q[block]) == {"fid", "kid", "precision", "recall", "swd"} and q[block]["fid"] >= 0
         assert q[block]["swd"]["mean"] > 0
+    assert [r["nfe"] for r in q["nfe_curve"]] == [1, 2] and all(r["fid"] >= 0 for r in q["nfe_curve"])
+    assert (tmp_path / "q" / "gains.png").stat().st_size > 1000
     md = (tmp_path / "q" / "report.md").read_text()
     assert "real train (baseline)" in md and "Memorisation audit" in md and "95% CI" in md
     mem = report["evaluation"]["memorisation"]

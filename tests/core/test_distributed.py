@@ -1,0 +1,133 @@
+"""Sampling over Dask: exactly-once output after a killed worker and after a killed run; bad parameters."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import zarr
+
+from motfm_core.config import SampleConfig
+from motfm_core.data import incomplete_shards, shard_complete
+from motfm_core.distributed import dask_client
+from motfm_core.sampling import generate, prepare_version, sample_plan
+from motfm_core.training import load_checkpoint
+
+ROOT = Path(__file__).resolve().parents[2]
+# 16 shards of 3 images at NFE 12: long enough (a few seconds) to be interrupted part-way
+CFG = dict(samples_per_class=16, shard_size=3, nfe=12, batch_size=3)
+
+RUNNER = textwrap.dedent("""
+    import json, os, sys
+    from motfm_core.config import SampleConfig
+    from motfm_core.distributed import dask_client, sample_shards
+    from motfm_core.sampling import prepare_version
+    ckpt, root, pids, cfg = sys.argv[1], sys.argv[2], sys.argv[3], SampleConfig(**json.loads(sys.argv[4]))
+    store, todo = prepare_version(ckpt, cfg, root)
+    with dask_client(workers=2, threads_per_worker=1) as client:
+        open(pids + ".tmp", "w").write(json.dumps(list(client.run(os.getpid).values())))
+        os.replace(pids + ".tmp", pids)
+        done = sample_shards(ckpt, store, todo, cfg, client)
+    print(json.dumps({"store": str(store), "written": [r["shard"] for r in done if not r["skipped"]]}))
+""")
+
+
+def _start(ckpt, root: Path, pids: Path) -> subprocess.Popen:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen([sys.executable, "-c", RUNNER, str(ckpt), str(root), str(pids), json.dumps(CFG)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
+
+
+def _wait_for(predicate, timeout=180.0, proc=None):
+    end = time.time() + timeout
+    while time.time() < end:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"runner exited early: {proc.communicate()[1][-2000:]}")
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def _completed(root: Path) -> list[int]:
+    stores = sorted(root.glob("v*.zarr"))
+    if not stores or not (stores[0] / "zarr.json").exists():
+        return []
+    return [i for i in range(16) if shard_complete(stores[0], i)]
+
+
+def _assert_exact(store: Path, ckpt) -> None:
+    """Every planned sample exactly once, in place, equal to a direct single-process generation."""
+    cfg = SampleConfig(**CFG)
+    assert incomplete_shards(store) == []
+    root = zarr.open_group(str(store), mode="r")
+    labels, seeds = sample_plan(3, cfg)
+    assert np.array_equal(root["seed"][:], seeds) and np.array_equal(root["labels"][:], labels)
+    images = root["images"][:]
+    assert images.shape == (48, 1, 16, 16) and np.isfinite(images).all()  # unwritten samples would be NaN
+    model, _ = load_checkpoint(ckpt)
+    direct, _ = generate(model, labels[:6], seeds[:6], cfg)
+    np.testing.assert_allclose(images[:6], direct, atol=1e-4)
+
+
+def test_killed_worker_loses_nothing(tiny_checkpoint, tmp_path):
+    proc = _start(tiny_checkpoint, tmp_path, tmp_path / "pids.json")
+    try:
+        _wait_for(lambda: (tmp_path / "pids.json").exists() and len(_completed(tmp_path)) >= 2, proc=proc)
+        os.kill(json.loads((tmp_path / "pids.json").read_text())[0], signal.SIGKILL)  # one worker, mid-run
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, err[-3000:]
+    _assert_exact(Path(json.loads(out.strip().splitlines()[-1])["store"]), tiny_checkpoint)
+
+
+def test_killed_run_resumes_only_missing_shards(tiny_checkpoint, tmp_path):
+    proc = _start(tiny_checkpoint, tmp_path, tmp_path / "pids.json")
+    try:
+        _wait_for(lambda: len(_completed(tmp_path)) >= 3, proc=proc)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the client and both workers at once
+        proc.wait()
+    store = sorted(tmp_path.glob("v*.zarr"))[0]
+    done_before = _completed(tmp_path)
+    assert 3 <= len(done_before) < 16
+    stamps = {i: (store / "shards" / f"{i:05d}" / "zarr.json").stat().st_mtime_ns for i in done_before}
+
+    proc = _start(tiny_checkpoint, tmp_path, tmp_path / "pids2.json")
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err[-3000:]
+    result = json.loads(out.strip().splitlines()[-1])
+    assert Path(result["store"]) == store and sorted(tmp_path.glob("v*.zarr")) == [store]  # same version resumed
+    assert not set(result["written"]) & set(done_before)
+    assert sorted(result["written"] + done_before) == list(range(16))
+    assert all((store / "shards" / f"{i:05d}" / "zarr.json").stat().st_mtime_ns == t for i, t in stamps.items())
+    _assert_exact(store, tiny_checkpoint)
+
+
+def test_execution_settings_do_not_make_a_new_version(tiny_checkpoint, tmp_path):
+    a, _ = prepare_version(tiny_checkpoint, SampleConfig(**CFG), tmp_path)
+    b, _ = prepare_version(tiny_checkpoint, SampleConfig(**CFG, workers=4, compile=True, keep_versions=2), tmp_path)
+    c, _ = prepare_version(tiny_checkpoint, SampleConfig(**{**CFG, "nfe": 3}), tmp_path)
+    assert a == b and c != a
+
+
+def test_bad_cluster_parameters_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="sample.workers"):
+        SampleConfig(workers=-1).validate()
+    with pytest.raises(ValueError, match="at least one Dask worker"):
+        with dask_client(workers=-2):
+            pass
+    with pytest.raises(OSError):  # nothing listens there: an error, not a silent local fallback
+        with dask_client(scheduler="tcp://127.0.0.1:9", workers=1, timeout="2s"):
+            pass

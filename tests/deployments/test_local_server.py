@@ -1,0 +1,132 @@
+"""The server path for real: `deployments/local.sh up` (Prefect server on a free loopback port, temporary
+PREFECT_HOME), `prefect deployment run synth-and-eval/synth-and-eval`, a worker killed mid-sampling and
+restarted, two concurrent runs with different output roots, and the regenerate-synthetic schedule."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+import zarr
+
+from motfm_core.data import shard_complete
+from tests.conftest import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[2]
+LOCAL_SH = ROOT / "deployments" / "local.sh"
+PREFECT = ROOT / ".venv" / "bin" / "prefect"
+TINY = {"dataset": "phantom:12", "image_size": 16, "train_steps": 20, "nfe": 40, "samples_per_class": 10,
+        "seeds": [0], "overrides": {"model": {**TINY_MODEL, "channels": [16, 16]},
+                                    "train": {"batch_size": 8, "warmup_steps": 5, "checkpoint_every": 10},
+                                    "sample": {"shard_size": 1, "batch_size": 1},
+                                    "eval": {"steps": 10, "channels": [8, 16]}}}
+
+pytestmark = pytest.mark.skipif(not PREFECT.exists(), reason="needs the project venv (make venv)")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    env = {**os.environ, "PREFECT_HOME": str(home), "MOTFM_PREFECT_PORT": str(port),
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+    env.pop("PREFECT_API_KEY", None)
+    t0 = time.time()
+    up = subprocess.run(["bash", str(LOCAL_SH), "up"], env=env, capture_output=True, text=True, timeout=300)
+    try:
+        assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
+        print(f"local.sh up: {time.time() - t0:.1f}s")
+        yield env, home
+    finally:
+        subprocess.run(["bash", str(LOCAL_SH), "down"], env=env, capture_output=True, timeout=120)
+        for name in ("server", "worker"):
+            assert not (home / f"{name}.pid").exists()
+
+
+def _prefect(env, *args, timeout=600) -> subprocess.CompletedProcess:
+    return subprocess.run([str(PREFECT), *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=ROOT)
+
+
+def _run(env, params: dict, watch: bool = True, deployment="synth-and-eval/synth-and-eval"):
+    args = ["deployment", "run", deployment, "--params", json.dumps(params)]
+    return _prefect(env, *args, *(["--watch", "--watch-timeout", "600"] if watch else []))
+
+
+def _done_shards(run_dir: Path) -> list[int]:
+    stores = sorted((run_dir / "synthetic").glob("v*.zarr"))
+    if not stores or not (stores[0] / "zarr.json").exists():
+        return []
+    return [i for i in range(30) if shard_complete(stores[0], i)]
+
+
+def test_deployment_run_survives_a_killed_worker(server, tmp_path):
+    env, home = server
+    params = {**TINY, "run_name": "svc", "output_root": str(tmp_path)}
+    run_dir = tmp_path / "svc"
+    t0 = time.time()
+    assert _run(env, params, watch=False).returncode == 0
+    end = time.time() + 400
+    while len(_done_shards(run_dir)) < 2:
+        assert time.time() < end, (home / "worker.log").read_text()[-3000:]
+        time.sleep(0.2)
+    # kill the worker and the flow run it started, mid-sampling; then start a fresh worker
+    pid = int((home / "worker.pid").read_text())
+    os.killpg(pid, 9)
+    time.sleep(1)
+    before = _done_shards(run_dir)
+    store = sorted((run_dir / "synthetic").glob("v*.zarr"))[0]
+    stamps = {i: (store / "shards" / f"{i:05d}" / "zarr.json").stat().st_mtime_ns for i in before}
+    time.sleep(2)
+    assert _done_shards(run_dir) == before, "the killed flow run kept writing"
+    assert len(before) < 30
+    assert subprocess.run(["bash", str(LOCAL_SH), "worker"], env=env, timeout=60).returncode == 0
+
+    res = _run(env, params)
+    print(f"deployment run (with a kill and a restart): {time.time() - t0:.1f}s")
+    assert res.returncode == 0 and "COMPLETED" in res.stdout.upper(), res.stdout[-3000:] + res.stderr[-2000:]
+    assert sorted((run_dir / "synthetic").glob("v*.zarr")) == [store]  # resumed, not restarted
+    assert all((store / "shards" / f"{i:05d}" / "zarr.json").stat().st_mtime_ns == t for i, t in stamps.items())
+    syn = zarr.open_group(str(run_dir / "synthetic" / "latest"), mode="r")
+    assert syn["images"].shape == (30, 1, 16, 16) and np.isfinite(syn["images"][:]).all()
+    assert sorted(syn["seed"][:].tolist()) == sorted(set(syn["seed"][:].tolist()))  # no duplicate sample
+    report = json.loads((run_dir / "report.json").read_text())
+    assert report["sampling"]["num_samples"] == 30 and "accuracy" in report["evaluation"]["gain"]
+
+
+def test_two_runs_at_once_do_not_interfere(server, tmp_path):
+    env, _ = server
+    small = {**TINY, "samples_per_class": 3, "nfe": 2}
+    procs = [subprocess.Popen([str(PREFECT), "deployment", "run", "synth-and-eval/synth-and-eval", "--params",
+                               json.dumps({**small, "run_name": "r", "output_root": str(tmp_path / root)}),
+                               "--watch", "--watch-timeout", "600"], env=env, cwd=ROOT, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for root in ("a", "b")]
+    outs = [p.communicate(timeout=700)[0] for p in procs]
+    assert all(p.returncode == 0 for p in procs), outs
+    a, b = (zarr.open_group(str(tmp_path / root / "r" / "synthetic" / "latest"), mode="r") for root in ("a", "b"))
+    np.testing.assert_array_equal(a["seed"][:], b["seed"][:])
+    np.testing.assert_allclose(a["images"][:], b["images"][:], atol=1e-4)  # same inputs, same data
+
+
+def test_regenerate_deployment_has_an_active_weekly_schedule(server):
+    env, _ = server
+    res = _prefect(env, "deployment", "inspect", "regenerate-synthetic/regenerate-synthetic")
+    assert res.returncode == 0, res.stderr
+    assert "0 3 * * 1" in res.stdout and "'active': True" in res.stdout
+    spec = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    (regen,) = [d for d in spec["deployments"] if d["name"] == "regenerate-synthetic"]
+    assert regen["entrypoint"] == "flows/regenerate.py:regenerate_synthetic"
+    assert regen["parameters"]["retrain"] is False
