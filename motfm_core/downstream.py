@@ -11,6 +11,7 @@ Caveat for the low-data arms: the generative model itself saw the full real trai
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -26,7 +27,6 @@ from torch import nn
 from motfm_core.config import EvalConfig
 from motfm_core.data.store import incomplete_shards, load_split
 from motfm_core.metrics import bootstrap_gain, bootstrap_paired, classification_metrics, summarise
-from motfm_core.segmentation import predict_masks, segmentation_scores, train_segmenter
 
 log = logging.getLogger(__name__)
 
@@ -37,25 +37,30 @@ def build_classifier(in_shape: tuple[int, ...], num_classes: int, cfg: EvalConfi
                       strides=(2,) * len(cfg.channels), num_res_units=1, norm="batch")
 
 
+def fit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, target: torch.Tensor, steps: int, cfg: EvalConfig,
+        gen: torch.Generator, device: torch.device) -> nn.Module:
+    """Minibatch AdamW (inputs scaled to [-1, 1]) for `steps` batches of cfg.batch_size; returns it in eval mode."""
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
+    model.train()
+    for _ in range(steps):
+        idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
+        loss = loss_fn(model(x[idx].to(device) * 2 - 1), target[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return model.eval()
+
+
 def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, cfg: EvalConfig, seed: int,
                      device: torch.device) -> nn.Module:
     """Train from scratch with AdamW and class-balanced cross-entropy for cfg.steps minibatches."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = build_classifier(x.shape[1:], num_classes, cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     counts = np.bincount(y, minlength=num_classes).astype(np.float32)
     weight = torch.as_tensor(counts.sum() / np.maximum(counts, 1) / num_classes, device=device)
-    xt, yt = torch.from_numpy(x).float(), torch.from_numpy(y).long()
-    model.train()
-    for _ in range(cfg.steps):
-        idx = torch.randint(0, len(yt), (min(cfg.batch_size, len(yt)),), generator=gen)
-        logits = model(xt[idx].to(device) * 2 - 1)
-        loss = nn.functional.cross_entropy(logits, yt[idx].to(device), weight=weight)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
+    loss_fn = functools.partial(nn.functional.cross_entropy, weight=weight)
+    return fit(model, loss_fn, torch.from_numpy(x).float(), torch.from_numpy(y).long(), cfg.steps, cfg, gen, device)
 
 
 @torch.inference_mode()
@@ -123,6 +128,8 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
                           progress: Callable[[str], None] | None = None) -> dict:
     """Per-arm, per-seed test metrics of a classifier (and a segmenter when both stores have masks) and the
     augmentation gain of every augmented arm over its baseline, with its spread and 95% bootstrap CI."""
+    from motfm_core.segmentation import predict_masks, segmentation_scores, train_segmenter  # (it uses `fit`)
+
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     say = progress or log.info
     train, test = load_split(real_path, "train"), load_split(real_path, "test")

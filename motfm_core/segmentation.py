@@ -14,6 +14,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from motfm_core.config import EvalConfig
+from motfm_core.downstream import fit
 
 
 def build_segmenter(spatial_dims: int, in_channels: int, num_classes: int, cfg: EvalConfig) -> nn.Module:
@@ -29,17 +30,8 @@ def train_segmenter(x: np.ndarray, masks: np.ndarray, num_classes: int, cfg: Eva
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = build_segmenter(x.ndim - 2, x.shape[1], num_classes, cfg).to(device)
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True)
-    xt, mt = torch.from_numpy(x).float(), torch.from_numpy(masks.astype(np.int64))
-    model.train()
-    for _ in range(cfg.seg_steps):
-        idx = torch.randint(0, len(xt), (min(cfg.batch_size, len(xt)),), generator=gen)
-        loss = loss_fn(model(xt[idx].to(device) * 2 - 1), mt[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
+    return fit(model, DiceCELoss(to_onehot_y=True, softmax=True), torch.from_numpy(x).float(),
+               torch.from_numpy(masks.astype(np.int64)), cfg.seg_steps, cfg, gen, device)
 
 
 @torch.inference_mode()

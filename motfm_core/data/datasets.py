@@ -90,7 +90,8 @@ def mix_real_synthetic(real: Dataset, synthetic: Dataset, ratio: float, seed: in
 
 
 def as_dask(path: str | Path, name: str = "images"):
-    """A dask array over one array of a store, chunked one sample per chunk (lazy)."""
+    """A lazy dask array over one array of a store, one dask chunk per Zarr shard (or chunk, when unsharded)."""
     import dask.array as da
 
-    return da.from_zarr(zarr.open_group(str(path), mode="r", zarr_format=3)[name])
+    arr = zarr.open_group(str(path), mode="r", zarr_format=3)[name]
+    return da.from_zarr(arr, chunks=arr.shards or arr.chunks)

@@ -116,6 +116,16 @@ def load_split(path: str | Path, split: str) -> dict[str, np.ndarray]:
 # --- synthetic, sharded store --------------------------------------------------------------------
 
 
+CHUNK_BYTES = 128 * 1024  # zarr-python spends ~0.3 ms per chunk: tiny chunks cap writes near 30 MB/s
+
+
+def samples_per_chunk(sample_bytes: int, shard_size: int) -> int:
+    """Samples per chunk inside a shard: one when a sample is large, else the largest divisor of the shard
+    size that keeps a chunk near CHUNK_BYTES (reading one sample then decodes at most ~128 KiB)."""
+    target = max(1, CHUNK_BYTES // max(1, sample_bytes))
+    return max(d for d in range(1, min(target, shard_size) + 1) if shard_size % d == 0)
+
+
 def create_synthetic_store(
     path: str | Path, num_samples: int, sample_shape: tuple[int, ...], shard_size: int, attrs: dict[str, Any],
     with_masks: bool = False,
@@ -134,15 +144,17 @@ def create_synthetic_store(
     tmp = _tmp_sibling(path)
     try:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
+        per = samples_per_chunk(4 * int(np.prod(sample_shape)), shard_size)
         root.create_array("images", shape=(num_samples, *sample_shape), dtype="float32",
-                          chunks=(1, *sample_shape), shards=(shard_size, *sample_shape), fill_value=np.nan)
+                          chunks=(per, *sample_shape), shards=(shard_size, *sample_shape), fill_value=np.nan)
         root.create_array("labels", shape=(num_samples,), dtype="int64", chunks=(shard_size,),
                           shards=(shard_size,), fill_value=-1)
         root.create_array("seed", shape=(num_samples,), dtype="int64", chunks=(shard_size,),
                           shards=(shard_size,), fill_value=-1)
         if with_masks:  # the real training masks each sample was conditioned on, and their train-split index
+            per = samples_per_chunk(int(np.prod(sample_shape[1:])), shard_size)
             root.create_array("masks", shape=(num_samples, 1, *sample_shape[1:]), dtype="uint8",
-                              chunks=(1, 1, *sample_shape[1:]), shards=(shard_size, 1, *sample_shape[1:]),
+                              chunks=(per, 1, *sample_shape[1:]), shards=(shard_size, 1, *sample_shape[1:]),
                               fill_value=0)
             root.create_array("mask_source", shape=(num_samples,), dtype="int64", chunks=(shard_size,),
                               shards=(shard_size,), fill_value=-1)
@@ -186,11 +198,12 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
     start, stop = shard_bounds(index, root.attrs["num_samples"], root.attrs["shard_size"])
     if len(images) != stop - start or len(labels) != stop - start or len(seeds) != stop - start:
         raise ValueError(f"{path}: shard {index} needs {stop - start} samples, got {len(images)}")
+    has_masks = "masks" in root.array_keys()
+    if has_masks != (masks is not None):
+        raise ValueError(f"{path}: the store {'expects' if masks is None else 'has no'} masks for shard {index}")
     root["images"][start:stop] = images.astype(np.float32)
     root["labels"][start:stop] = labels.astype(np.int64)
     root["seed"][start:stop] = seeds.astype(np.int64)
-    if ("masks" in root.array_keys()) != (masks is not None):
-        raise ValueError(f"{path}: the store {'expects' if masks is None else 'has no'} masks for shard {index}")
     if masks is not None:
         root["masks"][start:stop] = masks.astype(np.uint8)
         root["mask_source"][start:stop] = np.asarray(mask_source, dtype=np.int64)

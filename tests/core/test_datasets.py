@@ -46,7 +46,7 @@ def test_mixing_and_dask(synthetic, phantom_store):
     with pytest.raises(ValueError, match="sample more or lower the ratio"):
         mix_real_synthetic(real, ZarrImageDataset(synthetic), ratio=5)
     arr = as_dask(synthetic)
-    assert arr.shape == (10, 1, 16, 16) and arr.chunks[0] == (1,) * 10
+    assert arr.shape == (10, 1, 16, 16) and arr.chunks[0] == (4, 4, 2)  # one dask chunk per shard
     assert float(arr[:, 0, 0, 0].sum().compute()) == pytest.approx(4.5)
 
 

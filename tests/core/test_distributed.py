@@ -22,8 +22,8 @@ from motfm_core.sampling import generate, prepare_version, sample_plan
 from motfm_core.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-# 16 shards of 3 images at NFE 12: long enough (a few seconds) to be interrupted part-way
-CFG = dict(samples_per_class=16, shard_size=3, nfe=12, batch_size=3)
+# 16 shards of 3 images at NFE 30: long enough (several seconds) to be interrupted part-way
+CFG = dict(samples_per_class=16, shard_size=3, nfe=30, batch_size=3)
 
 RUNNER = textwrap.dedent("""
     import json, os, sys
@@ -84,6 +84,7 @@ def test_killed_worker_loses_nothing(tiny_checkpoint, tmp_path):
     try:
         _wait_for(lambda: (tmp_path / "pids.json").exists() and len(_completed(tmp_path)) >= 2, proc=proc)
         os.kill(json.loads((tmp_path / "pids.json").read_text())[0], signal.SIGKILL)  # one worker, mid-run
+        assert len(_completed(tmp_path)) < 16, "the run finished before the kill: make the shards slower"
         out, err = proc.communicate(timeout=300)
     finally:
         if proc.poll() is None:

@@ -57,7 +57,7 @@ def test_missing_store_error_names_the_fix(tmp_path):
 def test_sharded_synthetic_store(tmp_path):
     path = create_synthetic_store(tmp_path / "s.zarr", 10, (1, 8, 8), 4, {"run_key": "k"})
     root = zarr.open_group(str(path), mode="r")
-    assert root["images"].shards == (4, 1, 8, 8) and root["images"].chunks == (1, 1, 8, 8)
+    assert root["images"].shards == (4, 1, 8, 8) and root["images"].chunks == (4, 1, 8, 8)  # tiny samples: 1 chunk
     assert incomplete_shards(path) == [0, 1, 2]
     write_shard(path, 2, np.ones((2, 1, 8, 8)), np.array([1, 2]), np.array([8, 9]))
     assert shard_complete(path, 2) and incomplete_shards(path) == [0, 1]
@@ -96,3 +96,13 @@ def test_versions_are_never_overwritten_and_latest_moves_atomically(tmp_path):
     assert not v1.exists() and v2.exists() and latest.resolve() == v3.resolve()
     assert version_for(root, "a").name == "v0004.zarr"  # a pruned version's key starts a new version
     assert version_for(root, "b") == v2  # an older version with the same key is reused, never rewritten
+
+
+def test_chunking_keeps_chunks_near_128k_and_divides_the_shard():
+    from motfm_core.data.store import samples_per_chunk
+
+    assert samples_per_chunk(4 * 48 * 48, 32) == 8  # 72 KiB chunks for the demo's 48 px float32 images
+    assert samples_per_chunk(4 * 48 * 48, 30) == 10  # a divisor of the shard size
+    assert samples_per_chunk(4 * 128 * 128, 32) == 2
+    assert samples_per_chunk(4 * 64 * 64 * 64, 32) == 1  # 3D volumes: one sample per chunk
+    assert samples_per_chunk(4 * 48 * 48, 7) == 7

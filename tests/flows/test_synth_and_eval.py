@@ -65,6 +65,20 @@ def test_flow_end_to_end_and_rerun_is_idempotent(harness, tmp_path):
     assert shard_file.stat().st_mtime_ns == shard_mtime  # v0001 untouched
     assert (run / "checkpoints" / "model.pt").stat().st_mtime_ns == before  # no retraining
 
+    # scheduled regeneration: a new version from the same checkpoint with a new seed, then evaluation
+    from flows.regenerate import regenerate_synthetic
+
+    regenerate_synthetic(run_name="t", output_root=str(tmp_path), seed=77)
+    v3 = zarr.open_group(str(run / "synthetic" / "v0003.zarr"), mode="r")
+    assert (run / "synthetic" / "latest").resolve().name == "v0003.zarr"
+    assert v3.attrs["sample_config"]["seed"] == 77 and v3.attrs["nfe"] == 1  # else the last run's settings
+    v1 = zarr.open_group(str(run / "synthetic" / "v0001.zarr"), mode="r")
+    assert not set(v3["seed"][:].tolist()) & set(v1["seed"][:].tolist())
+    assert json.loads((run / "report.json").read_text())["sampling"]["store"].endswith("v0003.zarr")
+    assert (run / "checkpoints" / "model.pt").stat().st_mtime_ns == before
+    with pytest.raises(FileNotFoundError, match="run synth-and-eval with run_name='nope'"):
+        regenerate_synthetic(run_name="nope", output_root=str(tmp_path))
+
 
 def test_bad_parameter_fails_before_any_work(harness, tmp_path):
     with pytest.raises(ValueError, match=r"sample: unknown parameter\(s\) \['nfee'\]"):
@@ -122,3 +136,26 @@ def test_enhancement_through_flow_parameters(harness, tmp_path):
     with pytest.raises(ValueError, match="enhance: unknown parameter"):
         synth_and_eval(run_name="e2", output_root=str(tmp_path),
                        **{**params, "overrides": {"enhance": {"stepz": 1}}})
+
+
+def test_corrupt_input_fails_ingest_by_name_and_keeps_earlier_outputs(harness, tmp_path):
+    import pandas as pd
+    from PIL import Image
+
+    src = tmp_path / "pngs"
+    src.mkdir()
+    rng = np.random.RandomState(0)
+    rows = []
+    for i in range(18):
+        Image.fromarray((rng.rand(20, 20) * 255).astype(np.uint8)).save(src / f"img{i}.png")
+        rows.append({"filename": f"img{i}.png", "label": ["a", "b", "c"][i % 3], "subject": f"p{i}"})
+    pd.DataFrame(rows).to_csv(src / "labels.csv", index=False)
+    params = {**TINY, "dataset": str(src), "samples_per_class": 2, "seeds": [0]}
+    synth_and_eval(run_name="c", output_root=str(tmp_path), **params)
+    run = tmp_path / "c"
+    fingerprint = zarr.open_group(str(run / "dataset.zarr"), mode="r").attrs["fingerprint"]
+    (src / "img4.png").write_bytes(b"\x89PNG truncated")
+    with pytest.raises(ValueError, match="img4.png"):
+        synth_and_eval(run_name="c", output_root=str(tmp_path), **params)
+    assert zarr.open_group(str(run / "dataset.zarr"), mode="r").attrs["fingerprint"] == fingerprint
+    assert (run / "synthetic" / "latest").resolve().name == "v0001.zarr" and (run / "report.md").exists()
