@@ -135,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
                             samples_per_class=a.samples_per_class, seeds=a.seeds, enhance=a.enhance,
                             overrides=overrides)
     print(f"\nDone in {time.time() - t0:.0f}s. Outputs in {Path(report).parent}/:")
-    print(f"  report     {report}  (and report.json, samples.png)")
+    print(f"  report     {report}  (and report.json, samples.png, gains.png, closest_pairs.png)")
     print(f"  real data  {Path(report).parent / 'dataset.zarr'}")
     print(f"  synthetic  {Path(report).parent / 'synthetic' / 'latest'}  (-> the newest complete version)")
     print(f"  model      {Path(report).parent / 'checkpoints' / 'model.pt'}")

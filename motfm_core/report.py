@@ -47,8 +47,8 @@ def sample_grid(real_path: str | Path, synthetic_path: str | Path, out_png: str 
                 if j < len(imgs):
                     ax.imshow(_middle(imgs[j]), cmap="gray", vmin=0, vmax=1)
                 if j < len(masks) and _middle(masks[j]).max() > 0:
-                    ax.contour(_middle(masks[j]), levels=np.arange(0.5, _middle(masks[j]).max()), linewidths=0.4,
-                               cmap="autumn")
+                    mask = _middle(masks[j])
+                    ax.contour(mask, levels=np.arange(0.5, mask.max()), linewidths=0.3, alpha=0.5, cmap="autumn")
             name = names[c] if c < len(names) else str(c)
             axes[2 * c + row, 0].set_title(f"{kind}: {name}", fontsize=7, loc="left")
     fig.tight_layout()
@@ -126,6 +126,11 @@ def _more_verdicts(ev: dict[str, Any]) -> str:
     if "segmentation" in ev:
         g = ev["segmentation"]["gains"]["real+synthetic"]
         out += f" Segmenter: Dice gain {_signed(g['dice'])}, HD95 change {_signed(g['hd95'])} px."
+    mem = ev.get("memorisation")
+    if mem and mem["fraction_flagged"] > 0.1:
+        out += (f" **Warning: {mem['fraction_flagged']:.0%} of the synthetic images are near-copies of training "
+                "images** (memorisation audit below): gains may come from the real data copied back, not from new "
+                "anatomy, and the copies carry the training patients' privacy risk.")
     ratios = {a: g["accuracy"]["mean"] for a, g in ev.get("gains", {}).items() if a.startswith("real+synthetic")}
     if len(ratios) > 1:
         best = max(ratios, key=ratios.get)
