@@ -197,17 +197,19 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
 def diversity(images: np.ndarray, labels: np.ndarray, pairs: int = 300, seed: int = 0) -> dict[str, float]:
     """Mean MS-SSIM over random same-class pairs (MONAI `MultiScaleSSIMMetric`); higher = less diverse.
 
-    Three scales; the Gaussian window shrinks (odd, <= 7) to fit small images. Compare the synthetic
+    Up to three scales; the Gaussian window (odd, 3..7) and the number of scales shrink to fit small images
+    (MONAI needs every side > (window - 1) * 2**(scales - 1), e.g. 8-slice volumes). Compare the synthetic
     set's value with the real set's: well above it signals mode collapse, near 1 signals copies.
     """
     from monai.metrics import MultiScaleSSIMMetric
 
     rng = np.random.RandomState(seed)
     spatial = images.shape[2:]
-    scales = 3
-    k = min(7, max(3, (min(spatial) // 2 ** (scales - 1) - 1) // 2 * 2 + 1))
+    side = min(spatial)
+    scales = max(s for s in (1, 2, 3) if s == 1 or 2 * 2 ** (s - 1) < side)
+    k = max(kk for kk in (3, 5, 7) if kk == 3 or (kk - 1) * 2 ** (scales - 1) < side)
     metric = MultiScaleSSIMMetric(spatial_dims=len(spatial), data_range=1.0, kernel_size=k, kernel_sigma=k / 4,
-                                  weights=(0.33, 0.34, 0.33))
+                                  weights=(0.33, 0.34, 0.33) if scales == 3 else (1.0 / scales,) * scales)
     a, b = [], []
     for c in np.unique(labels):
         idx = np.nonzero(labels == c)[0]

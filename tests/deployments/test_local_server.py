@@ -130,3 +130,5 @@ def test_regenerate_deployment_has_an_active_weekly_schedule(server):
     (regen,) = [d for d in spec["deployments"] if d["name"] == "regenerate-synthetic"]
     assert regen["entrypoint"] == "flows/regenerate.py:regenerate_synthetic"
     assert regen["parameters"]["retrain"] is False
+    limit = _prefect(env, "concurrency-limit", "inspect", "motfm-gpu")  # GPU stages: one at a time
+    assert limit.returncode == 0 and "motfm-gpu" in limit.stdout, limit.stdout + limit.stderr
