@@ -36,7 +36,7 @@ class EnhanceConfig:
     """One enhancement task and its training recipe."""
 
     task: str = "denoise"  # or "superres"
-    level: float = 0.1  # noise sigma (images in [0, 1]) or integer downsampling factor
+    level: float = 0.0  # noise sigma (images in [0, 1]) or integer downsampling factor; 0 = the task's default
     source_noise: float = 0.02
     channels: tuple[int, ...] = (32, 64, 64)
     steps: int = 600
@@ -44,6 +44,10 @@ class EnhanceConfig:
     lr: float = 1e-3
     nfe: int = 4
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.level == 0:  # one `--enhance denoise superres` run gets a sensible level for each task
+            self.level = 2.0 if self.task == "superres" else 0.1
 
     def validate(self) -> None:
         _check(self.task in ("denoise", "superres"), f"enhance.task must be 'denoise' or 'superres', got {self.task!r}")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -25,7 +24,7 @@ from motfm_core.data.store import (
 )
 from motfm_core.nets import VelocityUNet, guided_velocity
 from motfm_core.solvers import solve
-from motfm_core.training import load_checkpoint, to_image_space
+from motfm_core.training import file_sha256, load_checkpoint, to_image_space
 
 
 def sample_plan(num_classes: int, cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -129,14 +128,6 @@ def sample_shard(
 
 # where and how sampling runs (and pruning) does not change the dataset, so it is not part of its key
 EXECUTION_ONLY = ("keep_versions", "workers", "scheduler", "compile")
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path) -> tuple[Path, list[int]]:

@@ -8,6 +8,7 @@ them. `model.pt` (the product) = EMA weights + model/train config + data fingerp
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 import math
 import os
@@ -47,11 +48,13 @@ def to_image_space(x: torch.Tensor) -> torch.Tensor:
 
 def flow_matching_loss(
     model: nn.Module, x1: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
-    path: CondOTPath = CondOTPath(), mask: torch.Tensor | None = None,
+    path: CondOTPath = CondOTPath(), mask: torch.Tensor | None = None, x0: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """MSE between v(x_t, t, y) and the path's target velocity, with coupling and label dropout."""
-    x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
-    x0 = COUPLINGS[cfg.coupling](x0, x1, y)  # pairs within each class label
+    """MSE between v(x_t, t, y) and the path's target velocity, with coupling and label dropout; a given
+    `x0` (reflow: the noise the teacher mapped to x1) is used as the coupling itself."""
+    if x0 is None:
+        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
+        x0 = COUPLINGS[cfg.coupling](x0, x1, y)  # pairs within each class label
     t = sample_time(x1.shape[0], cfg.time_sampling, generator, x1.device, cfg.time_shift)
     xt, ut = path.sample(x0, x1, t)
     if cfg.class_dropout > 0:
@@ -65,6 +68,42 @@ def save_atomic(obj: dict[str, Any], path: Path) -> None:
     tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
     torch.save(obj, tmp)
     os.replace(tmp, path)
+
+
+def file_sha256(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+@torch.no_grad()
+def reflow_pairs(teacher: VelocityUNet, y: torch.Tensor, masks: torch.Tensor | None, cfg: TrainConfig,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """cfg.reflow_pairs (x0, x1 = teacher ODE(x0)) couplings in model space, labels (and masks) cycling over
+    the training set so classes keep their proportions."""
+    from motfm_core.nets import guided_velocity
+    from motfm_core.solvers import solve
+
+    idx = torch.arange(cfg.reflow_pairs, device=y.device) % len(y)
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed + 7919)
+    m = teacher.cfg
+    shape = (m.in_channels, m.image_size, m.image_size) + ((m.depth,) if m.spatial_dims == 3 else ())
+    out: dict[str, list[torch.Tensor]] = {"x0": [], "x1": []}
+    for i in range(0, len(idx), 64):
+        part = idx[i:i + 64]
+        x0 = torch.randn((len(part), *shape), generator=g).to(device)
+        mk = None if masks is None else masks[part]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            x1, _ = solve(guided_velocity(teacher, y[part], 1.0, mk), x0, cfg.reflow_steps, "midpoint")
+        out["x0"].append(x0)
+        out["x1"].append(x1.float().clamp(-1, 1))
+    pairs = {k: torch.cat(v) for k, v in out.items()}
+    pairs["y"] = y[idx]
+    if masks is not None:
+        pairs["masks"] = masks[idx]
+    return pairs
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VelocityUNet, dict[str, Any]]:
@@ -98,7 +137,10 @@ def train_flow_matching(
     device = torch.device(device) if device else default_device()
     say = progress or log.info
     attrs = dict(open_store(data_path).attrs)
-    key = config_hash(model_cfg, cfg, attrs["fingerprint"], __version__)
+    teacher_sha = file_sha256(cfg.reflow_from) if cfg.reflow_from else ""
+    if cfg.reflow_from and model_cfg.prediction != "velocity":
+        raise ValueError("train.reflow_from: reflow applies to flow-matching (velocity) models only")
+    key = config_hash(model_cfg, cfg, attrs["fingerprint"], __version__, teacher_sha)
     final, last = out_dir / "model.pt", out_dir / "last.pt"
     if final.exists() and torch.load(final, weights_only=True, map_location="cpu").get("run_key") == key:
         say(f"train: {final} already trained with this data and config (key {key}); reusing it")
@@ -115,6 +157,17 @@ def train_flow_matching(
         m_all = torch.from_numpy(data["masks"]).to(device)
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
+    pairs = None
+    if cfg.reflow_from:
+        teacher, teacher_meta = load_checkpoint(cfg.reflow_from, device)
+        if asdict(teacher.cfg) != asdict(model_cfg):
+            raise ValueError(f"{cfg.reflow_from}: the reflow teacher's model config differs from this one; reflow "
+                             "keeps the architecture (use the teacher run's model settings)")
+        say(f"train: reflow: generating {cfg.reflow_pairs} couplings with {cfg.reflow_from} "
+            f"({cfg.reflow_steps} midpoint steps)")
+        pairs = reflow_pairs(teacher, y_all, m_all, cfg, device)
+        model.load_state_dict(teacher.state_dict())
+        y_all, m_all = pairs["y"], pairs.get("masks")
     ema = copy.deepcopy(model).requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
@@ -131,9 +184,10 @@ def train_flow_matching(
 
     meta = {"model_config": asdict(model_cfg), "train_config": asdict(cfg), "run_key": key,
             "data_fingerprint": attrs["fingerprint"], "data_path": str(data_path),
-            "class_names": list(attrs["class_names"]), "num_train": int(len(y_all)), "device": str(device)}
+            "class_names": list(attrs["class_names"]), "num_train": int(len(data["labels"])), "device": str(device),
+            "reflow_teacher_sha256": teacher_sha}
     use_bf16 = device.type == "cuda"
-    n, t_start = len(y_all), time.time()
+    n, t_start = len(y_all), time.time()  # with reflow: the number of teacher couplings
     model.train()
     while step < cfg.steps:
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen, device=device)
@@ -143,6 +197,9 @@ def train_flow_matching(
             mask = None if m_all is None else m_all[idx]
             if model_cfg.prediction == "epsilon":
                 loss = ddpm_loss(model, x_all[idx], y_all[idx], cfg.class_dropout, gen, mask)
+            elif pairs is not None:
+                loss = flow_matching_loss(model, pairs["x1"][idx], y_all[idx], cfg, gen, mask=mask,
+                                          x0=pairs["x0"][idx])
             else:
                 loss = flow_matching_loss(model, x_all[idx], y_all[idx], cfg, gen, mask=mask)
         opt.zero_grad(set_to_none=True)

@@ -110,3 +110,31 @@ def test_3d_train_and_sample(tmp_path):
     labels, seeds = sample_plan(3, SampleConfig(samples_per_class=1))
     images, nfe = generate(model, labels, seeds, SampleConfig(samples_per_class=1, nfe=2, solver="heun"))
     assert images.shape == (3, 1, 16, 16, 8) and nfe == 4 and np.isfinite(images).all()
+
+
+def test_reflow_retrains_on_the_teachers_couplings(tiny_checkpoint, phantom_store, tmp_path):
+    """Reflow: the student starts from the teacher, trains on teacher (noise, sample) pairs, and is keyed on the
+    teacher's content; a teacher of another architecture is refused."""
+    import dataclasses
+
+    from motfm_core.training import reflow_pairs
+
+    teacher, meta = load_checkpoint(tiny_checkpoint)
+    cfg = TrainConfig(steps=6, batch_size=8, warmup_steps=2, checkpoint_every=3, reflow_from=str(tiny_checkpoint),
+                      reflow_pairs=10, reflow_steps=2)
+    y = torch.tensor([0, 1, 2])
+    pairs = reflow_pairs(teacher, y, None, cfg, torch.device("cpu"))
+    assert pairs["x0"].shape == pairs["x1"].shape == (10, 1, 16, 16) and pairs["y"].tolist() == [0, 1, 2] * 3 + [0]
+    assert pairs["x1"].abs().max() <= 1 and not torch.allclose(pairs["x0"], pairs["x1"])
+    out = train_flow_matching(phantom_store, teacher.cfg, cfg, tmp_path / "reflow", device="cpu")
+    ckpt = torch.load(out, weights_only=True)
+    assert ckpt["step"] == 6 and len(ckpt["reflow_teacher_sha256"]) == 64 and ckpt["num_train"] == meta["num_train"]
+    student, _ = load_checkpoint(out)
+    assert any(not torch.equal(a, b) for a, b in zip(student.state_dict().values(), teacher.state_dict().values()))
+    frozen, _ = load_checkpoint(train_flow_matching(phantom_store, teacher.cfg, dataclasses.replace(cfg, lr=0.0),
+                                                    tmp_path / "lr0", device="cpu"))
+    for a, b in zip(frozen.state_dict().values(), teacher.state_dict().values()):  # it starts from the teacher
+        assert torch.equal(a, b)
+    other = dataclasses.replace(teacher.cfg, channels=(8, 8), norm_num_groups=8)
+    with pytest.raises(ValueError, match="reflow teacher's model config differs"):
+        train_flow_matching(phantom_store, other, cfg, tmp_path / "bad", device="cpu")

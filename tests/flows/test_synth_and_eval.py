@@ -126,12 +126,13 @@ def test_report_has_quality_against_its_baseline(harness, tmp_path):
 
 
 def test_enhancement_through_flow_parameters(harness, tmp_path):
-    params = {**TINY, "samples_per_class": 2, "seeds": [0], "enhance": ["denoise"]}
+    params = {**TINY, "samples_per_class": 2, "seeds": [0], "enhance": ["denoise", "superres"]}
     params["overrides"] = {**TINY["overrides"], "enhance": {"channels": [16, 16], "steps": 10, "nfe": 2}}
     synth_and_eval(run_name="e", output_root=str(tmp_path), **params)
     report = json.loads((tmp_path / "e" / "report.json").read_text())
-    (e,) = report["enhancement"]
+    e, sr = report["enhancement"]
     assert e["config"]["task"] == "denoise" and e["nfe"] == 2 and "flow" in e
+    assert e["config"]["level"] == 0.1 and sr["config"]["level"] == 2.0  # each task's default level
     assert "Image enhancement" in (tmp_path / "e" / "report.md").read_text()
     with pytest.raises(ValueError, match="enhance: unknown parameter"):
         synth_and_eval(run_name="e2", output_root=str(tmp_path),
