@@ -133,7 +133,7 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     say = progress or log.info
     train, test = load_split(real_path, "train"), load_split(real_path, "test")
-    syn = load_synthetic(synthetic_path, with_masks=True)
+    syn = load_synthetic(synthetic_path)
     sx, sy = syn["images"], syn["labels"]
     k = int(max(train["labels"].max(), test["labels"].max(), sy.max()) + 1)
     segment = cfg.segmentation and "masks" in train and "masks" in syn
@@ -190,15 +190,13 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
     return out
 
 
-def load_synthetic(path: str | Path, with_masks: bool = False):
-    """All samples of a complete synthetic store, (images, labels), or a dict that also holds `masks` when
-    the store has them; refuses a store with unfinished shards."""
+def load_synthetic(path: str | Path) -> dict[str, np.ndarray]:
+    """All samples of a complete synthetic store: `images`, `labels` and, when the store has them, `masks`;
+    refuses a store with unfinished shards."""
     missing = incomplete_shards(path)
     if missing:
         raise ValueError(f"{path}: shards {missing[:10]} are incomplete; re-run the sample stage to finish them")
     root = zarr.open_group(str(path), mode="r", zarr_format=3)
-    if not with_masks:
-        return root["images"][:], root["labels"][:]
     out = {"images": root["images"][:], "labels": root["labels"][:]}
     if "masks" in root.array_keys():
         out["masks"] = root["masks"][:]

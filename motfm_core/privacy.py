@@ -72,7 +72,7 @@ def audit_stores(real_path: str | Path, synthetic_path: str | Path, out_png: str
     from motfm_core.downstream import load_synthetic
 
     train, test = load_split(real_path, "train")["images"], load_split(real_path, "test")["images"]
-    synthetic, _ = load_synthetic(synthetic_path)
+    synthetic = load_synthetic(synthetic_path)["images"]
     audit = memorisation_audit(train, test, synthetic, quantile)
     audit["png"] = str(closest_pairs_png(train, synthetic, audit, out_png))
     return audit

@@ -152,7 +152,8 @@ def nfe_curve(checkpoint: str | Path, extractor: "FeatureExtractor", test: np.nd
               nfes: tuple[int, ...], samples_per_class: int, real_path: str | Path,
               device: torch.device | str = "cpu") -> list[dict[str, float]]:
     """FID and fine SWD against the real test split of `samples_per_class` fresh Euler samples per class at
-    each NFE (same noise seeds at every NFE), with seconds per image: how far the step count can drop."""
+    each NFE (same noise seeds at every NFE), with seconds per image: how far the step count can drop.
+    Empty for a diffusion (epsilon) checkpoint: the curve is of the flow's Euler steps."""
     import time
 
     from motfm_core.config import SampleConfig
@@ -160,6 +161,8 @@ def nfe_curve(checkpoint: str | Path, extractor: "FeatureExtractor", test: np.nd
     from motfm_core.training import load_checkpoint
 
     model, meta = load_checkpoint(checkpoint, device)
+    if model.cfg.prediction != "velocity":
+        return []
     labels, seeds = sample_plan(len(meta["class_names"]), SampleConfig(samples_per_class=samples_per_class, seed=99))
     masks = mask_plan(real_path, labels)[0] if model.cfg.mask_conditioning != "none" else None
     rows = []
@@ -180,7 +183,8 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     extractor = FeatureExtractor.train(real_path, cfg, device=device)
-    fake, fake_labels = load_synthetic(synthetic_path)
+    syn = load_synthetic(synthetic_path)
+    fake, fake_labels = syn["images"], syn["labels"]
     real = {name: load_split(real_path, name) for name in ("train", "test")}
     images = {name: d["images"] for name, d in real.items()}
     feats = {name: extractor(x) for name, x in images.items()}

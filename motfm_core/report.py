@@ -71,18 +71,16 @@ def gain_figure(evaluation: dict[str, Any], out_png: str | Path) -> Path:
     curve = evaluation.get("quality", {}).get("nfe_curve")
     fig, axes = plt.subplots(1, len(panels) + bool(curve), figsize=(5.2 * (len(panels) + bool(curve)), 3.6),
                              squeeze=False)
+    baselines = {a["name"]: a["baseline"] for a in evaluation["arms"]}
     for ax, (title, gains, metric) in zip(axes[0], panels):
-        names = list(gains)
-        mean = np.array([gains[n][metric]["mean"] for n in names])
-        lo = np.array([gains[n][metric].get("ci95_low") if gains[n][metric].get("ci95_low") is not None
-                       else gains[n][metric]["mean"] for n in names])
-        hi = np.array([gains[n][metric].get("ci95_high") if gains[n][metric].get("ci95_high") is not None
-                       else gains[n][metric]["mean"] for n in names])
-        y = np.arange(len(names))
+        stats = [gains[name][metric] for name in gains]
+        mean = np.array([s["mean"] for s in stats])
+        lo = np.array([s["mean"] if s.get("ci95_low") is None else s["ci95_low"] for s in stats])
+        hi = np.array([s["mean"] if s.get("ci95_high") is None else s["ci95_high"] for s in stats])
+        y = np.arange(len(stats))
         ax.errorbar(mean, y, xerr=[mean - lo, hi - mean], fmt="o", capsize=3)
         ax.axvline(0, color="grey", lw=0.8)
-        ax.set_yticks(y, [f"{n} vs {'real' if '%' not in n else n.split('+')[0]}" if n != "synthetic" else
-                          "synthetic only vs real" for n in names], fontsize=7)
+        ax.set_yticks(y, [f"{name} vs {baselines[name]}" for name in gains], fontsize=7)
         ax.invert_yaxis()
         ax.set_title(f"{title} (mean, 95% CI)", fontsize=9)
     if curve:

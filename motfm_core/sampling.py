@@ -108,9 +108,9 @@ def sample_shard(
     attrs = zarr.open_group(str(store), mode="r", zarr_format=3).attrs
     start, stop = shard_bounds(index, attrs["num_samples"], attrs["shard_size"])
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    st = Path(checkpoint).stat() if Path(checkpoint).exists() else None
-    if st is None:
+    if not Path(checkpoint).exists():
         raise FileNotFoundError(f"{checkpoint}: no checkpoint; run the train stage first")
+    st = Path(checkpoint).stat()
     model, meta = _model_for(str(checkpoint), (st.st_mtime_ns, st.st_size), str(device), cfg.compile)
     labels, seeds = sample_plan(len(meta["class_names"]), cfg)
     masks = source = None

@@ -159,7 +159,7 @@ def train_flow_matching(
     model = build_model(model_cfg).to(device)
     pairs = None
     if cfg.reflow_from:
-        teacher, teacher_meta = load_checkpoint(cfg.reflow_from, device)
+        teacher, _ = load_checkpoint(cfg.reflow_from, device)
         if asdict(teacher.cfg) != asdict(model_cfg):
             raise ValueError(f"{cfg.reflow_from}: the reflow teacher's model config differs from this one; reflow "
                              "keeps the architecture (use the teacher run's model settings)")

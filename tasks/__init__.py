@@ -14,13 +14,8 @@ BACKOFF = [10, 60]  # seconds before the first and second retry
 
 
 def transient(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's retry_condition_fn signature)
-    """Retry only what a second attempt can fix: OSError (disk, network) and RuntimeError (CUDA, Dask)."""
-    try:
-        state.result()
-    except (ValueError, TypeError, KeyError, FileNotFoundError, NotADirectoryError, PermissionError):
-        return False
-    except (OSError, RuntimeError):
-        return True
-    except BaseException:  # noqa: BLE001
-        return False
-    return False
+    """Retry only what a second attempt can fix: OSError (disk, network) and RuntimeError (CUDA, Dask), but
+    not a missing or unreadable path."""
+    error = state.result(raise_on_failure=False)
+    return isinstance(error, (OSError, RuntimeError)) and not isinstance(
+        error, (FileNotFoundError, NotADirectoryError, PermissionError))

@@ -23,17 +23,14 @@ def evaluate_task(data_path: str, synthetic_path: str, eval: dict, run_dir: str)
     logger = get_run_logger()
     cfg = from_dict(EvalConfig, eval, "eval")
     out = Path(run_dir) / "evaluation.json"
-    key = config_hash(cfg, open_store(data_path).attrs["fingerprint"], open_store(synthetic_path).attrs["run_key"],
-                      __version__)
+    syn_attrs = open_store(synthetic_path).attrs
+    key = config_hash(cfg, open_store(data_path).attrs["fingerprint"], syn_attrs["run_key"], __version__)
     if out.exists() and json.loads(out.read_text()).get("key") == key:
         logger.info("evaluate: %s already holds this data, synthetic version and config (key %s); reusing it",
                     out, key)
         return str(out)
     result = evaluate_augmentation(data_path, synthetic_path, cfg, progress=logger.info)
-    checkpoint = open_store(synthetic_path).attrs.get("checkpoint")
-    if checkpoint and open_store(synthetic_path).attrs.get("solver") in ("ddpm", "ddim"):
-        checkpoint = None  # the NFE curve is an Euler (flow-matching) curve
-    result["quality"] = synthetic_quality(data_path, synthetic_path, cfg, checkpoint=checkpoint)
+    result["quality"] = synthetic_quality(data_path, synthetic_path, cfg, checkpoint=syn_attrs.get("checkpoint"))
     result["memorisation"] = audit_stores(data_path, synthetic_path, Path(run_dir) / "closest_pairs.png")
     q = result["quality"]
     logger.info("evaluate: in-domain FID synthetic-vs-test %.3f (real train-vs-test %.3f), precision %.2f, "
