@@ -7,6 +7,7 @@ STAMP := $(VENV)/.motfm-installed
 # Prefect's local embedded mode: SQLite under this folder, no server to start.
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
+export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= motfm_core
 
 .PHONY: demo test venv data clean
@@ -29,7 +30,7 @@ data:
 	fi
 
 demo: venv data
-	$(PY) -m flows.synth_and_eval --run-name demo
+	$(PY) -m flows.synth_and_eval --run-name demo --preset demo
 
 test: venv data
 	$(PY) -m pytest -q

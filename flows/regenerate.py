@@ -20,9 +20,8 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.synth_and_eval import sample_evaluate_report
+from flows.synth_and_eval import sample_evaluate_report, train_generators
 from motfm_core.config import PipelineConfig
-from tasks.train import train_task
 
 
 def regeneration_seed() -> int:
@@ -58,12 +57,12 @@ def regenerate_synthetic(
     c["sample"]["seed"] = seed if seed is not None else regeneration_seed()
     c = PipelineConfig.from_overrides(c).to_dict()  # validates every value before any work
     data_path, checkpoint = run_dir / "dataset.zarr", run_dir / "checkpoints" / "model.pt"
-    if retrain:
-        checkpoint = Path(train_task(str(data_path), c["model"], c["train"], str(run_dir)))
-    if not checkpoint.exists():
+    if not retrain and not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint}: no trained model; run synth-and-eval first or pass retrain=True")
+    # the train stages are keyed: unchanged generators (the low-data ones too) are reused, not retrained
+    generators = train_generators(c, str(data_path), run_dir)
     logger.info("regenerate-synthetic: %s, sampling seed %d", run_dir, c["sample"]["seed"])
-    report = sample_evaluate_report(run_name, c, str(data_path), str(checkpoint), run_dir)
+    report = sample_evaluate_report(run_name, c, str(data_path), generators, run_dir)
     logger.info("regenerate-synthetic: done; report at %s", report)
     return report
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 import time
 from pathlib import Path
@@ -18,30 +19,72 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from motfm_core.config import MODEL_SIZES, PipelineConfig, from_dict
+from flows.cli import USER_ERRORS, prefect_ready, quiet_console_tracebacks
 from motfm_core.enhance import EnhanceConfig
 from tasks.enhance import enhance_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.report import report_task
 from tasks.sample import plan_sampling_task, publish_task, sample_shards_task
-from tasks.train import train_task
+from tasks.train import train_masks_task, train_task
+
+
+# Named budgets for the CLI (`--preset`); explicit --set values win over them. The defaults are the full budget
+# (benchmarks/novelty.py). "demo" fits `make demo` in 15 minutes on a slow 2-core machine (~1.7 s per step of the
+# full-budget model, ~0.8 s at batch 16): two generators (all real data; the real 25% share) of 350 steps at batch
+# 16, one synthetic ratio, a 3-point NFE curve, 3 seeds.
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "full": {},
+    "demo": {"train": {"steps": 350, "batch_size": 16, "warmup_steps": 30, "checkpoint_every": 50},
+             "eval": {"ratios": [1.0], "real_fractions": [0.25], "nfe_curve": [1, 4, 10]}},
+}
 
 
 def build_config(dataset: str, image_size: int, train_steps: int | None, solver: str, nfe: int,
                  samples_per_class: int, seeds: list[int], overrides: dict[str, dict[str, Any]] | None,
                  model_size: str = "small", mask_conditioning: str = "auto") -> PipelineConfig:
-    """Named parameters first, then `overrides` per section; validates everything before heavy work."""
+    """Named parameters, then `overrides` per section, which win where both set a value; validates (types
+    included) before any work."""
     if model_size not in MODEL_SIZES:
         raise ValueError(f"model_size must be one of {sorted(MODEL_SIZES)}, got {model_size!r}")
-    merged: dict[str, dict[str, Any]] = {k: dict(v) for k, v in (overrides or {}).items() if k != "enhance"}
-    merged.setdefault("model", {}).setdefault("channels", MODEL_SIZES[model_size])
-    merged["model"].setdefault("mask_conditioning", mask_conditioning)
-    merged.setdefault("data", {}).update({"source": dataset, "image_size": image_size})
-    merged.setdefault("sample", {}).update({"solver": solver, "nfe": nfe, "samples_per_class": samples_per_class})
-    merged.setdefault("eval", {}).update({"seeds": list(seeds)})
-    if train_steps is not None:
-        merged.setdefault("train", {})["steps"] = train_steps
-    return PipelineConfig.from_overrides(merged)
+    named: dict[str, dict[str, Any]] = {
+        "model": {"channels": MODEL_SIZES[model_size], "mask_conditioning": mask_conditioning},
+        "data": {"source": dataset, "image_size": image_size},
+        "sample": {"solver": solver, "nfe": nfe, "samples_per_class": samples_per_class},
+        "eval": {"seeds": list(seeds)}, "train": {} if train_steps is None else {"steps": train_steps}}
+    for section, values in (overrides or {}).items():
+        if section != "enhance":
+            named.setdefault(section, {}).update(values)
+    return PipelineConfig.from_overrides(named)
+
+
+def train_generators(c: dict[str, Any], data_path: str, run_dir: Path) -> dict[float, tuple[str, str | None, Path]]:
+    """The generators a run needs: {real fraction: (image checkpoint, mask generator or None, output folder)} for
+    the full train split (1.0) and, leak-free, for each low-data fraction's own subset (`low-data/real-<f>/`)."""
+    out = {}
+    for f in (1.0, *c["eval"]["real_fractions"]):
+        where = run_dir if f == 1.0 else run_dir / "low-data" / f"real-{f:g}"
+        train = c["train"] if f == 1.0 else {**c["train"], "real_fraction": f, "subset_seed": c["eval"]["subset_seed"]}
+        checkpoint = train_task(data_path, c["model"], train, str(where))
+        masks = train_masks_task(data_path, c["model"], train, c["sample"], str(where))
+        out[f] = (checkpoint, masks, where)
+    return out
+
+
+def synthesise(checkpoint: str, sample: dict[str, Any], where: Path, mask_checkpoint: str | None = None) -> str:
+    """plan -> sample the shards over Dask -> publish `<where>/synthetic/latest`; returns the version's path."""
+    store, todo = plan_sampling_task(checkpoint, sample, str(where), mask_checkpoint)
+    shards = sample_shards_task(checkpoint, store, todo, sample)
+    get_run_logger().info("sample: %d shard(s) written this run into %s", sum(not s["skipped"] for s in shards), store)
+    publish_task(store, sample)  # evaluation reads this version itself, not the moving `latest` link
+    return store
+
+
+def write_config(run_dir: Path, c: dict[str, Any]) -> None:
+    """`<run_dir>/config.json` (read by regenerate-synthetic), written once a run has succeeded."""
+    tmp = run_dir / ".config.json.tmp"
+    tmp.write_text(json.dumps(c, indent=2))
+    tmp.replace(run_dir / "config.json")
 
 
 # Stages run one after another; the fan-out is inside sampling (Dask, one worker per GPU).
@@ -74,50 +117,67 @@ def synth_and_eval(
                     for name in (enhance or [])]
     run_dir = Path(output_root).resolve() / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = run_dir / ".config.json.tmp"
-    tmp.write_text(json.dumps(c, indent=2))
-    tmp.replace(run_dir / "config.json")  # regenerate-synthetic reads it
     logger.info("synth-and-eval: outputs in %s", run_dir)
 
     data_path = ingest_task(c["data"], str(run_dir))
     enhancements = [enhance_task(data_path, e, str(run_dir)) for e in enhance_cfgs]
-    checkpoint = train_task(data_path, c["model"], c["train"], str(run_dir))
-    report = sample_evaluate_report(run_name, c, data_path, checkpoint, run_dir, enhancements)
+    generators = train_generators(c, data_path, run_dir)
+    report = sample_evaluate_report(run_name, c, data_path, generators, run_dir, enhancements)
+    write_config(run_dir, c)
     logger.info("synth-and-eval: done; report at %s", report)
     return report
 
 
-def sample_evaluate_report(run_name: str, c: dict[str, Any], data_path: str, checkpoint: str, run_dir: Path,
+def sample_evaluate_report(run_name: str, c: dict[str, Any], data_path: str,
+                           generators: dict[float, tuple[str, str | None, Path]], run_dir: Path,
                            enhancements: list[str] | None = None) -> str:
-    """The stages after training (shared with `regenerate-synthetic`); returns the report path."""
-    store, todo = plan_sampling_task(checkpoint, c["sample"], str(run_dir))
-    shards = sample_shards_task(checkpoint, store, todo, c["sample"])
-    get_run_logger().info("sample: %d shard(s) written this run", sum(not s["skipped"] for s in shards))
-    publish_task(store, c["sample"])  # evaluation reads this version itself, not the moving `latest` link
-    evaluation = evaluate_task(data_path, store, c["eval"], str(run_dir))
-    return report_task(run_name, c, data_path, checkpoint, store, evaluation, str(run_dir), enhancements or [])
+    """The stages after training (shared with `regenerate-synthetic`): sample every generator, evaluate the
+    arms (low-data arms on their own generators' stores), report; returns the report path."""
+    stores = {f: synthesise(ckpt, c["sample"], where, masks) for f, (ckpt, masks, where) in generators.items()}
+    low = {f"{f:g}": store for f, store in stores.items() if f != 1.0}
+    evaluation = evaluate_task(data_path, stores[1.0], c["eval"], str(run_dir), low)
+    return report_task(run_name, c, data_path, generators[1.0][0], stores[1.0], evaluation, str(run_dir),
+                       enhancements or [])
 
 
-def main(argv: list[str] | None = None) -> None:
+# named CLI arguments and the config key each sets: given explicitly, they win over a preset; a --set of the same
+# key with another value is refused as ambiguous
+NAMED_KEYS = {"dataset": "data.source", "image_size": "data.image_size", "mask_conditioning": "model.mask_conditioning",
+              "train_steps": "train.steps", "solver": "sample.solver", "nfe": "sample.nfe",
+              "samples_per_class": "sample.samples_per_class", "seeds": "eval.seeds"}
+
+
+def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, dict[str, Any]]]:
+    """Arguments and the merged overrides: preset, then explicit named arguments, then --set values."""
     p = argparse.ArgumentParser(description="Run the synth-and-eval DAG locally (Prefect embedded mode).")
     p.add_argument("--run-name", default="demo")
     p.add_argument("--output-root", default="outputs")
-    p.add_argument("--dataset", default="brain-mri", help="brain-mri, a MedMNIST .npz, or a folder with labels.csv")
-    p.add_argument("--image-size", type=int, default=48)
+    p.add_argument("--dataset", help="brain-mri (default), a MedMNIST .npz, or a folder with labels.csv")
+    p.add_argument("--image-size", type=int, help="default 48")
     p.add_argument("--model-size", default="small", choices=sorted(MODEL_SIZES))
-    p.add_argument("--mask-conditioning", default="auto", choices=["auto", "none", "concat", "controlnet"],
-                   help="condition on segmentation masks (auto: when the dataset has them)")
-    p.add_argument("--train-steps", type=int, default=None)
-    p.add_argument("--solver", default="euler")
-    p.add_argument("--nfe", type=int, default=10)
-    p.add_argument("--samples-per-class", type=int, default=80)
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--mask-conditioning", choices=["auto", "none", "concat", "controlnet"],
+                   help="condition on segmentation masks (default auto: when the dataset has them)")
+    p.add_argument("--train-steps", type=int)
+    p.add_argument("--solver", help="default euler")
+    p.add_argument("--nfe", type=int, help="default 10")
+    p.add_argument("--samples-per-class", type=int, help="default 80")
+    p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
     p.add_argument("--enhance", nargs="*", default=[], choices=["denoise", "superres"],
                    help="also train and score image-enhancement flows on the real data")
+    p.add_argument("--preset", default="full", choices=sorted(PRESETS),
+                   help="a named budget (demo: fits 15 minutes on a 2-core CPU); explicit arguments win over it")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
                    help="override any config value, e.g. --set train.lr=1e-3 --set model.channels=[32,64,64]")
+    p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one error line")
     a = p.parse_args(argv)
-    overrides: dict[str, dict[str, Any]] = {}
+    overrides: dict[str, dict[str, Any]] = {k: dict(v) for k, v in PRESETS[a.preset].items()}
+    explicit = {}
+    for arg, key in NAMED_KEYS.items():
+        value = getattr(a, arg)
+        if value is not None:
+            section, name = key.split(".")
+            overrides.setdefault(section, {})[name] = value
+            explicit[key] = (arg, value)
     for item in a.set:
         key, _, value = item.partition("=")
         section, _, name = key.partition(".")
@@ -127,13 +187,26 @@ def main(argv: list[str] | None = None) -> None:
             parsed = json.loads(value)
         except json.JSONDecodeError:
             parsed = value
+        if key in explicit and explicit[key][1] != parsed:
+            arg, given = explicit[key]
+            p.error(f"--set {key}={value} contradicts --{arg.replace('_', '-')} {given}; give one of them")
         overrides.setdefault(section, {})[name] = parsed
+    return a, overrides
+
+
+def main(argv: list[str] | None = None) -> None:
+    a, overrides = parse_cli(argv)
     t0 = time.time()
-    report = synth_and_eval(run_name=a.run_name, output_root=a.output_root, dataset=a.dataset,
-                            image_size=a.image_size, model_size=a.model_size,
-                            mask_conditioning=a.mask_conditioning, train_steps=a.train_steps, solver=a.solver, nfe=a.nfe,
-                            samples_per_class=a.samples_per_class, seeds=a.seeds, enhance=a.enhance,
-                            overrides=overrides)
+    try:
+        with prefect_ready():
+            quiet_console_tracebacks(a.debug)  # after Prefect's set-up, which installs its terminal handlers
+            report = synth_and_eval(run_name=a.run_name, output_root=a.output_root, model_size=a.model_size,
+                                    enhance=a.enhance, overrides=overrides)
+    except USER_ERRORS as e:
+        if a.debug:
+            raise
+        print(f"motfm: error: {e}", file=sys.stderr)
+        sys.exit(2)
     print(f"\nDone in {time.time() - t0:.0f}s. Outputs in {Path(report).parent}/:")
     print(f"  report     {report}  (and report.json, samples.png, gains.png, closest_pairs.png)")
     print(f"  real data  {Path(report).parent / 'dataset.zarr'}")

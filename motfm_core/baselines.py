@@ -31,11 +31,13 @@ def ddpm_loss(model: VelocityUNet, x1: torch.Tensor, y: torch.Tensor, class_drop
 
 @torch.no_grad()
 def diffusion_sample(model: VelocityUNet, x_noise: torch.Tensor, y: torch.Tensor, method: str, steps: int,
-                     guidance: float = 1.0, generator: torch.Generator | None = None,
+                     guidance: float = 1.0, step_seeds: list[int] | None = None,
                      mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """Reverse diffusion from x_noise: `ddpm` (must be 1000 steps) or deterministic `ddim` (any steps).
 
-    Returns the samples in model space and the number of network evaluations spent (one per step).
+    DDPM's per-step noise of sample i comes from its own generator seeded `step_seeds[i]` (default: its row
+    index), so a sample does not depend on the batch it is drawn in. Returns the samples in model space and the
+    number of network evaluations spent (one per step).
     """
     if method == "ddpm":
         if steps != NUM_TRAIN_TIMESTEPS:
@@ -50,10 +52,23 @@ def diffusion_sample(model: VelocityUNet, x_noise: torch.Tensor, y: torch.Tensor
     scheduler.set_timesteps(steps, device=x_noise.device)
     eps_fn = guided_velocity(model, y, guidance, mask)  # guidance mixes eps predictions the same way
     x, nfe = x_noise, 0
+    gens = [torch.Generator().manual_seed(int(s)) for s in (step_seeds if step_seeds is not None
+                                                            else range(x.shape[0]))]
     for k in scheduler.timesteps:
         t = torch.full((x.shape[0],), float(k) / TIME_SCALE, device=x.device)
         eps = eps_fn(x, t)
         nfe += 1
-        x, _ = (scheduler.step(eps, int(k), x, generator=generator) if method == "ddpm"
-                else scheduler.step(eps, int(k), x))
+        if method == "ddim":
+            x, _ = scheduler.step(eps, int(k), x)
+            continue
+        # MONAI's step adds sigma_k * randn(batch) from one generator; swap that draw for per-sample noise:
+        # give it a generator we can replay, subtract its draw, add ours (same maths, batch-independent noise)
+        replay = torch.Generator(device=x.device).manual_seed(0)
+        x_prev, _ = scheduler.step(eps, int(k), x, generator=replay)
+        if int(k) > 0:
+            theirs = torch.randn(eps.shape, dtype=eps.dtype, device=x.device,
+                                 generator=torch.Generator(device=x.device).manual_seed(0))
+            ours = torch.stack([torch.randn(eps.shape[1:], generator=g) for g in gens]).to(x.device, eps.dtype)
+            x_prev = x_prev + scheduler._get_variance(int(k)) ** 0.5 * (ours - theirs)
+        x = x_prev
     return x, nfe

@@ -15,17 +15,42 @@ from typing import Any, TypeVar
 T = TypeVar("T")
 
 
+_SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _coerce(annotation: str, value: Any, key: str) -> Any:
+    """`value` as the field's declared type (int -> float allowed, JSON lists -> tuples), else a ValueError
+    naming the key, the type it needs and the value it got."""
+    def one(kind: str, v: Any) -> Any:
+        want = _SCALARS[kind]
+        if want is float and isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        if isinstance(v, want) and not (want is not bool and isinstance(v, bool)):
+            return v
+        raise ValueError(f"{key} must be {'a' if kind != 'int' else 'an'} {kind}, got {v!r} "
+                         f"({type(v).__name__}); e.g. --set {key}={ {'int': 10, 'float': 0.5, 'str': 'x', 'bool': 'true'}[kind]}")
+
+    if annotation in _SCALARS:
+        return one(annotation, value)
+    if annotation.startswith("tuple[") and annotation.endswith(", ...]"):
+        kind = annotation[len("tuple["):-len(", ...]")]
+        if not isinstance(value, (list, tuple)):
+            raise ValueError(f"{key} must be a list of {kind}, got {value!r}; e.g. --set {key}=[1,2]")
+        return tuple(one(kind, v) for v in value)
+    return value  # other annotations are checked by the config's validate()
+
+
 def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass `cls` from `values`, raising on keys it does not have."""
+    """Build dataclass `cls` from `values`, raising on keys it does not have and on values of the wrong type."""
     values = dict(values or {})
     names = {f.name for f in fields(cls)}
+    label = where or cls.__name__
     unknown = sorted(set(values) - names)
     if unknown:
-        label = where or cls.__name__
         raise ValueError(f"{label}: unknown parameter(s) {unknown}; valid ones are {sorted(names)}")
-    for f in fields(cls):  # JSON/YAML give lists where the dataclass holds tuples
-        if f.name in values and isinstance(values[f.name], list):
-            values[f.name] = tuple(values[f.name])
+    for f in fields(cls):
+        if f.name in values:
+            values[f.name] = _coerce(str(f.type), values[f.name], f"{label}.{f.name}")
     obj = cls(**values)
     validate = getattr(obj, "validate", None)
     if validate is not None:
@@ -65,6 +90,18 @@ class DataConfig:
                "data.val_fraction and data.test_fraction must lie in (0, 0.5)")
 
 
+def auto_norm_groups(channels: tuple[int, ...], per_group: int = 4, most: int = 32) -> int:
+    """GroupNorm groups for UNet `channels`: the largest power of two <= `most` dividing every level's channel
+    count while leaving >= `per_group` channels per group (>= 2 if none does), so no level can erase the
+    time/class embedding. small (32, 64, 64) -> 8, medium (64, ...) -> 16, large (128, ...) -> 32."""
+    smallest = min(channels)
+    for need in (per_group, 2):
+        for groups in (32, 16, 8, 4, 2, 1):
+            if groups <= most and all(c % groups == 0 for c in channels) and smallest // groups >= need:
+                return groups
+    return 1
+
+
 @dataclass
 class ModelConfig:
     """MONAI `DiffusionModelUNet` backbone used as the velocity field v(x_t, t, y)."""
@@ -76,14 +113,23 @@ class ModelConfig:
     attention_levels: tuple[bool, ...] = (False, False, True)
     num_res_blocks: int = 1
     num_head_channels: int = 32
-    norm_num_groups: int = 32
+    norm_num_groups: int = 0  # 0 = auto: every GroupNorm group holds >= 4 channels (see `auto_norm_groups`)
     image_size: int = 48
     depth: int = 16  # 3D only
     prediction: str = "velocity"  # "velocity": flow matching; "epsilon": the DDPM/DDIM baseline
     mask_conditioning: str = "none"  # "concat" (one-hot mask channels), "controlnet" (MONAI ControlNet), or
-    # "auto" (resolved by the train stage: "concat" when the dataset has masks, else "none")
+    # "auto" ("concat" when the dataset has masks, else "none"; resolved by `training.model_for_data`)
     mask_classes: int = 0  # set from the dataset's mask_names when masks condition the model
     gradient_checkpointing: bool = False  # recompute UNet blocks in backward: less memory (3D), more time
+
+    @property
+    def sample_shape(self) -> tuple[int, ...]:
+        """(C, H, W) or (C, H, W, D) of one sample."""
+        return (self.in_channels, self.image_size, self.image_size) + ((self.depth,) if self.spatial_dims == 3 else ())
+
+    def __post_init__(self) -> None:
+        if self.norm_num_groups == 0 and isinstance(self.channels, (tuple, list)) and self.channels:
+            self.norm_num_groups = auto_norm_groups(tuple(self.channels))
 
     def validate(self) -> None:
         _check(self.mask_conditioning in ("none", "concat", "controlnet", "auto"),
@@ -93,8 +139,16 @@ class ModelConfig:
                f"model.prediction must be 'velocity' (flow matching) or 'epsilon' (DDPM), got {self.prediction!r}")
         _check(len(self.channels) == len(self.attention_levels),
                f"model.channels {self.channels} and model.attention_levels {self.attention_levels} differ in length")
+        _check(self.norm_num_groups >= 1, f"model.norm_num_groups must be >= 1 (or 0 = auto), got {self.norm_num_groups}")
         _check(all(c % self.norm_num_groups == 0 for c in self.channels),
                f"model.channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
+        for level, c in enumerate(self.channels):
+            # MONAI's ResnetBlock adds the time/class embedding (a per-channel constant) right before norm2; a
+            # GroupNorm group of one channel subtracts exactly that constant, so the level ignores t and y
+            _check(c // self.norm_num_groups >= 2,
+                   f"model.norm_num_groups={self.norm_num_groups} leaves one channel per group at level {level} "
+                   f"({c} channels): GroupNorm would erase the time and class embedding there; use "
+                   f"norm_num_groups <= {c // 2} (or 0 = auto: {auto_norm_groups(tuple(self.channels))})")
         down = 2 ** (len(self.channels) - 1)
         _check(self.image_size % down == 0, f"model.image_size {self.image_size} must be divisible by {down}")
         _check(self.num_classes >= 1, "model.num_classes must be >= 1")
@@ -117,6 +171,10 @@ class TrainConfig:
     class_dropout: float = 0.1  # drop labels to the null class for classifier-free guidance
     checkpoint_every: int = 200
     seed: int = 0
+    # low-data generators: train on a class-stratified share of the train split (`stratified_subset`, the same
+    # indices the downstream `real f%` arms use, recorded in the checkpoint); 1.0 = the whole split
+    real_fraction: float = 1.0
+    subset_seed: int = 0
     # reflow (rectified flow, Liu et al. 2023): retrain on a trained model's own noise -> sample couplings so
     # that its trajectories straighten and 1-2 steps suffice; the student starts from the teacher's EMA weights
     reflow_from: str = ""  # path of the teacher model.pt ("" = ordinary training)
@@ -125,6 +183,8 @@ class TrainConfig:
 
     def validate(self) -> None:
         _check(self.steps >= 1 and self.batch_size >= 1, "train.steps and train.batch_size must be >= 1")
+        _check(0 < self.real_fraction <= 1, f"train.real_fraction must lie in (0, 1], got {self.real_fraction}")
+        _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         _check(self.reflow_pairs >= 1 and self.reflow_steps >= 1, "train.reflow_pairs and reflow_steps must be >= 1")
         _check(self.time_sampling in ("uniform", "logit_normal"),
                f"train.time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}")
@@ -152,6 +212,20 @@ class SampleConfig:
     scheduler: str = ""  # address of an existing Dask scheduler (or $MOTFM_DASK_SCHEDULER); "" = local cluster
     seed: int = 1234
     keep_versions: int = 0  # synthetic dataset versions to keep (0 = all; the published one always stays)
+    # mask-conditioned models: where each sample's mask comes from (motfm_core/masks.py): "train" (the training
+    # masks, cycling: copies), "deformed" (a training mask under a random affine + elastic deformation drawn
+    # from the sample's seed) or "generated" (a class-conditional flow model over masks, its own train stage)
+    mask_source: str = "deformed"
+    deform_rotate: float = 15.0  # degrees, uniform in +-
+    deform_scale: float = 0.15  # scale factor 1 +- this, per axis
+    deform_translate: float = 0.06  # shift, fraction of the image side, per axis
+    deform_elastic: float = 2.0  # elastic displacement magnitude (pixels at the control points); 0 = affine only
+    deform_elastic_spacing: float = 0.25  # elastic control-point spacing, fraction of the image side
+    # copy guard: redraw (new recorded seed) any sample nearer to a training image of its generator than the
+    # `copy_quantile` of real test images are (the memorisation audit's threshold), up to `max_redraws` times
+    reject_copies: bool = False
+    copy_quantile: float = 0.01
+    max_redraws: int = 20
 
     def validate(self) -> None:
         from motfm_core.solvers import METHODS
@@ -166,6 +240,15 @@ class SampleConfig:
         _check(self.rtol > 0 and self.atol > 0, "sample.rtol and sample.atol must be > 0")
         _check(self.workers >= 0, "sample.workers must be >= 0 (0 = one per GPU, or one on a CPU)")
         _check(self.keep_versions >= 0, "sample.keep_versions must be >= 0 (0 keeps all)")
+        _check(self.mask_source in ("train", "deformed", "generated"),
+               f"sample.mask_source must be 'train', 'deformed' or 'generated', got {self.mask_source!r}")
+        _check(0 <= self.deform_rotate <= 180 and 0 <= self.deform_scale < 1 and 0 <= self.deform_translate < 0.5,
+               "sample.deform_rotate must lie in [0, 180] degrees, deform_scale in [0, 1), deform_translate in "
+               "[0, 0.5)")
+        _check(self.deform_elastic >= 0 and 0 < self.deform_elastic_spacing <= 1,
+               "sample.deform_elastic must be >= 0 and sample.deform_elastic_spacing in (0, 1] (fraction of the side)")
+        _check(0 < self.copy_quantile < 0.5 and self.max_redraws >= 1,
+               "sample.copy_quantile must lie in (0, 0.5) and sample.max_redraws be >= 1")
 
 
 @dataclass
@@ -186,6 +269,8 @@ class EvalConfig:
     seg_channels: tuple[int, ...] = (8, 16, 32)
     nfe_curve: tuple[int, ...] = (1, 2, 4, 10, 20)  # Euler NFEs of the report's quality-vs-NFE curve (() = none)
     nfe_curve_samples: int = 32  # fresh samples per class at each NFE of the curve
+    subset_seed: int = 0  # picks the class-stratified real subset of each low-data arm (fixed across seeds); its
+    # generator is trained on exactly that subset (train.real_fraction / train.subset_seed)
 
     def validate(self) -> None:
         _check(len(self.seeds) >= 1, "eval.seeds must name at least one seed")

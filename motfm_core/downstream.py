@@ -5,7 +5,9 @@ Arms (`plan_arms`), each trained from scratch per seed with the same network, st
 named plain `real+synthetic`); `synthetic` only; and low-data arms `real f%` / `real f%+synthetic`. All are
 tested on the real test split. A gain is the paired per-seed difference arm minus its baseline (mean and std
 over seeds) with a 95% bootstrap CI over test images (paired across arms, averaged over seeds).
-Caveat for the low-data arms: the generative model itself saw the full real train split.
+Low-data arms are leak-free: `real f%` is one class-stratified subset (`stratified_subset`, fixed across seeds by
+`eval.subset_seed`), and the synthetic images of `real f%+synthetic` come from a generator trained on exactly that
+subset (its store records the indices, checked here); without such a store the `+synthetic` arm is not run.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from monai.networks.nets import Classifier
 from torch import nn
 
 from motfm_core.config import EvalConfig
-from motfm_core.data.store import incomplete_shards, load_split
+from motfm_core.data.store import load_split, require_complete, stratified_subset
 from motfm_core.metrics import bootstrap_gain, bootstrap_paired, classification_metrics, summarise
 
 log = logging.getLogger(__name__)
@@ -78,11 +80,13 @@ class Arm:
     real_fraction: float  # share of the real train split (stratified by class); 0 = none
     ratio: float  # synthetic images per image of the *full* real train split; inf = every synthetic image
     baseline: str | None  # the arm its gain is measured against
+    generator: float = 1.0  # the real fraction its synthetic images' generator was trained on
 
 
-def plan_arms(cfg: EvalConfig) -> list[Arm]:
+def plan_arms(cfg: EvalConfig, low_data_generators: bool = True) -> list[Arm]:
     """real; real+synthetic at every ratio (the headline one named plain `real+synthetic`); synthetic only;
-    and per low-data fraction f: `real f%` and `real f%+synthetic` (the headline synthetic images added)."""
+    and per low-data fraction f: `real f%` and, when its own generator exists, `real f%+synthetic` (the headline
+    number of synthetic images from the generator trained on that subset)."""
     head = cfg.synthetic_ratio
     arms = [Arm("real", 1.0, 0.0, None)]
     for r in sorted({*cfg.ratios, head}):
@@ -90,24 +94,18 @@ def plan_arms(cfg: EvalConfig) -> list[Arm]:
     arms.append(Arm("synthetic", 0.0, float("inf"), "real"))
     for f in sorted(cfg.real_fractions, reverse=True):
         base = f"real {f:.0%}"
-        arms += [Arm(base, f, 0.0, None), Arm(f"{base}+synthetic", f, head, base)]
+        arms.append(Arm(base, f, 0.0, None))
+        if low_data_generators:
+            arms.append(Arm(f"{base}+synthetic", f, head, base, generator=f))
     return arms
 
 
-def _subsample(labels: np.ndarray, fraction: float, rng: np.random.RandomState) -> np.ndarray:
-    """Indices of a class-stratified share of `labels` (at least one image per class)."""
-    if fraction >= 1:
-        return np.arange(len(labels))
-    keep = [rng.choice(idx, max(1, int(round(fraction * len(idx)))), replace=False)
-            for idx in (np.nonzero(labels == c)[0] for c in np.unique(labels))]
-    return np.sort(np.concatenate(keep))
-
-
-def _arm_indices(arm: Arm, n_real: int, real_labels: np.ndarray, n_syn: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """(real indices, synthetic indices) of one arm for one seed; the same seed picks the same subsets."""
-    real = _subsample(real_labels, arm.real_fraction, np.random.RandomState(seed)) if arm.real_fraction else \
-        np.arange(0)
-    k = n_syn if arm.ratio == float("inf") else min(n_syn, int(round(arm.ratio * n_real)))
+def _arm_indices(arm: Arm, real_labels: np.ndarray, n_syn: int, seed: int,
+                 subset_seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(real indices, synthetic indices) of one arm for one seed: the real subset is fixed by `subset_seed` (the
+    one its generator trained on), the synthetic draw follows `seed`."""
+    real = stratified_subset(real_labels, arm.real_fraction, subset_seed) if arm.real_fraction else np.arange(0)
+    k = n_syn if arm.ratio == float("inf") else min(n_syn, int(round(arm.ratio * len(real_labels))))
     syn = np.sort(np.random.RandomState(1000 + seed).permutation(n_syn)[:k])
     return real, syn
 
@@ -123,22 +121,47 @@ def _gains(arms: list[Arm], results: dict, seeds: tuple[int, ...], ci) -> dict:
     return out
 
 
+def low_data_stores(synthetic: dict[float, str | Path], train_labels: np.ndarray, cfg: EvalConfig
+                    ) -> dict[float, dict[str, np.ndarray]]:
+    """Load each low-data generator's synthetic store, checking it was trained on exactly the subset its arm
+    uses (`stratified_subset(train labels, f, eval.subset_seed)`); raises naming the store otherwise."""
+    out = {}
+    for f, path in synthetic.items():
+        expected = stratified_subset(train_labels, f, cfg.subset_seed).tolist()
+        recorded = zarr.open_group(str(path), mode="r", zarr_format=3).attrs.get("train_indices")
+        if recorded != expected:
+            raise ValueError(f"{path}: its generator was not trained on the real {f:.0%} subset the arm uses "
+                             f"(eval.subset_seed={cfg.subset_seed}); retrain it with train.real_fraction={f} and "
+                             f"train.subset_seed={cfg.subset_seed}")
+        out[f] = load_synthetic(path)
+    return out
+
+
 def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig,
                           device: str | torch.device | None = None,
-                          progress: Callable[[str], None] | None = None) -> dict:
+                          progress: Callable[[str], None] | None = None,
+                          low_data: dict[float, str | Path] | None = None) -> dict:
     """Per-arm, per-seed test metrics of a classifier (and a segmenter when both stores have masks) and the
-    augmentation gain of every augmented arm over its baseline, with its spread and 95% bootstrap CI."""
+    augmentation gain of every augmented arm over its baseline, with its spread and 95% bootstrap CI.
+
+    `low_data` maps each of `cfg.real_fractions` to the synthetic store of a generator trained on that subset
+    only; fractions without one get no `+synthetic` arm."""
     from motfm_core.segmentation import predict_masks, segmentation_scores, train_segmenter  # (it uses `fit`)
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     say = progress or log.info
     train, test = load_split(real_path, "train"), load_split(real_path, "test")
-    syn = load_synthetic(synthetic_path)
-    sx, sy = syn["images"], syn["labels"]
+    low_data = {float(f): p for f, p in (low_data or {}).items()}
+    missing = sorted(set(map(float, cfg.real_fractions)) - set(low_data))
+    if low_data and missing:
+        raise ValueError(f"eval.real_fractions {missing} have no low-data generator store; pass one per fraction")
+    stores = {1.0: load_synthetic(synthetic_path), **low_data_stores(low_data, train["labels"], cfg)}
+    syn = stores[1.0]
+    sy = syn["labels"]
     k = int(max(train["labels"].max(), test["labels"].max(), sy.max()) + 1)
-    segment = cfg.segmentation and "masks" in train and "masks" in syn
+    segment = cfg.segmentation and "masks" in train and all("masks" in s for s in stores.values())
     mask_classes = int(max(train["masks"].max(), test["masks"].max()) + 1) if segment else 0
-    arms, n = plan_arms(cfg), len(train["labels"])
+    arms, n = plan_arms(cfg, bool(low_data)), len(train["labels"])
     results: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in arms}
     seg_results: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in arms}
     probas: dict[str, list[np.ndarray]] = {a.name: [] for a in arms}
@@ -147,16 +170,17 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
     t0 = time.time()
     for seed in cfg.seeds:
         for arm in arms:
-            ri, si = _arm_indices(arm, n, train["labels"], len(sy), seed)
+            src = stores[arm.generator]
+            ri, si = _arm_indices(arm, train["labels"], len(src["labels"]), seed, cfg.subset_seed)
             sizes[arm.name] = {"real": int(len(ri)), "synthetic": int(len(si))}
-            x = np.concatenate([train["images"][ri], sx[si]])
-            y = np.concatenate([train["labels"][ri], sy[si]])
+            x = np.concatenate([train["images"][ri], src["images"][si]])
+            y = np.concatenate([train["labels"][ri], src["labels"][si]])
             model = train_classifier(x, y, k, cfg, seed, device)
             probas[arm.name].append(predict_proba(model, test["images"], device))
             results[arm.name][seed] = classification_metrics(test["labels"], probas[arm.name][-1])
             line = ", ".join(f"{m} {v:.3f}" for m, v in results[arm.name][seed].items())
             if segment:
-                masks = np.concatenate([train["masks"][ri], syn["masks"][si]])
+                masks = np.concatenate([train["masks"][ri], src["masks"][si]])
                 seg = train_segmenter(x, masks, mask_classes, cfg, seed, device)
                 scores = segmentation_scores(predict_masks(seg, test["images"], device), test["masks"], mask_classes)
                 for m, v in scores.items():
@@ -193,9 +217,7 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
 def load_synthetic(path: str | Path) -> dict[str, np.ndarray]:
     """All samples of a complete synthetic store: `images`, `labels` and, when the store has them, `masks`;
     refuses a store with unfinished shards."""
-    missing = incomplete_shards(path)
-    if missing:
-        raise ValueError(f"{path}: shards {missing[:10]} are incomplete; re-run the sample stage to finish them")
+    require_complete(path)
     root = zarr.open_group(str(path), mode="r", zarr_format=3)
     out = {"images": root["images"][:], "labels": root["labels"][:]}
     if "masks" in root.array_keys():

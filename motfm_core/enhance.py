@@ -22,7 +22,7 @@ from monai.metrics import PSNRMetric, SSIMMetric
 from monai.networks.nets import DiffusionModelUNet
 from scipy.ndimage import gaussian_filter
 
-from motfm_core.config import _check
+from motfm_core.config import _check, auto_norm_groups
 from motfm_core.data.store import load_split
 from motfm_core.paths import CondOTPath
 from motfm_core.solvers import solve
@@ -75,7 +75,7 @@ def classical(degraded: np.ndarray, cfg: EnhanceConfig, sigma: float) -> np.ndar
 def build_enhancer(cfg: EnhanceConfig, channels_in: int) -> DiffusionModelUNet:
     return DiffusionModelUNet(spatial_dims=2, in_channels=2 * channels_in, out_channels=channels_in,
                               channels=tuple(cfg.channels), attention_levels=(False,) * len(cfg.channels),
-                              num_res_blocks=1, norm_num_groups=min(32, cfg.channels[0]))
+                              num_res_blocks=1, norm_num_groups=auto_norm_groups(tuple(cfg.channels)))
 
 
 @torch.no_grad()

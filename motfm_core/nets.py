@@ -48,6 +48,10 @@ class VelocityUNet(nn.Module):
 
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
+        if cfg.mask_conditioning == "auto":
+            raise ValueError("model.mask_conditioning='auto' must be resolved against a dataset first "
+                             "(motfm_core.training.model_for_data)")
+        cfg.validate()
         self.cfg = cfg
         if cfg.mask_conditioning != "none" and cfg.mask_classes < 1:
             raise ValueError("model.mask_conditioning needs mask_classes >= 1 (a dataset with masks)")

@@ -65,14 +65,29 @@ def closest_pairs_png(train: np.ndarray, synthetic: np.ndarray, audit: dict, out
     return out_png
 
 
-def audit_stores(real_path: str | Path, synthetic_path: str | Path, out_png: str | Path,
+def audit_stores(real_path: str | Path, synthetic_path: str | Path, out_png: str | Path | None = None,
                  quantile: float = 0.01) -> dict:
-    """Audit a complete synthetic store against the real train/test splits; writes the closest-pairs PNG."""
+    """Audit a complete synthetic store against the real images its generator was trained on (the store's
+    `train_indices`, else the whole train split), with real test images as the reference; writes the
+    closest-pairs PNG when `out_png` is given. Adds the copy guard's counts when the store has them."""
+    import zarr
+
     from motfm_core.data.store import load_split
     from motfm_core.downstream import load_synthetic
 
     train, test = load_split(real_path, "train")["images"], load_split(real_path, "test")["images"]
+    root = zarr.open_group(str(synthetic_path), mode="r", zarr_format=3)
+    indices = root.attrs.get("train_indices")
+    if indices is not None:
+        train = train[np.asarray(indices, dtype=np.int64)]
     synthetic = load_synthetic(synthetic_path)["images"]
     audit = memorisation_audit(train, test, synthetic, quantile)
-    audit["png"] = str(closest_pairs_png(train, synthetic, audit, out_png))
+    audit["reference_images"] = int(len(train))
+    if "redraws" in root.array_keys():
+        redraws = root["redraws"][:]
+        audit["copy_guard"] = {"enabled": root.attrs.get("copy_threshold") is not None,
+                               "threshold": root.attrs.get("copy_threshold"),
+                               "redrawn_samples": int((redraws > 0).sum()), "redraws": int(redraws.sum())}
+    if out_png is not None:
+        audit["png"] = str(closest_pairs_png(train, synthetic, audit, out_png))
     return audit

@@ -149,27 +149,31 @@ def quality(real_train: np.ndarray, real_test: np.ndarray, fake: np.ndarray,
 
 
 def nfe_curve(checkpoint: str | Path, extractor: "FeatureExtractor", test: np.ndarray, test_feats: np.ndarray,
-              nfes: tuple[int, ...], samples_per_class: int, real_path: str | Path,
-              device: torch.device | str = "cpu") -> list[dict[str, float]]:
+              nfes: tuple[int, ...], samples_per_class: int, device: torch.device | str = "cpu",
+              sample_cfg: "SampleConfig | None" = None, mask_checkpoint: str | Path | None = None,
+              ) -> list[dict[str, float]]:
     """FID and fine SWD against the real test split of `samples_per_class` fresh Euler samples per class at
-    each NFE (same noise seeds at every NFE), with seconds per image: how far the step count can drop.
-    Empty for a diffusion (epsilon) checkpoint: the curve is of the flow's Euler steps."""
+    each NFE (same noise seeds and masks at every NFE), with seconds per image: how far the step count can drop.
+    Masks come from `sample_cfg.mask_source` as in the synthetic store. Empty for a diffusion (epsilon) checkpoint:
+    the curve is of the flow's Euler steps."""
+    import dataclasses
     import time
 
     from motfm_core.config import SampleConfig
-    from motfm_core.sampling import generate, mask_plan, sample_plan
-    from motfm_core.training import load_checkpoint
+    from motfm_core.sampling import Sampler
 
-    model, meta = load_checkpoint(checkpoint, device)
-    if model.cfg.prediction != "velocity":
+    base = dataclasses.replace(sample_cfg or SampleConfig(), samples_per_class=samples_per_class, seed=99,
+                               solver="euler", compile=False, reject_copies=False)
+    sampler = Sampler(checkpoint, base, device, mask_checkpoint)
+    if sampler.model.cfg.prediction != "velocity":
         return []
-    labels, seeds = sample_plan(len(meta["class_names"]), SampleConfig(samples_per_class=samples_per_class, seed=99))
-    masks = mask_plan(real_path, labels)[0] if model.cfg.mask_conditioning != "none" else None
+    positions = np.arange(len(sampler.labels))
     rows = []
     for nfe in nfes:
+        sampler.cfg = dataclasses.replace(base, nfe=nfe)
         t0 = time.perf_counter()
-        images, spent = generate(model, labels, seeds, SampleConfig(solver="euler", nfe=nfe), device, masks)
-        sec = (time.perf_counter() - t0) / len(labels)
+        images, spent, _ = sampler.draw(positions, sampler.seeds)
+        sec = (time.perf_counter() - t0) / len(positions)
         rows.append({"nfe": spent, "fid": fid(test_feats, extractor(images)), "swd_fine": swd(test, images)["level0"],
                      "seconds_per_image": sec})
     return rows
@@ -193,8 +197,14 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
     out["diversity"] = {"synthetic": diversity(fake, fake_labels),
                         "real_train": diversity(images["train"], real["train"]["labels"])}
     if checkpoint is not None and cfg is not None and cfg.nfe_curve:
+        import zarr
+
+        from motfm_core.config import SampleConfig, from_dict
+
+        attrs = zarr.open_group(str(synthetic_path), mode="r", zarr_format=3).attrs
+        sample_cfg = from_dict(SampleConfig, attrs.get("sample_config"), "sample")
         out["nfe_curve"] = nfe_curve(checkpoint, extractor, images["test"], feats["test"], tuple(cfg.nfe_curve),
-                                     cfg.nfe_curve_samples, real_path, device)
+                                     cfg.nfe_curve_samples, device, sample_cfg, attrs.get("mask_checkpoint"))
     return out
 
 

@@ -160,9 +160,44 @@ def _gains_table(ev: dict[str, Any]) -> list[str]:
                   "| arm | Dice | HD95 |", "|---|---|---|"]
         lines += [f"| {arm} | {_fmt(s['dice'])} | {_fmt(s['hd95'])} |" for arm, s in seg["summary"].items()]
     if any("%" in arm for arm in ev["gains"]):
-        lines += ["", "Low-data arms use a class-stratified share of the real train split; caveat: the generative "
-                  "model was trained on the full split, so they overstate what synthesis from that share alone gives."]
+        lines += ["", "Low-data arms use one class-stratified share of the real train split (the same images for "
+                  "every seed); the synthetic images of `real f%+synthetic` come from a generator trained on exactly "
+                  "that share, so nothing of the other real training images reaches them."]
+        for f, mem in ev.get("low_data_memorisation", {}).items():
+            lines.append(f"- generator of the real {float(f):.0%} share ({mem.get('reference_images', '?')} images): "
+                         f"{mem['fraction_flagged']:.0%} of its images flagged as near-copies of its training images")
     return lines
+
+
+def coverage_lines(report: dict[str, Any]) -> list[str]:
+    """First-screen answer to "are the synthetic images new, and do they cover the real data?": memorisation,
+    recall, intra-class diversity, then fine SWD and FID (the last blind to within-class diversity)."""
+    ev = report["evaluation"]
+    q, mem = ev.get("quality"), ev.get("memorisation")
+    if not q or not mem:
+        return []
+    syn, base = q["synthetic_vs_test"], q["train_vs_test"]
+    out = [f"**New data?** {mem['fraction_flagged']:.0%} of synthetic images are near-copies of a training image "
+           f"(memorisation audit; target <= 5%)"]
+    guard = mem.get("copy_guard") or {}
+    if guard.get("enabled"):
+        out[-1] += f", after the copy guard redrew {guard['redrawn_samples']} sample(s)"
+    out[-1] += (f". Coverage of the real test distribution (recall): {syn['recall']:.2f} (real train: "
+                f"{base['recall']:.2f}; precision {syn['precision']:.2f}).")
+    d = q.get("diversity")
+    if d:
+        s_, r_ = d["synthetic"]["ms_ssim"], d["real_train"]["ms_ssim"]
+        out[-1] += (f" Intra-class similarity (mean MS-SSIM of same-class pairs, lower = more diverse): synthetic "
+                    f"{s_:.3f} vs real {r_:.3f} ({(s_ - r_) / r_:+.0%}).")
+    sw = syn.get("swd", {}).get("level0")
+    if sw is not None:
+        out[-1] += f" Fine-detail SWD {sw:.0f} (real train vs test {base['swd']['level0']:.0f});"
+    out[-1] += (f" FID {syn['fid']:.3f} (real train vs test {base['fid']:.3f}; in-domain features: blind to "
+                "within-class diversity).")
+    source = report.get("sampling", {}).get("mask_source")
+    if source:
+        out[-1] += f" Conditioning masks: `{source}`."
+    return ["", *out]
 
 
 def render_markdown(report: dict[str, Any], grid_name: str, gains_png: str | None = None) -> str:
@@ -179,6 +214,7 @@ def render_markdown(report: dict[str, Any], grid_name: str, gains_png: str | Non
         f"**Verdict:** adding synthetic images {verdict} on the held-out real test set: accuracy gain "
         f"{_signed(g)}, macro-F1 gain {_signed(gain['macro_f1'])}, AUROC gain {_signed(gain['auroc'])} "
         f"(mean ± std over {seeds} seeds; CI by bootstrap over test images)." + _more_verdicts(ev),
+        *coverage_lines(report),
         "",
         f"- dataset: {report['dataset']['source']} — train {ev['sizes']['real_train']}, "
         f"val {report['dataset']['sizes']['val']}, test {ev['sizes']['real_test']} real images, "

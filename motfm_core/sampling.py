@@ -1,8 +1,13 @@
-"""Sampling: checkpoint -> images, with one noise seed per sample so any sharding gives the same images."""
+"""Sampling: checkpoint -> images, with one noise seed per sample so any sharding gives the same images.
+
+Everything random about a sample follows from its own seed: the initial noise, DDPM's per-step noise, its
+conditioning mask (`motfm_core.masks`) and, with the copy guard, the seeds of its redraws. So any batch size or
+shard layout produces the same bytes.
+"""
 
 from __future__ import annotations
 
-import functools
+import json
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -12,7 +17,7 @@ import torch
 
 from motfm_core.baselines import diffusion_sample
 from motfm_core import code_version
-from motfm_core.config import SampleConfig, config_hash
+from motfm_core.config import SampleConfig, TrainConfig, config_hash
 from motfm_core.data.store import (
     create_synthetic_store,
     incomplete_shards,
@@ -22,9 +27,13 @@ from motfm_core.data.store import (
     version_for,
     write_shard,
 )
+from motfm_core.masks import cycle_by_class, deform, deform_columns, generate_masks, mask_seeds
 from motfm_core.nets import VelocityUNet, guided_velocity
+from motfm_core.privacy import nearest
 from motfm_core.solvers import solve
-from motfm_core.training import file_sha256, load_checkpoint, to_image_space
+from motfm_core.training import default_device, file_sha256, load_checkpoint, to_image_space, training_set
+
+REDRAW_STRIDE = 1 << 40  # redraw k of a sample uses seed + k * REDRAW_STRIDE: never another sample's seed
 
 
 def sample_plan(num_classes: int, cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -33,23 +42,6 @@ def sample_plan(num_classes: int, cfg: SampleConfig) -> tuple[np.ndarray, np.nda
     labels = np.arange(n) % num_classes
     seeds = cfg.seed * 1_000_003 + np.arange(n, dtype=np.int64)
     return labels, seeds
-
-
-def mask_plan(data_path: str | Path, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Masks to condition each planned sample on: the n-th sample of class c takes the n-th real training
-    mask of class c (cycling). Returns (masks (N, 1, *spatial) uint8, index into the train split)."""
-    train = load_split(data_path, "train")
-    if "masks" not in train:
-        raise ValueError(f"{data_path}: the model is mask-conditioned but this dataset has no masks")
-    source = np.empty(len(labels), dtype=np.int64)
-    seen: dict[int, int] = {}
-    for i, c in enumerate(labels.tolist()):
-        pool = np.nonzero(train["labels"] == c)[0]
-        if len(pool) == 0:
-            raise ValueError(f"{data_path}: no training mask of class {c} to condition on")
-        source[i] = pool[seen.get(c, 0) % len(pool)]
-        seen[c] = seen.get(c, 0) + 1
-    return train["masks"][source], source
 
 
 def initial_noise(seeds: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
@@ -69,7 +61,7 @@ def generate(
         kind = "a DDPM (epsilon) model" if m.prediction == "epsilon" else "a flow-matching (velocity) model"
         raise ValueError(f"solver {cfg.solver!r} cannot sample {kind}; use "
                          + ("'ddpm' or 'ddim'" if m.prediction == "epsilon" else "euler/midpoint/heun/rk4/dopri5"))
-    shape = (m.in_channels, m.image_size, m.image_size) + ((m.depth,) if m.spatial_dims == 3 else ())
+    shape = m.sample_shape
     device = torch.device(device)
     out, nfe = [], 0
     for i in range(0, len(labels), cfg.batch_size):
@@ -78,8 +70,9 @@ def generate(
         mk = None if masks is None else torch.as_tensor(masks[i:i + cfg.batch_size], device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             if m.prediction == "epsilon":
-                gen = torch.Generator(device=device).manual_seed(int(seeds[i]))
-                x1, nfe = diffusion_sample(model, x0, y, cfg.solver, cfg.nfe, cfg.guidance, gen, mk)
+                step_seeds = [np.random.SeedSequence([int(s), 1]).generate_state(1)[0]
+                              for s in seeds[i:i + cfg.batch_size]]
+                x1, nfe = diffusion_sample(model, x0, y, cfg.solver, cfg.nfe, cfg.guidance, step_seeds, mk)
             else:
                 x1, nfe = solve(guided_velocity(model, y, cfg.guidance, mk), x0, cfg.nfe, cfg.solver,
                                 rtol=cfg.rtol, atol=cfg.atol)
@@ -87,14 +80,94 @@ def generate(
     return np.concatenate(out), nfe
 
 
-@functools.lru_cache(maxsize=2)
-def _model_for(checkpoint: str, stamp: tuple[int, int], device: str, compile: bool) -> tuple[VelocityUNet, dict]:
-    """One loaded (optionally compiled) model per worker process, reused by its shards; `stamp` (mtime, size)
-    makes a rewritten checkpoint load afresh."""
-    model, meta = load_checkpoint(checkpoint, device)
-    if compile:
-        model.unet = torch.compile(model.unet)
-    return model, meta
+class Sampler:
+    """A loaded generator with what it needs to draw samples: its training set (the masks it conditions on and the
+    copy guard's reference), the mask generator when masks are generated, and the sample config."""
+
+    def __init__(self, checkpoint: str | Path, cfg: SampleConfig, device: str | torch.device = "cpu",
+                 mask_checkpoint: str | Path | None = None, copy_threshold: float | None = None) -> None:
+        self.model, self.meta = load_checkpoint(checkpoint, device)
+        if cfg.compile:
+            self.model.unet = torch.compile(self.model.unet)
+        self.cfg, self.device, self.copy_threshold = cfg, str(device), copy_threshold
+        self.labels, self.seeds = sample_plan(len(self.meta["class_names"]), cfg)
+        train_cfg = TrainConfig(**{k: v for k, v in self.meta["train_config"].items() if k in TrainConfig.__annotations__})
+        self.pool = training_set(self.meta["data_path"], train_cfg)  # exactly what this generator trained on
+        self.masked = self.model.cfg.mask_conditioning != "none"
+        self.mask_model = None
+        if self.masked and cfg.mask_source == "generated":
+            if mask_checkpoint is None:
+                raise ValueError("sample.mask_source='generated' needs the mask generator's checkpoint (the "
+                                 "train-masks stage)")
+            self.mask_model, _ = load_checkpoint(mask_checkpoint, device)
+        self.source_index = cycle_by_class(self.labels, self.pool["labels"]) if self.masked else None
+
+    def conditioning(self, positions: np.ndarray, seeds: np.ndarray) -> dict[str, np.ndarray]:
+        """Masks (and their provenance) for the planned samples at `positions` drawn with `seeds`; {} when the
+        model is not mask-conditioned."""
+        if not self.masked:
+            return {}
+        source = self.source_index[positions]
+        if self.cfg.mask_source == "train":
+            return {"masks": self.pool["masks"][source], "mask_source": self.pool["indices"][source]}
+        if self.cfg.mask_source == "deformed":
+            masks, params = deform(self.pool["masks"][source], mask_seeds(seeds), self.cfg)
+            return {"masks": masks, "mask_source": self.pool["indices"][source], "mask_deform": params}
+        masks = generate_masks(self.mask_model, self.labels[positions], mask_seeds(seeds), self.cfg, self.device)
+        return {"masks": masks, "mask_source": np.full(len(positions), -1, dtype=np.int64)}
+
+    def draw(self, positions: np.ndarray, seeds: np.ndarray) -> tuple[np.ndarray, int, dict[str, np.ndarray]]:
+        """Images (N, C, *spatial) in [0, 1] of the planned samples at `positions` with `seeds`, the NFE spent per
+        sample, and their conditioning (see `conditioning`)."""
+        cond = self.conditioning(positions, seeds)
+        images, nfe = generate(self.model, self.labels[positions], seeds, self.cfg, self.device, cond.get("masks"))
+        return images, nfe, cond
+
+    def draw_guarded(self, positions: np.ndarray) -> tuple[np.ndarray, int, dict[str, np.ndarray]]:
+        """`draw` with the copy guard (when `copy_threshold` is set): a sample nearer to a training image than the
+        threshold is redrawn from seed + k * REDRAW_STRIDE (k = 1, 2, ...) up to cfg.max_redraws times. The
+        conditioning then includes the final `seed` and the `redraws` count of every sample."""
+        seeds = self.seeds[positions].copy()
+        images, nfe, cond = self.draw(positions, seeds)
+        redraws = np.zeros(len(positions), dtype=np.int32)
+        if self.copy_threshold is not None:
+            reference = self.pool["images"]
+            for k in range(1, self.cfg.max_redraws + 1):
+                bad = np.nonzero(nearest(images, reference)[0] < self.copy_threshold)[0]
+                if len(bad) == 0:
+                    break
+                seeds[bad] = self.seeds[positions[bad]] + k * REDRAW_STRIDE
+                redraws[bad] = k
+                new, _, new_cond = self.draw(positions[bad], seeds[bad])
+                images[bad] = new
+                for name, values in new_cond.items():
+                    cond[name][bad] = values
+        return images, nfe, {**cond, "seed": seeds, "redraws": redraws}
+
+
+def copy_threshold(data_path: str | Path, train_indices: list[int], quantile: float) -> float:
+    """The memorisation audit's threshold for a generator: the `quantile` of real test images' RMS distance to
+    the nearest image it was trained on (`train_indices` of the train split)."""
+    train, test = load_split(data_path, "train")["images"], load_split(data_path, "test")["images"]
+    return float(np.quantile(nearest(test, train[np.asarray(train_indices)])[0], quantile))
+
+
+_SAMPLERS: dict[tuple, Sampler] = {}
+
+
+def _sampler_for(checkpoint: str, stamp: tuple, store: str, cfg: SampleConfig, device: str) -> Sampler:
+    """One loaded sampler per worker process, store and config, reused by its shards (the last two are kept);
+    `stamp` (mtime, size of the checkpoint) makes a rewritten checkpoint load afresh."""
+    import zarr
+
+    key = (checkpoint, stamp, store, json.dumps(asdict(cfg), sort_keys=True), device)
+    if key not in _SAMPLERS:
+        attrs = zarr.open_group(store, mode="r", zarr_format=3).attrs
+        while len(_SAMPLERS) >= 2:
+            _SAMPLERS.pop(next(iter(_SAMPLERS)))
+        _SAMPLERS[key] = Sampler(checkpoint, cfg, device, attrs.get("mask_checkpoint") or None,
+                                 attrs.get("copy_threshold"))
+    return _SAMPLERS[key]
 
 
 def sample_shard(
@@ -105,46 +178,66 @@ def sample_shard(
         return {"shard": index, "skipped": True}
     import zarr
 
-    attrs = zarr.open_group(str(store), mode="r", zarr_format=3).attrs
-    start, stop = shard_bounds(index, attrs["num_samples"], attrs["shard_size"])
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    root = zarr.open_group(str(store), mode="r", zarr_format=3)
+    start, stop = shard_bounds(index, root.attrs["num_samples"], root.attrs["shard_size"])
+    device = device or default_device().type
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"{checkpoint}: no checkpoint; run the train stage first")
     st = Path(checkpoint).stat()
-    model, meta = _model_for(str(checkpoint), (st.st_mtime_ns, st.st_size), str(device), cfg.compile)
-    labels, seeds = sample_plan(len(meta["class_names"]), cfg)
-    masks = source = None
-    if model.cfg.mask_conditioning != "none":
-        masks, source = mask_plan(meta["data_path"], labels)
-        masks, source = masks[start:stop], source[start:stop]
+    sampler = _sampler_for(str(checkpoint), (st.st_mtime_ns, st.st_size), str(store), cfg, str(device))
+    positions = np.arange(start, stop)
     t0 = time.perf_counter()
-    images, nfe = generate(model, labels[start:stop], seeds[start:stop], cfg, device, masks)
+    images, nfe, cond = sampler.draw_guarded(positions)
     seconds = time.perf_counter() - t0
-    write_shard(store, index, images, labels[start:stop], seeds[start:stop],
-                info={"nfe": nfe, "seconds": seconds, "device": str(device)}, masks=masks, mask_source=source)
+    seeds, redraws = cond.pop("seed"), cond.pop("redraws")
+    extras = {k: v for k, v in (("mask_deform", cond.get("mask_deform")), ("redraws", redraws))
+              if k in root.array_keys()}
+    write_shard(store, index, images, sampler.labels[positions], seeds,
+                info={"nfe": nfe, "seconds": seconds, "device": str(device), "rejected": int((redraws > 0).sum()),
+                      "redraws": int(redraws.sum())},
+                masks=cond.get("masks"), mask_source=cond.get("mask_source"), extras=extras)
     return {"shard": index, "skipped": False, "nfe": nfe, "seconds": seconds, "count": stop - start,
-            "device": str(device)}
+            "device": str(device), "rejected": int((redraws > 0).sum())}
 
 
 # where and how sampling runs (and pruning) does not change the dataset, so it is not part of its key
-EXECUTION_ONLY = ("keep_versions", "workers", "scheduler", "compile")
+EXECUTION_ONLY = ("keep_versions", "workers", "scheduler", "compile", "batch_size")
 
 
-def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path) -> tuple[Path, list[int]]:
-    """Create (or reopen, to resume) the synthetic dataset version under `root` for this checkpoint and
-    sample config; returns its path and the shards still to write."""
+def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
+                    mask_checkpoint: str | Path | None = None) -> tuple[Path, list[int]]:
+    """Create (or reopen, to resume) the synthetic dataset version under `root` for this checkpoint (and mask
+    generator) and sample config; returns its path and the shards still to write. Settings that cannot apply
+    (a mask source for a model without masks, generated masks without a mask generator) fail here, before work."""
     model, meta = load_checkpoint(checkpoint)
     m = model.cfg
-    shape = (m.in_channels, m.image_size, m.image_size) + ((m.depth,) if m.spatial_dims == 3 else ())
+    masked = m.mask_conditioning != "none"
+    if masked and cfg.mask_source == "generated" and not mask_checkpoint:
+        raise ValueError("sample.mask_source='generated' needs a mask generator (trained by the train-masks stage); "
+                         "choose sample.mask_source 'train' or 'deformed', or run the whole flow")
     ckpt_hash = file_sha256(checkpoint)
     attrs = {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_hash, "model_config": meta["model_config"],
              "solver": cfg.solver, "nfe": cfg.nfe, "guidance": cfg.guidance, "sample_config": asdict(cfg),
              "class_names": meta["class_names"], "source_fingerprint": meta["data_fingerprint"],
-             "code_version": code_version()}
+             "code_version": code_version(), "train_indices": meta.get("train_indices"),
+             "train_config": meta.get("train_config"),
+             "mask_source": cfg.mask_source if masked else None}
     content = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_ONLY}
-    attrs["run_key"] = f"{ckpt_hash[:16]}-{config_hash(content)}"
+    if not masked:  # mask settings cannot change an unconditioned model's samples
+        content = {k: v for k, v in content.items() if not k.startswith(("mask_", "deform_"))}
+    key_parts = [content]
+    if masked and cfg.mask_source == "generated":
+        attrs["mask_checkpoint"], attrs["mask_checkpoint_sha256"] = str(mask_checkpoint), file_sha256(mask_checkpoint)
+        key_parts.append(attrs["mask_checkpoint_sha256"])
+    if cfg.reject_copies:
+        attrs["copy_threshold"] = copy_threshold(meta["data_path"], meta["train_indices"], cfg.copy_quantile)
+    attrs["run_key"] = f"{ckpt_hash[:16]}-{config_hash(*key_parts)}"
+    extras: dict[str, tuple[str, tuple[int, ...]]] = {"redraws": ("int32", ())}
+    if masked and cfg.mask_source == "deformed":
+        extras["mask_deform"] = ("float32", (len(deform_columns(m.spatial_dims)),))
+        attrs["mask_deform_columns"] = deform_columns(m.spatial_dims)
     n = len(meta["class_names"]) * cfg.samples_per_class
     version = version_for(root, attrs["run_key"])
-    store = create_synthetic_store(version, n, shape, cfg.shard_size, attrs,
-                                   with_masks=m.mask_conditioning != "none")
+    store = create_synthetic_store(version, n, m.sample_shape, cfg.shard_size, attrs, with_masks=masked,
+                                   extras=extras)
     return store, incomplete_shards(store)

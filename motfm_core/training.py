@@ -26,7 +26,7 @@ from motfm_core import __version__
 from motfm_core.baselines import ddpm_loss
 from motfm_core.config import ModelConfig, TrainConfig, config_hash
 from motfm_core.couplings import COUPLINGS
-from motfm_core.data.store import load_split, open_store
+from motfm_core.data.store import load_split, open_store, stratified_subset
 from motfm_core.nets import VelocityUNet, build_model
 from motfm_core.paths import CondOTPath, sample_time
 
@@ -89,7 +89,7 @@ def reflow_pairs(teacher: VelocityUNet, y: torch.Tensor, masks: torch.Tensor | N
     idx = torch.arange(cfg.reflow_pairs, device=y.device) % len(y)
     g = torch.Generator(device="cpu").manual_seed(cfg.seed + 7919)
     m = teacher.cfg
-    shape = (m.in_channels, m.image_size, m.image_size) + ((m.depth,) if m.spatial_dims == 3 else ())
+    shape = m.sample_shape
     out: dict[str, list[torch.Tensor]] = {"x0": [], "x1": []}
     for i in range(0, len(idx), 64):
         part = idx[i:i + 64]
@@ -104,6 +104,69 @@ def reflow_pairs(teacher: VelocityUNet, y: torch.Tensor, masks: torch.Tensor | N
     if masks is not None:
         pairs["masks"] = masks[idx]
     return pairs
+
+
+TARGETS = ("images", "masks")
+
+
+def model_for_data(cfg: ModelConfig, data_path: str | Path, target: str = "images") -> ModelConfig:
+    """`cfg` with the geometry of the dataset at `data_path` filled in: input channels, classes, mask classes,
+    and `mask_conditioning="auto"` resolved ("concat" when the store has masks, else "none").
+
+    target="masks" configures the class-conditional mask generator: one input channel per mask class (one-hot),
+    no mask conditioning."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    root = open_store(data_path)
+    has_masks = "masks" in root.array_keys()
+    mask_classes = (len(root.attrs.get("mask_names", [])) or int(root["masks"][:].max()) + 1) if has_masks else 0
+    values = asdict(cfg)
+    values["num_classes"] = len(root.attrs["class_names"])
+    if target == "masks":
+        if not has_masks:
+            raise ValueError(f"{data_path}: sample.mask_source='generated' needs a dataset with masks; this one has "
+                             "none")
+        values.update(in_channels=mask_classes, mask_conditioning="none", mask_classes=0)
+    else:
+        values["in_channels"] = int(root["images"].shape[1])
+        mode = values["mask_conditioning"]
+        if mode == "auto":
+            mode = "concat" if has_masks else "none"
+        if mode != "none" and not has_masks:
+            raise ValueError(f"{data_path}: model.mask_conditioning={mode!r} needs a dataset with masks, and this one "
+                             "has none; use model.mask_conditioning='none' (or 'auto')")
+        values.update(mask_conditioning=mode, mask_classes=mask_classes if mode != "none" else 0)
+    out = ModelConfig(**values)
+    out.validate()
+    return out
+
+
+def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images") -> dict[str, np.ndarray]:
+    """The examples a generator trains on: the train split, or its class-stratified `cfg.real_fraction` share
+    (`stratified_subset`, seeded by `cfg.subset_seed`), with `indices` into the train split. target="masks"
+    gives the one-hot masks as images."""
+    data = load_split(data_path, "train")
+    idx = stratified_subset(data["labels"], cfg.real_fraction, cfg.subset_seed)
+    out = {k: v[idx] for k, v in data.items()}
+    out["indices"] = idx
+    if target == "masks":
+        if "masks" not in out:
+            raise ValueError(f"{data_path}: a mask generator needs a dataset with masks; this one has none")
+        k = int(data["masks"].max()) + 1
+        out["images"] = np.moveaxis(np.eye(k, dtype=np.float32)[out["masks"][:, 0]], -1, 1)
+        out.pop("masks")
+    return out
+
+
+def train_mask_generator(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, mask_source: str,
+                         out_dir: str | Path, device: str | torch.device | None = None,
+                         progress: Callable[[str], None] | None = None) -> Path | None:
+    """The class-conditional mask generator that `sample.mask_source="generated"` needs (same backbone settings
+    and training recipe as the image model, on one-hot masks of the same real subset); None when the image model
+    is not mask-conditioned or masks come from elsewhere."""
+    if mask_source != "generated" or model_for_data(model_cfg, data_path).mask_conditioning == "none":
+        return None
+    return train_flow_matching(data_path, model_cfg, cfg, out_dir, device, progress, target="masks")
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VelocityUNet, dict[str, Any]]:
@@ -130,8 +193,12 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 def train_flow_matching(
     data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | Path,
     device: str | torch.device | None = None, progress: Callable[[str], None] | None = None,
+    target: str = "images",
 ) -> Path:
-    """Train on the store's train split; returns `out_dir/model.pt`. Resumes from `last.pt`; skips if done."""
+    """Train on the store's train split (or its `cfg.real_fraction` share); returns `out_dir/model.pt`. Resumes
+    from `last.pt`; skips if done. `model_cfg` geometry is filled from the store (`model_for_data`); with
+    target="masks" the model learns the class-conditional distribution of one-hot masks instead of images."""
+    model_cfg = model_for_data(model_cfg, data_path, target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     device = torch.device(device) if device else default_device()
@@ -140,21 +207,16 @@ def train_flow_matching(
     teacher_sha = file_sha256(cfg.reflow_from) if cfg.reflow_from else ""
     if cfg.reflow_from and model_cfg.prediction != "velocity":
         raise ValueError("train.reflow_from: reflow applies to flow-matching (velocity) models only")
-    key = config_hash(model_cfg, cfg, attrs["fingerprint"], __version__, teacher_sha)
+    key = config_hash(model_cfg, cfg, attrs["fingerprint"], __version__, teacher_sha, target)
     final, last = out_dir / "model.pt", out_dir / "last.pt"
     if final.exists() and torch.load(final, weights_only=True, map_location="cpu").get("run_key") == key:
         say(f"train: {final} already trained with this data and config (key {key}); reusing it")
         return final
 
-    data = load_split(data_path, "train")
+    data = training_set(data_path, cfg, target)
     x_all = to_model_space(torch.from_numpy(data["images"])).to(device)
     y_all = torch.from_numpy(data["labels"]).long().to(device)
-    m_all = None
-    if model_cfg.mask_conditioning != "none":
-        if "masks" not in data:
-            raise ValueError(f"{data_path}: model.mask_conditioning={model_cfg.mask_conditioning!r} needs masks, "
-                             "and this dataset has none; use model.mask_conditioning='none'")
-        m_all = torch.from_numpy(data["masks"]).to(device)
+    m_all = torch.from_numpy(data["masks"]).to(device) if model_cfg.mask_conditioning != "none" else None
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
     pairs = None
@@ -185,7 +247,7 @@ def train_flow_matching(
     meta = {"model_config": asdict(model_cfg), "train_config": asdict(cfg), "run_key": key,
             "data_fingerprint": attrs["fingerprint"], "data_path": str(data_path),
             "class_names": list(attrs["class_names"]), "num_train": int(len(data["labels"])), "device": str(device),
-            "reflow_teacher_sha256": teacher_sha}
+            "reflow_teacher_sha256": teacher_sha, "target": target, "train_indices": data["indices"].tolist()}
     use_bf16 = device.type == "cuda"
     n, t_start = len(y_all), time.time()  # with reflow: the number of teacher couplings
     model.train()

@@ -12,7 +12,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from motfm_core import code_version
-from motfm_core.data import open_store
+from motfm_core.data import completed_shards, open_store
 from motfm_core.report import write_report
 
 
@@ -22,7 +22,7 @@ def _gather(run_name: str, config: dict, data_path: str, checkpoint: str, synthe
     split = data["split"][:]
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     syn = zarr.open_group(synthetic_path, mode="r", zarr_format=3)
-    shard_info = [dict(g.attrs) for _, g in syn["shards"].groups()]
+    shard_info = list(completed_shards(synthetic_path).values())
     seconds = sum(s["seconds"] for s in shard_info)
     return {
         "run_name": run_name, "code_version": code_version(), "config": config,
@@ -34,6 +34,8 @@ def _gather(run_name: str, config: dict, data_path: str, checkpoint: str, synthe
                      "seconds": ckpt.get("train_seconds", float("nan")), "device": ckpt["device"]},
         "sampling": {"store": synthetic_path, "num_samples": syn.attrs["num_samples"], "solver": syn.attrs["solver"],
                      "nfe": syn.attrs["nfe"], "guidance": syn.attrs["guidance"],
+                     "mask_source": syn.attrs.get("mask_source"),
+                     "copy_guard": syn.attrs.get("copy_threshold") is not None,
                      "seconds_per_image": seconds / max(1, syn.attrs["num_samples"]),
                      "device": shard_info[0].get("device", "?") if shard_info else "?",
                      "checkpoint_sha256": syn.attrs["checkpoint_sha256"]},

@@ -14,11 +14,12 @@ from tasks import BACKOFF, GPU_TAG, transient
 
 
 @task(name="plan-sampling")
-def plan_sampling_task(checkpoint: str, sample: dict, run_dir: str) -> tuple[str, list[int]]:
-    """Create (or reopen, to resume) the synthetic version for this checkpoint and sample config under
-    `<run_dir>/synthetic/`; returns its path and the shards still to write."""
+def plan_sampling_task(checkpoint: str, sample: dict, run_dir: str, mask_checkpoint: str | None = None
+                       ) -> tuple[str, list[int]]:
+    """Create (or reopen, to resume) the synthetic version for this checkpoint (and mask generator) and sample
+    config under `<run_dir>/synthetic/`; returns its path and the shards still to write."""
     cfg = from_dict(SampleConfig, sample, "sample")
-    store, todo = prepare_version(checkpoint, cfg, Path(run_dir) / "synthetic")
+    store, todo = prepare_version(checkpoint, cfg, Path(run_dir) / "synthetic", mask_checkpoint)
     get_run_logger().info("sample: %s holds %d samples in %d-sample shards; %d shard(s) to write", store,
                           open_store(store).attrs["num_samples"], cfg.shard_size, len(todo))
     return str(store), todo
@@ -37,8 +38,9 @@ def sample_shards_task(checkpoint: str, store: str, shards: list[int], sample: d
     def report(r: dict) -> None:
         done.append(r)
         if not r["skipped"]:
-            logger.info("sample: shard %d on %s: %d images, NFE %d, %.2fs (%d/%d)", r["shard"], r["device"],
-                        r["count"], r["nfe"], r["seconds"], len(done), len(shards))
+            logger.info("sample: shard %d on %s: %d images, NFE %d, %.2fs, %d redrawn as near-copies (%d/%d)",
+                        r["shard"], r["device"], r["count"], r["nfe"], r["seconds"], r["rejected"], len(done),
+                        len(shards))
 
     with dask_client(cfg.scheduler or None, cfg.workers or None) as client:
         logger.info("sample: %d shard(s) on Dask %s (%d worker(s))", len(shards), client.scheduler.address,

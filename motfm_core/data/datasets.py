@@ -14,7 +14,7 @@ import torch
 import zarr
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from motfm_core.data.store import SPLITS
+from motfm_core.data.store import SPLITS, require_complete
 
 
 class ZarrImageDataset(Dataset):
@@ -34,11 +34,7 @@ class ZarrImageDataset(Dataset):
         else:
             if split is not None:
                 raise ValueError(f"{path}: a synthetic store has no splits; leave split=None")
-            if "shards" in root.group_keys():
-                done = {name for name, _ in root["shards"].groups()}
-                if len(done) != root.attrs["num_shards"]:
-                    raise ValueError(f"{path}: {root.attrs['num_shards'] - len(done)} shard(s) are unfinished; "
-                                     "finish the sampling run first")
+            require_complete(path)
             self.index = np.arange(n)
         self.has_masks = "masks" in root.array_keys()
 
@@ -90,8 +86,12 @@ def mix_real_synthetic(real: Dataset, synthetic: Dataset, ratio: float, seed: in
 
 
 def as_dask(path: str | Path, name: str = "images"):
-    """A lazy dask array over one array of a store, one dask chunk per Zarr shard (or chunk, when unsharded)."""
+    """A lazy dask array over one array of a store, one dask chunk per Zarr shard (or chunk, when unsharded);
+    refuses a synthetic store with unfinished shards."""
     import dask.array as da
 
-    arr = zarr.open_group(str(path), mode="r", zarr_format=3)[name]
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    if "num_shards" in root.attrs:
+        require_complete(path)
+    arr = root[name]
     return da.from_zarr(arr, chunks=arr.shards or arr.chunks)

@@ -9,14 +9,17 @@ Real dataset (`dataset.zarr`, written once, atomically: built under a temporary 
     attrs   schema_version, source, class_names, spacing, normalisation, fingerprint, ...
 
 Synthetic dataset (`synthetic.zarr`): `images`, `labels`, `seed` (and, for mask-conditioned models,
-`masks` and `mask_source`, the train-split index of each conditioning mask) with one Zarr shard per sampling
-task (sharding codec; chunk = one sample), so concurrent writers never touch the same object. After a
-shard's data is written, its completion record `shards/<index>` (a Zarr group whose attributes say
-what was written) is created by an atomic rename; a re-run regenerates only shards without one.
+`masks` and `mask_source`, the train-split index of each conditioning mask, plus `mask_deform` for deformed
+masks, and `redraws` when the copy guard ran) with one Zarr shard per sampling task (sharding codec), so
+concurrent writers never touch the same object. After a shard's data is written, its completion record
+`shards/<index>` (a Zarr group whose attributes say what was written) is staged under `.staging/` (never inside
+`shards/`) and moved into place by an atomic rename. `completed_shards` is the one definition of a complete
+shard that every reader, the report and the sampler use; a re-run regenerates only shards without a record.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -90,6 +93,17 @@ def write_dataset(
     return path
 
 
+def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a class-stratified share of `labels` (round(fraction * class size), at least one per
+    class); the same (labels, fraction, seed) always give the same indices. fraction >= 1 gives all."""
+    if fraction >= 1:
+        return np.arange(len(labels))
+    rng = np.random.RandomState(seed)
+    keep = [rng.choice(idx, max(1, int(round(fraction * len(idx)))), replace=False)
+            for idx in (np.nonzero(labels == c)[0] for c in np.unique(labels))]
+    return np.sort(np.concatenate(keep))
+
+
 def open_store(path: str | Path) -> zarr.Group:
     """Open a store read-only with a clear error when it is missing or not a motfm store."""
     path = Path(path)
@@ -128,9 +142,11 @@ def samples_per_chunk(sample_bytes: int, shard_size: int) -> int:
 
 def create_synthetic_store(
     path: str | Path, num_samples: int, sample_shape: tuple[int, ...], shard_size: int, attrs: dict[str, Any],
-    with_masks: bool = False,
+    with_masks: bool = False, extras: dict[str, tuple[str, tuple[int, ...]]] | None = None,
 ) -> Path:
-    """Create (once) the empty sharded store; an existing store with the same plan is reused as is."""
+    """Create (once) the empty sharded store; an existing store with the same plan is reused as is.
+
+    `extras` adds per-sample arrays {name: (dtype, trailing shape)}, e.g. {"redraws": ("int32", ())}."""
     path = Path(path)
     plan = {"num_samples": num_samples, "sample_shape": list(sample_shape), "shard_size": shard_size}
     if (path / "zarr.json").exists():
@@ -158,6 +174,9 @@ def create_synthetic_store(
                               fill_value=0)
             root.create_array("mask_source", shape=(num_samples,), dtype="int64", chunks=(shard_size,),
                               shards=(shard_size,), fill_value=-1)
+        for name, (dtype, trailing) in (extras or {}).items():
+            root.create_array(name, shape=(num_samples, *trailing), dtype=dtype, chunks=(shard_size, *trailing),
+                              shards=(shard_size, *trailing), fill_value=0)
         root.create_group("shards")
         root.attrs.update({**attrs, **plan, "schema_version": SCHEMA_VERSION,
                            "num_shards": num_shards(num_samples, shard_size),
@@ -186,12 +205,33 @@ def _record_dir(path: Path, index: int) -> Path:
 
 
 def shard_complete(path: str | Path, index: int) -> bool:
+    """Shard `index` has its completion record (written, by rename, only after all of its data)."""
     return (_record_dir(Path(path), index) / "zarr.json").exists()
+
+
+def completed_shards(path: str | Path) -> dict[int, dict[str, Any]]:
+    """{index: completion-record attributes} of every complete shard: the one definition every reader uses."""
+    path = Path(path)
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    out = {}
+    for i in range(root.attrs["num_shards"]):
+        record = _record_dir(path, i) / "zarr.json"
+        if record.exists():
+            out[i] = json.loads(record.read_text())["attributes"]
+    return out
+
+
+def require_complete(path: str | Path) -> None:
+    """Raise (naming the store and the fix) unless every shard of a synthetic store is complete."""
+    missing = incomplete_shards(path)
+    if missing:
+        raise ValueError(f"{path}: shards {missing[:10]} are incomplete (a sampling run did not finish); re-run the "
+                         "sample stage to finish them")
 
 
 def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray,
                 info: dict[str, Any] | None = None, masks: np.ndarray | None = None,
-                mask_source: np.ndarray | None = None) -> None:
+                mask_source: np.ndarray | None = None, extras: dict[str, np.ndarray] | None = None) -> None:
     """Write one shard's samples, then its completion record (atomic rename) last."""
     path = Path(path)
     root = zarr.open_group(str(path), mode="r+", zarr_format=3)
@@ -207,8 +247,12 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
     if masks is not None:
         root["masks"][start:stop] = masks.astype(np.uint8)
         root["mask_source"][start:stop] = np.asarray(mask_source, dtype=np.int64)
+    for name, values in (extras or {}).items():
+        if name not in root.array_keys():
+            raise ValueError(f"{path}: the store has no per-sample array {name!r} for shard {index}")
+        root[name][start:stop] = values
     record = _record_dir(path, index)
-    tmp = _tmp_sibling(record)
+    tmp = path / ".staging" / f"{record.name}.tmp-{uuid.uuid4().hex[:8]}"  # outside shards/: never read as data
     tmp.mkdir(parents=True)
     meta = {"zarr_format": 3, "node_type": "group",
             "attributes": {"start": start, "stop": stop, **(info or {})}}
@@ -216,12 +260,17 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
     if record.exists():  # a racing duplicate finished first: same seeds, same content
         shutil.rmtree(tmp)
         return
+    record.parent.mkdir(exist_ok=True)
     os.replace(tmp, record)
+    with contextlib.suppress(OSError):  # left while another writer stages its record
+        tmp.parent.rmdir()
 
 
 def incomplete_shards(path: str | Path) -> list[int]:
+    """Indices of shards without a completion record (see `completed_shards`)."""
     root = zarr.open_group(str(path), mode="r", zarr_format=3)
-    return [i for i in range(root.attrs["num_shards"]) if not shard_complete(path, i)]
+    done = completed_shards(path)
+    return [i for i in range(root.attrs["num_shards"]) if i not in done]
 
 
 # --- versions of the synthetic dataset ---------------------------------------------------------
@@ -248,9 +297,7 @@ def publish_latest(version: str | Path, keep: int = 0) -> Path:
     """Point `<root>/latest` at a complete version (atomic symlink swap); keep the newest `keep` versions
     (0 = all), never removing the one published. Returns the `latest` path."""
     version = Path(version)
-    missing = incomplete_shards(version)
-    if missing:
-        raise ValueError(f"{version}: shards {missing[:10]} are incomplete; it cannot be published as latest")
+    require_complete(version)
     latest = version.parent / "latest"
     tmp = version.parent / f".latest.tmp-{uuid.uuid4().hex[:8]}"
     os.symlink(version.name, tmp)

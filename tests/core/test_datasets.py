@@ -53,7 +53,7 @@ def test_mixing_and_dask(synthetic, phantom_store):
 def test_unfinished_store_and_bad_split_are_refused(tmp_path, phantom_store):
     path = create_synthetic_store(tmp_path / "u.zarr", 8, (1, 16, 16), 4, {"run_key": "r"})
     write_shard(path, 0, np.zeros((4, 1, 16, 16)), np.zeros(4), np.arange(4))
-    with pytest.raises(ValueError, match="1 shard\\(s\\) are unfinished"):
+    with pytest.raises(ValueError, match=r"shards \[1\] are incomplete"):
         ZarrImageDataset(path)
     with pytest.raises(ValueError, match="unknown split"):
         ZarrImageDataset(phantom_store, split="holdout")

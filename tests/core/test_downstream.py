@@ -32,13 +32,24 @@ def test_evaluate_augmentation_on_phantoms(phantom_store, tmp_path):
                 mask_source=np.arange(n))
     cfg = EvalConfig(seeds=(0, 1), steps=40, batch_size=16, channels=(8, 16), ratios=(0.5,), real_fractions=(0.5,),
                      seg_steps=20, seg_channels=(8, 16))
-    out = evaluate_augmentation(phantom_store, store, cfg, device="cpu")
+    # the low-data generator's store: trained on the 50% subset only (recorded), here holding that subset itself
+    from motfm_core.data import stratified_subset
+
+    sub = stratified_subset(train["labels"], 0.5, cfg.subset_seed)
+    low = create_synthetic_store(tmp_path / "low.zarr", len(sub), train["images"].shape[1:], len(sub),
+                                 {"run_key": "y", "train_indices": sub.tolist()}, with_masks=True)
+    write_shard(low, 0, train["images"][sub], train["labels"][sub], np.arange(len(sub)), masks=train["masks"][sub],
+                mask_source=sub)
+    out = evaluate_augmentation(phantom_store, store, cfg, device="cpu", low_data={0.5: low})
     names = ["real", "real+synthetic x0.5", "real+synthetic", "synthetic", "real 50%", "real 50%+synthetic"]
     assert [a["name"] for a in out["arms"]] == names and set(out["per_seed"]) == set(names)
     sizes = out["sizes"]["arms"]
     assert sizes["real+synthetic x0.5"] == {"real": n, "synthetic": round(0.5 * n)}
-    assert sizes["synthetic"] == {"real": 0, "synthetic": n} and sizes["real 50%+synthetic"]["synthetic"] == n
-    assert sizes["real 50%"]["real"] < n and out["sizes"]["synthetic_added"] == n
+    assert sizes["synthetic"] == {"real": 0, "synthetic": n}
+    # leak-free: the low-data arm sees its subset and only its own generator's images, never the other real images
+    assert sizes["real 50%"]["real"] == len(sub) < n and sizes["real 50%+synthetic"] == {"real": len(sub),
+                                                                                        "synthetic": len(sub)}
+    assert out["sizes"]["synthetic_added"] == n
     for arm in out["summary"].values():
         assert arm["accuracy"]["n"] == 2 and 0 <= arm["accuracy"]["mean"] <= 1
     assert out["per_seed"]["synthetic"] == out["per_seed"]["real"]
@@ -51,6 +62,24 @@ def test_evaluate_augmentation_on_phantoms(phantom_store, tmp_path):
     assert 0 <= seg["summary"]["real"]["dice"]["mean"] <= 1 and seg["summary"]["real"]["hd95"]["mean"] >= 0
     g = seg["gains"]["synthetic"]["dice"]
     assert g["mean"] == 0 and g["ci95_low"] == g["ci95_high"] == 0
+
+
+def test_low_data_arms_need_their_own_generator(phantom_store, tmp_path):
+    """No low-data store: no `real f%+synthetic` number at all; a store trained on another subset is refused."""
+    import pytest
+
+    train = load_split(phantom_store, "train")
+    n = len(train["labels"])
+    store = create_synthetic_store(tmp_path / "s.zarr", n, train["images"].shape[1:], n, {"run_key": "x"})
+    write_shard(store, 0, train["images"], train["labels"], np.arange(n))
+    cfg = EvalConfig(seeds=(0,), steps=2, channels=(8, 16), ratios=(1.0,), real_fractions=(0.5,), segmentation=False)
+    out = evaluate_augmentation(phantom_store, store, cfg, device="cpu")
+    assert "real 50%" in out["per_seed"] and "real 50%+synthetic" not in out["per_seed"]
+    wrong = create_synthetic_store(tmp_path / "w.zarr", n, train["images"].shape[1:], n,
+                                   {"run_key": "w", "train_indices": list(range(n))})  # trained on everything
+    write_shard(wrong, 0, train["images"], train["labels"], np.arange(n))
+    with pytest.raises(ValueError, match=r"w.zarr: its generator was not trained on the real 50% subset"):
+        evaluate_augmentation(phantom_store, store, cfg, device="cpu", low_data={0.5: wrong})
 
 
 def test_segmentation_scores_known_cases():

@@ -88,19 +88,34 @@ def test_bad_parameter_fails_before_any_work(harness, tmp_path):
     assert not (tmp_path / "bad" / "dataset.zarr").exists()
 
 
-@pytest.mark.parametrize("how", ["concat", "controlnet"])
-def test_mask_conditioned_run_stores_its_masks(harness, tmp_path, how):
+@pytest.mark.parametrize("how,source", [("concat", "train"), ("controlnet", "deformed"), ("concat", "generated")])
+def test_mask_conditioned_run_stores_its_masks(harness, tmp_path, how, source):
     params = {**TINY, "samples_per_class": 2, "seeds": [0]}
-    params["overrides"] = {**TINY["overrides"], "model": {**TINY_MODEL, "mask_conditioning": how}}
+    params["overrides"] = {**TINY["overrides"], "model": {**TINY_MODEL, "mask_conditioning": how},
+                           "sample": {**TINY["overrides"]["sample"], "mask_source": source}}
     synth_and_eval(run_name="m", output_root=str(tmp_path), **params)
     syn = zarr.open_group(str(tmp_path / "m" / "synthetic" / "latest"), mode="r")
     from motfm_core.data import load_split
 
     train = load_split(str(tmp_path / "m" / "dataset.zarr"), "train")
-    src = syn["mask_source"][:]
-    assert (src >= 0).all()
-    assert np.array_equal(syn["masks"][:], train["masks"][src])
-    assert np.array_equal(train["labels"][src], syn["labels"][:])  # each mask comes from its own class
+    src, masks = syn["mask_source"][:], syn["masks"][:]
+    assert syn.attrs["mask_source"] == source and masks.max() < 4
+    if source == "generated":  # a mask generator of its own, trained as a keyed stage and recorded
+        assert (src == -1).all() and (tmp_path / "m" / "checkpoints-masks" / "model.pt").exists()
+        assert len(syn.attrs["mask_checkpoint_sha256"]) == 64
+        assert (tmp_path / "m" / "low-data" / "real-0.5" / "checkpoints-masks" / "model.pt").exists()
+    else:
+        assert (src >= 0).all()
+        assert np.array_equal(train["labels"][src], syn["labels"][:])  # each mask comes from its own class
+    if source == "train":
+        assert np.array_equal(masks, train["masks"][src])
+    if source == "deformed":  # each source mask moved by its own recorded deformation
+        assert not np.array_equal(masks, train["masks"][src])
+        params_ = syn["mask_deform"][:]
+        assert syn.attrs["mask_deform_columns"][0] == "rotate" and params_.shape == (len(src), 5)
+        assert len(np.unique(params_[:, 0])) == len(src) and np.abs(np.degrees(params_[:, 0])).max() <= 15
+    md = (tmp_path / "m" / "report.md").read_text()
+    assert f"Conditioning masks: `{source}`" in md
     seg = json.loads((tmp_path / "m" / "report.json").read_text())["evaluation"]["segmentation"]
     assert set(seg["gains"]) == {"real+synthetic", "real+synthetic x0.5", "synthetic", "real 50%+synthetic"}
     assert 0 <= seg["summary"]["real"]["dice"]["mean"] <= 1 and seg["gains"]["real+synthetic"]["dice"]["n_boot"] > 0
