@@ -29,14 +29,19 @@ from tasks.sample import plan_sampling_task, publish_task, sample_shards_task
 from tasks.train import train_masks_task, train_task
 
 
-# Named budgets for the CLI (`--preset`); explicit --set values win over them. The defaults are the full budget
-# (benchmarks/novelty.py). "demo" fits `make demo` in 15 minutes on a slow 2-core machine (~1.7 s per step of the
-# full-budget model, ~0.8 s at batch 16): two generators (all real data; the real 25% share) of 350 steps at batch
-# 16, one synthetic ratio, a 3-point NFE curve, 3 seeds.
+# Named budgets for the CLI (`--preset`); explicit arguments win over them. The defaults are the full budget
+# (benchmarks/novelty.py). "demo" fits `make demo` in 15 minutes on a slow 2-core machine. Measured here (2 cores,
+# full-budget model at 1.2-1.75 s per step): 0.85 s per step at batch 16, 0.2 s per sampled image, ~16 s per
+# downstream arm and seed at 300/200 steps; the demo's two generators (all real data; the real 25% share) of 200
+# steps, 120 images each, 5 arms x 3 seeds at 200/120 steps and a 3-point NFE curve come to ~11 minutes.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {},
-    "demo": {"train": {"steps": 350, "batch_size": 16, "warmup_steps": 30, "checkpoint_every": 50},
-             "eval": {"ratios": [1.0], "real_fractions": [0.25], "nfe_curve": [1, 4, 10]}},
+    # benchmarks/novelty.py on a 2-core CPU in about an hour: the full recipe at 800 steps, one low-data share
+    "bench": {"train": {"steps": 800}, "eval": {"real_fractions": [0.25], "nfe_curve": [1, 4, 10]}},
+    "demo": {"train": {"steps": 200, "batch_size": 16, "warmup_steps": 20, "checkpoint_every": 40},
+             "sample": {"samples_per_class": 40},
+             "eval": {"ratios": [1.0], "real_fractions": [0.25], "nfe_curve": [1, 4, 10], "steps": 200,
+                      "seg_steps": 120}},
 }
 
 
@@ -65,8 +70,8 @@ def train_generators(c: dict[str, Any], data_path: str, run_dir: Path) -> dict[f
     for f in (1.0, *c["eval"]["real_fractions"]):
         where = run_dir if f == 1.0 else run_dir / "low-data" / f"real-{f:g}"
         train = c["train"] if f == 1.0 else {**c["train"], "real_fraction": f, "subset_seed": c["eval"]["subset_seed"]}
-        checkpoint = train_task(data_path, c["model"], train, str(where))
-        masks = train_masks_task(data_path, c["model"], train, c["sample"], str(where))
+        masks = train_masks_task(data_path, c["model"], train, c["sample"], str(where))  # first: it checks the mask
+        checkpoint = train_task(data_path, c["model"], train, str(where))  # source before any training
         out[f] = (checkpoint, masks, where)
     return out
 

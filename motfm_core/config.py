@@ -214,8 +214,9 @@ class SampleConfig:
     keep_versions: int = 0  # synthetic dataset versions to keep (0 = all; the published one always stays)
     # mask-conditioned models: where each sample's mask comes from (motfm_core/masks.py): "train" (the training
     # masks, cycling: copies), "deformed" (a training mask under a random affine + elastic deformation drawn
-    # from the sample's seed) or "generated" (a class-conditional flow model over masks, its own train stage)
-    mask_source: str = "deformed"
+    # from the sample's seed), "generated" (a class-conditional flow model over masks, its own train stage), or
+    # "auto" (AUTO_MASK_SOURCE when the model is mask-conditioned; nothing otherwise)
+    mask_source: str = "auto"
     deform_rotate: float = 15.0  # degrees, uniform in +-
     deform_scale: float = 0.15  # scale factor 1 +- this, per axis
     deform_translate: float = 0.06  # shift, fraction of the image side, per axis
@@ -240,8 +241,8 @@ class SampleConfig:
         _check(self.rtol > 0 and self.atol > 0, "sample.rtol and sample.atol must be > 0")
         _check(self.workers >= 0, "sample.workers must be >= 0 (0 = one per GPU, or one on a CPU)")
         _check(self.keep_versions >= 0, "sample.keep_versions must be >= 0 (0 keeps all)")
-        _check(self.mask_source in ("train", "deformed", "generated"),
-               f"sample.mask_source must be 'train', 'deformed' or 'generated', got {self.mask_source!r}")
+        _check(self.mask_source in ("auto", "train", "deformed", "generated"),
+               f"sample.mask_source must be 'auto', 'train', 'deformed' or 'generated', got {self.mask_source!r}")
         _check(0 <= self.deform_rotate <= 180 and 0 <= self.deform_scale < 1 and 0 <= self.deform_translate < 0.5,
                "sample.deform_rotate must lie in [0, 180] degrees, deform_scale in [0, 1), deform_translate in "
                "[0, 0.5)")

@@ -19,6 +19,19 @@ import torch
 from motfm_core.config import SampleConfig
 
 MASK_SOURCES = ("train", "deformed", "generated")
+AUTO_MASK_SOURCE = "deformed"  # what sample.mask_source="auto" means: the source that measured best on the demo data
+
+
+def resolve_mask_source(mask_source: str, mask_conditioned: bool) -> str | None:
+    """The mask source a generator samples with: None for a model without mask conditioning, `AUTO_MASK_SOURCE`
+    for "auto". An explicit source for a model that takes no masks is refused, naming the key and the choices."""
+    if not mask_conditioned:
+        if mask_source != "auto":
+            raise ValueError(f"sample.mask_source={mask_source!r} cannot apply: the model is not mask-conditioned "
+                             "(the dataset has no masks, or model.mask_conditioning='none'); leave "
+                             f"sample.mask_source='auto' or condition on masks (choices: {', '.join(MASK_SOURCES)})")
+        return None
+    return AUTO_MASK_SOURCE if mask_source == "auto" else mask_source
 MASK_SEED_SALT = 0x6D61736B  # "mask": a mask's seed differs from its image noise seed
 
 

@@ -27,7 +27,7 @@ from motfm_core.data.store import (
     version_for,
     write_shard,
 )
-from motfm_core.masks import cycle_by_class, deform, deform_columns, generate_masks, mask_seeds
+from motfm_core.masks import cycle_by_class, deform, deform_columns, generate_masks, mask_seeds, resolve_mask_source
 from motfm_core.nets import VelocityUNet, guided_velocity
 from motfm_core.privacy import nearest
 from motfm_core.solvers import solve
@@ -94,8 +94,9 @@ class Sampler:
         train_cfg = TrainConfig(**{k: v for k, v in self.meta["train_config"].items() if k in TrainConfig.__annotations__})
         self.pool = training_set(self.meta["data_path"], train_cfg)  # exactly what this generator trained on
         self.masked = self.model.cfg.mask_conditioning != "none"
+        self.mask_source = resolve_mask_source(cfg.mask_source, self.masked)
         self.mask_model = None
-        if self.masked and cfg.mask_source == "generated":
+        if self.mask_source == "generated":
             if mask_checkpoint is None:
                 raise ValueError("sample.mask_source='generated' needs the mask generator's checkpoint (the "
                                  "train-masks stage)")
@@ -108,9 +109,9 @@ class Sampler:
         if not self.masked:
             return {}
         source = self.source_index[positions]
-        if self.cfg.mask_source == "train":
+        if self.mask_source == "train":
             return {"masks": self.pool["masks"][source], "mask_source": self.pool["indices"][source]}
-        if self.cfg.mask_source == "deformed":
+        if self.mask_source == "deformed":
             masks, params = deform(self.pool["masks"][source], mask_seeds(seeds), self.cfg)
             return {"masks": masks, "mask_source": self.pool["indices"][source], "mask_deform": params}
         masks = generate_masks(self.mask_model, self.labels[positions], mask_seeds(seeds), self.cfg, self.device)
@@ -212,7 +213,8 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
     model, meta = load_checkpoint(checkpoint)
     m = model.cfg
     masked = m.mask_conditioning != "none"
-    if masked and cfg.mask_source == "generated" and not mask_checkpoint:
+    source = resolve_mask_source(cfg.mask_source, masked)
+    if source == "generated" and not mask_checkpoint:
         raise ValueError("sample.mask_source='generated' needs a mask generator (trained by the train-masks stage); "
                          "choose sample.mask_source 'train' or 'deformed', or run the whole flow")
     ckpt_hash = file_sha256(checkpoint)
@@ -221,19 +223,19 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
              "class_names": meta["class_names"], "source_fingerprint": meta["data_fingerprint"],
              "code_version": code_version(), "train_indices": meta.get("train_indices"),
              "train_config": meta.get("train_config"),
-             "mask_source": cfg.mask_source if masked else None}
+             "mask_source": source}
     content = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_ONLY}
     if not masked:  # mask settings cannot change an unconditioned model's samples
         content = {k: v for k, v in content.items() if not k.startswith(("mask_", "deform_"))}
     key_parts = [content]
-    if masked and cfg.mask_source == "generated":
+    if source == "generated":
         attrs["mask_checkpoint"], attrs["mask_checkpoint_sha256"] = str(mask_checkpoint), file_sha256(mask_checkpoint)
         key_parts.append(attrs["mask_checkpoint_sha256"])
     if cfg.reject_copies:
         attrs["copy_threshold"] = copy_threshold(meta["data_path"], meta["train_indices"], cfg.copy_quantile)
     attrs["run_key"] = f"{ckpt_hash[:16]}-{config_hash(*key_parts)}"
     extras: dict[str, tuple[str, tuple[int, ...]]] = {"redraws": ("int32", ())}
-    if masked and cfg.mask_source == "deformed":
+    if source == "deformed":
         extras["mask_deform"] = ("float32", (len(deform_columns(m.spatial_dims)),))
         attrs["mask_deform_columns"] = deform_columns(m.spatial_dims)
     n = len(meta["class_names"]) * cfg.samples_per_class

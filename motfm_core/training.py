@@ -163,8 +163,12 @@ def train_mask_generator(data_path: str | Path, model_cfg: ModelConfig, cfg: Tra
                          progress: Callable[[str], None] | None = None) -> Path | None:
     """The class-conditional mask generator that `sample.mask_source="generated"` needs (same backbone settings
     and training recipe as the image model, on one-hot masks of the same real subset); None when the image model
-    is not mask-conditioned or masks come from elsewhere."""
-    if mask_source != "generated" or model_for_data(model_cfg, data_path).mask_conditioning == "none":
+    is not mask-conditioned or masks come from elsewhere. Run before the image model's training, it also refuses
+    a mask source that cannot apply before any training starts."""
+    from motfm_core.masks import resolve_mask_source
+
+    masked = model_for_data(model_cfg, data_path).mask_conditioning != "none"
+    if resolve_mask_source(mask_source, masked) != "generated":
         return None
     return train_flow_matching(data_path, model_cfg, cfg, out_dir, device, progress, target="masks")
 

@@ -65,17 +65,24 @@ def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, np.ndarray]:
     target = (cfg.image_size,) * 2 if cfg.spatial_dims == 2 else (cfg.image_size, cfg.image_size, cfg.depth)
     imgs, labels, masks, groups, split = [], [], [], [], []
     for k, (img, lab, mask, grp) in enumerate(zip(raw.images, raw.labels, raw.masks, raw.groups)):
+        name = raw.files[k] if k < len(raw.files) else f"{raw.origin} sample {k}"
         nd = img.ndim - 1
         if nd not in (2, 3):
-            raise ValueError(f"{raw.origin}: sample {k} ({grp}) has {nd} spatial dims; expected 2 or 3")
+            raise ValueError(f"{name}: has {nd} spatial dims (shape {img.shape[1:]}); expected a 2D image or a 3D "
+                             "volume (split 4-D series into one volume per file)")
         if nd == 2 and cfg.spatial_dims == 3:
-            raise ValueError(f"{raw.origin}: sample {k} ({grp}) is 2D but data.spatial_dims=3; use spatial_dims=2")
+            raise ValueError(f"{name}: is 2D but data.spatial_dims=3; use data.spatial_dims=2")
+        if float(img.max()) <= float(img.min()):
+            raise ValueError(f"{name}: image is blank (every pixel is {float(img.min()):g}); remove its row")
         img = normalise(img)
         if nd == 3 and cfg.spatial_dims == 2:  # a volume in 2D mode: its axial slices with enough foreground
             keep = [z for z in range(img.shape[-1]) if (img[..., z] > 0.05).mean() >= 0.05]
             pieces = [(img[..., z], None if mask is None else mask[..., z]) for z in keep]
         else:
             pieces = [(img, mask)]
+        if not pieces:
+            raise ValueError(f"{name}: contributed no sample (no axial slice has >= 5% of its pixels above 5% of the "
+                             "intensity range); check the file or remove its row")
         for im, mk in pieces:
             imgs.append(resize(im, target))
             masks.append(None if mk is None else resize(mk, target, nearest=True).astype(np.uint8))
@@ -92,6 +99,27 @@ def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, np.ndarray]:
     out["split"] = (np.array(split, dtype=np.uint8) if raw.split is not None
                     else patient_split(groups, cfg.val_fraction, cfg.test_fraction, cfg.seed))
     return out
+
+
+MIN_TRAIN_PER_CLASS, MIN_TEST, MIN_VAL = 2, 2, 1  # FID/KID need two samples per compared set
+
+
+def check_sizes(source: str, labels: np.ndarray, split: np.ndarray) -> None:
+    """Refuse, with the numbers needed, a dataset too small to train and evaluate: every class needs
+    MIN_TRAIN_PER_CLASS training samples, the test split MIN_TEST samples (the quality metrics compare sets) and
+    the validation split MIN_VAL."""
+    classes = np.unique(labels)
+    train = {int(c): int(((split == 0) & (labels == c)).sum()) for c in classes}
+    n_val, n_test = int((split == 1).sum()), int((split == 2).sum())
+    short = [f"class {c} has {n} training sample(s), needs >= {MIN_TRAIN_PER_CLASS}" for c, n in train.items()
+             if n < MIN_TRAIN_PER_CLASS]
+    if n_test < MIN_TEST:
+        short.append(f"the test split has {n_test} sample(s), needs >= {MIN_TEST}")
+    if n_val < MIN_VAL:
+        short.append(f"the val split has {n_val} sample(s), needs >= {MIN_VAL}")
+    if short:
+        raise ValueError(f"{source}: too small to train and evaluate: {'; '.join(short)}; add data (more subjects) or "
+                         "change data.val_fraction / data.test_fraction")
 
 
 def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
@@ -150,9 +178,7 @@ def ingest(cfg: DataConfig, out_path: str | Path) -> Path:
     uniq = {g: i for i, g in enumerate(dict.fromkeys(groups))}
     attrs.update({"ingest_key": key, "data_config": asdict(cfg), "spatial_dims": cfg.spatial_dims,
                   "group_names": list(uniq)})
-    for code, name in enumerate(("train", "val", "test")):
-        if not (arrays["split"] == code).any():
-            raise ValueError(f"{cfg.source}: the {name} split is empty; add data or change the split fractions")
+    check_sizes(cfg.source, arrays["labels"], arrays["split"])
     path = write_dataset(out_path, arrays["images"], arrays["labels"], arrays["split"],
                          np.array([uniq[g] for g in groups]), attrs, masks=arrays["masks"])
     counts = {n: int((arrays["split"] == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))}

@@ -30,13 +30,19 @@ class RawSet:
     class_names: list[str] = field(default_factory=list)
     split: list[int] | None = None  # given by the source (MedMNIST), else decided at ingest
     origin: str = ""
+    files: list[str] = field(default_factory=list)  # where each sample came from (errors name it)
 
 
 def _read_labels_csv(folder: Path) -> pd.DataFrame:
     csv = folder / "labels.csv"
     if not csv.exists():
         raise FileNotFoundError(f"{csv}: missing; a folder source needs labels.csv with columns filename,label")
-    df = pd.read_csv(csv)
+    try:
+        df = pd.read_csv(csv)
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{csv}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+    except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ValueError(f"{csv}: cannot parse as CSV ({exc}); needs a header filename,label[,mask][,subject]") from exc
     missing = {"filename", "label"} - set(df.columns)
     if missing:
         raise ValueError(f"{csv}: missing column(s) {sorted(missing)}; needs filename,label[,mask][,subject]")
@@ -75,12 +81,16 @@ def read_nifti(path: Path) -> np.ndarray:
 
 
 def read_image(path: Path) -> np.ndarray:
-    """Grayscale float32 array of a PNG/JPEG file."""
+    """Grayscale float32 array of a PNG/JPEG file; 16-bit and float images keep their full range (intensities are
+    normalised per image at ingest), colour images are converted to luminance."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with Image.open(path) as im:
-            arr = np.asarray(im.convert("L"), dtype=np.float32)
+            if im.mode.startswith(("I", "F")):  # 16/32-bit integer or float: converting to "L" would clip at 255
+                arr = np.asarray(im, dtype=np.float32)
+            else:
+                arr = np.asarray(im.convert("L"), dtype=np.float32)
     except (UnidentifiedImageError, OSError) as exc:
         raise ValueError(f"{path}: cannot read image ({exc}); re-export or remove it") from exc
     return arr
@@ -111,6 +121,7 @@ def read_folder(folder: str | Path) -> RawSet:
                                  "resample the mask onto the image grid")
             mask = np.rint(mask).astype(np.uint8)[None]
         out.images.append(img[None])
+        out.files.append(str(f))
         out.masks.append(mask)
         out.labels.append(cmap[row["label"]])
         subject = row["subject"] if "subject" in df.columns and pd.notna(row.get("subject")) else row["filename"]
@@ -142,6 +153,7 @@ def read_medmnist(path: str | Path) -> RawSet:
             img = np.asarray(img, dtype=np.float32)
             img = np.moveaxis(img, -1, 0) if img.ndim == 3 and img.shape[-1] == 3 else img[None]
             out.images.append(img)
+            out.files.append(f"{path}[{ki}][{i}]")
             out.labels.append(int(lab))
             out.masks.append(None)
             out.groups.append(f"{part}-{i}")

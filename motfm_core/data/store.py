@@ -260,10 +260,15 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
     if record.exists():  # a racing duplicate finished first: same seeds, same content
         shutil.rmtree(tmp)
         return
+    _commit_record(tmp, record)
+
+
+def _commit_record(staged: Path, record: Path) -> None:
+    """Publish a staged completion record by an atomic rename into `shards/` (the moment a shard is complete)."""
     record.parent.mkdir(exist_ok=True)
-    os.replace(tmp, record)
+    os.replace(staged, record)
     with contextlib.suppress(OSError):  # left while another writer stages its record
-        tmp.parent.rmdir()
+        staged.parent.rmdir()
 
 
 def incomplete_shards(path: str | Path) -> list[int]:

@@ -16,7 +16,7 @@ def _nifti(path, arr):
 def nifti_folder(tmp_path):
     rng = np.random.RandomState(0)
     rows = []
-    for i in range(6):
+    for i in range(12):
         vol = rng.rand(20, 24, 6) + 0.2
         _nifti(tmp_path / f"s{i}.nii.gz", vol)
         _nifti(tmp_path / f"s{i}_mask.nii.gz", (vol > 0.7).astype(np.float32))
@@ -30,7 +30,7 @@ def test_nifti_folder_3d(nifti_folder, tmp_path_factory):
     out = tmp_path_factory.mktemp("o") / "d.zarr"
     path = ingest(DataConfig(source=str(nifti_folder), image_size=16, spatial_dims=3, depth=4), out)
     root = open_store(path)
-    assert root["images"].shape == (6, 1, 16, 16, 4) and root["masks"].shape == (6, 1, 16, 16, 4)
+    assert root["images"].shape == (12, 1, 16, 16, 4) and root["masks"].shape == (12, 1, 16, 16, 4)
     assert root.attrs["class_names"] == ["healthy", "tumour"]
     imgs = root["images"][:]
     assert imgs.min() >= 0 and imgs.max() <= 1
@@ -40,7 +40,7 @@ def test_nifti_folder_3d(nifti_folder, tmp_path_factory):
 def test_nifti_volumes_in_2d_mode_give_slices_split_by_patient(nifti_folder, tmp_path):
     path = ingest(DataConfig(source=str(nifti_folder), image_size=16), tmp_path / "d.zarr")
     root = open_store(path)
-    assert root["images"].shape[1:] == (1, 16, 16) and root["images"].shape[0] == 6 * 6
+    assert root["images"].shape[1:] == (1, 16, 16) and root["images"].shape[0] == 12 * 6
     split, group = root["split"][:], root["group"][:]
     for g in np.unique(group):
         assert len(set(split[group == g])) == 1  # a patient's slices never straddle splits
@@ -95,13 +95,13 @@ def test_image_missing_from_csv_and_missing_label(nifti_folder, tmp_path):
 def test_png_folder(tmp_path):
     rng = np.random.RandomState(0)
     rows = []
-    for i in range(9):
+    for i in range(18):
         Image.fromarray((rng.rand(30, 20) * 255).astype(np.uint8)).save(tmp_path / f"im{i}.png")
         rows.append({"filename": f"im{i}.png", "label": i % 3})
     pd.DataFrame(rows).to_csv(tmp_path / "labels.csv", index=False)
     path = ingest(DataConfig(source=str(tmp_path), image_size=16), tmp_path / "out" / "d.zarr")
     root = open_store(path)
-    assert root["images"].shape == (9, 1, 16, 16) and sorted(set(root["labels"][:])) == [0, 1, 2]
+    assert root["images"].shape == (18, 1, 16, 16) and sorted(set(root["labels"][:])) == [0, 1, 2]
     (tmp_path / "im4.png").write_bytes(b"garbage")
     with pytest.raises(ValueError, match=r"im4\.png: cannot read image"):
         ingest(DataConfig(source=str(tmp_path), image_size=16, seed=2), tmp_path / "out" / "d.zarr")
@@ -134,3 +134,67 @@ def test_patient_split_is_deterministic_and_groupwise():
     a, b = patient_split(groups, 0.15, 0.15, 0), patient_split(groups, 0.15, 0.15, 0)
     assert np.array_equal(a, b) and set(a) == {0, 1, 2}
     assert not np.array_equal(a, patient_split(groups, 0.15, 0.15, 1))
+
+
+def _png_folder(folder, images, labels, subjects=None):
+    rows = []
+    for i, (img, lab) in enumerate(zip(images, labels)):
+        Image.fromarray(img).save(folder / f"i{i}.png")
+        rows.append({"filename": f"i{i}.png", "label": lab, "subject": (subjects or {}).get(i, f"p{i}")})
+    pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
+    return folder
+
+
+def test_non_utf8_csv_names_the_csv(nifti_folder, tmp_path):
+    (nifti_folder / "labels.csv").write_bytes("filename,label\ns0.nii.gz,gr\xfcn\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"labels.csv: not UTF-8 text .*save it as UTF-8"):
+        ingest(DataConfig(source=str(nifti_folder), image_size=16), tmp_path / "d.zarr")
+
+
+def test_16bit_png_keeps_its_range(tmp_path):
+    from motfm_core.data.readers import read_image
+
+    ramp = np.tile(np.linspace(0, 4000, 64).astype(np.uint16), (64, 1))
+    Image.fromarray(ramp).save(tmp_path / "r.png")
+    arr = read_image(tmp_path / "r.png")
+    assert arr.max() == 4000 and (arr >= 255).mean() < 0.95  # converting to 8-bit saturated 93% of the pixels
+    assert len(np.unique(arr)) == 64
+
+
+def test_blank_image_and_file_without_usable_slices_are_named(tmp_path):
+    rng = np.random.RandomState(0)
+    imgs = [(rng.rand(16, 16) * 255).astype(np.uint8) for _ in range(12)]
+    imgs[5] = np.zeros((16, 16), np.uint8)
+    (tmp_path / "png").mkdir()
+    folder = _png_folder(tmp_path / "png", imgs, [i % 2 for i in range(12)])
+    with pytest.raises(ValueError, match=r"i5.png: image is blank"):
+        ingest(DataConfig(source=str(folder), image_size=16), tmp_path / "d.zarr")
+    vols = tmp_path / "vol"
+    vols.mkdir()
+    for i in range(12):
+        vol = rng.rand(20, 20, 4) + 0.2
+        if i == 3:  # one bright voxel per slice: nothing passes the foreground rule
+            vol = np.zeros((20, 20, 4))
+            vol[0, 0, :] = 1
+        _nifti(vols / f"v{i}.nii.gz", vol)
+    pd.DataFrame({"filename": [f"v{i}.nii.gz" for i in range(12)], "label": [i % 2 for i in range(12)]}).to_csv(
+        vols / "labels.csv", index=False)
+    with pytest.raises(ValueError, match=r"v3.nii.gz: contributed no sample"):
+        ingest(DataConfig(source=str(vols), image_size=16), tmp_path / "e.zarr")
+
+
+def test_4d_volume_error_names_the_file_not_the_subject(nifti_folder, tmp_path):
+    _nifti(nifti_folder / "s4.nii.gz", np.random.rand(20, 24, 6, 3) + 0.2)
+    _nifti(nifti_folder / "s4_mask.nii.gz", np.zeros((20, 24, 6, 3)))  # the CSV has a subject column too
+    with pytest.raises(ValueError, match=r"s4.nii.gz: has 4 spatial dims"):
+        ingest(DataConfig(source=str(nifti_folder), image_size=16), tmp_path / "d.zarr")
+
+
+def test_too_small_dataset_is_refused_at_ingest_with_the_numbers(tmp_path):
+    rng = np.random.RandomState(0)
+    (tmp_path / "png").mkdir()
+    folder = _png_folder(tmp_path / "png", [(rng.rand(16, 16) * 255).astype(np.uint8) for _ in range(3)], [0, 1, 0])
+    with pytest.raises(ValueError, match=r"too small to train and evaluate: .*class 1 has 0 training sample\(s\), "
+                                         r"needs >= 2; the test split has 1 sample\(s\), needs >= 2"):
+        ingest(DataConfig(source=str(folder), image_size=16), tmp_path / "d.zarr")
+    assert not (tmp_path / "d.zarr").exists()

@@ -106,3 +106,32 @@ def test_chunking_keeps_chunks_near_128k_and_divides_the_shard():
     assert samples_per_chunk(4 * 128 * 128, 32) == 2
     assert samples_per_chunk(4 * 64 * 64 * 64, 32) == 1  # 3D volumes: one sample per chunk
     assert samples_per_chunk(4 * 48 * 48, 7) == 7
+
+
+def test_a_writer_crash_between_data_and_record_is_refused_by_every_reader(tmp_path, monkeypatch):
+    """Crash after the shard's samples are written and its record staged, before the rename that publishes it:
+    the staged record must not live in shards/, and every reader must refuse the store."""
+    from motfm_core.data import completed_shards, incomplete_shards, publish_latest
+    from motfm_core.data import store as store_mod
+    from motfm_core.data.datasets import ZarrImageDataset, as_dask
+    from motfm_core.downstream import load_synthetic
+
+    path = create_synthetic_store(tmp_path / "v0001.zarr", 8, (1, 16, 16), 4, {"run_key": "r"})
+    write_shard(path, 0, np.full((4, 1, 16, 16), 0.5), np.zeros(4), np.arange(4))
+
+    def crash(staged, record):
+        raise OSError("killed")
+
+    monkeypatch.setattr(store_mod, "_commit_record", crash)
+    with pytest.raises(OSError, match="killed"):
+        write_shard(path, 1, np.full((4, 1, 16, 16), 0.5), np.ones(4), np.arange(4, 8))
+    monkeypatch.undo()
+    staged = list((path / ".staging").iterdir())
+    assert len(staged) == 1 and not any(".tmp" in p.name for p in (path / "shards").iterdir())
+    assert incomplete_shards(path) == [1] and sorted(completed_shards(path)) == [0]
+    for read in (lambda: ZarrImageDataset(path), lambda: load_synthetic(path), lambda: as_dask(path),
+                 lambda: publish_latest(path)):
+        with pytest.raises(ValueError, match=r"shards \[1\] are incomplete"):
+            read()
+    write_shard(path, 1, np.full((4, 1, 16, 16), 0.5), np.ones(4), np.arange(4, 8))  # the re-run finishes it
+    assert len(ZarrImageDataset(path)) == 8

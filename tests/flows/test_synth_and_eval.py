@@ -175,3 +175,38 @@ def test_corrupt_input_fails_ingest_by_name_and_keeps_earlier_outputs(harness, t
         synth_and_eval(run_name="c", output_root=str(tmp_path), **params)
     assert zarr.open_group(str(run / "dataset.zarr"), mode="r").attrs["fingerprint"] == fingerprint
     assert (run / "synthetic" / "latest").resolve().name == "v0001.zarr" and (run / "report.md").exists()
+
+
+def test_too_small_dataset_fails_at_ingest_without_retries(harness, tmp_path):
+    """Bad data is not transient: one attempt of the ingest task, an error with the numbers needed, no run folder
+    content beyond what the failed attempt left (nothing)."""
+    import pandas as pd
+    from PIL import Image
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    folder = tmp_path / "tiny"
+    folder.mkdir()
+    rng = np.random.RandomState(0)
+    for i in range(3):
+        Image.fromarray((rng.rand(16, 16) * 255).astype(np.uint8)).save(folder / f"i{i}.png")
+    pd.DataFrame({"filename": [f"i{i}.png" for i in range(3)], "label": [0, 1, 0]}).to_csv(folder / "labels.csv",
+                                                                                         index=False)
+    state = synth_and_eval(run_name="small", output_root=str(tmp_path / "out"),
+                           **{**TINY, "dataset": str(folder)}, return_state=True)
+    assert state.is_failed()
+    with pytest.raises(ValueError, match="too small to train and evaluate"):
+        state.result()
+
+    async def ingest_runs():
+        async with get_client() as client:
+            runs = await client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[
+                state.state_details.flow_run_id])))
+            return [r for r in runs if r.name.startswith("ingest")]
+
+    import asyncio
+
+    runs = asyncio.run(ingest_runs())
+    assert len(runs) == 1 and runs[0].run_count == 1  # no retry
+    assert not (tmp_path / "out" / "small" / "dataset.zarr").exists()
+    assert not (tmp_path / "out" / "small" / "config.json").exists()

@@ -1,0 +1,60 @@
+"""The command line as a new user meets it: first run on an empty Prefect home, one-line errors, --set precedence."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from flows.synth_and_eval import build_config, parse_cli
+
+ROOT = Path(__file__).resolve().parents[2]
+TINY_ARGS = ["--dataset", "phantom:12", "--image-size", "16", "--train-steps", "8", "--nfe", "2",
+             "--samples-per-class", "3", "--seeds", "0",
+             "--set", 'model.channels=[16,16]', "--set", "model.attention_levels=[false,false]",
+             "--set", "model.num_head_channels=8", "--set", "train.batch_size=8", "--set", "train.warmup_steps=2",
+             "--set", "sample.shard_size=3", "--set", "eval.steps=3", "--set", "eval.channels=[8,16]",
+             "--set", "eval.real_fractions=[]", "--set", "eval.ratios=[1.0]", "--set", "eval.seg_steps=2",
+             "--set", "eval.seg_channels=[8,16]", "--set", "eval.nfe_curve=[1]", "--set", "eval.nfe_curve_samples=2"]
+
+
+def _run(args, home, **kw):
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    return subprocess.run([sys.executable, "-m", "flows.synth_and_eval", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900, **kw)
+
+
+def test_set_wins_over_named_defaults_and_a_contradiction_is_refused(capsys):
+    a, overrides = parse_cli(["--set", "sample.nfe=3", "--set", "sample.samples_per_class=7", "--set", "eval.seeds=[4]"])
+    cfg = build_config("brain-mri", 48, None, "euler", 10, 80, [0, 1, 2], overrides)  # the flow's own defaults
+    assert (cfg.sample.nfe, cfg.sample.samples_per_class, cfg.eval.seeds) == (3, 7, (4,))
+    _, overrides = parse_cli(["--preset", "demo", "--train-steps", "100"])  # explicit beats the preset
+    assert overrides["train"]["steps"] == 100 and overrides["train"]["batch_size"] == 16
+    with pytest.raises(SystemExit) as e:
+        parse_cli(["--nfe", "5", "--set", "sample.nfe=0"])
+    assert e.value.code == 2 and "--set sample.nfe=0 contradicts --nfe 5" in capsys.readouterr().err
+
+
+def test_first_run_on_an_empty_prefect_home_and_one_line_errors(tmp_path):
+    """A fresh PREFECT_HOME: the embedded server must start on the first try (it timed out while its database
+    migrated); a bad value then fails with exit code 2 and one line, no traceback, nothing written."""
+    home = tmp_path / "prefect-home"
+    ok = _run([*TINY_ARGS, "--run-name", "t", "--output-root", str(tmp_path / "out")], home)
+    assert ok.returncode == 0, ok.stderr[-3000:]
+    assert "Prefect database ready" in ok.stdout and (tmp_path / "out" / "t" / "report.md").exists()
+    config = (tmp_path / "out" / "t" / "config.json").read_text()
+
+    bad = _run([*TINY_ARGS, "--run-name", "t", "--output-root", str(tmp_path / "out"), "--set", "train.lr=abc"], home)
+    assert bad.returncode == 2 and "Traceback" not in bad.stderr + bad.stdout
+    assert bad.stderr.strip().splitlines()[-1] == ("motfm: error: train.lr must be a float, got 'abc' (str); "
+                                                  "e.g. --set train.lr=0.5")
+    assert (tmp_path / "out" / "t" / "config.json").read_text() == config  # the finished run's config is kept
+
+    missing = _run(["--dataset", str(tmp_path / "nowhere"), "--run-name", "m", "--output-root", str(tmp_path / "out")],
+                   home)
+    assert missing.returncode == 2 and "Traceback" not in missing.stderr + missing.stdout
+    assert missing.stderr.strip().splitlines()[-1].startswith(f"motfm: error: {tmp_path / 'nowhere'}: data source not")
+    assert json.loads(config)["sample"]["nfe"] == 2
