@@ -2,8 +2,10 @@
 
 `prefect.yaml` deploys it as `regenerate-synthetic` with a cron schedule. Each run samples with a fresh seed
 (the flow run's scheduled time, so a retried run resumes the same version), writes `synthetic/v<N+1>.zarr`,
-moves `synthetic/latest` to it when complete and re-runs the evaluation and report. No retraining unless
-`retrain=True` (the train stage is keyed on data + config, so it retrains only when `overrides` change them).
+moves `synthetic/latest` to it when complete (the low-data generators' stores too) and re-runs the evaluation and
+report. The train stages are keyed on data + config, so every generator is reused and retrains only when
+`overrides` change its data, model or training config; `retrain=True` also allows training when the run has no
+checkpoint yet.
 
     python -m flows.regenerate --run-name demo            # after `make demo`
 """
