@@ -30,10 +30,11 @@ from tasks.train import train_masks_task, train_task
 
 
 # Named budgets for the CLI (`--preset`); explicit arguments win over them. The defaults are the full budget
-# (benchmarks/novelty.py). "demo" fits `make demo` in 15 minutes on a slow 2-core machine. Measured here (2 cores,
-# full-budget model at 1.2-1.75 s per step): 0.85 s per step at batch 16, 0.2 s per sampled image, ~16 s per
-# downstream arm and seed at 300/200 steps; the demo's two generators (all real data; the real 25% share) of 200
-# steps, 120 images each, 5 arms x 3 seeds at 200/120 steps and a 3-point NFE curve come to ~11 minutes.
+# (benchmarks/novelty.py). "demo" is sized for `make demo` on a slow 2-core machine. Measured here (2 cores,
+# full-budget model at 1.2-1.84 s per step): 0.85-1.03 s per step at batch 16, 0.2 s per sampled image, ~11 s per
+# downstream arm and seed at 200/120 steps; the demo's two generators (all real data; the real 25% share) of 200
+# steps, 120 images each, 5 arms x 3 seeds and a 3-point NFE curve: flow 748 s, `make demo` from a fresh clone
+# 924 s with the venv creation (2026-11-29). Its images are under-trained; quality needs the bench/full budgets.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {},
     # benchmarks/novelty.py on a 2-core CPU within the hour: the full recipe at 800 steps for the all-data
