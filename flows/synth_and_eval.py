@@ -37,7 +37,8 @@ from tasks.train import train_masks_task, train_task
 # 924 s with the venv creation (2026-11-29). Its images are under-trained; quality needs the bench/full budgets.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {},
-    # benchmarks/novelty.py on a 2-core CPU within the hour: the full recipe at 800 steps for the all-data
+    # benchmarks/novelty.py on a 2-core CPU (measured: 1.84 s per step, then 419 s per further mask variant): the
+    # full recipe at 800 steps for the all-data
     # generator (no low-data share: its leak-free gain is measured by the demo and the full budget)
     "bench": {"train": {"steps": 800}, "eval": {"real_fractions": [], "nfe_curve": [1, 4, 10]}},
     "demo": {"train": {"steps": 200, "batch_size": 16, "warmup_steps": 20, "checkpoint_every": 40},
