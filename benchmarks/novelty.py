@@ -6,6 +6,8 @@ samples and evaluates:
 - `train`: conditioning masks are the training masks (the behaviour before deformed masks; copies expected);
 - `deformed`: each training mask under a recorded random affine + elastic deformation;
 - `deformed+guard`: the same with the copy guard (near-copies redrawn);
+- `mild`, `mild+guard`: a third of the default deformation (5 degrees, 5% scale, 2% shift, 1 px elastic), without
+  and with the copy guard: nearer the real slices' alignment, so nearer their MS-SSIM, and nearer to copies;
 - `generated`: masks from a class-conditional flow model over masks (trained once, per share).
 
 Targets (issue 11): memorisation flagged <= 5%; recall >= 0.5; synthetic intra-class MS-SSIM within 20% of the
@@ -33,11 +35,14 @@ from benchmarks.results_table import add_row  # noqa: E402
 from flows.cli import prefect_ready  # noqa: E402
 from flows.synth_and_eval import PRESETS, synth_and_eval  # noqa: E402
 
+MILD = {"deform_rotate": 5.0, "deform_scale": 0.05, "deform_translate": 0.02, "deform_elastic": 1.0}
 VARIANTS: dict[str, dict] = {
     "train": {"mask_source": "train"},
     "deformed": {"mask_source": "deformed"},
     "deformed+guard": {"mask_source": "deformed", "reject_copies": True},
     "generated": {"mask_source": "generated"},
+    "mild": {"mask_source": "deformed", **MILD},
+    "mild+guard": {"mask_source": "deformed", **MILD, "reject_copies": True},
 }
 COLUMNS = ["date", "machine", "command", "variant", "memorisation flagged", "recall", "MS-SSIM syn / real",
            "fine SWD / FID (real baseline)", "accuracy gain full data", "accuracy gain low data",

@@ -20,7 +20,8 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from motfm_core.config import MODEL_SIZES, PipelineConfig, from_dict
 from flows.cli import USER_ERRORS, prefect_ready, quiet_console_tracebacks
-from motfm_core.enhance import EnhanceConfig
+from motfm_core.config import EnhanceConfig
+from motfm_core.utils import write_json_atomic
 from tasks.enhance import enhance_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
@@ -90,9 +91,7 @@ def synthesise(checkpoint: str, sample: dict[str, Any], where: Path, mask_checkp
 
 def write_config(run_dir: Path, c: dict[str, Any]) -> None:
     """`<run_dir>/config.json` (read by regenerate-synthetic), written once a run has succeeded."""
-    tmp = run_dir / ".config.json.tmp"
-    tmp.write_text(json.dumps(c, indent=2))
-    tmp.replace(run_dir / "config.json")
+    write_json_atomic(run_dir / "config.json", c)
 
 
 # Stages run one after another; the fan-out is inside sampling (Dask, one worker per GPU).

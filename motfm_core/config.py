@@ -285,6 +285,31 @@ class EvalConfig:
                "eval.nfe_curve values and eval.nfe_curve_samples must be >= 1")
 
 
+@dataclass
+class EnhanceConfig:
+    """One enhancement task and its training recipe."""
+
+    task: str = "denoise"  # or "superres"
+    level: float = 0.0  # noise sigma (images in [0, 1]) or integer downsampling factor; 0 = the task's default
+    source_noise: float = 0.02
+    channels: tuple[int, ...] = (32, 64, 64)
+    steps: int = 600
+    batch_size: int = 16
+    lr: float = 1e-3
+    nfe: int = 4
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.level == 0:  # one `--enhance denoise superres` run gets a sensible level for each task
+            self.level = 2.0 if self.task == "superres" else 0.1
+
+    def validate(self) -> None:
+        _check(self.task in ("denoise", "superres"), f"enhance.task must be 'denoise' or 'superres', got {self.task!r}")
+        if self.task == "superres":
+            _check(float(self.level).is_integer() and self.level >= 2, "enhance.level for superres: integer factor >= 2")
+        _check(self.level > 0 and self.steps >= 1 and self.nfe >= 1, "enhance.level, steps and nfe must be positive")
+
+
 # named backbone sizes for the `model_size` parameter: UNet channels per level (attention at the last level)
 MODEL_SIZES: dict[str, tuple[int, ...]] = {"small": (32, 64, 64), "medium": (64, 128, 128), "large": (128, 256, 256)}
 

@@ -10,6 +10,7 @@ that Dask re-runs after a lost worker rewrites the same bytes and finds the reco
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -84,8 +85,12 @@ def sample_shards(
     finishes. A task lost with its worker is re-run (up to `retries` times) on another worker."""
     from distributed import as_completed
 
-    futures = [client.submit(_run_shard, str(checkpoint), str(store), i, cfg, key=f"motfm-shard-{Path(store).name}-{i}",
-                             retries=retries, pure=False) for i in shards]
+    # a key names the store by its full path: on a shared cluster, v0001.zarr of another run (or of a low-data
+    # generator) is another task, never a finished one to reuse
+    tag = hashlib.sha256(str(Path(store).resolve()).encode()).hexdigest()[:12]
+    futures = [client.submit(_run_shard, str(checkpoint), str(store), i, cfg,
+                             key=f"motfm-shard-{Path(store).name}-{tag}-{i}", retries=retries, pure=False)
+               for i in shards]
     results = []
     for future in as_completed(futures):
         result = future.result()

@@ -13,7 +13,6 @@ subset (its store records the indices, checked here); without such a store the `
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -23,53 +22,15 @@ from typing import Callable
 import numpy as np
 import torch
 import zarr
-from monai.networks.nets import Classifier
-from torch import nn
 
 from motfm_core.config import EvalConfig
-from motfm_core.data.store import load_split, require_complete, stratified_subset
+from motfm_core.data.store import load_split, load_synthetic, stratified_subset
 from motfm_core.metrics import bootstrap_gain, bootstrap_paired, classification_metrics, summarise
+from motfm_core.segmentation import predict_masks, segmentation_scores, train_segmenter
+from motfm_core.supervised import predict_proba, train_classifier
+from motfm_core.utils import default_device
 
 log = logging.getLogger(__name__)
-
-
-def build_classifier(in_shape: tuple[int, ...], num_classes: int, cfg: EvalConfig) -> nn.Module:
-    """A small MONAI `Classifier` (strided residual units, batch norm: instance norm would erase contrast cues)."""
-    return Classifier(in_shape=in_shape, classes=num_classes, channels=tuple(cfg.channels),
-                      strides=(2,) * len(cfg.channels), num_res_units=1, norm="batch")
-
-
-def fit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, target: torch.Tensor, steps: int, cfg: EvalConfig,
-        gen: torch.Generator, device: torch.device) -> nn.Module:
-    """Minibatch AdamW (inputs scaled to [-1, 1]) for `steps` batches of cfg.batch_size; returns it in eval mode."""
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
-    model.train()
-    for _ in range(steps):
-        idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
-        loss = loss_fn(model(x[idx].to(device) * 2 - 1), target[idx].to(device))
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-    return model.eval()
-
-
-def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, cfg: EvalConfig, seed: int,
-                     device: torch.device) -> nn.Module:
-    """Train from scratch with AdamW and class-balanced cross-entropy for cfg.steps minibatches."""
-    torch.manual_seed(seed)
-    gen = torch.Generator().manual_seed(seed)
-    model = build_classifier(x.shape[1:], num_classes, cfg).to(device)
-    counts = np.bincount(y, minlength=num_classes).astype(np.float32)
-    weight = torch.as_tensor(counts.sum() / np.maximum(counts, 1) / num_classes, device=device)
-    loss_fn = functools.partial(nn.functional.cross_entropy, weight=weight)
-    return fit(model, loss_fn, torch.from_numpy(x).float(), torch.from_numpy(y).long(), cfg.steps, cfg, gen, device)
-
-
-@torch.inference_mode()
-def predict_proba(model: nn.Module, x: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
-    out = [torch.softmax(model(torch.from_numpy(x[i:i + batch]).float().to(device) * 2 - 1), 1).cpu()
-           for i in range(0, len(x), batch)]
-    return torch.cat(out).numpy()
 
 
 @dataclass(frozen=True)
@@ -146,9 +107,7 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
 
     `low_data` maps each of `cfg.real_fractions` to the synthetic store of a generator trained on that subset
     only; fractions without one get no `+synthetic` arm."""
-    from motfm_core.segmentation import predict_masks, segmentation_scores, train_segmenter  # (it uses `fit`)
-
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = default_device(device)
     say = progress or log.info
     train, test = load_split(real_path, "train"), load_split(real_path, "test")
     low_data = {float(f): p for f, p in (low_data or {}).items()}
@@ -211,15 +170,4 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
             "summary": {a.name: {m: summarise([seg_results[a.name][s][m] for s in cfg.seeds])
                                  for m in ("dice", "hd95")} for a in arms},
             "gains": _gains(arms, seg_results, cfg.seeds, seg_ci)}
-    return out
-
-
-def load_synthetic(path: str | Path) -> dict[str, np.ndarray]:
-    """All samples of a complete synthetic store: `images`, `labels` and, when the store has them, `masks`;
-    refuses a store with unfinished shards."""
-    require_complete(path)
-    root = zarr.open_group(str(path), mode="r", zarr_format=3)
-    out = {"images": root["images"][:], "labels": root["labels"][:]}
-    if "masks" in root.array_keys():
-        out["masks"] = root["masks"][:]
     return out

@@ -11,7 +11,7 @@ baseline (Gaussian filter with its sigma tuned on the val split / bicubic) and t
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Callable
 
@@ -22,38 +22,12 @@ from monai.metrics import PSNRMetric, SSIMMetric
 from monai.networks.nets import DiffusionModelUNet
 from scipy.ndimage import gaussian_filter
 
-from motfm_core.config import _check, auto_norm_groups
+from motfm_core.config import EnhanceConfig, auto_norm_groups
 from motfm_core.data.store import load_split
 from motfm_core.paths import CondOTPath
 from motfm_core.solvers import solve
-from motfm_core.training import default_device, save_atomic
-
-TIME_SCALE = 1000.0
-
-
-@dataclass
-class EnhanceConfig:
-    """One enhancement task and its training recipe."""
-
-    task: str = "denoise"  # or "superres"
-    level: float = 0.0  # noise sigma (images in [0, 1]) or integer downsampling factor; 0 = the task's default
-    source_noise: float = 0.02
-    channels: tuple[int, ...] = (32, 64, 64)
-    steps: int = 600
-    batch_size: int = 16
-    lr: float = 1e-3
-    nfe: int = 4
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.level == 0:  # one `--enhance denoise superres` run gets a sensible level for each task
-            self.level = 2.0 if self.task == "superres" else 0.1
-
-    def validate(self) -> None:
-        _check(self.task in ("denoise", "superres"), f"enhance.task must be 'denoise' or 'superres', got {self.task!r}")
-        if self.task == "superres":
-            _check(float(self.level).is_integer() and self.level >= 2, "enhance.level for superres: integer factor >= 2")
-        _check(self.level > 0 and self.steps >= 1 and self.nfe >= 1, "enhance.level, steps and nfe must be positive")
+from motfm_core.nets import TIME_SCALE
+from motfm_core.utils import default_device, save_atomic, to_image_space, to_model_space
 
 
 def degrade(x: torch.Tensor, cfg: EnhanceConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -82,10 +56,10 @@ def build_enhancer(cfg: EnhanceConfig, channels_in: int) -> DiffusionModelUNet:
 def enhance(model: DiffusionModelUNet, degraded: torch.Tensor, cfg: EnhanceConfig,
             generator: torch.Generator | None = None) -> tuple[torch.Tensor, int]:
     """Integrate the enhancement flow from a degraded batch; returns (images in [0, 1], NFE)."""
-    cond = degraded * 2 - 1
+    cond = to_model_space(degraded)
     x0 = cond + cfg.source_noise * torch.randn(cond.shape, generator=generator, device=cond.device)
     out, nfe = solve(lambda x, t: model(torch.cat([x, cond], 1), t * TIME_SCALE), x0, cfg.nfe, "euler")
-    return ((out + 1) / 2).clamp(0, 1), nfe
+    return to_image_space(out), nfe
 
 
 def _scores(pred: np.ndarray, clean: np.ndarray) -> dict[str, float]:
@@ -99,7 +73,7 @@ def train_and_evaluate(data_path: str | Path, cfg: EnhanceConfig, out_dir: str |
                        progress: Callable[[str], None] | None = None) -> dict:
     """Train the enhancement flow on real train images and score it on real test images."""
     cfg.validate()
-    device = torch.device(device) if device else default_device()
+    device = default_device(device)
     say = progress or print
     train, val, test = (load_split(data_path, s) for s in ("train", "val", "test"))
     if train["images"].ndim != 4:
@@ -112,8 +86,8 @@ def train_and_evaluate(data_path: str | Path, cfg: EnhanceConfig, out_dir: str |
     path, t0, losses = CondOTPath(), time.time(), []
     for step in range(cfg.steps):
         x1c = x_all[torch.randint(0, len(x_all), (cfg.batch_size,), generator=gen, device=device)]
-        cond = degrade(x1c, cfg, gen) * 2 - 1
-        x1 = x1c * 2 - 1
+        cond = to_model_space(degrade(x1c, cfg, gen))
+        x1 = to_model_space(x1c)
         x0 = cond + cfg.source_noise * torch.randn(x1.shape, generator=gen, device=device)
         t = torch.rand(x1.shape[0], generator=gen, device=device)
         xt, ut = path.sample(x0, x1, t)

@@ -91,13 +91,3 @@ def deform(masks: np.ndarray, seeds: np.ndarray, cfg: SampleConfig) -> tuple[np.
         rot = g.rotate_params[:1] if spatial_dims == 2 else g.rotate_params
         params[i] = [*rot, *g.scale_params, *g.translate_params]
     return out, params
-
-
-def generate_masks(mask_model, labels: np.ndarray, seeds: np.ndarray, cfg: SampleConfig,
-                   device: str | torch.device = "cpu") -> np.ndarray:
-    """New masks (N, 1, *spatial) uint8 from a class-conditional flow over one-hot masks (Euler, cfg.nfe steps)."""
-    from motfm_core.sampling import generate
-
-    one_hot, _ = generate(mask_model, labels, seeds, SampleConfig(solver="euler", nfe=cfg.nfe,
-                                                                  batch_size=cfg.batch_size), device)
-    return one_hot.argmax(1)[:, None].astype(np.uint8)

@@ -12,6 +12,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import zarr
+
+from motfm_core.data.store import load_split, load_synthetic
 
 
 def nearest(queries: np.ndarray, refs: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -70,11 +73,6 @@ def audit_stores(real_path: str | Path, synthetic_path: str | Path, out_png: str
     """Audit a complete synthetic store against the real images its generator was trained on (the store's
     `train_indices`, else the whole train split), with real test images as the reference; writes the
     closest-pairs PNG when `out_png` is given. Adds the copy guard's counts when the store has them."""
-    import zarr
-
-    from motfm_core.data.store import load_split
-    from motfm_core.downstream import load_synthetic
-
     train, test = load_split(real_path, "train")["images"], load_split(real_path, "test")["images"]
     root = zarr.open_group(str(synthetic_path), mode="r", zarr_format=3)
     indices = root.attrs.get("train_indices")

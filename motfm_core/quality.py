@@ -12,6 +12,8 @@ Always read them against the real-vs-real baseline (train split vs test split) r
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,9 +22,11 @@ import torch.nn.functional as F
 from monai.metrics import FIDMetric
 from torch import nn
 
-from motfm_core.config import EvalConfig
-from motfm_core.data.store import load_split
-from motfm_core.downstream import train_classifier
+from motfm_core.config import EvalConfig, SampleConfig, from_dict
+from motfm_core.data.store import load_split, load_synthetic, open_store
+from motfm_core.sampling import Sampler
+from motfm_core.supervised import train_classifier
+from motfm_core.utils import default_device, to_model_space
 
 
 class FeatureExtractor:
@@ -44,7 +48,7 @@ class FeatureExtractor:
         """(N, C, *spatial) images in [0, 1] -> (N, D) float64 features."""
         out = []
         for i in range(0, len(images), batch):
-            x = torch.from_numpy(np.asarray(images[i:i + batch], dtype=np.float32)).to(self.device) * 2 - 1
+            x = to_model_space(torch.from_numpy(np.asarray(images[i:i + batch], dtype=np.float32)).to(self.device))
             out.append(self.net(x).flatten(2).mean(2).double().cpu())
         return torch.cat(out).numpy()
 
@@ -150,18 +154,12 @@ def quality(real_train: np.ndarray, real_test: np.ndarray, fake: np.ndarray,
 
 def nfe_curve(checkpoint: str | Path, extractor: "FeatureExtractor", test: np.ndarray, test_feats: np.ndarray,
               nfes: tuple[int, ...], samples_per_class: int, device: torch.device | str = "cpu",
-              sample_cfg: "SampleConfig | None" = None, mask_checkpoint: str | Path | None = None,
+              sample_cfg: SampleConfig | None = None, mask_checkpoint: str | Path | None = None,
               ) -> list[dict[str, float]]:
     """FID and fine SWD against the real test split of `samples_per_class` fresh Euler samples per class at
     each NFE (same noise seeds and masks at every NFE), with seconds per image: how far the step count can drop.
     Masks come from `sample_cfg.mask_source` as in the synthetic store. Empty for a diffusion (epsilon) checkpoint:
     the curve is of the flow's Euler steps."""
-    import dataclasses
-    import time
-
-    from motfm_core.config import SampleConfig
-    from motfm_core.sampling import Sampler
-
     base = dataclasses.replace(sample_cfg or SampleConfig(), samples_per_class=samples_per_class, seed=99,
                                solver="euler", compile=False, reject_copies=False)
     sampler = Sampler(checkpoint, base, device, mask_checkpoint)
@@ -183,9 +181,7 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
                       device: torch.device | str | None = None, checkpoint: str | Path | None = None) -> dict:
     """Train the in-domain extractor on the real train split and score the synthetic store against real test;
     with the `checkpoint` and `cfg.nfe_curve`, also the quality-vs-NFE curve of fresh samples."""
-    from motfm_core.downstream import load_synthetic
-
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device(device)
     extractor = FeatureExtractor.train(real_path, cfg, device=device)
     syn = load_synthetic(synthetic_path)
     fake, fake_labels = syn["images"], syn["labels"]
@@ -197,11 +193,7 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
     out["diversity"] = {"synthetic": diversity(fake, fake_labels),
                         "real_train": diversity(images["train"], real["train"]["labels"])}
     if checkpoint is not None and cfg is not None and cfg.nfe_curve:
-        import zarr
-
-        from motfm_core.config import SampleConfig, from_dict
-
-        attrs = zarr.open_group(str(synthetic_path), mode="r", zarr_format=3).attrs
+        attrs = open_store(synthetic_path).attrs
         sample_cfg = from_dict(SampleConfig, attrs.get("sample_config"), "sample")
         out["nfe_curve"] = nfe_curve(checkpoint, extractor, images["test"], feats["test"], tuple(cfg.nfe_curve),
                                      cfg.nfe_curve_samples, device, sample_cfg, attrs.get("mask_checkpoint"))

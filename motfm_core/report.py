@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +11,7 @@ import numpy as np
 import zarr
 
 from motfm_core.data.store import load_split
+from motfm_core.utils import atomic_path
 
 
 def _middle(img: np.ndarray) -> np.ndarray:
@@ -285,7 +285,6 @@ def write_report(out_dir: str | Path, report: dict[str, Any], real_path: str | P
     report = {**report, "files": {"grid": str(grid), "gains": str(gains) if gains else None}}
     for name, text in (("report.json", json.dumps(report, indent=2, default=str)),
                        ("report.md", render_markdown(report, grid.name, gains.name if gains else None))):
-        tmp = out_dir / f".{name}.tmp"
-        tmp.write_text(text)
-        os.replace(tmp, out_dir / name)
+        with atomic_path(out_dir / name) as tmp:
+            tmp.write_text(text)
     return {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"), "grid": str(grid)}

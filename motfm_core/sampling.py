@@ -27,11 +27,12 @@ from motfm_core.data.store import (
     version_for,
     write_shard,
 )
-from motfm_core.masks import cycle_by_class, deform, deform_columns, generate_masks, mask_seeds, resolve_mask_source
+from motfm_core.masks import cycle_by_class, deform, deform_columns, mask_seeds, resolve_mask_source
 from motfm_core.nets import VelocityUNet, guided_velocity
 from motfm_core.privacy import nearest
 from motfm_core.solvers import solve
-from motfm_core.training import default_device, file_sha256, load_checkpoint, to_image_space, training_set
+from motfm_core.training import load_checkpoint, training_set
+from motfm_core.utils import default_device, file_sha256, to_image_space
 
 REDRAW_STRIDE = 1 << 40  # redraw k of a sample uses seed + k * REDRAW_STRIDE: never another sample's seed
 
@@ -78,6 +79,14 @@ def generate(
                                 rtol=cfg.rtol, atol=cfg.atol)
         out.append(to_image_space(x1.float()).cpu().numpy())
     return np.concatenate(out), nfe
+
+
+def generate_masks(mask_model, labels: np.ndarray, seeds: np.ndarray, cfg: SampleConfig,
+                   device: str | torch.device = "cpu") -> np.ndarray:
+    """New masks (N, 1, *spatial) uint8 from a class-conditional flow over one-hot masks (Euler, cfg.nfe steps)."""
+    one_hot, _ = generate(mask_model, labels, seeds, SampleConfig(solver="euler", nfe=cfg.nfe,
+                                                                  batch_size=cfg.batch_size), device)
+    return one_hot.argmax(1)[:, None].astype(np.uint8)
 
 
 class Sampler:
@@ -181,7 +190,7 @@ def sample_shard(
 
     root = zarr.open_group(str(store), mode="r", zarr_format=3)
     start, stop = shard_bounds(index, root.attrs["num_samples"], root.attrs["shard_size"])
-    device = device or default_device().type
+    device = str(default_device(device))
     if not Path(checkpoint).exists():
         raise FileNotFoundError(f"{checkpoint}: no checkpoint; run the train stage first")
     st = Path(checkpoint).stat()

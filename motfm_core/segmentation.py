@@ -14,7 +14,8 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from motfm_core.config import EvalConfig
-from motfm_core.downstream import fit
+from motfm_core.supervised import fit
+from motfm_core.utils import to_model_space
 
 
 def build_segmenter(spatial_dims: int, in_channels: int, num_classes: int, cfg: EvalConfig) -> nn.Module:
@@ -37,7 +38,7 @@ def train_segmenter(x: np.ndarray, masks: np.ndarray, num_classes: int, cfg: Eva
 @torch.inference_mode()
 def predict_masks(model: nn.Module, x: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
     """Integer masks (N, 1, *S) by argmax over the segmenter's classes."""
-    out = [model(torch.from_numpy(x[i:i + batch]).float().to(device) * 2 - 1).argmax(1, keepdim=True).cpu()
+    out = [model(to_model_space(torch.from_numpy(x[i:i + batch]).float().to(device))).argmax(1, keepdim=True).cpu()
            for i in range(0, len(x), batch)]
     return torch.cat(out).numpy()
 

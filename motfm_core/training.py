@@ -8,12 +8,9 @@ them. `model.pt` (the product) = EMA weights + model/train config + data fingerp
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
 import math
-import os
 import time
-import uuid
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -29,21 +26,9 @@ from motfm_core.couplings import COUPLINGS
 from motfm_core.data.store import load_split, open_store, stratified_subset
 from motfm_core.nets import VelocityUNet, build_model
 from motfm_core.paths import CondOTPath, sample_time
+from motfm_core.utils import default_device, file_sha256, save_atomic, to_model_space
 
 log = logging.getLogger(__name__)
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def to_model_space(images: torch.Tensor) -> torch.Tensor:
-    """[0, 1] stored intensities -> [-1, 1] model space."""
-    return images * 2.0 - 1.0
-
-
-def to_image_space(x: torch.Tensor) -> torch.Tensor:
-    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
 
 
 def flow_matching_loss(
@@ -61,21 +46,6 @@ def flow_matching_loss(
         drop = torch.rand(y.shape, generator=generator, device=y.device) < cfg.class_dropout
         y = torch.where(drop, torch.full_like(y, model.null_class), y)
     return (model(xt, t, y, mask).float() - ut).pow(2).mean()
-
-
-def save_atomic(obj: dict[str, Any], path: Path) -> None:
-    """torch.save to a temporary name, then rename: a reader never sees half a checkpoint."""
-    tmp = path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def file_sha256(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 @torch.no_grad()
@@ -205,7 +175,7 @@ def train_flow_matching(
     model_cfg = model_for_data(model_cfg, data_path, target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = torch.device(device) if device else default_device()
+    device = default_device(device)
     say = progress or log.info
     attrs = dict(open_store(data_path).attrs)
     teacher_sha = file_sha256(cfg.reflow_from) if cfg.reflow_from else ""

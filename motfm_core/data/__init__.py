@@ -1,6 +1,7 @@
 """Data IO: readers for user formats, the bundled brain-MRI demo set, and Zarr v3 stores."""
 
-from motfm_core.data.ingest import ingest, normalise, patient_split, resize
+from motfm_core.data.ingest import ingest
+from motfm_core.data.preprocess import normalise, patient_split, resize
 from motfm_core.data.store import (
     SPLITS,
     completed_shards,

@@ -29,7 +29,7 @@ import numpy as np
 from scipy import ndimage
 
 from motfm_core.config import DataConfig
-from motfm_core.data.ingest import normalise, resize
+from motfm_core.data.preprocess import normalise, resize
 
 log = logging.getLogger(__name__)
 

@@ -7,57 +7,18 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 from motfm_core import __version__
 from motfm_core.config import DataConfig, config_hash
+from motfm_core.data.brain import MRICRON, build_brain_mri
+from motfm_core.data.phantom import build_phantom
+from motfm_core.data.preprocess import NORMALISATION, normalise, patient_split, resize
 from motfm_core.data.readers import RawSet, read_folder, read_medmnist
 from motfm_core.data.store import SCHEMA_VERSION, open_store, write_dataset
 
+__all__ = ["MIN_TEST", "MIN_TRAIN_PER_CLASS", "MIN_VAL", "check_sizes", "ingest", "load_source", "source_signature"]
+
 log = logging.getLogger(__name__)
-NORMALISATION = "per image/volume: percentiles [0.5, 99.5] of foreground (>0) -> [0, 1], clipped"
-
-
-def normalise(img: np.ndarray) -> np.ndarray:
-    """Scale intensities to [0, 1] by robust percentiles of the foreground (all voxels if none is > 0)."""
-    fg = img[img > 0] if (img > 0).any() else img.ravel()
-    lo, hi = np.percentile(fg, [0.5, 99.5])
-    if hi <= lo:
-        return np.zeros_like(img, dtype=np.float32)
-    return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
-
-
-def resize(img: np.ndarray, shape: tuple[int, ...], nearest: bool = False) -> np.ndarray:
-    """Zero-pad (C, *spatial) to a square/cube, then resample to `shape` (area/linear; nearest for masks)."""
-    spatial = img.shape[1:]
-    side = max(spatial)
-    pads = []
-    for s in reversed(spatial):
-        before = (side - s) // 2
-        pads += [before, side - s - before]
-    x = F.pad(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None], pads)
-    if nearest:
-        y = F.interpolate(x, size=shape, mode="nearest")
-    elif all(t <= side for t in shape):
-        y = F.interpolate(x, size=shape, mode="area")  # averaging: no aliasing when shrinking
-    else:
-        y = F.interpolate(x, size=shape, mode="bilinear" if len(shape) == 2 else "trilinear", align_corners=False)
-    return y[0].numpy()
-
-
-def patient_split(groups: list[str], val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """Deterministic split by group: every sample of a patient lands in the same split (0/1/2)."""
-    uniq = sorted(set(groups))
-    if len(uniq) < 3:
-        raise ValueError(f"need at least 3 patients/groups for a train/val/test split, got {len(uniq)}")
-    order = np.random.RandomState(seed).permutation(len(uniq))
-    n_test = max(1, round(test_fraction * len(uniq)))
-    n_val = max(1, round(val_fraction * len(uniq)))
-    code = {}
-    for rank, i in enumerate(order):
-        code[uniq[i]] = 2 if rank < n_test else 1 if rank < n_test + n_val else 0
-    return np.array([code[g] for g in groups], dtype=np.uint8)
 
 
 def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, np.ndarray]:
@@ -126,12 +87,8 @@ def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     """Read and prepare cfg.source; returns arrays and store attributes."""
     src = cfg.source
     if src == "brain-mri":
-        from motfm_core.data.brain import build_brain_mri
-
         return build_brain_mri(cfg)
     if src.startswith("phantom"):
-        from motfm_core.data.phantom import build_phantom
-
         return build_phantom(cfg)
     path = Path(src)
     if not path.exists():
@@ -148,8 +105,6 @@ def source_signature(source: str) -> list:
     """What identifies the source's content cheaply: (relative path, size, mtime) of every file it reads; for
     the bundled set, which source volumes are installed. A changed file re-ingests; an unchanged one does not."""
     if source == "brain-mri":
-        from motfm_core.data.brain import MRICRON
-
         return ["mni152", (MRICRON / "ch2bet.nii.gz").exists()]
     path = Path(source)
     if source.startswith("phantom") or not path.exists():

@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 
 from motfm_core.config import DataConfig
-from motfm_core.data.ingest import patient_split
+from motfm_core.data.preprocess import patient_split
 
 
 def phantom_image(label: int, shape: tuple[int, ...], rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:

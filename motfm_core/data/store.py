@@ -32,12 +32,10 @@ from typing import Any
 import numpy as np
 import zarr
 
+from motfm_core.utils import atomic_path
+
 SCHEMA_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
-
-
-def _tmp_sibling(path: Path) -> Path:
-    return path.with_name(f"{path.name}.tmp-{uuid.uuid4().hex[:8]}")
 
 
 def fingerprint_arrays(*arrays: np.ndarray) -> str:
@@ -71,8 +69,7 @@ def write_dataset(
         raise ValueError(f"{path}: masks have {masks.shape[0]} samples, images {n}")
     if not np.isfinite(images).all():
         raise ValueError(f"{path}: images contain NaN/inf; fix the source files before ingesting")
-    tmp = _tmp_sibling(path)
-    try:
+    with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         sample_chunk = (1, *images.shape[1:])
         root.create_array("images", data=images.astype(np.float32), chunks=sample_chunk)
@@ -86,10 +83,6 @@ def write_dataset(
                            "split_codes": SPLITS, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         if path.exists():
             path.rename(path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}"))
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -157,8 +150,7 @@ def create_synthetic_store(
                 f"{path}: an existing synthetic store has a different plan or checkpoint ({old}); "
                 "choose a new output folder or remove the old store")
         return path
-    tmp = _tmp_sibling(path)
-    try:
+    with atomic_path(path) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         per = samples_per_chunk(4 * int(np.prod(sample_shape)), shard_size)
         root.create_array("images", shape=(num_samples, *sample_shape), dtype="float32",
@@ -181,10 +173,6 @@ def create_synthetic_store(
         root.attrs.update({**attrs, **plan, "schema_version": SCHEMA_VERSION,
                            "num_shards": num_shards(num_samples, shard_size),
                            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
-        tmp.rename(path)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return path
 
 
@@ -253,10 +241,7 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
         root[name][start:stop] = values
     record = _record_dir(path, index)
     tmp = path / ".staging" / f"{record.name}.tmp-{uuid.uuid4().hex[:8]}"  # outside shards/: never read as data
-    tmp.mkdir(parents=True)
-    meta = {"zarr_format": 3, "node_type": "group",
-            "attributes": {"start": start, "stop": stop, **(info or {})}}
-    (tmp / "zarr.json").write_text(json.dumps(meta))
+    zarr.create_group(str(tmp), zarr_format=3, attributes={"start": start, "stop": stop, **(info or {})})
     if record.exists():  # a racing duplicate finished first: same seeds, same content
         shutil.rmtree(tmp)
         return
@@ -269,6 +254,17 @@ def _commit_record(staged: Path, record: Path) -> None:
     os.replace(staged, record)
     with contextlib.suppress(OSError):  # left while another writer stages its record
         staged.parent.rmdir()
+
+
+def load_synthetic(path: str | Path) -> dict[str, np.ndarray]:
+    """All samples of a complete synthetic store: `images`, `labels` and, when the store has them, `masks`;
+    refuses a store with unfinished shards."""
+    require_complete(path)
+    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    out = {"images": root["images"][:], "labels": root["labels"][:]}
+    if "masks" in root.array_keys():
+        out["masks"] = root["masks"][:]
+    return out
 
 
 def incomplete_shards(path: str | Path) -> list[int]:
@@ -304,9 +300,8 @@ def publish_latest(version: str | Path, keep: int = 0) -> Path:
     version = Path(version)
     require_complete(version)
     latest = version.parent / "latest"
-    tmp = version.parent / f".latest.tmp-{uuid.uuid4().hex[:8]}"
-    os.symlink(version.name, tmp)
-    os.replace(tmp, latest)
+    with atomic_path(latest) as tmp:
+        os.symlink(version.name, tmp)
     if keep > 0:
         for old in _versions(version.parent)[:-keep]:
             if old != version:

@@ -65,15 +65,22 @@ def test_same_backbone():
 
 
 def test_ddpm_samples_do_not_depend_on_the_batch_layout():
-    """Each sample's per-step noise comes from its own seed: batch size 1, 2 or 3 give the same samples (to the float
-    rounding of batched convolutions, ~1e-7; a shared generator made them differ by up to 0.99)."""
-    torch.manual_seed(0)
-    model = build_model(ModelConfig(image_size=8, num_classes=2, prediction="epsilon",
-                                    **{**TINY_MODEL, "channels": (8, 8), "norm_num_groups": 4})).eval()
+    """Each sample's per-step noise comes from its own seed: batch size 1, 2 or 3 give the same samples (a shared
+    generator made them differ by up to 0.99). The noise predictor is a per-sample function, so any difference is
+    the sampler's; the UNet's own batching is left out (it would only add ~1e-7 of conv rounding and 50 s)."""
+
+    class PerSample(torch.nn.Module):
+        null_class = 2
+        cfg = ModelConfig(image_size=8, num_classes=2, prediction="epsilon", **TINY_MODEL)
+
+        def forward(self, x, t, y, mask=None):
+            return 0.5 * x * (1 + t.view(-1, 1, 1, 1)) + 0.1 * y.view(-1, 1, 1, 1)
+
+    model = PerSample()
     labels, seeds = np.array([0, 1, 0]), np.array([11, 12, 13])
     runs = [generate(model, labels, seeds, SampleConfig(solver="ddpm", nfe=1000, batch_size=b))[0] for b in (1, 2, 3)]
-    np.testing.assert_allclose(runs[0], runs[1], atol=1e-4)
-    np.testing.assert_allclose(runs[0], runs[2], atol=1e-4)
+    np.testing.assert_allclose(runs[0], runs[1], atol=1e-6)
+    np.testing.assert_allclose(runs[0], runs[2], atol=1e-6)
     other, _ = generate(model, labels, np.array([11, 99, 13]), SampleConfig(solver="ddpm", nfe=1000, batch_size=3))
-    np.testing.assert_allclose(other[0], runs[0][0], atol=1e-4)
+    np.testing.assert_allclose(other[0], runs[0][0], atol=1e-6)
     assert np.abs(other[1] - runs[0][1]).max() > 0.1  # another seed, another sample

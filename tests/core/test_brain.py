@@ -49,7 +49,7 @@ def test_a_classifier_learns_the_level_bands(brain):
     import torch
 
     from motfm_core.config import EvalConfig
-    from motfm_core.downstream import predict_proba, train_classifier
+    from motfm_core.supervised import predict_proba, train_classifier
     from motfm_core.metrics import classification_metrics
 
     arrays, _ = brain

@@ -132,3 +132,20 @@ def test_bad_cluster_parameters_are_refused(tmp_path):
     with pytest.raises(OSError):  # nothing listens there: an error, not a silent local fallback
         with dask_client(scheduler="tcp://127.0.0.1:9", workers=1, timeout="2s"):
             pass
+
+
+def test_two_runs_on_one_cluster_with_the_same_version_name(tiny_checkpoint, tmp_path):
+    """Two runs (or a run and its low-data generator) both write `v0001.zarr` on one shared cluster at the same
+    time: each store gets its own shards (Dask keys name the whole path, not the version name)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from motfm_core.distributed import sample_shards
+
+    cfg = SampleConfig(samples_per_class=2, shard_size=2, nfe=2, batch_size=2)
+    plans = [prepare_version(tiny_checkpoint, cfg, tmp_path / run) for run in ("a", "b")]
+    assert plans[0][0].name == plans[1][0].name == "v0001.zarr"
+    with dask_client(workers=1) as client, ThreadPoolExecutor(2) as pool:
+        done = list(pool.map(lambda p: sample_shards(tiny_checkpoint, p[0], p[1], cfg, client), plans))
+    for (store, todo), results in zip(plans, done):
+        assert [r["shard"] for r in results] == todo and not any(r["skipped"] for r in results)
+        assert incomplete_shards(store) == []

@@ -2,7 +2,7 @@ import math
 
 import numpy as np
 
-from motfm_core.config import EvalConfig, SampleConfig
+from motfm_core.config import EvalConfig
 from motfm_core.data import create_synthetic_store, load_split, write_shard
 from motfm_core.downstream import evaluate_augmentation
 from motfm_core.metrics import classification_metrics, summarise

@@ -114,7 +114,7 @@ def test_a_writer_crash_between_data_and_record_is_refused_by_every_reader(tmp_p
     from motfm_core.data import completed_shards, incomplete_shards, publish_latest
     from motfm_core.data import store as store_mod
     from motfm_core.data.datasets import ZarrImageDataset, as_dask
-    from motfm_core.downstream import load_synthetic
+    from motfm_core.data.store import load_synthetic
 
     path = create_synthetic_store(tmp_path / "v0001.zarr", 8, (1, 16, 16), 4, {"run_key": "r"})
     write_shard(path, 0, np.full((4, 1, 16, 16), 0.5), np.zeros(4), np.arange(4))

@@ -26,7 +26,9 @@ TINY = {"dataset": "phantom:12", "image_size": 16, "train_steps": 20, "nfe": 40,
         "seeds": [0], "overrides": {"model": {**TINY_MODEL, "channels": [16, 16]},
                                     "train": {"batch_size": 8, "warmup_steps": 5, "checkpoint_every": 10},
                                     "sample": {"shard_size": 1, "batch_size": 1},
-                                    "eval": {"steps": 10, "channels": [8, 16], "real_fractions": []}}}
+                                    "eval": {"steps": 10, "channels": [8, 16], "real_fractions": [], "ratios": [1.0],
+                                             "seg_steps": 10, "seg_channels": [8, 16], "nfe_curve": [1],
+                                             "nfe_curve_samples": 2}}}
 
 pytestmark = pytest.mark.skipif(not PREFECT.exists(), reason="needs the project venv (make venv)")
 

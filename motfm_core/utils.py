@@ -1,0 +1,75 @@
+"""Conventions every module shares, each in one place: the device a run uses, the model-space intensity scale,
+files published whole (a temporary name, then a rename) and content hashes of files."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = ["atomic_path", "default_device", "file_sha256", "save_atomic", "to_image_space", "to_model_space",
+           "write_json_atomic"]
+
+
+def default_device(device: str | torch.device | None = None) -> torch.device:
+    """`device` when given, else the first CUDA device when there is one, else the CPU."""
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def to_model_space(images: torch.Tensor) -> torch.Tensor:
+    """[0, 1] stored intensities -> [-1, 1], the scale every network here (generator and downstream) sees."""
+    return images * 2.0 - 1.0
+
+
+def to_image_space(x: torch.Tensor) -> torch.Tensor:
+    """[-1, 1] model space -> [0, 1] stored intensities, clipped."""
+    return ((x + 1.0) / 2.0).clamp(0.0, 1.0)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Build a file, folder or link under the yielded temporary sibling name; on success it replaces `path` in
+    one rename (a reader sees the old object or the whole new one, never half of it), on failure it is removed.
+    A folder can only replace a missing `path` (or an empty folder)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """`obj` as indented JSON at `path`, published whole."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
+    return Path(path)
+
+
+def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
+    """torch.save published whole: a reader never sees half a checkpoint."""
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
