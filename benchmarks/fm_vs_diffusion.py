@@ -32,7 +32,13 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from results_table import add_row  # noqa: E402
 
-from motfm_core.config import DataConfig, EvalConfig, ModelConfig, SampleConfig, TrainConfig  # noqa: E402
+from motfm_core.config import (  # noqa: E402
+    DataConfig,
+    EvalConfig,
+    ModelConfig,
+    SampleConfig,
+    TrainConfig,
+)
 from motfm_core.data import ingest, load_split  # noqa: E402
 from motfm_core.quality import FeatureExtractor, fid, kid, precision_recall, swd  # noqa: E402
 from motfm_core.sampling import generate, sample_plan  # noqa: E402

@@ -57,7 +57,11 @@ def prefect_ready(say=print) -> Iterator[float]:
     PREFECT_HOME this is what made the ephemeral server miss its start-up deadline) and allow the server
     STARTUP_TIMEOUT_S to start. Yields the seconds the migration took."""
     from prefect.server.database import provide_database_interface
-    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, temporary_settings
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
+        temporary_settings,
+    )
 
     seconds = 0.0
     if not PREFECT_API_URL.value():  # embedded mode: the database is ours to prepare

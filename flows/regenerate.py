@@ -57,14 +57,14 @@ def regenerate_synthetic(
     named = {"samples_per_class": samples_per_class, "solver": solver, "nfe": nfe}
     c["sample"].update({k: v for k, v in named.items() if v is not None})
     c["sample"]["seed"] = seed if seed is not None else regeneration_seed()
-    c = PipelineConfig.from_overrides(c).to_dict()  # validates every value before any work
+    cfg = PipelineConfig.from_overrides(c)  # validates every value before any work
     data_path, checkpoint = run_dir / "dataset.zarr", run_dir / "checkpoints" / "model.pt"
     if not retrain and not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint}: no trained model; run synth-and-eval first or pass retrain=True")
     # the train stages are keyed: unchanged generators (the low-data ones too) are reused, not retrained
-    generators = train_generators(c, str(data_path), run_dir)
-    logger.info("regenerate-synthetic: %s, sampling seed %d", run_dir, c["sample"]["seed"])
-    report = sample_evaluate_report(run_name, c, str(data_path), generators, run_dir)
+    generators = train_generators(cfg, str(data_path), run_dir)
+    logger.info("regenerate-synthetic: %s, sampling seed %d", run_dir, cfg.sample.seed)
+    report = sample_evaluate_report(run_name, cfg, str(data_path), generators, run_dir)
     logger.info("regenerate-synthetic: done; report at %s", report)
     return report
 

@@ -10,17 +10,22 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from dataclasses import asdict
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from motfm_core.config import MODEL_SIZES, PipelineConfig, from_dict
 from flows.cli import USER_ERRORS, prefect_ready, quiet_console_tracebacks
-from motfm_core.config import EnhanceConfig
+from motfm_core.config import (
+    MODEL_SIZES,
+    EnhanceConfig,
+    PipelineConfig,
+    SampleConfig,
+    from_dict,
+)
 from motfm_core.utils import write_json_atomic
 from tasks.enhance import enhance_task
 from tasks.evaluate import evaluate_task
@@ -28,7 +33,6 @@ from tasks.ingest import ingest_task
 from tasks.report import report_task
 from tasks.sample import plan_sampling_task, publish_task, sample_shards_task
 from tasks.train import train_masks_task, train_task
-
 
 # Named budgets for the CLI (`--preset`); explicit arguments win over them. The defaults are the full budget
 # (benchmarks/novelty.py). "demo" is sized for `make demo` on a slow 2-core machine. Measured here (2 cores,
@@ -67,25 +71,27 @@ def build_config(dataset: str, image_size: int, train_steps: int | None, solver:
     return PipelineConfig.from_overrides(named)
 
 
-def train_generators(c: dict[str, Any], data_path: str, run_dir: Path) -> dict[float, tuple[str, str | None, Path]]:
+def train_generators(cfg: PipelineConfig, data_path: str, run_dir: Path
+                     ) -> dict[float, tuple[str, str | None, Path]]:
     """The generators a run needs: {real fraction: (image checkpoint, mask generator or None, output folder)} for
     the full train split (1.0) and, leak-free, for each low-data fraction's own subset (`low-data/real-<f>/`)."""
     out = {}
-    for f in (1.0, *c["eval"]["real_fractions"]):
+    for f in (1.0, *cfg.eval.real_fractions):
         where = run_dir if f == 1.0 else run_dir / "low-data" / f"real-{f:g}"
-        train = c["train"] if f == 1.0 else {**c["train"], "real_fraction": f, "subset_seed": c["eval"]["subset_seed"]}
-        masks = train_masks_task(data_path, c["model"], train, c["sample"], str(where))  # first: it checks the mask
-        checkpoint = train_task(data_path, c["model"], train, str(where))  # source before any training
+        train = cfg.train if f == 1.0 else replace(cfg.train, real_fraction=f, subset_seed=cfg.eval.subset_seed)
+        # the mask generator first: it checks the mask source before any training
+        masks = train_masks_task(data_path, cfg.model, train, cfg.sample.mask_source, str(where))
+        checkpoint = train_task(data_path, cfg.model, train, str(where))
         out[f] = (checkpoint, masks, where)
     return out
 
 
-def synthesise(checkpoint: str, sample: dict[str, Any], where: Path, mask_checkpoint: str | None = None) -> str:
+def synthesise(checkpoint: str, sample: SampleConfig, where: Path, mask_checkpoint: str | None = None) -> str:
     """plan -> sample the shards over Dask -> publish `<where>/synthetic/latest`; returns the version's path."""
     store, todo = plan_sampling_task(checkpoint, sample, str(where), mask_checkpoint)
     shards = sample_shards_task(checkpoint, store, todo, sample)
     get_run_logger().info("sample: %d shard(s) written this run into %s", sum(not s["skipped"] for s in shards), store)
-    publish_task(store, sample)  # evaluation reads this version itself, not the moving `latest` link
+    publish_task(store, sample.keep_versions)  # evaluation reads this version itself, not the moving `latest` link
     return store
 
 
@@ -119,31 +125,30 @@ def synth_and_eval(
     logger = get_run_logger()
     cfg = build_config(dataset, image_size, train_steps, solver, nfe, samples_per_class, seeds, overrides, model_size,
                        mask_conditioning)
-    c = cfg.to_dict()
-    enhance_cfgs = [asdict(from_dict(EnhanceConfig, {**(overrides or {}).get("enhance", {}), "task": name}, "enhance"))
+    enhance_cfgs = [from_dict(EnhanceConfig, {**(overrides or {}).get("enhance", {}), "task": name}, "enhance")
                     for name in (enhance or [])]
     run_dir = Path(output_root).resolve() / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     logger.info("synth-and-eval: outputs in %s", run_dir)
 
-    data_path = ingest_task(c["data"], str(run_dir))
+    data_path = ingest_task(cfg.data, str(run_dir))
     enhancements = [enhance_task(data_path, e, str(run_dir)) for e in enhance_cfgs]
-    generators = train_generators(c, data_path, run_dir)
-    report = sample_evaluate_report(run_name, c, data_path, generators, run_dir, enhancements)
-    write_config(run_dir, c)
+    generators = train_generators(cfg, data_path, run_dir)
+    report = sample_evaluate_report(run_name, cfg, data_path, generators, run_dir, enhancements)
+    write_config(run_dir, cfg.to_dict())
     logger.info("synth-and-eval: done; report at %s", report)
     return report
 
 
-def sample_evaluate_report(run_name: str, c: dict[str, Any], data_path: str,
+def sample_evaluate_report(run_name: str, cfg: PipelineConfig, data_path: str,
                            generators: dict[float, tuple[str, str | None, Path]], run_dir: Path,
                            enhancements: list[str] | None = None) -> str:
     """The stages after training (shared with `regenerate-synthetic`): sample every generator, evaluate the
     arms (low-data arms on their own generators' stores), report; returns the report path."""
-    stores = {f: synthesise(ckpt, c["sample"], where, masks) for f, (ckpt, masks, where) in generators.items()}
+    stores = {f: synthesise(ckpt, cfg.sample, where, masks) for f, (ckpt, masks, where) in generators.items()}
     low = {f"{f:g}": store for f, store in stores.items() if f != 1.0}
-    evaluation = evaluate_task(data_path, stores[1.0], c["eval"], str(run_dir), low)
-    return report_task(run_name, c, data_path, generators[1.0][0], stores[1.0], evaluation, str(run_dir),
+    evaluation = evaluate_task(data_path, stores[1.0], cfg.eval, str(run_dir), low)
+    return report_task(run_name, cfg.to_dict(), data_path, generators[1.0][0], stores[1.0], evaluation, str(run_dir),
                        enhancements or [])
 
 

@@ -24,8 +24,13 @@ import torch
 import zarr
 
 from motfm_core.config import EvalConfig
-from motfm_core.data.store import load_split, load_synthetic, stratified_subset
-from motfm_core.metrics import bootstrap_gain, bootstrap_paired, classification_metrics, summarise
+from motfm_core.data.store import Splits, load_splits, load_synthetic, stratified_subset
+from motfm_core.metrics import (
+    bootstrap_gain,
+    bootstrap_paired,
+    classification_metrics,
+    summarise,
+)
 from motfm_core.segmentation import predict_masks, segmentation_scores, train_segmenter
 from motfm_core.supervised import predict_proba, train_classifier
 from motfm_core.utils import default_device
@@ -101,15 +106,16 @@ def low_data_stores(synthetic: dict[float, str | Path], train_labels: np.ndarray
 def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig,
                           device: str | torch.device | None = None,
                           progress: Callable[[str], None] | None = None,
-                          low_data: dict[float, str | Path] | None = None) -> dict:
+                          low_data: dict[float, str | Path] | None = None, real: Splits | None = None) -> dict:
     """Per-arm, per-seed test metrics of a classifier (and a segmenter when both stores have masks) and the
     augmentation gain of every augmented arm over its baseline, with its spread and 95% bootstrap CI.
 
     `low_data` maps each of `cfg.real_fractions` to the synthetic store of a generator trained on that subset
-    only; fractions without one get no `+synthetic` arm."""
+    only; fractions without one get no `+synthetic` arm. `real`: the train and test splits, when already loaded."""
     device = default_device(device)
     say = progress or log.info
-    train, test = load_split(real_path, "train"), load_split(real_path, "test")
+    real = real or load_splits(real_path)
+    train, test = real["train"], real["test"]
     low_data = {float(f): p for f, p in (low_data or {}).items()}
     missing = sorted(set(map(float, cfg.real_fractions)) - set(low_data))
     if low_data and missing:

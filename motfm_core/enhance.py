@@ -24,10 +24,16 @@ from scipy.ndimage import gaussian_filter
 
 from motfm_core.config import EnhanceConfig, auto_norm_groups
 from motfm_core.data.store import load_split
+from motfm_core.nets import TIME_SCALE
 from motfm_core.paths import CondOTPath
 from motfm_core.solvers import solve
-from motfm_core.nets import TIME_SCALE
-from motfm_core.utils import default_device, save_atomic, to_image_space, to_model_space
+from motfm_core.utils import (
+    default_device,
+    save_atomic,
+    to_image_space,
+    to_model_space,
+    write_json_atomic,
+)
 
 
 def degrade(x: torch.Tensor, cfg: EnhanceConfig, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -122,3 +128,15 @@ def train_and_evaluate(data_path: str | Path, cfg: EnhanceConfig, out_dir: str |
             "classical": {**_scores(classical(test_deg, cfg, sigma), test["images"]),
                           "method": "bicubic" if cfg.task == "superres" else f"gaussian filter sigma={sigma}"},
             "flow": _scores(flow_out.cpu().numpy(), test["images"])}
+
+
+def run_enhancement(data_path: str | Path, cfg: EnhanceConfig, run_dir: str | Path,
+                    progress: Callable[[str], None] | None = None) -> Path:
+    """Train and score one enhancement task; writes `<run_dir>/enhance-<task>.json` (checkpoint under
+    `<run_dir>/checkpoints/`) and returns its path."""
+    result = train_and_evaluate(data_path, cfg, Path(run_dir) / "checkpoints", progress=progress)
+    out = write_json_atomic(Path(run_dir) / f"enhance-{cfg.task}.json", result)
+    (progress or print)(f"enhance[{cfg.task}]: PSNR input {result['degraded']['psnr']:.2f}, "
+                        f"{result['classical']['method']} {result['classical']['psnr']:.2f}, flow (NFE {result['nfe']}) "
+                        f"{result['flow']['psnr']:.2f}")
+    return out

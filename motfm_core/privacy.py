@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import zarr
 
-from motfm_core.data.store import load_split, load_synthetic
+from motfm_core.data.store import Splits, load_splits, load_synthetic
 
 
 def nearest(queries: np.ndarray, refs: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
@@ -69,11 +69,13 @@ def closest_pairs_png(train: np.ndarray, synthetic: np.ndarray, audit: dict, out
 
 
 def audit_stores(real_path: str | Path, synthetic_path: str | Path, out_png: str | Path | None = None,
-                 quantile: float = 0.01) -> dict:
+                 quantile: float = 0.01, real: Splits | None = None) -> dict:
     """Audit a complete synthetic store against the real images its generator was trained on (the store's
     `train_indices`, else the whole train split), with real test images as the reference; writes the
-    closest-pairs PNG when `out_png` is given. Adds the copy guard's counts when the store has them."""
-    train, test = load_split(real_path, "train")["images"], load_split(real_path, "test")["images"]
+    closest-pairs PNG when `out_png` is given. Adds the copy guard's counts when the store has them. `real`: the
+    train and test splits, when already loaded."""
+    real = real or load_splits(real_path)
+    train, test = real["train"]["images"], real["test"]["images"]
     root = zarr.open_group(str(synthetic_path), mode="r", zarr_format=3)
     indices = root.attrs.get("train_indices")
     if indices is not None:

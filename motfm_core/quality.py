@@ -23,7 +23,13 @@ from monai.metrics import FIDMetric
 from torch import nn
 
 from motfm_core.config import EvalConfig, SampleConfig, from_dict
-from motfm_core.data.store import load_split, load_synthetic, open_store
+from motfm_core.data.store import (
+    Splits,
+    load_split,
+    load_splits,
+    load_synthetic,
+    open_store,
+)
 from motfm_core.sampling import Sampler
 from motfm_core.supervised import train_classifier
 from motfm_core.utils import default_device, to_model_space
@@ -37,8 +43,9 @@ class FeatureExtractor:
 
     @classmethod
     def train(cls, real_path: str | Path, cfg: EvalConfig | None = None, seed: int = 0,
-              device: torch.device | str = "cpu") -> "FeatureExtractor":
-        data = load_split(real_path, "train")
+              device: torch.device | str = "cpu", data: dict[str, np.ndarray] | None = None) -> "FeatureExtractor":
+        """Train on the real train split (`data`, when already loaded)."""
+        data = data or load_split(real_path, "train")
         k = int(data["labels"].max()) + 1
         return cls(train_classifier(data["images"], data["labels"], k, cfg or EvalConfig(steps=300), seed,
                                     torch.device(device)), device)
@@ -178,14 +185,16 @@ def nfe_curve(checkpoint: str | Path, extractor: "FeatureExtractor", test: np.nd
 
 
 def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig | None = None,
-                      device: torch.device | str | None = None, checkpoint: str | Path | None = None) -> dict:
+                      device: torch.device | str | None = None, checkpoint: str | Path | None = None,
+                      real: Splits | None = None) -> dict:
     """Train the in-domain extractor on the real train split and score the synthetic store against real test;
-    with the `checkpoint` and `cfg.nfe_curve`, also the quality-vs-NFE curve of fresh samples."""
+    with the `checkpoint` and `cfg.nfe_curve`, also the quality-vs-NFE curve of fresh samples. `real`: the train
+    and test splits, when already loaded."""
     device = default_device(device)
-    extractor = FeatureExtractor.train(real_path, cfg, device=device)
+    real = real or load_splits(real_path)
+    extractor = FeatureExtractor.train(real_path, cfg, device=device, data=real["train"])
     syn = load_synthetic(synthetic_path)
     fake, fake_labels = syn["images"], syn["labels"]
-    real = {name: load_split(real_path, name) for name in ("train", "test")}
     images = {name: d["images"] for name, d in real.items()}
     feats = {name: extractor(x) for name, x in images.items()}
     out = quality(feats["train"], feats["test"], extractor(fake), {**images, "fake": fake})

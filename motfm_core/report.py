@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import zarr
 
-from motfm_core.data.store import load_split
+from motfm_core import code_version
+from motfm_core.data.store import completed_shards, load_split, open_store
 from motfm_core.utils import atomic_path
 
 
@@ -288,3 +290,50 @@ def write_report(out_dir: str | Path, report: dict[str, Any], real_path: str | P
         with atomic_path(out_dir / name) as tmp:
             tmp.write_text(text)
     return {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"), "grid": str(grid)}
+
+
+def gather(run_name: str, config: dict, data_path: str, checkpoint: str, synthetic_path: str,
+           evaluation_path: str, enhancement_paths: list[str]) -> dict:
+    """Every stage's outputs in one dict: the report.json schema (dataset, training, sampling, evaluation,
+    enhancement, with the run's config and code version)."""
+    data = open_store(data_path)
+    split = data["split"][:]
+    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    syn = zarr.open_group(synthetic_path, mode="r", zarr_format=3)
+    shard_info = list(completed_shards(synthetic_path).values())
+    seconds = sum(s["seconds"] for s in shard_info)
+    return {
+        "run_name": run_name, "code_version": code_version(), "config": config,
+        "dataset": {"path": data_path, "source": data.attrs["source"], "fingerprint": data.attrs["fingerprint"],
+                    "class_names": data.attrs["class_names"], "sample_shape": list(data["images"].shape[1:]),
+                    "sizes": {n: int((split == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))}},
+        "training": {"checkpoint": checkpoint, "steps": ckpt["step"], "final_loss": float(np.mean(ckpt["losses"][-50:])),
+                     "loss_curve": [float(np.mean(ckpt["losses"][i:i + 50])) for i in range(0, len(ckpt["losses"]), 50)],
+                     "seconds": ckpt.get("train_seconds", float("nan")), "device": ckpt["device"]},
+        "sampling": {"store": synthetic_path, "num_samples": syn.attrs["num_samples"], "solver": syn.attrs["solver"],
+                     "nfe": syn.attrs["nfe"], "guidance": syn.attrs["guidance"],
+                     "mask_source": syn.attrs.get("mask_source"),
+                     "copy_guard": syn.attrs.get("copy_threshold") is not None,
+                     "seconds_per_image": seconds / max(1, syn.attrs["num_samples"]),
+                     "device": shard_info[0].get("device", "?") if shard_info else "?",
+                     "checkpoint_sha256": syn.attrs["checkpoint_sha256"]},
+        "evaluation": json.loads(Path(evaluation_path).read_text()),
+        "enhancement": [json.loads(Path(p).read_text()) for p in enhancement_paths],
+    }
+
+def gain_rows(report: dict) -> list[dict[str, str]]:
+    """The test-set metrics table (mean ± std over seeds per arm, then the headline gain) of a report."""
+    rows = [{"arm": arm, **{m: f"{s['mean']:.3f} ± {s['std']:.3f}" for m, s in stats.items()}}
+            for arm, stats in report["evaluation"]["summary"].items()]
+    rows.append({"arm": "gain (real+synthetic - real)",
+                 **{m: f"{s['mean']:+.3f} ± {s['std']:.3f}" for m, s in report["evaluation"]["gain"].items()}})
+    return rows
+
+
+def publish_report(run_name: str, config: dict, data_path: str, checkpoint: str, synthetic_path: str,
+                   evaluation_path: str, run_dir: str | Path, enhancement_paths: list[str] | None = None
+                   ) -> tuple[dict, dict[str, str]]:
+    """Gather every stage's outputs and write report.json, report.md and the figures into `run_dir`; returns
+    the report and the written files."""
+    report = gather(run_name, config, data_path, checkpoint, synthetic_path, evaluation_path, enhancement_paths or [])
+    return report, write_report(run_dir, report, data_path, synthetic_path)

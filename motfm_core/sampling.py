@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from motfm_core.baselines import diffusion_sample
 from motfm_core import code_version
+from motfm_core.baselines import diffusion_sample
 from motfm_core.config import SampleConfig, TrainConfig, config_hash
 from motfm_core.data.store import (
     create_synthetic_store,
@@ -27,7 +27,13 @@ from motfm_core.data.store import (
     version_for,
     write_shard,
 )
-from motfm_core.masks import cycle_by_class, deform, deform_columns, mask_seeds, resolve_mask_source
+from motfm_core.masks import (
+    cycle_by_class,
+    deform,
+    deform_columns,
+    mask_seeds,
+    resolve_mask_source,
+)
 from motfm_core.nets import VelocityUNet, guided_velocity
 from motfm_core.privacy import nearest
 from motfm_core.solvers import solve

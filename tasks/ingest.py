@@ -1,4 +1,4 @@
-"""Ingest task: data source -> `<run_dir>/dataset.zarr`."""
+"""Ingest task: data source -> the real dataset store."""
 
 from __future__ import annotations
 
@@ -6,18 +6,12 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from motfm_core.config import DataConfig, from_dict
-from motfm_core.data import ingest, open_store
+from motfm_core.config import DataConfig
+from motfm_core.data import ingest
 from tasks import BACKOFF, transient
 
 
 @task(name="ingest", retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
-def ingest_task(data: dict, run_dir: str) -> str:
-    """Build (or reuse) the real dataset store; returns its path."""
-    logger = get_run_logger()
-    cfg = from_dict(DataConfig, data, "data")
-    path = ingest(cfg, Path(run_dir) / "dataset.zarr")
-    attrs = open_store(path).attrs
-    logger.info("ingest: %s -> %s (%d samples, fingerprint %s)", cfg.source, path, attrs["num_samples"],
-                attrs["fingerprint"][:12])
-    return str(path)
+def ingest_task(cfg: DataConfig, run_dir: str) -> str:
+    """Build (or reuse) `<run_dir>/dataset.zarr`; returns its path."""
+    return str(ingest(cfg, Path(run_dir) / "dataset.zarr", progress=get_run_logger().info))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from motfm_core.config import SampleConfig, from_dict
+from motfm_core.config import SampleConfig
 from motfm_core.data import open_store, publish_latest
 from motfm_core.distributed import dask_client, sample_shards
 from motfm_core.sampling import prepare_version
@@ -14,11 +14,10 @@ from tasks import BACKOFF, GPU_TAG, transient
 
 
 @task(name="plan-sampling")
-def plan_sampling_task(checkpoint: str, sample: dict, run_dir: str, mask_checkpoint: str | None = None
+def plan_sampling_task(checkpoint: str, cfg: SampleConfig, run_dir: str, mask_checkpoint: str | None = None
                        ) -> tuple[str, list[int]]:
     """Create (or reopen, to resume) the synthetic version for this checkpoint (and mask generator) and sample
     config under `<run_dir>/synthetic/`; returns its path and the shards still to write."""
-    cfg = from_dict(SampleConfig, sample, "sample")
     store, todo = prepare_version(checkpoint, cfg, Path(run_dir) / "synthetic", mask_checkpoint)
     get_run_logger().info("sample: %s holds %d samples in %d-sample shards; %d shard(s) to write", store,
                           open_store(store).attrs["num_samples"], cfg.shard_size, len(todo))
@@ -26,11 +25,10 @@ def plan_sampling_task(checkpoint: str, sample: dict, run_dir: str, mask_checkpo
 
 
 @task(name="sample-shards", tags=[GPU_TAG], retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
-def sample_shards_task(checkpoint: str, store: str, shards: list[int], sample: dict) -> list[dict]:
+def sample_shards_task(checkpoint: str, store: str, shards: list[int], cfg: SampleConfig) -> list[dict]:
     """Write the given shards on a Dask cluster (`sample.scheduler` / $MOTFM_DASK_SCHEDULER, else a local
     one with `sample.workers` workers); finished shards are skipped."""
     logger = get_run_logger()
-    cfg = from_dict(SampleConfig, sample, "sample")
     if not shards:
         return []
     done = []
@@ -49,8 +47,8 @@ def sample_shards_task(checkpoint: str, store: str, shards: list[int], sample: d
 
 
 @task(name="publish-synthetic")
-def publish_task(store: str, sample: dict) -> str:
-    """Move `synthetic/latest` to this complete version (atomically) and prune old versions if asked."""
-    latest = publish_latest(store, keep=from_dict(SampleConfig, sample, "sample").keep_versions)
+def publish_task(store: str, keep_versions: int = 0) -> str:
+    """Move `synthetic/latest` to this complete version (atomically) and keep the newest `keep_versions` (0 = all)."""
+    latest = publish_latest(store, keep=keep_versions)
     get_run_logger().info("sample: %s -> %s", latest, Path(store).name)
     return str(latest)

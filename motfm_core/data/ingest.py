@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -116,15 +117,18 @@ def source_signature(source: str) -> list:
             for f in files]
 
 
-def ingest(cfg: DataConfig, out_path: str | Path) -> Path:
+def ingest(cfg: DataConfig, out_path: str | Path, progress: Callable[[str], None] | None = None) -> Path:
     """Build the real dataset store at out_path; a store built from the same config, source files and
     package version is reused."""
+    say = progress or log.info
     out_path = Path(out_path)
     key = config_hash(cfg, source_signature(cfg.source), __version__, SCHEMA_VERSION)
     if (out_path / "zarr.json").exists():
         try:
-            if open_store(out_path).attrs.get("ingest_key") == key:
-                log.info("ingest: %s already built from this config (key %s); reusing it", out_path, key)
+            attrs = open_store(out_path).attrs
+            if attrs.get("ingest_key") == key:
+                say(f"ingest: {cfg.source} -> {out_path} ({attrs['num_samples']} samples, fingerprint "
+                    f"{attrs['fingerprint'][:12]}): already built from this config (key {key}); reusing it")
                 return out_path
         except ValueError:
             pass
@@ -137,6 +141,6 @@ def ingest(cfg: DataConfig, out_path: str | Path) -> Path:
     path = write_dataset(out_path, arrays["images"], arrays["labels"], arrays["split"],
                          np.array([uniq[g] for g in groups]), attrs, masks=arrays["masks"])
     counts = {n: int((arrays["split"] == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))}
-    log.info("ingest: wrote %s: %d samples %s, shape %s", path, len(arrays["labels"]), counts,
-             arrays["images"].shape[1:])
+    say(f"ingest: {cfg.source} -> {path} ({len(arrays['labels'])} samples {counts}, shape "
+        f"{arrays['images'].shape[1:]}, fingerprint {open_store(path).attrs['fingerprint'][:12]})")
     return path

@@ -120,6 +120,14 @@ def load_split(path: str | Path, split: str) -> dict[str, np.ndarray]:
     return out
 
 
+Splits = dict[str, dict[str, np.ndarray]]  # {split name: load_split(...) of it}
+
+
+def load_splits(path: str | Path, names: tuple[str, ...] = ("train", "test")) -> Splits:
+    """Several splits at once (`load_split` each): what the evaluation reads once and hands to every metric."""
+    return {name: load_split(path, name) for name in names}
+
+
 # --- synthetic, sharded store --------------------------------------------------------------------
 
 

@@ -49,8 +49,8 @@ def test_a_classifier_learns_the_level_bands(brain):
     import torch
 
     from motfm_core.config import EvalConfig
-    from motfm_core.supervised import predict_proba, train_classifier
     from motfm_core.metrics import classification_metrics
+    from motfm_core.supervised import predict_proba, train_classifier
 
     arrays, _ = brain
     tr, te = arrays["split"] == 0, arrays["split"] == 2

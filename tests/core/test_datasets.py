@@ -4,7 +4,12 @@ import torch
 from torch.utils.data import DataLoader
 
 from motfm_core.data import create_synthetic_store, load_split, write_shard
-from motfm_core.data.datasets import ZarrDictDataset, ZarrImageDataset, as_dask, mix_real_synthetic
+from motfm_core.data.datasets import (
+    ZarrDictDataset,
+    ZarrImageDataset,
+    as_dask,
+    mix_real_synthetic,
+)
 
 
 @pytest.fixture
