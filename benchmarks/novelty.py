@@ -31,9 +31,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks.results_table import add_row  # noqa: E402
-from flows.cli import prefect_ready  # noqa: E402
-from flows.synth_and_eval import PRESETS, synth_and_eval  # noqa: E402
+from benchmarks.results_table import add_row
+from flows.cli import prefect_ready
+from flows.synth_and_eval import PRESETS, synth_and_eval
 
 MILD = {"deform_rotate": 5.0, "deform_scale": 0.05, "deform_translate": 0.02, "deform_elastic": 1.0}
 VARIANTS: dict[str, dict] = {
