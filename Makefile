@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= motfm_core
 
-.PHONY: demo test venv data clean
+.PHONY: demo test lint venv data clean
 
 venv: $(STAMP)
 
@@ -32,7 +32,12 @@ data:
 demo: venv data
 	$(PY) -m flows.synth_and_eval --run-name demo --preset demo
 
-test: venv data
+# lint (ruff) and the import contracts (layers, no Prefect in motfm_core, no circles), then the tests
+lint: venv
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports
+
+test: venv data lint
 	$(PY) -m pytest -q
 
 clean:

@@ -30,19 +30,19 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from results_table import add_row  # noqa: E402
+from results_table import add_row
 
-from motfm_core.config import (  # noqa: E402
+from motfm_core.config import (
     DataConfig,
     EvalConfig,
     ModelConfig,
     SampleConfig,
     TrainConfig,
 )
-from motfm_core.data import ingest, load_split  # noqa: E402
-from motfm_core.quality import FeatureExtractor, fid, kid, precision_recall, swd  # noqa: E402
-from motfm_core.sampling import generate, sample_plan  # noqa: E402
-from motfm_core.training import load_checkpoint, train_flow_matching  # noqa: E402
+from motfm_core.data import ingest, load_split
+from motfm_core.quality import FeatureExtractor, fid, kid, precision_recall, swd
+from motfm_core.sampling import generate, sample_plan
+from motfm_core.training import load_checkpoint, train_flow_matching
 
 NFES = (1, 2, 4, 10, 20, 50)
 SECTION = "Flow matching vs diffusion (`benchmarks/fm_vs_diffusion.py`)"
@@ -94,7 +94,8 @@ def run(args: argparse.Namespace) -> dict:
     result = {"date": dt.date.today().isoformat(), "machine": machine_name(device), "device": str(device),
               "command": " ".join(["benchmarks/fm_vs_diffusion.py", *sys.argv[1:]]), "args": vars(args),
               "dataset": {"train": len(real["train"]), "test": len(real["test"]), "size": args.image_size},
-              "baseline_train_vs_test": {"fid": fid(real["test"], real["train"]), "kid": kid(real["test"], real["train"]),
+              "baseline_train_vs_test": {"fid": fid(real["test"], real["train"]),
+                                         "kid": kid(real["test"], real["train"]),
                                          **precision_recall(real["test"], real["train"]),
                                          **swd_fields(real_images["test"], real_images["train"])},
               "models": {}, "rows": []}
@@ -166,7 +167,8 @@ def plot(result: dict, png: Path) -> None:
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 8))
     keys = dict.fromkeys((r["model"], r["solver"]) for r in result["rows"])
-    for row_axes, metric, label in ((axes[0], "fid", "in-domain FID"), (axes[1], "swd_fine", "fine-level patch SWD x1e3")):
+    panels = ((axes[0], "fid", "in-domain FID"), (axes[1], "swd_fine", "fine-level patch SWD x1e3"))
+    for row_axes, metric, label in panels:
         for model, solver in keys:
             rs = sorted((r for r in result["rows"] if r["model"] == model and r["solver"] == solver),
                         key=lambda r: r["nfe"])

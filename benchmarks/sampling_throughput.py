@@ -34,14 +34,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from results_table import add_row  # noqa: E402
+from results_table import add_row
 
-from motfm_core.config import DataConfig, ModelConfig, SampleConfig, TrainConfig  # noqa: E402
-from motfm_core.data import create_synthetic_store, ingest, write_shard  # noqa: E402
-from motfm_core.distributed import dask_client, sample_shards  # noqa: E402
-from motfm_core.nets import guided_velocity  # noqa: E402
-from motfm_core.sampling import prepare_version  # noqa: E402
-from motfm_core.training import load_checkpoint, train_flow_matching  # noqa: E402
+from motfm_core.config import DataConfig, ModelConfig, SampleConfig, TrainConfig
+from motfm_core.data import create_synthetic_store, ingest, write_shard
+from motfm_core.distributed import dask_client, sample_shards
+from motfm_core.nets import guided_velocity
+from motfm_core.sampling import prepare_version
+from motfm_core.training import load_checkpoint, train_flow_matching
 
 
 def machine_name() -> str:
@@ -131,7 +131,7 @@ def write_throughput(images: np.ndarray, shard_size: int, work: Path) -> dict:
                               shards=(shard_size, *images.shape[1:]), fill_value=np.nan,
                               compressors=codec if codec else None)
 
-        def write():
+        def write(path=path):
             for i, start in enumerate(range(0, len(images), shard_size)):
                 sl = slice(start, start + shard_size)
                 write_shard(path, i, images[sl], labels[sl], seeds[sl])
@@ -146,7 +146,8 @@ def write_throughput(images: np.ndarray, shard_size: int, work: Path) -> dict:
     create_synthetic_store(path, len(images), images.shape[1:], big, {"run_key": "big"})
     seconds = _flushed_write(lambda: [write_shard(path, i, images[s:s + big], labels[s:s + big], seeds[s:s + big])
                                       for i, s in enumerate(range(0, len(images), big))])
-    out[f"zstd-0, shard {big}"] = {"mb_s": mb / seconds, "vs_raw": mb / seconds / out["raw_mb_s"], "ratio": float("nan")}
+    out[f"zstd-0, shard {big}"] = {"mb_s": mb / seconds, "vs_raw": mb / seconds / out["raw_mb_s"],
+                                   "ratio": float("nan")}
     shutil.rmtree(path)
     return out
 

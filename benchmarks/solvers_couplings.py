@@ -22,16 +22,16 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from fm_vs_diffusion import ROOT, machine_name, swd_fields  # noqa: E402
-from results_table import add_row  # noqa: E402
+from fm_vs_diffusion import ROOT, machine_name, swd_fields
+from results_table import add_row
 
-from motfm_core.config import EvalConfig, SampleConfig, TrainConfig  # noqa: E402
-from motfm_core.data import load_split  # noqa: E402
-from motfm_core.metrics import straightness  # noqa: E402
-from motfm_core.nets import guided_velocity  # noqa: E402
-from motfm_core.quality import FeatureExtractor, fid  # noqa: E402
-from motfm_core.sampling import generate, initial_noise, sample_plan  # noqa: E402
-from motfm_core.training import load_checkpoint, train_flow_matching  # noqa: E402
+from motfm_core.config import EvalConfig, SampleConfig, TrainConfig
+from motfm_core.data import load_split
+from motfm_core.metrics import straightness
+from motfm_core.nets import guided_velocity
+from motfm_core.quality import FeatureExtractor, fid
+from motfm_core.sampling import generate, initial_noise, sample_plan
+from motfm_core.training import load_checkpoint, train_flow_matching
 
 PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 
@@ -47,8 +47,8 @@ def main() -> None:
     if not (work / "fm-independent" / "model.pt").exists():
         raise SystemExit(f"{work}: run benchmarks/fm_vs_diffusion.py first (it trains the models reused here)")
     base_model, _ = load_checkpoint(work / "fm-independent" / "model.pt")
-    base_train = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in
-                                torch.load(work / "fm-independent" / "model.pt", weights_only=True)["train_config"].items()})
+    saved = torch.load(work / "fm-independent" / "model.pt", weights_only=True)["train_config"]
+    base_train = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items()})
     train_flow_matching(data, base_model.cfg, dataclasses.replace(base_train, coupling="sinkhorn"),
                         work / "fm-sinkhorn", device=device, progress=lambda m: print(f"[fm-sinkhorn] {m}", flush=True))
     extractor = FeatureExtractor.train(data, EvalConfig(steps=300), device=device)

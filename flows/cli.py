@@ -17,7 +17,8 @@ from collections.abc import Iterator
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 
-STARTUP_TIMEOUT_S = 180  # Prefect's default (20 s, counted in 0.1 s polls) is too short for a first start on 2 slow cores
+# Prefect's default (20 s, counted in 0.1 s polls) is too short for a first start on 2 slow cores
+STARTUP_TIMEOUT_S = 180
 
 
 def _without_traceback(format_record):
@@ -31,7 +32,7 @@ def _without_traceback(format_record):
         finally:
             record.exc_info, record.exc_text, record.stack_info = saved
 
-    format.motfm_quiet = True  # type: ignore[attr-defined]
+    format.motfm_quiet = True  # type: ignore[attr-defined]  # a marker attribute on our wrapper function
     return format
 
 
@@ -47,8 +48,9 @@ def quiet_console_tracebacks(debug: bool = False) -> None:
     for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
         for handler in getattr(logger, "handlers", []):
             fmt = handler.formatter
-            if isinstance(handler, PrefectConsoleHandler) and fmt is not None and not hasattr(fmt.format, "motfm_quiet"):
-                fmt.format = _without_traceback(fmt.format)  # type: ignore[method-assign]
+            ours = fmt is not None and hasattr(fmt.format, "motfm_quiet")
+            if isinstance(handler, PrefectConsoleHandler) and fmt is not None and not ours:
+                fmt.format = _without_traceback(fmt.format)  # type: ignore[method-assign]  # wrap this handler only
 
 
 @contextlib.contextmanager

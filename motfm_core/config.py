@@ -27,8 +27,9 @@ def _coerce(annotation: str, value: Any, key: str) -> Any:
             return float(v)
         if isinstance(v, want) and not (want is not bool and isinstance(v, bool)):
             return v
+        example = {"int": 10, "float": 0.5, "str": "x", "bool": "true"}[kind]
         raise ValueError(f"{key} must be {'a' if kind != 'int' else 'an'} {kind}, got {v!r} "
-                         f"({type(v).__name__}); e.g. --set {key}={ {'int': 10, 'float': 0.5, 'str': 'x', 'bool': 'true'}[kind]}")
+                         f"({type(v).__name__}); e.g. --set {key}={example}")
 
     if annotation in _SCALARS:
         return one(annotation, value)
@@ -139,7 +140,8 @@ class ModelConfig:
                f"model.prediction must be 'velocity' (flow matching) or 'epsilon' (DDPM), got {self.prediction!r}")
         _check(len(self.channels) == len(self.attention_levels),
                f"model.channels {self.channels} and model.attention_levels {self.attention_levels} differ in length")
-        _check(self.norm_num_groups >= 1, f"model.norm_num_groups must be >= 1 (or 0 = auto), got {self.norm_num_groups}")
+        _check(self.norm_num_groups >= 1,
+               f"model.norm_num_groups must be >= 1 (or 0 = auto), got {self.norm_num_groups}")
         _check(all(c % self.norm_num_groups == 0 for c in self.channels),
                f"model.channels {self.channels} must be multiples of norm_num_groups={self.norm_num_groups}")
         for level, c in enumerate(self.channels):
@@ -306,7 +308,8 @@ class EnhanceConfig:
     def validate(self) -> None:
         _check(self.task in ("denoise", "superres"), f"enhance.task must be 'denoise' or 'superres', got {self.task!r}")
         if self.task == "superres":
-            _check(float(self.level).is_integer() and self.level >= 2, "enhance.level for superres: integer factor >= 2")
+            _check(float(self.level).is_integer() and self.level >= 2,
+                   "enhance.level for superres: integer factor >= 2")
         _check(self.level > 0 and self.steps >= 1 and self.nfe >= 1, "enhance.level, steps and nfe must be positive")
 
 

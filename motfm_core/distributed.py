@@ -14,10 +14,14 @@ import hashlib
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 
 from motfm_core.config import SampleConfig
+
+if TYPE_CHECKING:
+    from distributed import Client
 
 SCHEDULER_ENV = "MOTFM_DASK_SCHEDULER"
 
@@ -30,7 +34,7 @@ def default_workers() -> int:
 @contextlib.contextmanager
 def dask_client(scheduler: str | None = None, workers: int | None = None,
                 threads_per_worker: int | None = None, timeout: str = "30s",
-                ) -> Iterator["distributed.Client"]:  # noqa: F821
+                ) -> Iterator[Client]:
     """A client to `scheduler` (or `$MOTFM_DASK_SCHEDULER`; unreachable within `timeout` raises OSError),
     else to a fresh `LocalCluster` of `workers` single-task worker processes that is closed on exit."""
     import dask

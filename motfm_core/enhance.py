@@ -117,7 +117,8 @@ def train_and_evaluate(data_path: str | Path, cfg: EnhanceConfig, out_dir: str |
     val_deg, test_deg = degraded_of(val["images"], 1), degraded_of(test["images"], 2)
     sigma = 0.0
     if cfg.task == "denoise":  # tune the classical filter on val, never on test
-        sigma = max((0.5, 0.75, 1.0, 1.5, 2.0), key=lambda s: _scores(classical(val_deg, cfg, s), val["images"])["psnr"])
+        sigma = max((0.5, 0.75, 1.0, 1.5, 2.0),
+                    key=lambda s: _scores(classical(val_deg, cfg, s), val["images"])["psnr"])
     t1 = time.perf_counter()
     flow_out, nfe = enhance(model, torch.from_numpy(test_deg).to(device), cfg,
                             torch.Generator(device=device).manual_seed(3))
@@ -136,7 +137,7 @@ def run_enhancement(data_path: str | Path, cfg: EnhanceConfig, run_dir: str | Pa
     `<run_dir>/checkpoints/`) and returns its path."""
     result = train_and_evaluate(data_path, cfg, Path(run_dir) / "checkpoints", progress=progress)
     out = write_json_atomic(Path(run_dir) / f"enhance-{cfg.task}.json", result)
-    (progress or print)(f"enhance[{cfg.task}]: PSNR input {result['degraded']['psnr']:.2f}, "
-                        f"{result['classical']['method']} {result['classical']['psnr']:.2f}, flow (NFE {result['nfe']}) "
-                        f"{result['flow']['psnr']:.2f}")
+    classic = result["classical"]
+    (progress or print)(f"enhance[{cfg.task}]: PSNR input {result['degraded']['psnr']:.2f}, {classic['method']} "
+                        f"{classic['psnr']:.2f}, flow (NFE {result['nfe']}) {result['flow']['psnr']:.2f}")
     return out

@@ -60,7 +60,8 @@ class VelocityUNet(nn.Module):
                                        **_unet_kwargs(cfg))
         self.controlnet = None
         if cfg.mask_conditioning == "controlnet":
-            self.controlnet = ControlNet(in_channels=cfg.in_channels, conditioning_embedding_in_channels=cfg.mask_classes,
+            self.controlnet = ControlNet(in_channels=cfg.in_channels,
+                                         conditioning_embedding_in_channels=cfg.mask_classes,
                                          conditioning_embedding_num_channels=(16,), **_unet_kwargs(cfg))
         if cfg.gradient_checkpointing:
             for block in [*self.unet.down_blocks, *self.unet.up_blocks]:

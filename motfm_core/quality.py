@@ -129,7 +129,8 @@ def swd(real: np.ndarray, fake: np.ndarray, levels: int = 3, patches_per_image: 
     size = min(size, side)
     levels = max(1, min(levels, int(np.log2(side / size)) + 1))  # the coarsest level still holds a patch
     out = {}
-    for lvl, (la, lb) in enumerate(zip(_laplacian_pyramid(as_2d(real), levels), _laplacian_pyramid(as_2d(fake), levels))):
+    pyramids = zip(_laplacian_pyramid(as_2d(real), levels), _laplacian_pyramid(as_2d(fake), levels), strict=True)
+    for lvl, (la, lb) in enumerate(pyramids):
         pa, pb = _patches(la, patches_per_image, size, g), _patches(lb, patches_per_image, size, g)
         m = min(len(pa), len(pb))
         pa, pb = pa[torch.randperm(len(pa), generator=g)[:m]], pb[torch.randperm(len(pb), generator=g)[:m]]

@@ -299,6 +299,7 @@ def gather(run_name: str, config: dict, data_path: str, checkpoint: str, synthet
     data = open_store(data_path)
     split = data["split"][:]
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    losses = ckpt["losses"]
     syn = zarr.open_group(synthetic_path, mode="r", zarr_format=3)
     shard_info = list(completed_shards(synthetic_path).values())
     seconds = sum(s["seconds"] for s in shard_info)
@@ -307,8 +308,8 @@ def gather(run_name: str, config: dict, data_path: str, checkpoint: str, synthet
         "dataset": {"path": data_path, "source": data.attrs["source"], "fingerprint": data.attrs["fingerprint"],
                     "class_names": data.attrs["class_names"], "sample_shape": list(data["images"].shape[1:]),
                     "sizes": {n: int((split == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))}},
-        "training": {"checkpoint": checkpoint, "steps": ckpt["step"], "final_loss": float(np.mean(ckpt["losses"][-50:])),
-                     "loss_curve": [float(np.mean(ckpt["losses"][i:i + 50])) for i in range(0, len(ckpt["losses"]), 50)],
+        "training": {"checkpoint": checkpoint, "steps": ckpt["step"], "final_loss": float(np.mean(losses[-50:])),
+                     "loss_curve": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
                      "seconds": ckpt.get("train_seconds", float("nan")), "device": ckpt["device"]},
         "sampling": {"store": synthetic_path, "num_samples": syn.attrs["num_samples"], "solver": syn.attrs["solver"],
                      "nfe": syn.attrs["nfe"], "guidance": syn.attrs["guidance"],

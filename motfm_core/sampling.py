@@ -106,7 +106,8 @@ class Sampler:
             self.model.unet = torch.compile(self.model.unet)
         self.cfg, self.device, self.copy_threshold = cfg, str(device), copy_threshold
         self.labels, self.seeds = sample_plan(len(self.meta["class_names"]), cfg)
-        train_cfg = TrainConfig(**{k: v for k, v in self.meta["train_config"].items() if k in TrainConfig.__annotations__})
+        saved = self.meta["train_config"]
+        train_cfg = TrainConfig(**{k: v for k, v in saved.items() if k in TrainConfig.__annotations__})
         self.pool = training_set(self.meta["data_path"], train_cfg)  # exactly what this generator trained on
         self.masked = self.model.cfg.mask_conditioning != "none"
         self.mask_source = resolve_mask_source(cfg.mask_source, self.masked)

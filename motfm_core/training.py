@@ -1,4 +1,5 @@
-"""Training (flow matching, or the same-backbone DDPM baseline): loss, EMA, warmup, grad clipping, bf16 on CUDA, atomic resumable checkpoints.
+"""Training (flow matching, or the same-backbone DDPM baseline): loss, EMA, warmup, grad clipping, bf16 on CUDA,
+atomic resumable checkpoints.
 
 Checkpoints hold only tensors and plain Python values, so `torch.load(..., weights_only=True)` reads
 them. `model.pt` (the product) = EMA weights + model/train config + data fingerprint + class names;

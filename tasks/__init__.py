@@ -13,7 +13,7 @@ GPU_TAG = "motfm-gpu"
 BACKOFF = [10, 60]  # seconds before the first and second retry
 
 
-def transient(task, task_run, state) -> bool:  # noqa: ARG001 (Prefect's retry_condition_fn signature)
+def transient(task, task_run, state) -> bool:  # Prefect's retry_condition_fn signature; only `state` is read
     """Retry only what a second attempt can fix: OSError (disk, network) and RuntimeError (CUDA, Dask), but
     not a missing or unreadable path."""
     error = state.result(raise_on_failure=False)

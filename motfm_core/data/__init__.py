@@ -20,7 +20,8 @@ from motfm_core.data.store import (
 )
 
 __all__ = [
-    "SPLITS", "completed_shards", "create_synthetic_store", "incomplete_shards", "ingest", "load_split", "normalise", "open_store",
-    "patient_split", "publish_latest", "require_complete", "resize", "shard_bounds", "shard_complete", "stratified_subset", "version_for", "write_dataset",
+    "SPLITS", "completed_shards", "create_synthetic_store", "incomplete_shards", "ingest", "load_split", "normalise",
+    "open_store", "patient_split", "publish_latest", "require_complete", "resize", "shard_bounds", "shard_complete",
+    "stratified_subset", "version_for", "write_dataset",
     "write_shard",
 ]

@@ -50,7 +50,8 @@ def _read_labels_csv(folder: Path) -> pd.DataFrame:
         bad = df.loc[df["label"].isna(), "filename"].tolist()[:5]
         raise ValueError(f"{csv}: empty label for {bad}; give every row a label")
     if df["filename"].duplicated().any():
-        raise ValueError(f"{csv}: duplicated filename(s) {df.loc[df['filename'].duplicated(), 'filename'].tolist()[:5]}")
+        dupes = df.loc[df["filename"].duplicated(), "filename"].tolist()[:5]
+        raise ValueError(f"{csv}: duplicated filename(s) {dupes}")
     return df
 
 

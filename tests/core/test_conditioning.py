@@ -67,7 +67,7 @@ def test_one_channel_per_group_erases_conditioning_and_is_refused():
     outs = []
     for t, y in ((0.2, 0), (0.8, 2)):
         seen = {}
-        h = block.register_forward_hook(lambda m, i, o: seen.__setitem__("o", o.detach().clone()))
+        h = block.register_forward_hook(lambda m, i, o, seen=seen: seen.__setitem__("o", o.detach().clone()))
         with torch.no_grad():
             model(x, torch.tensor([t]), torch.tensor([y]))
         h.remove()

@@ -26,7 +26,7 @@ def synthetic(tmp_path):
 def test_dataloader_with_workers_reads_every_sample_once(synthetic):
     ds = ZarrImageDataset(synthetic)
     seen = []
-    for images, labels in DataLoader(ds, batch_size=3, num_workers=2):
+    for images, _labels in DataLoader(ds, batch_size=3, num_workers=2):
         seen += [round(float(v) * 10) for v in images[:, 0, 0, 0]]
         assert images.dtype == torch.float32 and images.shape[1:] == (1, 16, 16)
     assert sorted(seen) == list(range(10))

@@ -68,7 +68,8 @@ def test_copy_guard_redraws_near_copies_deterministically(tiny_checkpoint):
     final = nearest(out, guarded.pool["images"])[0]
     assert ((final >= threshold) | (info["redraws"] == cfg.max_redraws)).all()
     assert np.array_equal(info["seed"][~redrawn], plain.seeds[~redrawn])
-    assert np.array_equal(info["seed"][redrawn], plain.seeds[redrawn] + info["redraws"][redrawn].astype(np.int64) * REDRAW_STRIDE)
+    expected = plain.seeds[redrawn] + info["redraws"][redrawn].astype(np.int64) * REDRAW_STRIDE
+    assert np.array_equal(info["seed"][redrawn], expected)
     # the same samples in two other "shards": the same seeds and images (to float rounding of batched convolutions)
     halves = [guarded.draw_guarded(p) for p in (positions[:5], positions[5:])]
     np.testing.assert_allclose(np.concatenate([h[0] for h in halves]), out, atol=1e-5)

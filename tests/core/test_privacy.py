@@ -6,7 +6,8 @@ from motfm_core.privacy import closest_pairs_png, memorisation_audit
 
 def test_planted_copies_are_flagged_and_fresh_samples_are_not(tmp_path):
     rng = np.random.RandomState(0)
-    make = lambda n: np.stack([phantom_image(i % 3, (16, 16), rng)[0] for i in range(n)])  # noqa: E731
+    def make(n):
+        return np.stack([phantom_image(i % 3, (16, 16), rng)[0] for i in range(n)])
     train, test, fresh = make(80), make(40), make(40)
     copies = train[[3, 17, 42]] + rng.normal(0, 0.002, train[[3, 17, 42]].shape)
     synthetic = np.concatenate([fresh, copies]).astype(np.float32)

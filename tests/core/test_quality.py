@@ -54,7 +54,8 @@ def test_swd_ranks_blur_and_noise_worse_than_fresh_real_images():
     from motfm_core.quality import swd
 
     rng = np.random.RandomState(0)
-    make = lambda n: np.stack([phantom_image(i % 3, (32, 32), rng)[0] for i in range(n)])  # noqa: E731
+    def make(n):
+        return np.stack([phantom_image(i % 3, (32, 32), rng)[0] for i in range(n)])
     real, other = make(60), make(60)
     blurred = gaussian_filter(other, (0, 0, 1.0, 1.0))
     noisy = np.clip(other + rng.randn(*other.shape) * 0.1, 0, 1)

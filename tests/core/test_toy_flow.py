@@ -37,7 +37,8 @@ def test_toy_mixture_is_learned(coupling):
         opt.zero_grad()
         loss.backward()
         opt.step()
-    velocity = lambda x, t: net(torch.cat([x, t[:, None]], 1))  # noqa: E731
+    def velocity(x, t):
+        return net(torch.cat([x, t[:, None]], 1))
     noise, target = torch.randn(500, 2, generator=g), mixture(500, g)
     samples, nfe = solve(velocity, noise, 20, "euler")
     assert nfe == 20

@@ -33,7 +33,8 @@ def _errors(result) -> list[str]:
 
 
 def test_set_wins_over_named_defaults_and_a_contradiction_is_refused(capsys):
-    a, overrides = parse_cli(["--set", "sample.nfe=3", "--set", "sample.samples_per_class=7", "--set", "eval.seeds=[4]"])
+    a, overrides = parse_cli(["--set", "sample.nfe=3", "--set", "sample.samples_per_class=7",
+                              "--set", "eval.seeds=[4]"])
     cfg = build_config("brain-mri", 48, None, "euler", 10, 80, [0, 1, 2], overrides)  # the flow's own defaults
     assert (cfg.sample.nfe, cfg.sample.samples_per_class, cfg.eval.seeds) == (3, 7, (4,))
     _, overrides = parse_cli(["--preset", "demo", "--train-steps", "100"])  # explicit beats the preset
