@@ -14,6 +14,8 @@ import time
 from collections.abc import Iterator
 
 # bad input or settings: the message names the file or key and the fix; a retry cannot help
+__all__ = ["prefect_ready", "quiet_console_tracebacks", "STARTUP_TIMEOUT_S", "USER_ERRORS"]
+
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
 

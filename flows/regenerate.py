@@ -25,6 +25,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.synth_and_eval import sample_evaluate_report, train_generators
 from motfm_core.config import PipelineConfig
 
+__all__ = ["main", "regenerate_synthetic", "regeneration_seed"]
 
 def regeneration_seed() -> int:
     """The flow run's scheduled start time in seconds: new for every scheduled run, stable across retries."""

@@ -26,6 +26,7 @@ from motfm_core.config import (
     SampleConfig,
     from_dict,
 )
+from motfm_core.distributed import run_cluster
 from motfm_core.utils import write_json_atomic
 from tasks.enhance import enhance_task
 from tasks.evaluate import evaluate_task
@@ -37,19 +38,20 @@ from tasks.train import train_masks_task, train_task
 # Named budgets for the CLI (`--preset`); explicit arguments win over them. The defaults are the full budget
 # (benchmarks/novelty.py). "demo" is sized for `make demo` on a slow 2-core machine. Measured here (2 cores,
 # full-budget model at 1.2-1.84 s per step): 0.85-1.03 s per step at batch 16, 0.2 s per sampled image, ~11 s per
-# downstream arm and seed at 200/120 steps; the demo's two generators (all real data; the real 25% share) of 200
-# steps, 120 images each, 5 arms x 3 seeds and a 3-point NFE curve: flow 748 s, `make demo` from a fresh clone
-# 924 s with the venv creation (2026-11-29). Its images are under-trained; quality needs the bench/full budgets.
+# downstream arm and seed at 200/120 steps. At 200 training steps and 200/120 downstream steps the demo's flow took
+# 748 s and `make demo` from a fresh clone 924 s with the venv creation (2026-11-29): over 15 minutes, so the
+# demo now trains 180 steps, its downstream models 160/100 steps, and both generators sample on one Dask cluster.
+# Its images are under-trained; quality needs the bench/full budgets.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {},
     # benchmarks/novelty.py on a 2-core CPU (measured: 1.84 s per step, then 419 s per further mask variant): the
-    # full recipe at 800 steps for the all-data
-    # generator (no low-data share: its leak-free gain is measured by the demo and the full budget)
+    # full recipe at 800 steps for the all-data generator (no low-data share: its leak-free gain is measured by
+    # the demo and the full budget)
     "bench": {"train": {"steps": 800}, "eval": {"real_fractions": [], "nfe_curve": [1, 4, 10]}},
-    "demo": {"train": {"steps": 200, "batch_size": 16, "warmup_steps": 20, "checkpoint_every": 40},
+    "demo": {"train": {"steps": 180, "batch_size": 16, "warmup_steps": 20, "checkpoint_every": 60},
              "sample": {"samples_per_class": 40},
-             "eval": {"ratios": [1.0], "real_fractions": [0.25], "nfe_curve": [1, 4, 10], "steps": 200,
-                      "seg_steps": 120}},
+             "eval": {"ratios": [1.0], "real_fractions": [0.25], "nfe_curve": [1, 4, 10], "steps": 160,
+                      "seg_steps": 100}},
 }
 
 
@@ -145,7 +147,8 @@ def sample_evaluate_report(run_name: str, cfg: PipelineConfig, data_path: str,
                            enhancements: list[str] | None = None) -> str:
     """The stages after training (shared with `regenerate-synthetic`): sample every generator, evaluate the
     arms (low-data arms on their own generators' stores), report; returns the report path."""
-    stores = {f: synthesise(ckpt, cfg.sample, where, masks) for f, (ckpt, masks, where) in generators.items()}
+    with run_cluster(cfg.sample) as sample:  # one Dask cluster for every generator's sampling
+        stores = {f: synthesise(ckpt, sample, where, masks) for f, (ckpt, masks, where) in generators.items()}
     low = {f"{f:g}": store for f, store in stores.items() if f != 1.0}
     evaluation = evaluate_task(data_path, stores[1.0], cfg.eval, str(run_dir), low)
     return report_task(run_name, cfg.to_dict(), data_path, generators[1.0][0], stores[1.0], evaluation, str(run_dir),

@@ -1,14 +1,18 @@
 """motfm_core: optimal-transport flow matching for medical images, usable without Prefect.
 
-Modules: `config` (typed configs), `paths` (x_t and target), `couplings` (noise/data pairing),
-`nets` (MONAI UNet velocity field), `solvers` (ODE integration with exact NFE), `training`,
-`sampling`, `data` (readers, demo set, Zarr stores), `metrics`, `downstream`, `report`.
+Modules: `config` (typed configs), `utils` (device, model-space scale, atomic writes), `paths` (x_t and target),
+`couplings` (noise/data pairing), `nets` (MONAI UNet velocity field), `solvers` (ODE integration with exact NFE),
+`baselines` (DDPM/DDIM), `training`, `masks` (conditioning masks), `sampling`, `distributed` (Dask fan-out),
+`data` (readers, demo sets, Zarr stores), `supervised` / `segmentation` (downstream models), `downstream` (the
+augmentation arms), `quality`, `privacy`, `metrics`, `evaluation` (the evaluate stage), `report`, `enhance`.
 """
 
 from __future__ import annotations
 
 import subprocess
 from pathlib import Path
+
+__all__ = ["__version__", "code_version"]
 
 __version__ = "0.1.0"
 

@@ -13,6 +13,8 @@ from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
 from motfm_core.nets import TIME_SCALE, VelocityUNet, guided_velocity
 
+__all__ = ["ddpm_loss", "diffusion_sample", "NUM_TRAIN_TIMESTEPS"]
+
 NUM_TRAIN_TIMESTEPS = 1000
 
 

@@ -12,6 +12,9 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, TypeVar
 
+__all__ = ["auto_norm_groups", "config_hash", "DataConfig", "EnhanceConfig", "EvalConfig", "from_dict",
+           "MODEL_SIZES", "ModelConfig", "PipelineConfig", "SampleConfig", "TrainConfig"]
+
 T = TypeVar("T")
 
 

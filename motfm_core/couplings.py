@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 from scipy.optimize import linear_sum_assignment
 
+__all__ = ["COUPLINGS", "independent", "minibatch_ot", "pairing_cost", "sinkhorn"]
 
 def independent(x0: torch.Tensor, x1: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
     """Identity pairing: returns the noise unchanged."""

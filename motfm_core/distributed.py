@@ -10,6 +10,7 @@ that Dask re-runs after a lost worker rewrites the same bytes and finds the reco
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -22,6 +23,8 @@ from motfm_core.config import SampleConfig
 
 if TYPE_CHECKING:
     from distributed import Client
+
+__all__ = ["dask_client", "default_workers", "run_cluster", "sample_shards", "SCHEDULER_ENV", "worker_device"]
 
 SCHEDULER_ENV = "MOTFM_DASK_SCHEDULER"
 
@@ -58,6 +61,19 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
             LocalCluster(n_workers=n, threads_per_worker=1, processes=True, dashboard_address=None,
                          silence_logs=40) as cluster, Client(cluster) as client:
         yield client
+
+
+@contextlib.contextmanager
+def run_cluster(cfg: SampleConfig) -> Iterator[SampleConfig]:
+    """One Dask cluster for every sampling stage of a run: `cfg` as it is when it names a scheduler (or
+    $MOTFM_DASK_SCHEDULER is set), else a LocalCluster of `cfg.workers` kept up for the block and `cfg` pointing
+    at it (a LocalCluster costs ~10 s of worker start-up; a run samples once per generator). The scheduler
+    address is an execution setting: it is not part of a synthetic version's key."""
+    if cfg.scheduler or os.environ.get(SCHEDULER_ENV):
+        yield cfg
+        return
+    with dask_client(workers=cfg.workers or None) as client:
+        yield dataclasses.replace(cfg, scheduler=client.scheduler.address)
 
 
 def worker_device() -> str:

@@ -35,6 +35,8 @@ from motfm_core.segmentation import predict_masks, segmentation_scores, train_se
 from motfm_core.supervised import predict_proba, train_classifier
 from motfm_core.utils import default_device
 
+__all__ = ["Arm", "evaluate_augmentation", "low_data_stores", "plan_arms"]
+
 log = logging.getLogger(__name__)
 
 

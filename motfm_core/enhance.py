@@ -35,6 +35,7 @@ from motfm_core.utils import (
     write_json_atomic,
 )
 
+__all__ = ["build_enhancer", "classical", "degrade", "enhance", "run_enhancement", "train_and_evaluate"]
 
 def degrade(x: torch.Tensor, cfg: EnhanceConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """The degraded version of clean images x (B, C, H, W) in [0, 1]."""

@@ -18,6 +18,9 @@ import torch
 
 from motfm_core.config import SampleConfig
 
+__all__ = ["AUTO_MASK_SOURCE", "cycle_by_class", "deform", "deform_columns", "MASK_SEED_SALT", "mask_seeds",
+           "MASK_SOURCES", "resolve_mask_source"]
+
 MASK_SOURCES = ("train", "deformed", "generated")
 AUTO_MASK_SOURCE = "deformed"  # what sample.mask_source="auto" means: the source that measured best on the demo data
 

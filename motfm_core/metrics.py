@@ -8,6 +8,7 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
+__all__ = ["bootstrap_gain", "bootstrap_paired", "classification_metrics", "straightness", "summarise"]
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """Accuracy, macro-F1 and macro one-vs-rest AUROC from class probabilities (N, K)."""

@@ -17,6 +17,8 @@ from torch.utils.checkpoint import checkpoint
 
 from motfm_core.config import ModelConfig
 
+__all__ = ["build_model", "guided_velocity", "TIME_SCALE", "VelocityUNet"]
+
 TIME_SCALE = 1000.0
 
 

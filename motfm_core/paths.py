@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+__all__ = ["CondOTPath", "sample_time", "shift_time"]
 
 @dataclass(frozen=True)
 class CondOTPath:

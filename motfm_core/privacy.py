@@ -16,6 +16,7 @@ import zarr
 
 from motfm_core.data.store import Splits, load_splits, load_synthetic
 
+__all__ = ["audit_stores", "closest_pairs_png", "memorisation_audit", "nearest"]
 
 def nearest(queries: np.ndarray, refs: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
     """RMS distance from each query to its nearest reference, and that reference's index."""

@@ -34,6 +34,8 @@ from motfm_core.sampling import Sampler
 from motfm_core.supervised import train_classifier
 from motfm_core.utils import default_device, to_model_space
 
+__all__ = ["diversity", "FeatureExtractor", "fid", "kid", "nfe_curve", "precision_recall", "quality", "swd",
+           "synthetic_quality"]
 
 class FeatureExtractor:
     """In-domain features: average-pooled last conv stage of a classifier trained on real training images."""

@@ -15,6 +15,8 @@ from motfm_core import code_version
 from motfm_core.data.store import completed_shards, load_split, open_store
 from motfm_core.utils import atomic_path
 
+__all__ = ["coverage_lines", "gain_figure", "gain_rows", "gather", "publish_report", "render_markdown",
+           "sample_grid", "write_report"]
 
 def _middle(img: np.ndarray) -> np.ndarray:
     """A 2D view of (C, H, W[, D]): first channel, middle slice for 3D."""

@@ -40,6 +40,9 @@ from motfm_core.solvers import solve
 from motfm_core.training import load_checkpoint, training_set
 from motfm_core.utils import default_device, file_sha256, to_image_space
 
+__all__ = ["copy_threshold", "EXECUTION_ONLY", "generate", "generate_masks", "initial_noise", "prepare_version",
+           "REDRAW_STRIDE", "sample_plan", "sample_shard", "Sampler"]
+
 REDRAW_STRIDE = 1 << 40  # redraw k of a sample uses seed + k * REDRAW_STRIDE: never another sample's seed
 
 

@@ -17,6 +17,7 @@ from motfm_core.config import EvalConfig
 from motfm_core.supervised import fit
 from motfm_core.utils import to_model_space
 
+__all__ = ["build_segmenter", "predict_masks", "segmentation_scores", "train_segmenter"]
 
 def build_segmenter(spatial_dims: int, in_channels: int, num_classes: int, cfg: EvalConfig) -> nn.Module:
     """A small MONAI UNet (residual units, batch norm) with one output channel per mask class."""

@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+__all__ = ["dopri5", "euler", "METHODS", "solve", "SOLVERS", "Velocity"]
+
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 

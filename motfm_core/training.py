@@ -29,6 +29,9 @@ from motfm_core.nets import VelocityUNet, build_model
 from motfm_core.paths import CondOTPath, sample_time
 from motfm_core.utils import default_device, file_sha256, save_atomic, to_model_space
 
+__all__ = ["flow_matching_loss", "load_checkpoint", "model_for_data", "reflow_pairs", "TARGETS",
+           "train_flow_matching", "train_mask_generator", "training_set"]
+
 log = logging.getLogger(__name__)
 
 

@@ -9,6 +9,8 @@ Shared task settings:
 
 from __future__ import annotations
 
+__all__ = ["BACKOFF", "GPU_TAG", "transient"]
+
 GPU_TAG = "motfm-gpu"
 BACKOFF = [10, 60]  # seconds before the first and second retry
 

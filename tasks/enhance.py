@@ -8,6 +8,7 @@ from motfm_core.config import EnhanceConfig
 from motfm_core.enhance import run_enhancement
 from tasks import BACKOFF, GPU_TAG, transient
 
+__all__ = ["enhance_task"]
 
 @task(name="enhance", tags=[GPU_TAG], retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
 def enhance_task(data_path: str, cfg: EnhanceConfig, run_dir: str) -> str:

@@ -8,6 +8,7 @@ from motfm_core.config import EvalConfig
 from motfm_core.evaluation import evaluate_run
 from tasks import BACKOFF, GPU_TAG, transient
 
+__all__ = ["evaluate_task"]
 
 @task(name="evaluate", tags=[GPU_TAG], retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
 def evaluate_task(data_path: str, synthetic_path: str, cfg: EvalConfig, run_dir: str,

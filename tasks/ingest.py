@@ -10,6 +10,7 @@ from motfm_core.config import DataConfig
 from motfm_core.data import ingest
 from tasks import BACKOFF, transient
 
+__all__ = ["ingest_task"]
 
 @task(name="ingest", retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
 def ingest_task(cfg: DataConfig, run_dir: str) -> str:

@@ -9,6 +9,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from motfm_core.report import gain_rows, publish_report
 
+__all__ = ["report_task"]
 
 @task(name="report")
 def report_task(run_name: str, config: dict, data_path: str, checkpoint: str, synthetic_path: str,

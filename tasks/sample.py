@@ -12,6 +12,7 @@ from motfm_core.distributed import dask_client, sample_shards
 from motfm_core.sampling import prepare_version
 from tasks import BACKOFF, GPU_TAG, transient
 
+__all__ = ["plan_sampling_task", "publish_task", "sample_shards_task"]
 
 @task(name="plan-sampling")
 def plan_sampling_task(checkpoint: str, cfg: SampleConfig, run_dir: str, mask_checkpoint: str | None = None

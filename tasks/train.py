@@ -10,6 +10,7 @@ from motfm_core.config import ModelConfig, TrainConfig
 from motfm_core.training import train_flow_matching, train_mask_generator
 from tasks import BACKOFF, GPU_TAG, transient
 
+__all__ = ["train_masks_task", "train_task"]
 
 @task(name="train", tags=[GPU_TAG], retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
 def train_task(data_path: str, model: ModelConfig, train: TrainConfig, run_dir: str) -> str:

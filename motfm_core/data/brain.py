@@ -31,6 +31,8 @@ from scipy import ndimage
 from motfm_core.config import DataConfig
 from motfm_core.data.preprocess import normalise, resize
 
+__all__ = ["band", "build_brain_mri", "CLASS_NAMES", "MASK_NAMES", "MRICRON", "volumes", "Z_RANGE"]
+
 log = logging.getLogger(__name__)
 
 CLASS_NAMES = ["inferior (z<-20mm)", "middle (-20<=z<25mm)", "superior (z>=25mm)"]

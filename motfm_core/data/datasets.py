@@ -16,6 +16,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from motfm_core.data.store import SPLITS, require_complete
 
+__all__ = ["as_dask", "mix_real_synthetic", "ZarrDictDataset", "ZarrImageDataset"]
 
 class ZarrImageDataset(Dataset):
     """(image, label) pairs from a real (`split` selects) or synthetic store, one sample read per item.

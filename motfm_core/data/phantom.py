@@ -12,6 +12,7 @@ import numpy as np
 from motfm_core.config import DataConfig
 from motfm_core.data.preprocess import patient_split
 
+__all__ = ["build_phantom", "phantom_image"]
 
 def phantom_image(label: int, shape: tuple[int, ...], rng: np.random.RandomState) -> tuple[np.ndarray, np.ndarray]:
     """One (1, *shape) image in [0, 1] and its (1, *shape) uint8 mask."""

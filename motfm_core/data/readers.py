@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+__all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "RawSet", "read_folder", "read_image", "read_medmnist", "read_nifti"]
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 

@@ -34,6 +34,11 @@ import zarr
 
 from motfm_core.utils import atomic_path
 
+__all__ = ["CHUNK_BYTES", "completed_shards", "create_synthetic_store", "fingerprint_arrays", "incomplete_shards",
+           "load_split", "load_splits", "load_synthetic", "num_shards", "open_store", "publish_latest",
+           "require_complete", "samples_per_chunk", "SCHEMA_VERSION", "shard_bounds", "shard_complete", "SPLITS",
+           "Splits", "stratified_subset", "version_for", "write_dataset", "write_shard"]
+
 SCHEMA_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
 
