@@ -42,6 +42,7 @@ from motfm_core.distributed import dask_client, sample_shards
 from motfm_core.nets import guided_velocity
 from motfm_core.sampling import prepare_version
 from motfm_core.training import load_checkpoint, train_flow_matching
+from motfm_core.utils import default_device
 
 
 def machine_name() -> str:
@@ -59,7 +60,7 @@ def timing_checkpoint(work: Path, image_size: int) -> Path:
 
 def forward_seconds_per_image(checkpoint: Path, batch: int, repeats: int = 10, warmup: int = 3) -> float:
     """Seconds per image of one network evaluation at `batch` (after a warm-up), in this process."""
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     model, _ = load_checkpoint(checkpoint, device)
     m = model.cfg
     x = torch.randn(batch, m.in_channels, m.image_size, m.image_size, device=device)

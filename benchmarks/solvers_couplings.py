@@ -32,6 +32,7 @@ from motfm_core.nets import guided_velocity
 from motfm_core.quality import FeatureExtractor, fid
 from motfm_core.sampling import generate, initial_noise, sample_plan
 from motfm_core.training import load_checkpoint, train_flow_matching
+from motfm_core.utils import default_device
 
 PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 
@@ -41,7 +42,7 @@ def main() -> None:
     p.add_argument("--work", default=str(ROOT / "outputs" / "benchmark"))
     p.add_argument("--samples-per-class", type=int, default=32)
     a = p.parse_args()
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = default_device()
     work = Path(a.work)
     data = work / "dataset.zarr"
     if not (work / "fm-independent" / "model.pt").exists():
