@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import FIDMetric
+from scipy.spatial.distance import cdist
 from torch import nn
 
 from motfm_core.config import EvalConfig, SampleConfig, from_dict
@@ -82,19 +84,29 @@ def kid(real: np.ndarray, fake: np.ndarray, subsets: int = 20, subset_size: int 
     return float(np.mean(vals))
 
 
-def _knn_radius(feats: np.ndarray, k: int) -> np.ndarray:
-    dist = np.sqrt(((feats[:, None] - feats[None]) ** 2).sum(-1))
-    return np.sort(dist, axis=1)[:, k]  # column 0 is the point itself
+def _distance_blocks(a: np.ndarray, b: np.ndarray, block: int) -> Iterator[tuple[int, np.ndarray]]:
+    """(start row, Euclidean distances of a[start:start + block] to every row of b): memory O(block * len(b))."""
+    for i in range(0, len(a), block):
+        yield i, cdist(a[i:i + block], b)
 
 
-def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3) -> dict[str, float]:
-    """Precision: share of fakes inside the real k-NN manifold (fidelity); recall: the converse (coverage)."""
+def _knn_radius(feats: np.ndarray, k: int, block: int = 1024) -> np.ndarray:
+    """Distance from each point to its k-th nearest neighbour in the same set (the point itself is the 0th)."""
+    out = np.empty(len(feats))
+    for i, d in _distance_blocks(feats, feats, block):
+        out[i:i + len(d)] = np.partition(d, k, axis=1)[:, k]
+    return out
+
+
+def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, block: int = 1024) -> dict[str, float]:
+    """Precision: share of fakes inside the real k-NN manifold (fidelity); recall: the converse (coverage).
+    Distances go in blocks of `block` rows (scipy `cdist`), never as an (N, N, D) array: memory grows with N, not
+    N^2 * D."""
     k = min(k, len(real) - 1, len(fake) - 1)
-    r_real, r_fake = _knn_radius(real, k), _knn_radius(fake, k)
-    d = np.sqrt(((fake[:, None] - real[None]) ** 2).sum(-1))  # (n_fake, n_real)
-    precision = float((d <= r_real[None]).any(1).mean())
-    recall = float((d.T <= r_fake[None]).any(1).mean())
-    return {"precision": precision, "recall": recall}
+    r_real, r_fake = _knn_radius(real, k, block), _knn_radius(fake, k, block)
+    inside_real = sum(int((d <= r_real[None]).any(1).sum()) for _, d in _distance_blocks(fake, real, block))
+    inside_fake = sum(int((d <= r_fake[None]).any(1).sum()) for _, d in _distance_blocks(real, fake, block))
+    return {"precision": inside_real / len(fake), "recall": inside_fake / len(real)}
 
 
 def _laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:

@@ -94,3 +94,18 @@ def test_quality_on_3d_volumes(tmp_path):
     assert q["synthetic_vs_test"]["fid"] == pytest.approx(q["train_vs_test"]["fid"])
     assert q["diversity"]["synthetic"]["ms_ssim"] == pytest.approx(q["diversity"]["real_train"]["ms_ssim"])
     assert q["synthetic_vs_test"]["swd"]["mean"] > 0
+
+
+def test_blockwise_precision_recall_equals_the_all_pairs_definition():
+    """Blocks of 7 rows (not a divisor of either set) give exactly the all-pairs result of the definition."""
+    rng = np.random.RandomState(0)
+    real, fake = rng.randn(50, 8), rng.randn(37, 8) * 1.3 + 0.4
+
+    def radius(x, k):
+        return np.sort(np.sqrt(((x[:, None] - x[None]) ** 2).sum(-1)), axis=1)[:, k]
+
+    d = np.sqrt(((fake[:, None] - real[None]) ** 2).sum(-1))
+    want = {"precision": float((d <= radius(real, 3)[None]).any(1).mean()),
+            "recall": float((d.T <= radius(fake, 3)[None]).any(1).mean())}
+    got = precision_recall(real, fake, k=3, block=7)
+    assert got == pytest.approx(want, abs=0) and 0 < got["precision"] < 1 and 0 < got["recall"] < 1
