@@ -8,6 +8,7 @@ samples and evaluates:
 - `deformed+guard`: the same with the copy guard (near-copies redrawn);
 - `mild`, `mild+guard`: a third of the default deformation (5 degrees, 5% scale, 2% shift, 1 px elastic), without
   and with the copy guard: nearer the real slices' alignment, so nearer their MS-SSIM, and nearer to copies;
+- `half+guard`: half the default deformation (7.5 degrees, 7.5% scale, 3% shift, 1.5 px elastic) with the guard;
 - `generated`: masks from a class-conditional flow model over masks (trained once, per share).
 
 Targets (issue 11): memorisation flagged <= 5%; recall >= 0.5; synthetic intra-class MS-SSIM within 20% of the
@@ -36,6 +37,7 @@ from flows.cli import prefect_ready
 from flows.synth_and_eval import PRESETS, synth_and_eval
 
 MILD = {"deform_rotate": 5.0, "deform_scale": 0.05, "deform_translate": 0.02, "deform_elastic": 1.0}
+HALF = {"deform_rotate": 7.5, "deform_scale": 0.075, "deform_translate": 0.03, "deform_elastic": 1.5}
 VARIANTS: dict[str, dict] = {
     "train": {"mask_source": "train"},
     "deformed": {"mask_source": "deformed"},
@@ -43,6 +45,7 @@ VARIANTS: dict[str, dict] = {
     "generated": {"mask_source": "generated"},
     "mild": {"mask_source": "deformed", **MILD},
     "mild+guard": {"mask_source": "deformed", **MILD, "reject_copies": True},
+    "half+guard": {"mask_source": "deformed", **HALF, "reject_copies": True},
 }
 COLUMNS = ["date", "machine", "command", "variant", "memorisation flagged", "recall", "MS-SSIM syn / real",
            "fine SWD / FID (real baseline)", "accuracy gain full data", "accuracy gain low data",
@@ -91,6 +94,8 @@ def main() -> None:
     out = {"preset": a.preset, "overrides": PRESETS[a.preset], "machine": machine, "date": date, "variants": {}}
     results = Path(__file__).resolve().parent / "results"
     target = results / f"{date}-{machine}-novelty-{a.preset}.json"
+    if target.exists():  # variants measured earlier the same day (same weights: the run folder is reused) stay
+        out["variants"] = json.loads(target.read_text()).get("variants", {})
     run_dir = Path(a.output_root) / f"novelty-{a.preset}"
     with prefect_ready():
         for name in a.variants:
