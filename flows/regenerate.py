@@ -23,7 +23,7 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.synth_and_eval import sample_evaluate_report, train_generators
-from motfm_core.config import PipelineConfig
+from motfm_core.config import SOLVER_CHOICES, PipelineConfig, Solver
 
 __all__ = ["main", "regenerate_synthetic", "regeneration_seed"]
 
@@ -39,7 +39,7 @@ def regenerate_synthetic(
     output_root: str = "outputs",
     seed: int | None = None,
     samples_per_class: int | None = None,
-    solver: str | None = None,
+    solver: Solver | None = None,
     nfe: int | None = None,
     retrain: bool = False,
     overrides: dict[str, dict[str, Any]] | None = None,
@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--samples-per-class", type=int, default=None)
     p.add_argument("--nfe", type=int, default=None)
-    p.add_argument("--solver", default=None)
+    p.add_argument("--solver", default=None, choices=SOLVER_CHOICES)
     a = p.parse_args(argv)
     report = regenerate_synthetic(run_name=a.run_name, output_root=a.output_root, seed=a.seed,
                                   samples_per_class=a.samples_per_class, solver=a.solver, nfe=a.nfe)

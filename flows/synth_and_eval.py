@@ -21,9 +21,14 @@ from prefect.task_runners import ThreadPoolTaskRunner
 from flows.cli import USER_ERRORS, prefect_ready, quiet_console_tracebacks
 from motfm_core.config import (
     MODEL_SIZES,
+    SOLVER_CHOICES,
     EnhanceConfig,
+    EnhanceTask,
+    MaskConditioning,
+    ModelSize,
     PipelineConfig,
     SampleConfig,
+    Solver,
     from_dict,
 )
 from motfm_core.distributed import run_cluster
@@ -109,14 +114,14 @@ def synth_and_eval(
     output_root: str = "outputs",
     dataset: str = "brain-mri",
     image_size: int = 48,
-    model_size: str = "small",
-    mask_conditioning: str = "auto",
+    model_size: ModelSize = "small",
+    mask_conditioning: MaskConditioning = "auto",
     train_steps: int | None = None,
-    solver: str = "euler",
+    solver: Solver = "euler",
     nfe: int = 10,
     samples_per_class: int = 80,  # 240 on the demo set: enough for the x2 ratio arm (114 real)
     seeds: list[int] = [0, 1, 2],  # noqa: B006 (Prefect parameters are copied per run)
-    enhance: list[str] | None = None,
+    enhance: list[EnhanceTask] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> str:
     """Run the whole DAG into `<output_root>/<run_name>/`; returns the path of report.md.
@@ -173,7 +178,7 @@ def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     p.add_argument("--mask-conditioning", choices=["auto", "none", "concat", "controlnet"],
                    help="condition on segmentation masks (default auto: when the dataset has them)")
     p.add_argument("--train-steps", type=int)
-    p.add_argument("--solver", help="default euler")
+    p.add_argument("--solver", choices=SOLVER_CHOICES, help="default euler")
     p.add_argument("--nfe", type=int, help="default 10")
     p.add_argument("--samples-per-class", type=int, help="default 80")
     p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")

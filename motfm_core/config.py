@@ -10,10 +10,20 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
-__all__ = ["auto_norm_groups", "config_hash", "DataConfig", "EnhanceConfig", "EvalConfig", "from_dict",
-           "MODEL_SIZES", "ModelConfig", "PipelineConfig", "SampleConfig", "TrainConfig"]
+__all__ = ["auto_norm_groups", "config_hash", "DataConfig", "EnhanceConfig", "EnhanceTask", "EvalConfig", "from_dict",
+           "MaskConditioning", "MaskSource", "MODEL_SIZES", "ModelConfig", "ModelSize", "PipelineConfig",
+           "SampleConfig", "Solver", "SOLVER_CHOICES", "TrainConfig"]
+
+# The choices of the flow parameters, as types: Prefect validates a run's parameters against them before it
+# starts, and its UI offers them as a list. `tests/core` checks they match what the code accepts.
+Solver = Literal["euler", "midpoint", "heun", "rk4", "dopri5", "ddpm", "ddim"]
+ModelSize = Literal["small", "medium", "large"]
+MaskConditioning = Literal["auto", "none", "concat", "controlnet"]
+MaskSource = Literal["auto", "train", "deformed", "generated"]
+EnhanceTask = Literal["denoise", "superres"]
+SOLVER_CHOICES: tuple[str, ...] = get_args(Solver)
 
 T = TypeVar("T")
 

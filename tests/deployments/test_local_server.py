@@ -123,6 +123,18 @@ def test_two_runs_at_once_do_not_interfere(server, tmp_path):
     np.testing.assert_allclose(a["images"][:], b["images"][:], atol=1e-4)  # same inputs, same data
 
 
+def test_a_bad_choice_is_refused_through_the_api_before_a_run_starts(server, tmp_path):
+    """Typed parameters: the deployment's schema lists the choices (the UI offers them) and the API refuses
+    another value when the run is created, so no run starts and nothing is written."""
+    env, _ = server
+    res = _prefect(env, "deployment", "inspect", "synth-and-eval/synth-and-eval")
+    assert res.returncode == 0 and "'enum': ['euler', 'midpoint', 'heun', 'rk4', 'dopri5', 'ddpm', 'ddim']" in \
+        res.stdout and "'enum': ['small', 'medium', 'large']" in res.stdout, res.stdout[-3000:]
+    bad = _run(env, {**TINY, "run_name": "bad", "output_root": str(tmp_path), "solver": "magic"}, watch=False)
+    assert bad.returncode != 0 and "magic" in bad.stdout + bad.stderr, bad.stdout[-2000:] + bad.stderr[-2000:]
+    assert not (tmp_path / "bad").exists()
+
+
 def test_regenerate_deployment_has_an_active_weekly_schedule(server):
     env, _ = server
     res = _prefect(env, "deployment", "inspect", "regenerate-synthetic/regenerate-synthetic")

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import zarr
+from prefect.exceptions import ParameterTypeError
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.synth_and_eval import synth_and_eval
@@ -83,8 +84,12 @@ def test_flow_end_to_end_and_rerun_is_idempotent(harness, tmp_path):
 def test_bad_parameter_fails_before_any_work(harness, tmp_path):
     with pytest.raises(ValueError, match=r"sample: unknown parameter\(s\) \['nfee'\]"):
         synth_and_eval(run_name="bad", output_root=str(tmp_path), **{**TINY, "overrides": {"sample": {"nfee": 3}}})
-    with pytest.raises(ValueError, match="sample.solver must be one of"):
+    with pytest.raises(ParameterTypeError, match="solver"):  # a typed parameter: refused before the flow starts
         synth_and_eval(run_name="bad", output_root=str(tmp_path), **{**TINY, "solver": "magic"})
+    with pytest.raises(ParameterTypeError, match="model_size"):
+        synth_and_eval(run_name="bad", output_root=str(tmp_path), **{**TINY, "model_size": "huge"})
+    with pytest.raises(ValueError, match="sample.solver must be one of"):  # --set reaches the config's own check
+        synth_and_eval(run_name="bad", output_root=str(tmp_path), **{**TINY, "overrides": {"sample": {"solver": "x"}}})
     assert not (tmp_path / "bad" / "dataset.zarr").exists()
 
 
