@@ -29,10 +29,11 @@ from motfm_core.nets import VelocityUNet, build_model
 from motfm_core.paths import CondOTPath, sample_time
 from motfm_core.utils import default_device, file_sha256, save_atomic, to_model_space
 
-__all__ = ["flow_matching_loss", "load_checkpoint", "model_for_data", "reflow_pairs", "TARGETS",
+__all__ = ["flow_matching_loss", "load_checkpoint", "model_for_data", "PROGRESS_SECONDS", "reflow_pairs", "TARGETS",
            "train_flow_matching", "train_mask_generator", "training_set"]
 
 log = logging.getLogger(__name__)
+PROGRESS_SECONDS = 30.0  # training says where it is at least this often
 
 
 def flow_matching_loss(
@@ -228,6 +229,7 @@ def train_flow_matching(
             "reflow_teacher_sha256": teacher_sha, "target": target, "train_indices": data["indices"].tolist()}
     use_bf16 = device.type == "cuda"
     n, t_start = len(y_all), time.time()  # with reflow: the number of teacher couplings
+    first_step, last_said = step, t_start
     model.train()
     while step < cfg.steps:
         idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen, device=device)
@@ -251,11 +253,16 @@ def train_flow_matching(
                 pe.lerp_(pm, 1.0 - cfg.ema_decay)
         step += 1
         losses.append(float(loss.detach()))
-        if step % cfg.checkpoint_every == 0 or step == cfg.steps:
+        saving = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if saving:
             save_atomic({**meta, "step": step, "losses": losses, "model": model.state_dict(),
                          "ema": ema.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state()}, last)
-            recent = float(np.mean(losses[-cfg.checkpoint_every:]))
-            say(f"train: step {step}/{cfg.steps} loss {recent:.4f} ({time.time() - t_start:.0f}s)")
+        now = time.time()
+        if saving or now - last_said >= PROGRESS_SECONDS:  # a line at least every PROGRESS_SECONDS of work
+            per_step = (now - t_start) / (step - first_step)
+            say(f"train: step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.4f}, {per_step:.2f} s/step, "
+                f"ETA {per_step * (cfg.steps - step):.0f}s ({now - t_start:.0f}s)" + (", checkpoint" if saving else ""))
+            last_said = now
     save_atomic({**meta, "step": step, "losses": losses, "ema": ema.state_dict(),
                  "train_seconds": time.time() - t_start}, final)
     return final

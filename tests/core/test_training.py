@@ -138,3 +138,18 @@ def test_reflow_retrains_on_the_teachers_couplings(tiny_checkpoint, phantom_stor
     other = dataclasses.replace(teacher.cfg, channels=(8, 8), norm_num_groups=4)
     with pytest.raises(ValueError, match="reflow teacher's model config differs"):
         train_flow_matching(phantom_store, other, cfg, tmp_path / "bad", device="cpu")
+
+
+def test_progress_is_said_often_with_speed_and_eta(phantom_store, tmp_path, monkeypatch):
+    """Between checkpoints, training still says where it is (every PROGRESS_SECONDS): step, s/step and ETA."""
+    import motfm_core.training as training
+
+    monkeypatch.setattr(training, "PROGRESS_SECONDS", 0.0)
+    lines: list[str] = []
+    train_flow_matching(phantom_store, ModelConfig(image_size=16, num_classes=3, **TINY_MODEL),
+                        TrainConfig(steps=4, batch_size=4, warmup_steps=1, checkpoint_every=4), tmp_path,
+                        device="cpu", progress=lines.append)
+    steps = [line for line in lines if line.startswith("train: step")]
+    assert [s.split()[2] for s in steps] == ["1/4", "2/4", "3/4", "4/4"]
+    assert all("s/step" in s and "ETA" in s for s in steps) and steps[-1].endswith(", checkpoint")
+    assert "ETA 0s" in steps[-1]
