@@ -23,7 +23,9 @@ def test_deformation_is_per_sample_recorded_and_keeps_labels():
     assert params.shape == (4, len(deform_columns(2))) == (4, 5)
     assert all(not np.array_equal(o, m) for o, m in zip(out, masks))  # every mask moved
     assert len({o.tobytes() for o in out}) == 4  # each by its own draw
-    assert np.abs(np.degrees(params[:, 0])).max() <= 15 and np.abs(params[:, 1:3] - 1).max() <= 0.15
+    d = SampleConfig()
+    assert np.abs(np.degrees(params[:, 0])).max() <= d.deform_rotate
+    assert np.abs(params[:, 1:3] - 1).max() <= d.deform_scale
     again, p2 = deform(masks[[2, 0]], seeds[[2, 0]], SampleConfig())  # another batch layout, same samples
     assert np.array_equal(again, out[[2, 0]]) and np.array_equal(p2, params[[2, 0]])
     still, _ = deform(masks, seeds, SampleConfig(deform_rotate=0, deform_scale=0, deform_translate=0,

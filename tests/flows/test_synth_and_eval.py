@@ -118,7 +118,7 @@ def test_mask_conditioned_run_stores_its_masks(harness, tmp_path, how, source):
         assert not np.array_equal(masks, train["masks"][src])
         params_ = syn["mask_deform"][:]
         assert syn.attrs["mask_deform_columns"][0] == "rotate" and params_.shape == (len(src), 5)
-        assert len(np.unique(params_[:, 0])) == len(src) and np.abs(np.degrees(params_[:, 0])).max() <= 15
+        assert len(np.unique(params_[:, 0])) == len(src) and np.abs(np.degrees(params_[:, 0])).max() <= 7.5
     md = (tmp_path / "m" / "report.md").read_text()
     assert f"Conditioning masks: `{source}`" in md
     seg = json.loads((tmp_path / "m" / "report.json").read_text())["evaluation"]["segmentation"]
