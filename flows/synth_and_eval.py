@@ -8,6 +8,7 @@ Every stage is idempotent: re-running with the same parameters reuses finished s
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import sys
 import time
@@ -31,6 +32,7 @@ from motfm_core.config import (
     Solver,
     from_dict,
 )
+from motfm_core.data.ingest import check_source
 from motfm_core.distributed import run_cluster
 from motfm_core.utils import write_json_atomic
 from tasks.enhance import enhance_task
@@ -214,10 +216,23 @@ def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     return a, overrides
 
 
+def check_before_start(model_size: str, enhance: list[str], overrides: dict[str, dict[str, Any]]) -> None:
+    """The run's configuration (the flow's own defaults, then `overrides`) and its data source, checked before
+    Prefect starts: a bad value fails in seconds, not after the embedded server's start-up."""
+    defaults = {k: p.default for k, p in inspect.signature(synth_and_eval.fn).parameters.items()}
+    cfg = build_config(defaults["dataset"], defaults["image_size"], defaults["train_steps"], defaults["solver"],
+                       defaults["nfe"], defaults["samples_per_class"], defaults["seeds"], overrides, model_size,
+                       defaults["mask_conditioning"])
+    for name in enhance:
+        from_dict(EnhanceConfig, {**overrides.get("enhance", {}), "task": name}, "enhance").validate()
+    check_source(cfg.data.source)
+
+
 def main(argv: list[str] | None = None) -> None:
     a, overrides = parse_cli(argv)
     t0 = time.time()
     try:
+        check_before_start(a.model_size, a.enhance, overrides)
         with prefect_ready():
             quiet_console_tracebacks(a.debug)  # after Prefect's set-up, which installs its terminal handlers
             report = synth_and_eval(run_name=a.run_name, output_root=a.output_root, model_size=a.model_size,

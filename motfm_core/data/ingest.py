@@ -17,7 +17,10 @@ from motfm_core.data.preprocess import NORMALISATION, normalise, patient_split, 
 from motfm_core.data.readers import RawSet, read_folder, read_medmnist
 from motfm_core.data.store import SCHEMA_VERSION, open_store, write_dataset
 
-__all__ = ["MIN_TEST", "MIN_TRAIN_PER_CLASS", "MIN_VAL", "check_sizes", "ingest", "load_source", "source_signature"]
+__all__ = [
+    "MIN_TEST", "MIN_TRAIN_PER_CLASS", "MIN_VAL", "check_sizes", "check_source", "ingest", "load_source",
+    "source_signature",
+]
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +87,15 @@ def check_sizes(source: str, labels: np.ndarray, split: np.ndarray) -> None:
                          "change data.val_fraction / data.test_fraction")
 
 
+def check_source(source: str) -> None:
+    """Refuse a data source that does not exist (before any work: the CLI calls it before Prefect starts)."""
+    if source == "brain-mri" or source.startswith("phantom"):
+        return
+    if not Path(source).exists():
+        raise FileNotFoundError(f"{source}: data source not found; give 'brain-mri', a MedMNIST .npz, "
+                                "or a folder with labels.csv")
+
+
 def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     """Read and prepare cfg.source; returns arrays and store attributes."""
     src = cfg.source
@@ -91,10 +103,8 @@ def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
         return build_brain_mri(cfg)
     if src.startswith("phantom"):
         return build_phantom(cfg)
+    check_source(src)
     path = Path(src)
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: data source not found; give 'brain-mri', a MedMNIST .npz, "
-                                "or a folder with labels.csv")
     raw = read_medmnist(path) if path.suffix == ".npz" else read_folder(path)
     arrays = _prepare(raw, cfg)
     attrs = {"source": str(path), "class_names": raw.class_names, "normalisation": NORMALISATION,

@@ -46,7 +46,8 @@ def test_set_wins_over_named_defaults_and_a_contradiction_is_refused(capsys):
 
 def test_first_run_on_an_empty_prefect_home_and_one_line_errors(tmp_path):
     """A fresh PREFECT_HOME: the embedded server must start on the first try (it timed out while its database
-    migrated); a bad value then fails with exit code 2 and one line, no traceback, nothing written."""
+    migrated); a bad value then fails with exit code 2 and one line, no traceback, nothing written, and before
+    Prefect starts (no "Prefect database ready" line)."""
     home = tmp_path / "prefect-home"
     ok = _run([*TINY_ARGS, "--run-name", "t", "--output-root", str(tmp_path / "out")], home)
     assert ok.returncode == 0, ok.stderr[-3000:]
@@ -55,12 +56,14 @@ def test_first_run_on_an_empty_prefect_home_and_one_line_errors(tmp_path):
 
     bad = _run([*TINY_ARGS, "--run-name", "t", "--output-root", str(tmp_path / "out"), "--set", "train.lr=abc"], home)
     assert bad.returncode == 2 and "Traceback" not in bad.stderr + bad.stdout
+    assert "Prefect database ready" not in bad.stdout  # refused before the server starts
     assert _errors(bad) == ["motfm: error: train.lr must be a float, got 'abc' (str); e.g. --set train.lr=0.5"]
     assert (tmp_path / "out" / "t" / "config.json").read_text() == config  # the finished run's config is kept
 
     missing = _run(["--dataset", str(tmp_path / "nowhere"), "--run-name", "m", "--output-root", str(tmp_path / "out")],
                    home)
     assert missing.returncode == 2 and "Traceback" not in missing.stderr + missing.stdout
+    assert "Prefect database ready" not in missing.stdout
     assert len(_errors(missing)) == 1 and _errors(missing)[0].startswith(
         f"motfm: error: {tmp_path / 'nowhere'}: data source not found")
     assert json.loads(config)["sample"]["nfe"] == 2
