@@ -47,8 +47,9 @@ from tasks.train import train_masks_task, train_task
 # full-budget model at 1.2-1.84 s per step): 0.85-1.03 s per step at batch 16, 0.2 s per sampled image, ~11 s per
 # downstream arm and seed at 200/120 steps. At 200 training steps and 200/120 downstream steps the demo's flow took
 # 748 s and `make demo` from a fresh clone 924 s with the venv creation (2026-11-29): over 15 minutes, so the
-# demo now trains 180 steps, its downstream models 160/100 steps, and both generators sample on one Dask cluster.
-# Its images are under-trained; quality needs the bench/full budgets.
+# demo now trains 180 steps, its downstream models 160/100 steps, and both generators sample on one Dask cluster:
+# measured flow 618 s, `make demo` from a fresh clone 781 s (0.87 s per training step). Its images are
+# under-trained; quality needs the bench/full budgets.
 PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "full": {},
     # benchmarks/novelty.py on a 2-core CPU (measured: 1.84 s per step, then 419 s per further mask variant): the
