@@ -96,10 +96,12 @@ def train_generators(cfg: PipelineConfig, data_path: str, run_dir: Path
     return out
 
 
-def synthesise(checkpoint: str, sample: SampleConfig, where: Path, mask_checkpoint: str | None = None) -> str:
-    """plan -> sample the shards over Dask -> publish `<where>/synthetic/latest`; returns the version's path."""
+def synthesise(checkpoint: str, sample: SampleConfig, where: Path, mask_checkpoint: str | None,
+               scheduler: str) -> str:
+    """plan -> sample the shards over Dask at `scheduler` -> publish `<where>/synthetic/latest`; returns the
+    version's path (its recorded config is the run's, without the run's cluster address)."""
     store, todo = plan_sampling_task(checkpoint, sample, str(where), mask_checkpoint)
-    shards = sample_shards_task(checkpoint, store, todo, sample)
+    shards = sample_shards_task(checkpoint, store, todo, replace(sample, scheduler=scheduler))
     get_run_logger().info("sample: %d shard(s) written this run into %s", sum(not s["skipped"] for s in shards), store)
     publish_task(store, sample.keep_versions)  # evaluation reads this version itself, not the moving `latest` link
     return store
@@ -155,8 +157,9 @@ def sample_evaluate_report(run_name: str, cfg: PipelineConfig, data_path: str,
                            enhancements: list[str] | None = None) -> str:
     """The stages after training (shared with `regenerate-synthetic`): sample every generator, evaluate the
     arms (low-data arms on their own generators' stores), report; returns the report path."""
-    with run_cluster(cfg.sample) as sample:  # one Dask cluster for every generator's sampling
-        stores = {f: synthesise(ckpt, sample, where, masks) for f, (ckpt, masks, where) in generators.items()}
+    with run_cluster(cfg.sample) as scheduler:  # one Dask cluster for every generator's sampling
+        stores = {f: synthesise(ckpt, cfg.sample, where, masks, scheduler)
+                  for f, (ckpt, masks, where) in generators.items()}
     low = {f"{f:g}": store for f, store in stores.items() if f != 1.0}
     evaluation = evaluate_task(data_path, stores[1.0], cfg.eval, str(run_dir), low)
     return report_task(run_name, cfg.to_dict(), data_path, generators[1.0][0], stores[1.0], evaluation, str(run_dir),

@@ -17,7 +17,7 @@ __all__ = ["auto_norm_groups", "config_hash", "DataConfig", "EnhanceConfig", "En
            "SampleConfig", "Solver", "SOLVER_CHOICES", "TrainConfig"]
 
 # The choices of the flow parameters, as types: Prefect validates a run's parameters against them before it
-# starts, and its UI offers them as a list. `tests/core` checks they match what the code accepts.
+# starts, and the deployment's parameter schema lists them. `tests/core` checks they match what the code accepts.
 Solver = Literal["euler", "midpoint", "heun", "rk4", "dopri5", "ddpm", "ddim"]
 ModelSize = Literal["small", "medium", "large"]
 MaskConditioning = Literal["auto", "none", "concat", "controlnet"]

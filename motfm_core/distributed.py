@@ -10,7 +10,6 @@ that Dask re-runs after a lost worker rewrites the same bytes and finds the reco
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import hashlib
 import os
 from collections.abc import Callable, Iterator
@@ -64,16 +63,16 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
 
 
 @contextlib.contextmanager
-def run_cluster(cfg: SampleConfig) -> Iterator[SampleConfig]:
-    """One Dask cluster for every sampling stage of a run: `cfg` as it is when it names a scheduler (or
-    $MOTFM_DASK_SCHEDULER is set), else a LocalCluster of `cfg.workers` kept up for the block and `cfg` pointing
-    at it (a LocalCluster costs ~10 s of worker start-up; a run samples once per generator). The scheduler
-    address is an execution setting: it is not part of a synthetic version's key."""
-    if cfg.scheduler or os.environ.get(SCHEDULER_ENV):
-        yield cfg
+def run_cluster(cfg: SampleConfig) -> Iterator[str]:
+    """One Dask cluster for every sampling stage of a run: yields the scheduler address to sample on, that of
+    `cfg.scheduler` (or $MOTFM_DASK_SCHEDULER) when set, else of a LocalCluster of `cfg.workers` kept up for the
+    block (a LocalCluster costs ~10 s of worker start-up; a run samples once per generator)."""
+    address = cfg.scheduler or os.environ.get(SCHEDULER_ENV)
+    if address:
+        yield address
         return
     with dask_client(workers=cfg.workers or None) as client:
-        yield dataclasses.replace(cfg, scheduler=client.scheduler.address)
+        yield client.scheduler.address
 
 
 def worker_device() -> str:
