@@ -89,8 +89,8 @@ def sampling_rate(checkpoint: Path, cfg: SampleConfig, workers: int, threads: in
         t0 = time.perf_counter()
         results = sample_shards(checkpoint, store, todo, cfg, client)
         wall = time.perf_counter() - t0
-    n = sum(r["count"] for r in results)
-    gen = sum(r["seconds"] for r in results)
+    n = sum(r.count for r in results)
+    gen = sum((r.seconds or 0.0) for r in results)
     return {"workers": workers, "threads_per_worker": threads, "images": n, "wall_s": wall,
             "images_per_s": n / wall, "generation_share": gen / (wall * workers)}
 

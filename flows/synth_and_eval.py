@@ -102,7 +102,7 @@ def synthesise(checkpoint: str, sample: SampleConfig, where: Path, mask_checkpoi
     version's path (its recorded config is the run's, without the run's cluster address)."""
     store, todo = plan_sampling_task(checkpoint, sample, str(where), mask_checkpoint)
     shards = sample_shards_task(checkpoint, store, todo, replace(sample, scheduler=scheduler))
-    get_run_logger().info("sample: %d shard(s) written this run into %s", sum(not s["skipped"] for s in shards), store)
+    get_run_logger().info("sample: %d shard(s) written this run into %s", sum(not s.skipped for s in shards), store)
     publish_task(store, sample.keep_versions)  # evaluation reads this version itself, not the moving `latest` link
     return store
 

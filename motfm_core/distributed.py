@@ -23,6 +23,8 @@ from motfm_core.config import SampleConfig
 if TYPE_CHECKING:
     from distributed import Client
 
+    from motfm_core.sampling import ShardResult
+
 __all__ = ["dask_client", "default_workers", "run_cluster", "sample_shards", "SCHEDULER_ENV", "worker_device"]
 
 SCHEDULER_ENV = "MOTFM_DASK_SCHEDULER"
@@ -89,7 +91,7 @@ def worker_device() -> str:
     return f"cuda:{int(name) % torch.cuda.device_count()}" if isinstance(name, int) else "cuda"
 
 
-def _run_shard(checkpoint: str, store: str, index: int, cfg: SampleConfig) -> dict:
+def _run_shard(checkpoint: str, store: str, index: int, cfg: SampleConfig) -> ShardResult:
     """The Dask task: sample one shard on this worker's device."""
     from motfm_core.sampling import sample_shard
 
@@ -98,8 +100,8 @@ def _run_shard(checkpoint: str, store: str, index: int, cfg: SampleConfig) -> di
 
 def sample_shards(
     checkpoint: str | Path, store: str | Path, shards: list[int], cfg: SampleConfig, client,
-    progress: Callable[[dict], None] | None = None, retries: int = 2,
-) -> list[dict]:
+    progress: Callable[[ShardResult], None] | None = None, retries: int = 2,
+) -> list[ShardResult]:
     """Sample `shards` of `store` on the cluster behind `client`; each result is reported to `progress` as it
     finishes. A task lost with its worker is re-run (up to `retries` times) on another worker."""
     from distributed import as_completed
@@ -116,4 +118,4 @@ def sample_shards(
         results.append(result)
         if progress:
             progress(result)
-    return sorted(results, key=lambda r: r["shard"])
+    return sorted(results, key=lambda r: r.shard)

@@ -12,12 +12,11 @@ subset (its store records the indices, checked here); without such a store the `
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -25,23 +24,20 @@ import zarr
 
 from motfm_core.config import EvalConfig
 from motfm_core.data.store import Splits, load_splits, load_synthetic, stratified_subset
-from motfm_core.metrics import (
-    bootstrap_gain,
-    bootstrap_paired,
-    classification_metrics,
-    summarise,
-)
+from motfm_core.metrics import Gain, Stat, bootstrap_gain, bootstrap_paired, classification_metrics, summarise
+from motfm_core.results import Result, optional
 from motfm_core.segmentation import predict_masks, segmentation_scores, train_segmenter
 from motfm_core.supervised import predict_proba, train_classifier
 from motfm_core.utils import default_device
 
-__all__ = ["Arm", "evaluate_augmentation", "low_data_stores", "plan_arms"]
+__all__ = ["Arm", "Augmentation", "SegmentationResult", "Sizes", "evaluate_augmentation", "low_data_stores",
+           "plan_arms"]
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
-class Arm:
+class Arm(Result):
     """One downstream training set: a share of the real train split plus synthetic images."""
 
     name: str
@@ -49,6 +45,50 @@ class Arm:
     ratio: float  # synthetic images per image of the *full* real train split; inf = every synthetic image
     baseline: str | None  # the arm its gain is measured against
     generator: float = 1.0  # the real fraction its synthetic images' generator was trained on
+
+
+# per arm, per seed ("0", "1", ...), per metric; per arm, per metric
+PerSeed = dict[str, dict[str, dict[str, float]]]
+Summary = dict[str, dict[str, Stat]]
+Gains = dict[str, dict[str, Gain]]
+
+
+@dataclass(frozen=True)
+class Sizes(Result):
+    """Image counts: the real train and test splits, the synthetic store, and each arm's (real, synthetic)."""
+
+    real_train: int
+    synthetic_added: int  # by the headline arm
+    synthetic_total: int
+    real_test: int
+    arms: dict[str, dict[str, int]]
+
+
+@dataclass(frozen=True)
+class SegmentationResult(Result):
+    """The segmenter's arms: Dice and HD95 per seed, their summaries and every augmented arm's gain."""
+
+    mask_classes: int
+    per_seed: PerSeed
+    summary: Summary
+    gains: Gains
+
+
+@dataclass(frozen=True)
+class Augmentation(Result):
+    """Does adding synthetic images help? Per-arm, per-seed test metrics, summaries over seeds and the gain of
+    every augmented arm over its baseline (`gain`: the headline arm's); the segmenter's when it ran."""
+
+    arms: list[Arm]
+    headline: str
+    per_seed: PerSeed
+    summary: Summary
+    gain: dict[str, Gain]
+    gains: Gains
+    sizes: Sizes
+    num_classes: int
+    seconds: float
+    segmentation: SegmentationResult | None = optional()
 
 
 def plan_arms(cfg: EvalConfig, low_data_generators: bool = True) -> list[Arm]:
@@ -78,15 +118,23 @@ def _arm_indices(arm: Arm, real_labels: np.ndarray, n_syn: int, seed: int,
     return real, syn
 
 
-def _gains(arms: list[Arm], results: dict, seeds: tuple[int, ...], ci) -> dict:
+def _gains(arms: list[Arm], results: dict[str, dict[int, dict[str, float]]], seeds: tuple[int, ...],
+           ci: Callable[[Arm, str], dict[str, Any]]) -> Gains:
     """Per augmented arm and metric: paired per-seed gain over its baseline (mean/std) and a bootstrap CI."""
     out = {}
     for arm in arms:
         if arm.baseline is None:
             continue
-        out[arm.name] = {m: {**summarise([results[arm.name][s][m] - results[arm.baseline][s][m] for s in seeds]),
-                             **ci(arm, m)} for m in results[arm.name][seeds[0]]}
+        base = arm.baseline
+        out[arm.name] = {m: Gain(**summarise([results[arm.name][s][m] - results[base][s][m] for s in seeds]),
+                                 **ci(arm, m)) for m in results[arm.name][seeds[0]]}
     return out
+
+
+def _summary(arms: list[Arm], results: dict[str, dict[int, dict[str, float]]], seeds: tuple[int, ...],
+             metrics: list[str]) -> Summary:
+    """Per arm and metric: mean, std, min, max over seeds."""
+    return {a.name: {m: Stat(**summarise([results[a.name][s][m] for s in seeds])) for m in metrics} for a in arms}
 
 
 def low_data_stores(synthetic: dict[float, str | Path], train_labels: np.ndarray, cfg: EvalConfig
@@ -108,7 +156,8 @@ def low_data_stores(synthetic: dict[float, str | Path], train_labels: np.ndarray
 def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig,
                           device: str | torch.device | None = None,
                           progress: Callable[[str], None] | None = None,
-                          low_data: dict[float, str | Path] | None = None, real: Splits | None = None) -> dict:
+                          low_data: dict[float, str | Path] | None = None, real: Splits | None = None
+                          ) -> Augmentation:
     """Per-arm, per-seed test metrics of a classifier (and a segmenter when both stores have masks) and the
     augmentation gain of every augmented arm over its baseline, with its spread and 95% bootstrap CI.
 
@@ -156,26 +205,23 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
                 line += ", " + ", ".join(f"{m} {v:.3f}" for m, v in seg_results[arm.name][seed].items())
             say(f"evaluate: seed {seed} {arm.name:>22}: {line} ({time.time() - t0:.0f}s)")
 
-    def class_ci(arm: Arm, m: str) -> dict:
-        return bootstrap_gain(test["labels"], probas[arm.baseline], probas[arm.name], m)
+    def class_ci(arm: Arm, m: str) -> dict[str, Any]:
+        return bootstrap_gain(test["labels"], probas[str(arm.baseline)], probas[arm.name], m)
 
-    def seg_ci(arm: Arm, m: str) -> dict:
-        return bootstrap_paired(per_image[arm.baseline][m], per_image[arm.name][m])
+    def seg_ci(arm: Arm, m: str) -> dict[str, Any]:
+        return bootstrap_paired(per_image[str(arm.baseline)][m], per_image[arm.name][m])
 
-    metrics = list(results["real"][cfg.seeds[0]])
-    summary = {a.name: {m: summarise([results[a.name][s][m] for s in cfg.seeds]) for m in metrics} for a in arms}
+    def by_seed(r: dict[str, dict[int, dict[str, float]]]) -> PerSeed:
+        return {a: {str(s): v for s, v in per.items()} for a, per in r.items()}
+
     gains = _gains(arms, results, cfg.seeds, class_ci)
-    out = {"arms": [dataclasses.asdict(a) for a in arms], "headline": "real+synthetic",
-           "per_seed": {a: {str(s): v for s, v in r.items()} for a, r in results.items()},
-           "summary": summary, "gain": gains["real+synthetic"], "gains": gains,
-           "sizes": {"real_train": int(n), "synthetic_added": sizes["real+synthetic"]["synthetic"],
-                     "synthetic_total": int(len(sy)), "real_test": int(len(test["labels"])), "arms": sizes},
-           "num_classes": k, "seconds": time.time() - t0}
-    if segment:
-        out["segmentation"] = {
-            "mask_classes": mask_classes,
-            "per_seed": {a: {str(s): v for s, v in r.items()} for a, r in seg_results.items()},
-            "summary": {a.name: {m: summarise([seg_results[a.name][s][m] for s in cfg.seeds])
-                                 for m in ("dice", "hd95")} for a in arms},
-            "gains": _gains(arms, seg_results, cfg.seeds, seg_ci)}
-    return out
+    seg = SegmentationResult(mask_classes, by_seed(seg_results), _summary(arms, seg_results, cfg.seeds,
+                                                                          ["dice", "hd95"]),
+                             _gains(arms, seg_results, cfg.seeds, seg_ci)) if segment else None
+    return Augmentation(
+        arms=arms, headline="real+synthetic", per_seed=by_seed(results),
+        summary=_summary(arms, results, cfg.seeds, list(results["real"][cfg.seeds[0]])),
+        gain=gains["real+synthetic"], gains=gains,
+        sizes=Sizes(real_train=int(n), synthetic_added=sizes["real+synthetic"]["synthetic"],
+                    synthetic_total=int(len(sy)), real_test=int(len(test["labels"])), arms=sizes),
+        num_classes=k, seconds=time.time() - t0, segmentation=seg)

@@ -11,9 +11,9 @@ baseline (Gaussian filter with its sigma tuned on the val split / bicubic) and t
 from __future__ import annotations
 
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -26,6 +26,7 @@ from motfm_core.config import EnhanceConfig, auto_norm_groups
 from motfm_core.data.store import load_split
 from motfm_core.nets import TIME_SCALE
 from motfm_core.paths import CondOTPath
+from motfm_core.results import Result, optional
 from motfm_core.solvers import solve
 from motfm_core.utils import (
     default_device,
@@ -35,7 +36,34 @@ from motfm_core.utils import (
     write_json_atomic,
 )
 
-__all__ = ["build_enhancer", "classical", "degrade", "enhance", "run_enhancement", "train_and_evaluate"]
+__all__ = ["Enhancement", "Fidelity", "build_enhancer", "classical", "degrade", "enhance", "run_enhancement",
+           "train_and_evaluate"]
+
+
+@dataclass(frozen=True)
+class Fidelity(Result):
+    """PSNR (dB) and SSIM against the clean test images; `method` names the classical baseline."""
+
+    psnr: float
+    ssim: float
+    method: str | None = optional()
+
+
+@dataclass(frozen=True)
+class Enhancement(Result):
+    """One enhancement task (`enhance-<task>.json`): its config, training, and the test-split fidelity of the
+    degraded input, the classical baseline and the flow at `nfe`."""
+
+    config: dict[str, Any]
+    train_seconds: float
+    final_loss: float
+    test_images: int
+    nfe: int
+    seconds_per_image: float
+    degraded: Fidelity
+    classical: Fidelity
+    flow: Fidelity
+
 
 def degrade(x: torch.Tensor, cfg: EnhanceConfig, generator: torch.Generator | None = None) -> torch.Tensor:
     """The degraded version of clean images x (B, C, H, W) in [0, 1]."""
@@ -69,15 +97,15 @@ def enhance(model: DiffusionModelUNet, degraded: torch.Tensor, cfg: EnhanceConfi
     return to_image_space(out), nfe
 
 
-def _scores(pred: np.ndarray, clean: np.ndarray) -> dict[str, float]:
+def _scores(pred: np.ndarray, clean: np.ndarray, method: str | None = None) -> Fidelity:
     p, c = torch.from_numpy(np.clip(pred, 0, 1)).float(), torch.from_numpy(clean).float()
-    return {"psnr": float(PSNRMetric(max_val=1.0)(p, c).mean()),
-            "ssim": float(SSIMMetric(spatial_dims=2, data_range=1.0)(p, c).mean())}
+    return Fidelity(psnr=float(PSNRMetric(max_val=1.0)(p, c).mean()),
+                    ssim=float(SSIMMetric(spatial_dims=2, data_range=1.0)(p, c).mean()), method=method)
 
 
 def train_and_evaluate(data_path: str | Path, cfg: EnhanceConfig, out_dir: str | Path,
                        device: str | torch.device | None = None,
-                       progress: Callable[[str], None] | None = None) -> dict:
+                       progress: Callable[[str], None] | None = None) -> Enhancement:
     """Train the enhancement flow on real train images and score it on real test images."""
     cfg.validate()
     device = default_device(device)
@@ -119,17 +147,17 @@ def train_and_evaluate(data_path: str | Path, cfg: EnhanceConfig, out_dir: str |
     sigma = 0.0
     if cfg.task == "denoise":  # tune the classical filter on val, never on test
         sigma = max((0.5, 0.75, 1.0, 1.5, 2.0),
-                    key=lambda s: _scores(classical(val_deg, cfg, s), val["images"])["psnr"])
+                    key=lambda s: _scores(classical(val_deg, cfg, s), val["images"]).psnr)
     t1 = time.perf_counter()
     flow_out, nfe = enhance(model, torch.from_numpy(test_deg).to(device), cfg,
                             torch.Generator(device=device).manual_seed(3))
     seconds = time.perf_counter() - t1
-    return {"config": asdict(cfg), "train_seconds": time.time() - t0, "final_loss": float(np.mean(losses[-50:])),
-            "test_images": int(len(test_deg)), "nfe": nfe, "seconds_per_image": seconds / len(test_deg),
-            "degraded": _scores(test_deg, test["images"]),
-            "classical": {**_scores(classical(test_deg, cfg, sigma), test["images"]),
-                          "method": "bicubic" if cfg.task == "superres" else f"gaussian filter sigma={sigma}"},
-            "flow": _scores(flow_out.cpu().numpy(), test["images"])}
+    method = "bicubic" if cfg.task == "superres" else f"gaussian filter sigma={sigma}"
+    return Enhancement(config=asdict(cfg), train_seconds=time.time() - t0, final_loss=float(np.mean(losses[-50:])),
+                       test_images=int(len(test_deg)), nfe=nfe, seconds_per_image=seconds / len(test_deg),
+                       degraded=_scores(test_deg, test["images"]),
+                       classical=_scores(classical(test_deg, cfg, sigma), test["images"], method),
+                       flow=_scores(flow_out.cpu().numpy(), test["images"]))
 
 
 def run_enhancement(data_path: str | Path, cfg: EnhanceConfig, run_dir: str | Path,
@@ -137,8 +165,7 @@ def run_enhancement(data_path: str | Path, cfg: EnhanceConfig, run_dir: str | Pa
     """Train and score one enhancement task; writes `<run_dir>/enhance-<task>.json` (checkpoint under
     `<run_dir>/checkpoints/`) and returns its path."""
     result = train_and_evaluate(data_path, cfg, Path(run_dir) / "checkpoints", progress=progress)
-    out = write_json_atomic(Path(run_dir) / f"enhance-{cfg.task}.json", result)
-    classic = result["classical"]
-    (progress or print)(f"enhance[{cfg.task}]: PSNR input {result['degraded']['psnr']:.2f}, {classic['method']} "
-                        f"{classic['psnr']:.2f}, flow (NFE {result['nfe']}) {result['flow']['psnr']:.2f}")
+    out = write_json_atomic(Path(run_dir) / f"enhance-{cfg.task}.json", result.to_json())
+    (progress or print)(f"enhance[{cfg.task}]: PSNR input {result.degraded.psnr:.2f}, {result.classical.method} "
+                        f"{result.classical.psnr:.2f}, flow (NFE {result.nfe}) {result.flow.psnr:.2f}")
     return out

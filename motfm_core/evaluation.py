@@ -6,20 +6,54 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 from motfm_core import __version__
 from motfm_core.config import EvalConfig, config_hash
 from motfm_core.data.store import load_splits, open_store
-from motfm_core.downstream import evaluate_augmentation
-from motfm_core.privacy import audit_stores
-from motfm_core.quality import synthetic_quality
+from motfm_core.downstream import Augmentation, evaluate_augmentation
+from motfm_core.privacy import Audit, audit_stores
+from motfm_core.quality import Quality, synthetic_quality
+from motfm_core.results import Result
 from motfm_core.utils import write_json_atomic
 
-__all__ = ["evaluate_run", "evaluation_key"]
+__all__ = ["Evaluation", "evaluate_run", "evaluation_key", "read_evaluation"]
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Evaluation(Result):
+    """evaluation.json: the downstream arms (its keys at the top level, as readers of the file know them), the
+    quality metrics, the memorisation audit of the synthetic store and of each low-data generator's store (keyed
+    by its real fraction, e.g. "0.25"), and the cache key."""
+
+    augmentation: Augmentation
+    quality: Quality
+    memorisation: Audit
+    low_data_memorisation: dict[str, Audit]
+    key: str
+
+    def to_json(self) -> dict[str, Any]:
+        return {**self.augmentation.to_json(), "quality": self.quality.to_json(),
+                "memorisation": self.memorisation.to_json(),
+                "low_data_memorisation": {f: a.to_json() for f, a in self.low_data_memorisation.items()},
+                "key": self.key}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> Evaluation:
+        return cls(augmentation=Augmentation.from_json(data), quality=Quality.from_json(data["quality"]),
+                   memorisation=Audit.from_json(data["memorisation"]),
+                   low_data_memorisation={f: Audit.from_json(a) for f, a in data["low_data_memorisation"].items()},
+                   key=data["key"])
+
+
+def read_evaluation(path: str | Path) -> Evaluation:
+    """The typed evaluation from an evaluation.json."""
+    return Evaluation.from_json(json.loads(Path(path).read_text()))
 
 
 def evaluation_key(data_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig,
@@ -43,17 +77,18 @@ def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalCon
         say(f"evaluate: {out} already holds this data, synthetic version and config (key {key}); reusing it")
         return out
     real = load_splits(data_path)
-    result = evaluate_augmentation(data_path, synthetic_path, cfg, progress=say, low_data=low, real=real)
     checkpoint = open_store(synthetic_path).attrs.get("checkpoint")
-    result["quality"] = synthetic_quality(data_path, synthetic_path, cfg, checkpoint=checkpoint, real=real)
-    result["memorisation"] = audit_stores(data_path, synthetic_path, Path(run_dir) / "closest_pairs.png", real=real)
-    result["low_data_memorisation"] = {f"{f:g}": audit_stores(data_path, p, real=real) for f, p in sorted(low.items())}
-    result["key"] = key
-    write_json_atomic(out, result)
-    q, g, mem = result["quality"]["synthetic_vs_test"], result["gain"]["accuracy"], result["memorisation"]
-    say(f"evaluate: in-domain FID synthetic-vs-test {q['fid']:.3f} (real train-vs-test "
-        f"{result['quality']['train_vs_test']['fid']:.3f}), precision {q['precision']:.2f}, recall {q['recall']:.2f}")
-    say(f"evaluate: accuracy gain {g['mean']:+.3f} ± {g['std']:.3f} over {g['n']} seeds (95% CI "
-        f"{g['ci95_low']:+.3f}..{g['ci95_high']:+.3f}); {100 * mem['fraction_flagged']:.1f}% of synthetic images "
-        "flagged as near-copies")
+    result = Evaluation(
+        augmentation=evaluate_augmentation(data_path, synthetic_path, cfg, progress=say, low_data=low, real=real),
+        quality=synthetic_quality(data_path, synthetic_path, cfg, checkpoint=checkpoint, real=real),
+        memorisation=audit_stores(data_path, synthetic_path, Path(run_dir) / "closest_pairs.png", real=real),
+        low_data_memorisation={f"{f:g}": audit_stores(data_path, p, real=real) for f, p in sorted(low.items())},
+        key=key)
+    write_json_atomic(out, result.to_json())
+    q, base, g = result.quality.synthetic_vs_test, result.quality.train_vs_test, result.augmentation.gain["accuracy"]
+    say(f"evaluate: in-domain FID synthetic-vs-test {q.fid:.3f} (real train-vs-test {base.fid:.3f}), precision "
+        f"{q.precision:.2f}, recall {q.recall:.2f}")
+    say(f"evaluate: accuracy gain {g.mean:+.3f} ± {g.std:.3f} over {g.n} seeds (95% CI {g.ci95_low:+.3f}.."
+        f"{g.ci95_high:+.3f}); {100 * result.memorisation.fraction_flagged:.1f}% of synthetic images flagged as "
+        "near-copies")
     return out

@@ -2,13 +2,38 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-__all__ = ["bootstrap_gain", "bootstrap_paired", "classification_metrics", "straightness", "summarise"]
+from motfm_core.results import Result
+
+__all__ = ["Gain", "Stat", "bootstrap_gain", "bootstrap_paired", "classification_metrics", "straightness", "summarise"]
+
+
+@dataclass(frozen=True)
+class Stat(Result):
+    """One metric over seeds: mean, sample std, min, max and the number of seeds."""
+
+    mean: float
+    std: float
+    min: float
+    max: float
+    n: int
+
+
+@dataclass(frozen=True)
+class Gain(Stat):
+    """A paired per-seed gain (arm minus its baseline) with its 95% bootstrap CI over test images: None, with
+    n_boot 0, where the metric has none (AUROC)."""
+
+    ci95_low: float | None = None
+    ci95_high: float | None = None
+    n_boot: int = 0
+
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
     """Accuracy, macro-F1 and macro one-vs-rest AUROC from class probabilities (N, K)."""

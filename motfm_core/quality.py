@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -32,12 +33,56 @@ from motfm_core.data.store import (
     load_synthetic,
     open_store,
 )
+from motfm_core.results import Result, optional
 from motfm_core.sampling import Sampler
 from motfm_core.supervised import train_classifier
 from motfm_core.utils import default_device, to_model_space
 
-__all__ = ["diversity", "FeatureExtractor", "fid", "kid", "nfe_curve", "precision_recall", "quality", "swd",
-           "synthetic_quality"]
+__all__ = ["Diversity", "diversity", "FeatureExtractor", "fid", "kid", "NfePoint", "nfe_curve", "precision_recall",
+           "Quality", "quality", "Scores", "swd", "synthetic_quality"]
+
+
+@dataclass(frozen=True)
+class Scores(Result):
+    """One set against the real test split: FID, KID and precision/recall on in-domain features; pixel-level
+    SWD per pyramid level (`level0` finest, `mean`) when images were given."""
+
+    fid: float
+    kid: float
+    precision: float
+    recall: float
+    swd: dict[str, float] | None = optional()
+
+
+@dataclass(frozen=True)
+class NfePoint(Result):
+    """Fresh Euler samples at one NFE: FID and fine SWD against real test, and seconds per image."""
+
+    nfe: int
+    fid: float
+    swd_fine: float
+    seconds_per_image: float
+
+
+@dataclass(frozen=True)
+class Diversity(Result):
+    """Mean MS-SSIM of random same-class pairs (higher = less diverse) and how many pairs."""
+
+    ms_ssim: float
+    pairs: int
+
+
+@dataclass(frozen=True)
+class Quality(Result):
+    """Synthetic vs real test beside real train vs real test (the baseline); for a store, also the feature size,
+    intra-class diversity (`synthetic`, `real_train`) and the quality-vs-NFE curve when measured."""
+
+    synthetic_vs_test: Scores
+    train_vs_test: Scores
+    feature_dim: int | None = optional()
+    diversity: dict[str, Diversity] | None = optional()
+    nfe_curve: list[NfePoint] | None = optional()
+
 
 class FeatureExtractor:
     """In-domain features: average-pooled last conv stage of a classifier trained on real training images."""
@@ -159,25 +204,23 @@ def swd(real: np.ndarray, fake: np.ndarray, levels: int = 3, patches_per_image: 
 
 
 def quality(real_train: np.ndarray, real_test: np.ndarray, fake: np.ndarray,
-            images: dict[str, np.ndarray] | None = None) -> dict[str, dict[str, float]]:
+            images: dict[str, np.ndarray] | None = None) -> Quality:
     """Synthetic vs real test, beside the real-vs-real baseline (real train vs real test).
 
     real_train/real_test/fake are features; `images` ({"train", "test", "fake"}) adds the pixel-level SWD.
     """
-    def block(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
-        return {"fid": fid(a, b), "kid": kid(a, b), **precision_recall(a, b)}
+    def block(a: np.ndarray, b: np.ndarray, pixels: str) -> Scores:
+        return Scores(fid=fid(a, b), kid=kid(a, b), **precision_recall(a, b),
+                      swd=None if images is None else swd(images["test"], images[pixels]))
 
-    out = {"synthetic_vs_test": block(real_test, fake), "train_vs_test": block(real_test, real_train)}
-    if images is not None:
-        out["synthetic_vs_test"]["swd"] = swd(images["test"], images["fake"])
-        out["train_vs_test"]["swd"] = swd(images["test"], images["train"])
-    return out
+    return Quality(synthetic_vs_test=block(real_test, fake, "fake"),
+                   train_vs_test=block(real_test, real_train, "train"))
 
 
 def nfe_curve(checkpoint: str | Path, extractor: "FeatureExtractor", test: np.ndarray, test_feats: np.ndarray,
               nfes: tuple[int, ...], samples_per_class: int, device: torch.device | str = "cpu",
               sample_cfg: SampleConfig | None = None, mask_checkpoint: str | Path | None = None,
-              ) -> list[dict[str, float]]:
+              ) -> list[NfePoint]:
     """FID and fine SWD against the real test split of `samples_per_class` fresh Euler samples per class at
     each NFE (same noise seeds and masks at every NFE), with seconds per image: how far the step count can drop.
     Masks come from `sample_cfg.mask_source` as in the synthetic store. Empty for a diffusion (epsilon) checkpoint:
@@ -194,14 +237,14 @@ def nfe_curve(checkpoint: str | Path, extractor: "FeatureExtractor", test: np.nd
         t0 = time.perf_counter()
         images, spent, _ = sampler.draw(positions, sampler.seeds)
         sec = (time.perf_counter() - t0) / len(positions)
-        rows.append({"nfe": spent, "fid": fid(test_feats, extractor(images)), "swd_fine": swd(test, images)["level0"],
-                     "seconds_per_image": sec})
+        rows.append(NfePoint(nfe=spent, fid=fid(test_feats, extractor(images)), swd_fine=swd(test, images)["level0"],
+                             seconds_per_image=sec))
     return rows
 
 
 def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig | None = None,
                       device: torch.device | str | None = None, checkpoint: str | Path | None = None,
-                      real: Splits | None = None) -> dict:
+                      real: Splits | None = None) -> Quality:
     """Train the in-domain extractor on the real train split and score the synthetic store against real test;
     with the `checkpoint` and `cfg.nfe_curve`, also the quality-vs-NFE curve of fresh samples. `real`: the train
     and test splits, when already loaded."""
@@ -212,19 +255,20 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
     fake, fake_labels = syn["images"], syn["labels"]
     images = {name: d["images"] for name, d in real.items()}
     feats = {name: extractor(x) for name, x in images.items()}
-    out = quality(feats["train"], feats["test"], extractor(fake), {**images, "fake": fake})
-    out["feature_dim"] = int(feats["train"].shape[1])
-    out["diversity"] = {"synthetic": diversity(fake, fake_labels),
-                        "real_train": diversity(images["train"], real["train"]["labels"])}
+    curve = None
     if checkpoint is not None and cfg is not None and cfg.nfe_curve:
         attrs = open_store(synthetic_path).attrs
         sample_cfg = from_dict(SampleConfig, attrs.get("sample_config"), "sample")
-        out["nfe_curve"] = nfe_curve(checkpoint, extractor, images["test"], feats["test"], tuple(cfg.nfe_curve),
-                                     cfg.nfe_curve_samples, device, sample_cfg, attrs.get("mask_checkpoint"))
-    return out
+        curve = nfe_curve(checkpoint, extractor, images["test"], feats["test"], tuple(cfg.nfe_curve),
+                          cfg.nfe_curve_samples, device, sample_cfg, attrs.get("mask_checkpoint"))
+    return dataclasses.replace(
+        quality(feats["train"], feats["test"], extractor(fake), {**images, "fake": fake}),
+        feature_dim=int(feats["train"].shape[1]), nfe_curve=curve,
+        diversity={"synthetic": diversity(fake, fake_labels),
+                   "real_train": diversity(images["train"], real["train"]["labels"])})
 
 
-def diversity(images: np.ndarray, labels: np.ndarray, pairs: int = 300, seed: int = 0) -> dict[str, float]:
+def diversity(images: np.ndarray, labels: np.ndarray, pairs: int = 300, seed: int = 0) -> Diversity:
     """Mean MS-SSIM over random same-class pairs (MONAI `MultiScaleSSIMMetric`); higher = less diverse.
 
     Up to three scales; the Gaussian window (odd, 3..7) and the number of scales shrink to fit small images
@@ -252,4 +296,4 @@ def diversity(images: np.ndarray, labels: np.ndarray, pairs: int = 300, seed: in
         b.append(images[j[keep]])
     x, y = (torch.from_numpy(np.concatenate(v).astype(np.float32)) for v in (a, b))
     values = metric(x, y).flatten()
-    return {"ms_ssim": float(values.mean()), "pairs": int(len(values))}
+    return Diversity(ms_ssim=float(values.mean()), pairs=int(len(values)))

@@ -1,9 +1,15 @@
-"""Run report: `report.json` (machine-readable), `report.md` (first screen answers "use the data?"), a sample grid."""
+"""Run report: `report.json` (machine-readable, `schema_version` 2), `report.md` (first screen answers "use the
+data?"), a sample grid and the gains figure.
+
+report.json schema versions: 1 (no `schema_version` key) and 2 (the same keys, plus `schema_version`) read alike.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +19,83 @@ import zarr
 
 from motfm_core import code_version
 from motfm_core.data.store import completed_shards, load_split, open_store
+from motfm_core.enhance import Enhancement
+from motfm_core.evaluation import Evaluation, read_evaluation
+from motfm_core.metrics import Stat
+from motfm_core.results import Result, optional
 from motfm_core.utils import atomic_path
 
-__all__ = ["coverage_lines", "gain_figure", "gain_rows", "gather", "publish_report", "render_markdown",
-           "sample_grid", "write_report"]
+__all__ = ["coverage_lines", "DatasetInfo", "gain_figure", "gain_rows", "gather", "publish_report", "read_report",
+           "render_markdown", "Report", "REPORT_SCHEMA_VERSION", "SamplingInfo", "sample_grid", "TrainingInfo",
+           "write_report"]
+
+REPORT_SCHEMA_VERSION = 2
+
+
+@dataclass(frozen=True)
+class DatasetInfo(Result):
+    """The real dataset store: where, from what source, its fingerprint, classes, sample shape and split sizes."""
+
+    path: str
+    source: str
+    fingerprint: str
+    class_names: list[str]
+    sample_shape: list[int]
+    sizes: dict[str, int]
+
+
+@dataclass(frozen=True)
+class TrainingInfo(Result):
+    """The image generator's checkpoint: steps, final loss (mean of the last 50), loss curve (means of 50 steps)."""
+
+    checkpoint: str
+    steps: int
+    final_loss: float
+    loss_curve: list[float]
+    seconds: float
+    device: str
+
+
+@dataclass(frozen=True)
+class SamplingInfo(Result):
+    """The synthetic version: size, solver, NFE, guidance, mask source, copy guard, speed and device."""
+
+    store: str
+    num_samples: int
+    solver: str
+    nfe: int
+    guidance: float
+    mask_source: str | None
+    copy_guard: bool
+    seconds_per_image: float
+    device: str
+    checkpoint_sha256: str
+
+
+@dataclass(frozen=True)
+class Report(Result):
+    """report.json: every stage's outputs with the run's config and code version."""
+
+    run_name: str
+    code_version: str
+    config: dict[str, Any]
+    dataset: DatasetInfo
+    training: TrainingInfo
+    sampling: SamplingInfo
+    evaluation: Evaluation
+    enhancement: list[Enhancement]
+    files: dict[str, str | None] | None = optional()
+    schema_version: int = REPORT_SCHEMA_VERSION
+
+
+def read_report(path: str | Path) -> Report:
+    """The typed report from a report.json (schema version 1 or 2); a newer version is refused by name."""
+    data = json.loads(Path(path).read_text())
+    version = data.get("schema_version", 1)
+    if version > REPORT_SCHEMA_VERSION:
+        raise ValueError(f"{path}: report schema_version {version} is newer than this motfm reads "
+                         f"({REPORT_SCHEMA_VERSION}); upgrade motfm")
+    return Report.from_json({**data, "schema_version": REPORT_SCHEMA_VERSION})
 
 def _middle(img: np.ndarray) -> np.ndarray:
     """A 2D view of (C, H, W[, D]): first channel, middle slice for 3D."""
@@ -62,25 +141,26 @@ def sample_grid(real_path: str | Path, synthetic_path: str | Path, out_png: str 
     return out_png
 
 
-def gain_figure(evaluation: dict[str, Any], out_png: str | Path) -> Path:
+def gain_figure(evaluation: Evaluation, out_png: str | Path) -> Path:
     """PNG: augmentation gain (95% CI) per augmented arm for each task, and quality vs NFE when measured."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    panels = [("classifier accuracy gain", evaluation["gains"], "accuracy")]
-    if "segmentation" in evaluation:
-        panels.append(("segmenter Dice gain", evaluation["segmentation"]["gains"], "dice"))
-    curve = evaluation.get("quality", {}).get("nfe_curve")
+    ev = evaluation.augmentation
+    panels = [("classifier accuracy gain", ev.gains, "accuracy")]
+    if ev.segmentation is not None:
+        panels.append(("segmenter Dice gain", ev.segmentation.gains, "dice"))
+    curve = evaluation.quality.nfe_curve
     fig, axes = plt.subplots(1, len(panels) + bool(curve), figsize=(5.2 * (len(panels) + bool(curve)), 3.6),
                              squeeze=False)
-    baselines = {a["name"]: a["baseline"] for a in evaluation["arms"]}
+    baselines = {a.name: a.baseline for a in ev.arms}
     for ax, (title, gains, metric) in zip(axes[0], panels):
         stats = [gains[name][metric] for name in gains]
-        mean = np.array([s["mean"] for s in stats])
-        lo = np.array([s["mean"] if s.get("ci95_low") is None else s["ci95_low"] for s in stats])
-        hi = np.array([s["mean"] if s.get("ci95_high") is None else s["ci95_high"] for s in stats])
+        mean = np.array([s.mean for s in stats])
+        lo = np.array([s.mean if s.ci95_low is None else s.ci95_low for s in stats])
+        hi = np.array([s.mean if s.ci95_high is None else s.ci95_high for s in stats])
         y = np.arange(len(stats))
         ax.errorbar(mean, y, xerr=[mean - lo, hi - mean], fmt="o", capsize=3)
         ax.axvline(0, color="grey", lw=0.8)
@@ -89,17 +169,18 @@ def gain_figure(evaluation: dict[str, Any], out_png: str | Path) -> Path:
         ax.set_title(f"{title} (mean, 95% CI)", fontsize=9)
     if curve:
         ax = axes[0][-1]
-        nfe = [r["nfe"] for r in curve]
-        ax.plot(nfe, [r["fid"] for r in curve], "o-", label="FID (in-domain)")
+        nfe = [r.nfe for r in curve]
+        ax.plot(nfe, [r.fid for r in curve], "o-", label="FID (in-domain)")
         ax.set_xscale("log")
         ax.set_xlabel("NFE (Euler)")
         ax.set_ylabel("FID")
         ax2 = ax.twinx()
-        ax2.plot(nfe, [r["swd_fine"] for r in curve], "s--", color="C1", label="fine SWD")
+        ax2.plot(nfe, [r.swd_fine for r in curve], "s--", color="C1", label="fine SWD")
         ax2.set_ylabel("fine SWD (x1e3)")
-        base = evaluation["quality"]["train_vs_test"]
-        ax.axhline(base["fid"], color="C0", lw=0.7, ls=":")
-        ax2.axhline(base["swd"]["level0"], color="C1", lw=0.7, ls=":")
+        base = evaluation.quality.train_vs_test
+        ax.axhline(base.fid, color="C0", lw=0.7, ls=":")
+        if base.swd:
+            ax2.axhline(base.swd["level0"], color="C1", lw=0.7, ls=":")
         ax.set_title("quality vs NFE (dotted: real train vs test)", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)
@@ -108,170 +189,162 @@ def gain_figure(evaluation: dict[str, Any], out_png: str | Path) -> Path:
     return out_png
 
 
-def _fmt(s: dict[str, float]) -> str:
-    if s is None or math.isnan(s["mean"]):
+def _fmt(s: Stat | None) -> str:
+    if s is None or math.isnan(s.mean):
         return "n/a"
-    return f"{s['mean']:.3f} ± {s['std']:.3f}"
+    return f"{s.mean:.3f} ± {s.std:.3f}"
 
 
-def _signed(s: dict[str, float]) -> str:
-    if math.isnan(s["mean"]):
+def _signed(s: Stat) -> str:
+    if math.isnan(s.mean):
         return "n/a"
-    ci = (f", 95% CI {s['ci95_low']:+.3f}..{s['ci95_high']:+.3f}"
-          if s.get("ci95_low") is not None else "")
-    return f"{s['mean']:+.3f} ± {s['std']:.3f}{ci}"
+    low, high = getattr(s, "ci95_low", None), getattr(s, "ci95_high", None)
+    ci = f", 95% CI {low:+.3f}..{high:+.3f}" if low is not None else ""
+    return f"{s.mean:+.3f} ± {s.std:.3f}{ci}"
 
 
-def _more_verdicts(ev: dict[str, Any]) -> str:
+def _more_verdicts(evaluation: Evaluation) -> str:
     """The segmenter's headline gain and the best ratio, for the first screen."""
-    out = ""
-    if "segmentation" in ev:
-        g = ev["segmentation"]["gains"]["real+synthetic"]
+    out, ev, mem = "", evaluation.augmentation, evaluation.memorisation
+    if ev.segmentation is not None:
+        g = ev.segmentation.gains["real+synthetic"]
         out += f" Segmenter: Dice gain {_signed(g['dice'])}, HD95 change {_signed(g['hd95'])} px."
-    mem = ev.get("memorisation")
-    if mem and mem["fraction_flagged"] > 0.1:
-        out += (f" **Warning: {mem['fraction_flagged']:.0%} of the synthetic images are near-copies of training "
+    if mem.fraction_flagged > 0.1:
+        out += (f" **Warning: {mem.fraction_flagged:.0%} of the synthetic images are near-copies of training "
                 "images** (memorisation audit below): gains may come from the real data copied back, not from new "
                 "anatomy, and the copies carry the training patients' privacy risk.")
-    ratios = {a: g["accuracy"]["mean"] for a, g in ev.get("gains", {}).items() if a.startswith("real+synthetic")}
+    ratios = {a: g["accuracy"].mean for a, g in ev.gains.items() if a.startswith("real+synthetic")}
     if len(ratios) > 1:
-        best = max(ratios, key=ratios.get)
+        best = max(ratios, key=lambda a: ratios[a])
         out += f" Best ratio arm by accuracy: {best} ({ratios[best]:+.3f})."
     return out
 
 
-def _gains_table(ev: dict[str, Any]) -> list[str]:
+def _gains_table(evaluation: Evaluation) -> list[str]:
     """Every augmented arm against its baseline: sizes and gains with CIs (and the segmenter's, if any)."""
-    if "gains" not in ev:
-        return []
-    seg = ev.get("segmentation")
+    ev = evaluation.augmentation
+    seg = ev.segmentation
     head = "| arm (vs baseline) | real / synthetic images | accuracy gain | macro-F1 gain |"
     lines = ["", "Augmentation gain of every arm over its baseline (mean ± std over seeds, 95% bootstrap CI):", "",
              head + (" Dice gain | HD95 change (px) |" if seg else ""),
              "|---|---|---|---|" + ("---|---|" if seg else "")]
-    baselines = {a["name"]: a["baseline"] for a in ev.get("arms", [])}
-    for arm, g in ev["gains"].items():
-        size = ev["sizes"].get("arms", {}).get(arm, {})
+    baselines = {a.name: a.baseline for a in ev.arms}
+    for arm, g in ev.gains.items():
+        size = ev.sizes.arms.get(arm, {})
         row = (f"| {arm} (vs {baselines.get(arm, 'real')}) | {size.get('real', '?')} / {size.get('synthetic', '?')} | "
                f"{_signed(g['accuracy'])} | {_signed(g['macro_f1'])} |")
         if seg:
-            sg = seg["gains"][arm]
+            sg = seg.gains[arm]
             row += f" {_signed(sg['dice'])} | {_signed(sg['hd95'])} |"
         lines.append(row)
     if seg:
-        lines += ["", f"Segmenter (MONAI UNet, DiceCELoss; {seg['mask_classes'] - 1} foreground classes) on the real "
+        lines += ["", f"Segmenter (MONAI UNet, DiceCELoss; {seg.mask_classes - 1} foreground classes) on the real "
                   "test split: Dice (higher is better) / HD95 in pixels (lower is better):", "",
                   "| arm | Dice | HD95 |", "|---|---|---|"]
-        lines += [f"| {arm} | {_fmt(s['dice'])} | {_fmt(s['hd95'])} |" for arm, s in seg["summary"].items()]
-    if any("%" in arm for arm in ev["gains"]):
+        lines += [f"| {arm} | {_fmt(s['dice'])} | {_fmt(s['hd95'])} |" for arm, s in seg.summary.items()]
+    if any("%" in arm for arm in ev.gains):
         lines += ["", "Low-data arms use one class-stratified share of the real train split (the same images for "
                   "every seed); the synthetic images of `real f%+synthetic` come from a generator trained on exactly "
                   "that share, so nothing of the other real training images reaches them."]
-        for f, mem in ev.get("low_data_memorisation", {}).items():
-            lines.append(f"- generator of the real {float(f):.0%} share ({mem.get('reference_images', '?')} images): "
-                         f"{mem['fraction_flagged']:.0%} of its images flagged as near-copies of its training images")
+        for f, mem in evaluation.low_data_memorisation.items():
+            lines.append(f"- generator of the real {float(f):.0%} share ({mem.reference_images} images): "
+                         f"{mem.fraction_flagged:.0%} of its images flagged as near-copies of its training images")
     return lines
 
 
-def coverage_lines(report: dict[str, Any]) -> list[str]:
+def coverage_lines(report: Report) -> list[str]:
     """First-screen answer to "are the synthetic images new, and do they cover the real data?": memorisation,
     recall, intra-class diversity, then fine SWD and FID (the last blind to within-class diversity)."""
-    ev = report["evaluation"]
-    q, mem = ev.get("quality"), ev.get("memorisation")
-    if not q or not mem:
-        return []
-    syn, base = q["synthetic_vs_test"], q["train_vs_test"]
-    out = [f"**New data?** {mem['fraction_flagged']:.0%} of synthetic images are near-copies of a training image "
+    q, mem = report.evaluation.quality, report.evaluation.memorisation
+    syn, base = q.synthetic_vs_test, q.train_vs_test
+    out = [f"**New data?** {mem.fraction_flagged:.0%} of synthetic images are near-copies of a training image "
            f"(memorisation audit; target <= 5%)"]
-    guard = mem.get("copy_guard") or {}
-    if guard.get("enabled"):
-        out[-1] += f", after the copy guard redrew {guard['redrawn_samples']} sample(s)"
-    out[-1] += (f". Coverage of the real test distribution (recall): {syn['recall']:.2f} (real train: "
-                f"{base['recall']:.2f}; precision {syn['precision']:.2f}).")
-    d = q.get("diversity")
+    if mem.copy_guard is not None and mem.copy_guard.enabled:
+        out[-1] += f", after the copy guard redrew {mem.copy_guard.redrawn_samples} sample(s)"
+    out[-1] += (f". Coverage of the real test distribution (recall): {syn.recall:.2f} (real train: "
+                f"{base.recall:.2f}; precision {syn.precision:.2f}).")
+    d = q.diversity
     if d:
-        s_, r_ = d["synthetic"]["ms_ssim"], d["real_train"]["ms_ssim"]
+        s_, r_ = d["synthetic"].ms_ssim, d["real_train"].ms_ssim
         out[-1] += (f" Intra-class similarity (mean MS-SSIM of same-class pairs, lower = more diverse): synthetic "
                     f"{s_:.3f} vs real {r_:.3f} ({(s_ - r_) / r_:+.0%}).")
-    sw = syn.get("swd", {}).get("level0")
-    if sw is not None:
-        out[-1] += f" Fine-detail SWD {sw:.0f} (real train vs test {base['swd']['level0']:.0f});"
-    out[-1] += (f" FID {syn['fid']:.3f} (real train vs test {base['fid']:.3f}; in-domain features: blind to "
+    if syn.swd and base.swd:
+        out[-1] += f" Fine-detail SWD {syn.swd['level0']:.0f} (real train vs test {base.swd['level0']:.0f});"
+    out[-1] += (f" FID {syn.fid:.3f} (real train vs test {base.fid:.3f}; in-domain features: blind to "
                 "within-class diversity).")
-    source = report.get("sampling", {}).get("mask_source")
+    source = report.sampling.mask_source
     if source:
         out[-1] += f" Conditioning masks: `{source}`."
     return ["", *out]
 
 
-def render_markdown(report: dict[str, Any], grid_name: str, gains_png: str | None = None) -> str:
+def render_markdown(report: Report, grid_name: str, gains_png: str | None = None) -> str:
     """report.md: verdict first, then sizes, metrics per arm, timing, configuration."""
-    ev, gain = report["evaluation"], report["evaluation"]["gain"]
+    evaluation = report.evaluation
+    ev, gain = evaluation.augmentation, evaluation.augmentation.gain
     g = gain["accuracy"]
-    lo, hi = g.get("ci95_low", g["mean"] - g["std"]), g.get("ci95_high", g["mean"] + g["std"])
+    lo = g.mean - g.std if g.ci95_low is None else g.ci95_low
+    hi = g.mean + g.std if g.ci95_high is None else g.ci95_high
     verdict = ("helped" if lo > 0 else "hurt" if hi < 0
                else "made no clear difference (the 95% CI of the accuracy gain includes 0)")
-    seeds = ev["summary"]["real"]["accuracy"]["n"]
+    seeds = ev.summary["real"]["accuracy"].n
+    data, sampling, training = report.dataset, report.sampling, report.training
     lines = [
-        f"# motfm report: {report['run_name']}",
+        f"# motfm report: {report.run_name}",
         "",
         f"**Verdict:** adding synthetic images {verdict} on the held-out real test set: accuracy gain "
         f"{_signed(g)}, macro-F1 gain {_signed(gain['macro_f1'])}, AUROC gain {_signed(gain['auroc'])} "
-        f"(mean ± std over {seeds} seeds; CI by bootstrap over test images)." + _more_verdicts(ev),
+        f"(mean ± std over {seeds} seeds; CI by bootstrap over test images)." + _more_verdicts(evaluation),
         *coverage_lines(report),
         "",
-        f"- dataset: {report['dataset']['source']} — train {ev['sizes']['real_train']}, "
-        f"val {report['dataset']['sizes']['val']}, test {ev['sizes']['real_test']} real images, "
-        f"{report['dataset']['sample_shape']} each; classes {report['dataset']['class_names']}",
-        f"- synthetic: {report['sampling']['num_samples']} images, solver {report['sampling']['solver']}, "
-        f"NFE {report['sampling']['nfe']}, {report['sampling']['seconds_per_image'] * 1e3:.1f} ms per image "
-        f"on {report['sampling']['device']}; {ev['sizes']['synthetic_added']} added to the real training set",
-        f"- flow-matching training: {report['training']['steps']} steps, final loss "
-        f"{report['training']['final_loss']:.4f}, {report['training']['seconds']:.0f} s",
+        f"- dataset: {data.source} — train {ev.sizes.real_train}, val {data.sizes['val']}, test "
+        f"{ev.sizes.real_test} real images, {data.sample_shape} each; classes {data.class_names}",
+        f"- synthetic: {sampling.num_samples} images, solver {sampling.solver}, NFE {sampling.nfe}, "
+        f"{sampling.seconds_per_image * 1e3:.1f} ms per image on {sampling.device}; {ev.sizes.synthetic_added} "
+        "added to the real training set",
+        f"- flow-matching training: {training.steps} steps, final loss {training.final_loss:.4f}, "
+        f"{training.seconds:.0f} s",
         "",
         "| arm | accuracy | macro-F1 | AUROC |",
         "|---|---|---|---|",
     ]
-    for arm, s in ev["summary"].items():
+    for arm, s in ev.summary.items():
         lines.append(f"| {arm} | {_fmt(s['accuracy'])} | {_fmt(s['macro_f1'])} | {_fmt(s['auroc'])} |")
-    lines += _gains_table(ev)
-    q = ev.get("quality")
+    lines += _gains_table(evaluation)
+    q = evaluation.quality
     if q:
         lines += ["", f"Image quality against the real test split. FID/KID/precision/recall on in-domain features "
-                  f"({q['feature_dim']}-d, from a classifier trained on the real train split: anatomy-sensitive, "
+                  f"({q.feature_dim}-d, from a classifier trained on the real train split: anatomy-sensitive, "
                   "blind to blur); SWD (x1e3) on Laplacian-pyramid patches, finest level first (detail-sensitive). "
                   "Lower FID/KID/SWD is better; precision = fidelity, recall = coverage.", "",
                   "| compared with real test | FID | KID | precision | recall | SWD fine / mid / coarse |",
                   "|---|---|---|---|---|---|"]
-        for name, row in (("synthetic", q["synthetic_vs_test"]), ("real train (baseline)", q["train_vs_test"])):
-            sw = row.get("swd", {})
+        for name, row in (("synthetic", q.synthetic_vs_test), ("real train (baseline)", q.train_vs_test)):
+            sw = row.swd or {}
             levels = " / ".join(f"{sw[k]:.0f}" for k in sorted(sw) if k.startswith("level")) or "n/a"
-            lines.append(f"| {name} | {row['fid']:.3f} | {row['kid']:.4f} | {row['precision']:.2f} | "
-                         f"{row['recall']:.2f} | {levels} |")
-    if q and "diversity" in q:
-        d = q["diversity"]
+            lines.append(f"| {name} | {row.fid:.3f} | {row.kid:.4f} | {row.precision:.2f} | {row.recall:.2f} | "
+                         f"{levels} |")
+    if q.diversity:
+        d = q.diversity
         lines += ["", f"Diversity (mean MS-SSIM of random same-class pairs; lower = more diverse): synthetic "
-                  f"{d['synthetic']['ms_ssim']:.3f}, real train {d['real_train']['ms_ssim']:.3f}."]
-    mem = ev.get("memorisation")
-    if mem:
-        lines += ["", f"Memorisation audit: {mem['fraction_flagged']:.1%} of synthetic images are nearer to a training "
-                  f"image than {1 - mem['quantile']:.0%} of unseen real test images are (threshold RMS "
-                  f"{mem['threshold']:.3f}); nearest-train distance median {mem['synthetic_nn']['median']:.3f} for "
-                  f"synthetic vs {mem['test_nn']['median']:.3f} for real test images. Closest pairs: "
-                  f"![closest pairs]({Path(mem['png']).name})"]
-    if report.get("enhancement"):
+                  f"{d['synthetic'].ms_ssim:.3f}, real train {d['real_train'].ms_ssim:.3f}."]
+    mem = evaluation.memorisation
+    lines += ["", f"Memorisation audit: {mem.fraction_flagged:.1%} of synthetic images are nearer to a training "
+              f"image than {1 - mem.quantile:.0%} of unseen real test images are (threshold RMS "
+              f"{mem.threshold:.3f}); nearest-train distance median {mem.synthetic_nn['median']:.3f} for "
+              f"synthetic vs {mem.test_nn['median']:.3f} for real test images. Closest pairs: "
+              f"![closest pairs]({Path(mem.png or 'closest_pairs.png').name})"]
+    if report.enhancement:
         lines += ["", "Image enhancement on the real test split (PSNR dB / SSIM; higher is better):", "",
                   "| task | degraded input | classical | flow (NFE) |", "|---|---|---|---|"]
-        for e in report["enhancement"]:
-            lines.append(f"| {e['config']['task']} (level {e['config']['level']}) | {e['degraded']['psnr']:.2f} / "
-                         f"{e['degraded']['ssim']:.3f} | {e['classical']['psnr']:.2f} / {e['classical']['ssim']:.3f} "
-                         f"({e['classical']['method']}) | {e['flow']['psnr']:.2f} / {e['flow']['ssim']:.3f} "
-                         f"({e['nfe']}) |")
-    curve = (q or {}).get("nfe_curve")
-    if curve:
+        for e in report.enhancement:
+            lines.append(f"| {e.config['task']} (level {e.config['level']}) | {e.degraded.psnr:.2f} / "
+                         f"{e.degraded.ssim:.3f} | {e.classical.psnr:.2f} / {e.classical.ssim:.3f} "
+                         f"({e.classical.method}) | {e.flow.psnr:.2f} / {e.flow.ssim:.3f} ({e.nfe}) |")
+    if q.nfe_curve:
         lines += ["", "Quality vs NFE (fresh Euler samples, same noise at every NFE; FID / fine SWD against the real "
-                  "test split): " + ", ".join(f"NFE {r['nfe']}: {r['fid']:.2f} / {r['swd_fine']:.0f} "
-                                             f"({r['seconds_per_image'] * 1e3:.1f} ms/img)" for r in curve) + "."]
+                  "test split): " + ", ".join(f"NFE {r.nfe}: {r.fid:.2f} / {r.swd_fine:.0f} "
+                                             f"({r.seconds_per_image * 1e3:.1f} ms/img)" for r in q.nfe_curve) + "."]
     if gains_png:
         lines += ["", f"![gains and quality vs NFE]({gains_png})"]
     lines += ["", f"![real vs synthetic samples per class]({grid_name})", "",
@@ -279,25 +352,25 @@ def render_markdown(report: dict[str, Any], grid_name: str, gains_png: str | Non
     return "\n".join(lines) + "\n"
 
 
-def write_report(out_dir: str | Path, report: dict[str, Any], real_path: str | Path,
+def write_report(out_dir: str | Path, report: Report, real_path: str | Path,
                  synthetic_path: str | Path) -> dict[str, str]:
-    """Write report.json, report.md and samples.png into out_dir (each via a temporary name)."""
+    """Write report.json, report.md, samples.png and gains.png into out_dir (each via a temporary name)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = sample_grid(real_path, synthetic_path, out_dir / "samples.png")
-    gains = gain_figure(report["evaluation"], out_dir / "gains.png") if "gains" in report["evaluation"] else None
-    report = {**report, "files": {"grid": str(grid), "gains": str(gains) if gains else None}}
-    for name, text in (("report.json", json.dumps(report, indent=2, default=str)),
+    gains = gain_figure(report.evaluation, out_dir / "gains.png")
+    report = dataclasses.replace(report, files={"grid": str(grid), "gains": str(gains)})
+    for name, text in (("report.json", json.dumps(report.to_json(), indent=2, default=str)),
                        ("report.md", render_markdown(report, grid.name, gains.name if gains else None))):
         with atomic_path(out_dir / name) as tmp:
             tmp.write_text(text)
     return {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"), "grid": str(grid)}
 
 
-def gather(run_name: str, config: dict, data_path: str, checkpoint: str, synthetic_path: str,
-           evaluation_path: str, enhancement_paths: list[str]) -> dict:
-    """Every stage's outputs in one dict: the report.json schema (dataset, training, sampling, evaluation,
-    enhancement, with the run's config and code version)."""
+def gather(run_name: str, config: dict[str, Any], data_path: str, checkpoint: str, synthetic_path: str,
+           evaluation_path: str, enhancement_paths: list[str]) -> Report:
+    """Every stage's outputs in one report (dataset, training, sampling, evaluation, enhancement, with the run's
+    config and code version)."""
     data = open_store(data_path)
     split = data["split"][:]
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
@@ -305,37 +378,38 @@ def gather(run_name: str, config: dict, data_path: str, checkpoint: str, synthet
     syn = zarr.open_group(synthetic_path, mode="r", zarr_format=3)
     shard_info = list(completed_shards(synthetic_path).values())
     seconds = sum(s["seconds"] for s in shard_info)
-    return {
-        "run_name": run_name, "code_version": code_version(), "config": config,
-        "dataset": {"path": data_path, "source": data.attrs["source"], "fingerprint": data.attrs["fingerprint"],
-                    "class_names": data.attrs["class_names"], "sample_shape": list(data["images"].shape[1:]),
-                    "sizes": {n: int((split == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))}},
-        "training": {"checkpoint": checkpoint, "steps": ckpt["step"], "final_loss": float(np.mean(losses[-50:])),
-                     "loss_curve": [float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
-                     "seconds": ckpt.get("train_seconds", float("nan")), "device": ckpt["device"]},
-        "sampling": {"store": synthetic_path, "num_samples": syn.attrs["num_samples"], "solver": syn.attrs["solver"],
-                     "nfe": syn.attrs["nfe"], "guidance": syn.attrs["guidance"],
-                     "mask_source": syn.attrs.get("mask_source"),
-                     "copy_guard": syn.attrs.get("copy_threshold") is not None,
-                     "seconds_per_image": seconds / max(1, syn.attrs["num_samples"]),
-                     "device": shard_info[0].get("device", "?") if shard_info else "?",
-                     "checkpoint_sha256": syn.attrs["checkpoint_sha256"]},
-        "evaluation": json.loads(Path(evaluation_path).read_text()),
-        "enhancement": [json.loads(Path(p).read_text()) for p in enhancement_paths],
-    }
+    return Report(
+        run_name=run_name, code_version=code_version(), config=config,
+        dataset=DatasetInfo(path=data_path, source=data.attrs["source"], fingerprint=data.attrs["fingerprint"],
+                            class_names=data.attrs["class_names"], sample_shape=list(data["images"].shape[1:]),
+                            sizes={n: int((split == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))}),
+        training=TrainingInfo(checkpoint=checkpoint, steps=ckpt["step"], final_loss=float(np.mean(losses[-50:])),
+                              loss_curve=[float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
+                              seconds=ckpt.get("train_seconds", float("nan")), device=ckpt["device"]),
+        sampling=SamplingInfo(store=synthetic_path, num_samples=syn.attrs["num_samples"], solver=syn.attrs["solver"],
+                              nfe=syn.attrs["nfe"], guidance=syn.attrs["guidance"],
+                              mask_source=syn.attrs.get("mask_source"),
+                              copy_guard=syn.attrs.get("copy_threshold") is not None,
+                              seconds_per_image=seconds / max(1, syn.attrs["num_samples"]),
+                              device=shard_info[0].get("device", "?") if shard_info else "?",
+                              checkpoint_sha256=syn.attrs["checkpoint_sha256"]),
+        evaluation=read_evaluation(evaluation_path),
+        enhancement=[Enhancement.from_json(json.loads(Path(p).read_text())) for p in enhancement_paths])
 
-def gain_rows(report: dict) -> list[dict[str, str]]:
+
+def gain_rows(report: Report) -> list[dict[str, str]]:
     """The test-set metrics table (mean ± std over seeds per arm, then the headline gain) of a report."""
-    rows = [{"arm": arm, **{m: f"{s['mean']:.3f} ± {s['std']:.3f}" for m, s in stats.items()}}
-            for arm, stats in report["evaluation"]["summary"].items()]
+    ev = report.evaluation.augmentation
+    rows = [{"arm": arm, **{m: f"{s.mean:.3f} ± {s.std:.3f}" for m, s in stats.items()}}
+            for arm, stats in ev.summary.items()]
     rows.append({"arm": "gain (real+synthetic - real)",
-                 **{m: f"{s['mean']:+.3f} ± {s['std']:.3f}" for m, s in report["evaluation"]["gain"].items()}})
+                 **{m: f"{s.mean:+.3f} ± {s.std:.3f}" for m, s in ev.gain.items()}})
     return rows
 
 
-def publish_report(run_name: str, config: dict, data_path: str, checkpoint: str, synthetic_path: str,
+def publish_report(run_name: str, config: dict[str, Any], data_path: str, checkpoint: str, synthetic_path: str,
                    evaluation_path: str, run_dir: str | Path, enhancement_paths: list[str] | None = None
-                   ) -> tuple[dict, dict[str, str]]:
+                   ) -> tuple[Report, dict[str, str]]:
     """Gather every stage's outputs and write report.json, report.md and the figures into `run_dir`; returns
     the report and the written files."""
     report = gather(run_name, config, data_path, checkpoint, synthetic_path, evaluation_path, enhancement_paths or [])

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -36,14 +36,29 @@ from motfm_core.masks import (
 )
 from motfm_core.nets import VelocityUNet, guided_velocity
 from motfm_core.privacy import nearest
+from motfm_core.results import Result, optional
 from motfm_core.solvers import solve
 from motfm_core.training import load_checkpoint, training_set
 from motfm_core.utils import default_device, file_sha256, to_image_space
 
 __all__ = ["copy_threshold", "EXECUTION_ONLY", "generate", "generate_masks", "initial_noise", "prepare_version",
-           "REDRAW_STRIDE", "sample_plan", "sample_shard", "Sampler"]
+           "REDRAW_STRIDE", "sample_plan", "sample_shard", "Sampler", "ShardResult"]
 
 REDRAW_STRIDE = 1 << 40  # redraw k of a sample uses seed + k * REDRAW_STRIDE: never another sample's seed
+
+
+@dataclass(frozen=True)
+class ShardResult(Result):
+    """What sampling one shard did: skipped (already complete), or its images' count, NFE, seconds, device and
+    how many samples the copy guard redrew."""
+
+    shard: int
+    skipped: bool
+    count: int = 0
+    nfe: int | None = optional()
+    seconds: float | None = optional()
+    device: str | None = optional()
+    rejected: int = 0
 
 
 def sample_plan(num_classes: int, cfg: SampleConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -192,10 +207,10 @@ def _sampler_for(checkpoint: str, stamp: tuple, store: str, cfg: SampleConfig, d
 
 def sample_shard(
     checkpoint: str | Path, store: str | Path, index: int, cfg: SampleConfig, device: str | None = None,
-) -> dict:
+) -> ShardResult:
     """Generate and write shard `index` of `store` unless it is already complete; returns what it did."""
     if shard_complete(store, index):
-        return {"shard": index, "skipped": True}
+        return ShardResult(shard=index, skipped=True)
     import zarr
 
     root = zarr.open_group(str(store), mode="r", zarr_format=3)
@@ -216,8 +231,8 @@ def sample_shard(
                 info={"nfe": nfe, "seconds": seconds, "device": str(device), "rejected": int((redraws > 0).sum()),
                       "redraws": int(redraws.sum())},
                 masks=cond.get("masks"), mask_source=cond.get("mask_source"), extras=extras)
-    return {"shard": index, "skipped": False, "nfe": nfe, "seconds": seconds, "count": stop - start,
-            "device": str(device), "rejected": int((redraws > 0).sum())}
+    return ShardResult(shard=index, skipped=False, count=stop - start, nfe=nfe, seconds=seconds, device=str(device),
+                       rejected=int((redraws > 0).sum()))
 
 
 # where and how sampling runs (and pruning) does not change the dataset, so it is not part of its key

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from motfm_core.config import SampleConfig
 from motfm_core.data import open_store, publish_latest
 from motfm_core.distributed import dask_client, sample_shards
-from motfm_core.sampling import prepare_version
+from motfm_core.sampling import ShardResult, prepare_version
 from tasks import BACKOFF, GPU_TAG, transient
 
 __all__ = ["plan_sampling_task", "publish_task", "sample_shards_task"]
@@ -26,7 +26,7 @@ def plan_sampling_task(checkpoint: str, cfg: SampleConfig, run_dir: str, mask_ch
 
 
 @task(name="sample-shards", tags=[GPU_TAG], retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
-def sample_shards_task(checkpoint: str, store: str, shards: list[int], cfg: SampleConfig) -> list[dict]:
+def sample_shards_task(checkpoint: str, store: str, shards: list[int], cfg: SampleConfig) -> list[ShardResult]:
     """Write the given shards on a Dask cluster (`sample.scheduler` / $MOTFM_DASK_SCHEDULER, else a local
     one with `sample.workers` workers); finished shards are skipped."""
     logger = get_run_logger()
@@ -34,12 +34,11 @@ def sample_shards_task(checkpoint: str, store: str, shards: list[int], cfg: Samp
         return []
     done = []
 
-    def report(r: dict) -> None:
+    def report(r: ShardResult) -> None:
         done.append(r)
-        if not r["skipped"]:
+        if not r.skipped:
             logger.info("sample: shard %d on %s: %d images, NFE %d, %.2fs, %d redrawn as near-copies (%d/%d)",
-                        r["shard"], r["device"], r["count"], r["nfe"], r["seconds"], r["rejected"], len(done),
-                        len(shards))
+                        r.shard, r.device, r.count, r.nfe, r.seconds, r.rejected, len(done), len(shards))
 
     with dask_client(cfg.scheduler or None, cfg.workers or None) as client:
         logger.info("sample: %d shard(s) on Dask %s (%d worker(s))", len(shards), client.scheduler.address,

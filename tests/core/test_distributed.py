@@ -37,7 +37,7 @@ RUNNER = textwrap.dedent("""
         open(pids + ".tmp", "w").write(json.dumps(list(client.run(os.getpid).values())))
         os.replace(pids + ".tmp", pids)
         done = sample_shards(ckpt, store, todo, cfg, client)
-    print(json.dumps({"store": str(store), "written": [r["shard"] for r in done if not r["skipped"]]}))
+    print(json.dumps({"store": str(store), "written": [r.shard for r in done if not r.skipped]}))
 """)
 
 
@@ -148,5 +148,5 @@ def test_two_runs_on_one_cluster_with_the_same_version_name(tiny_checkpoint, tmp
     with dask_client(workers=1) as client, ThreadPoolExecutor(2) as pool:
         done = list(pool.map(lambda p: sample_shards(tiny_checkpoint, p[0], p[1], cfg, client), plans))
     for (store, todo), results in zip(plans, done):
-        assert [r["shard"] for r in results] == todo and not any(r["skipped"] for r in results)
+        assert [r.shard for r in results] == todo and not any(r.skipped for r in results)
         assert incomplete_shards(store) == []

@@ -1,3 +1,4 @@
+import json
 import math
 
 import numpy as np
@@ -42,26 +43,27 @@ def test_evaluate_augmentation_on_phantoms(phantom_store, tmp_path):
                 mask_source=sub)
     out = evaluate_augmentation(phantom_store, store, cfg, device="cpu", low_data={0.5: low})
     names = ["real", "real+synthetic x0.5", "real+synthetic", "synthetic", "real 50%", "real 50%+synthetic"]
-    assert [a["name"] for a in out["arms"]] == names and set(out["per_seed"]) == set(names)
-    sizes = out["sizes"]["arms"]
+    assert [a.name for a in out.arms] == names and set(out.per_seed) == set(names)
+    sizes = out.sizes.arms
     assert sizes["real+synthetic x0.5"] == {"real": n, "synthetic": round(0.5 * n)}
     assert sizes["synthetic"] == {"real": 0, "synthetic": n}
     # leak-free: the low-data arm sees its subset and only its own generator's images, never the other real images
     assert sizes["real 50%"]["real"] == len(sub) < n and sizes["real 50%+synthetic"] == {"real": len(sub),
                                                                                         "synthetic": len(sub)}
-    assert out["sizes"]["synthetic_added"] == n
-    for arm in out["summary"].values():
-        assert arm["accuracy"]["n"] == 2 and 0 <= arm["accuracy"]["mean"] <= 1
-    assert out["per_seed"]["synthetic"] == out["per_seed"]["real"]
-    gains = [out["per_seed"]["real+synthetic"][s]["accuracy"] - out["per_seed"]["real"][s]["accuracy"]
-             for s in ("0", "1")]
-    assert abs(out["gain"]["accuracy"]["mean"] - np.mean(gains)) < 1e-12
-    assert set(out["gains"]) == set(names) - {"real", "real 50%"}
-    seg = out["segmentation"]
-    assert seg["per_seed"]["synthetic"] == seg["per_seed"]["real"]
-    assert 0 <= seg["summary"]["real"]["dice"]["mean"] <= 1 and seg["summary"]["real"]["hd95"]["mean"] >= 0
-    g = seg["gains"]["synthetic"]["dice"]
-    assert g["mean"] == 0 and g["ci95_low"] == g["ci95_high"] == 0
+    assert out.sizes.synthetic_added == n
+    for arm in out.summary.values():
+        assert arm["accuracy"].n == 2 and 0 <= arm["accuracy"].mean <= 1
+    assert out.per_seed["synthetic"] == out.per_seed["real"]
+    gains = [out.per_seed["real+synthetic"][s]["accuracy"] - out.per_seed["real"][s]["accuracy"] for s in ("0", "1")]
+    assert abs(out.gain["accuracy"].mean - np.mean(gains)) < 1e-12
+    assert set(out.gains) == set(names) - {"real", "real 50%"}
+    seg = out.segmentation
+    assert seg is not None and seg.per_seed["synthetic"] == seg.per_seed["real"]
+    assert 0 <= seg.summary["real"]["dice"].mean <= 1 and seg.summary["real"]["hd95"].mean >= 0
+    g = seg.gains["synthetic"]["dice"]
+    assert g.mean == 0 and g.ci95_low == g.ci95_high == 0
+    # the JSON form reads back to the same typed result (the report reads evaluation.json this way)
+    assert type(out).from_json(json.loads(json.dumps(out.to_json()))) == out
 
 
 def test_low_data_arms_need_their_own_generator(phantom_store, tmp_path):
@@ -74,7 +76,8 @@ def test_low_data_arms_need_their_own_generator(phantom_store, tmp_path):
     write_shard(store, 0, train["images"], train["labels"], np.arange(n))
     cfg = EvalConfig(seeds=(0,), steps=2, channels=(8, 16), ratios=(1.0,), real_fractions=(0.5,), segmentation=False)
     out = evaluate_augmentation(phantom_store, store, cfg, device="cpu")
-    assert "real 50%" in out["per_seed"] and "real 50%+synthetic" not in out["per_seed"]
+    assert "real 50%" in out.per_seed and "real 50%+synthetic" not in out.per_seed
+    assert out.segmentation is None and "segmentation" not in out.to_json()
     wrong = create_synthetic_store(tmp_path / "w.zarr", n, train["images"].shape[1:], n,
                                    {"run_key": "w", "train_indices": list(range(n))})  # trained on everything
     write_shard(wrong, 0, train["images"], train["labels"], np.arange(n))

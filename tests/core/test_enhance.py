@@ -35,8 +35,8 @@ def test_bad_enhance_config():
 def test_enhancement_flow_trains_and_is_scored(phantom_store, tmp_path, task, level):
     cfg = EnhanceConfig(task=task, level=level, channels=(16, 16), steps=60, batch_size=8, nfe=2)
     out = train_and_evaluate(phantom_store, cfg, tmp_path, device="cpu", progress=lambda m: None)
-    assert (tmp_path / f"enhance-{task}.pt").exists() and out["nfe"] == 2
-    for key in ("degraded", "classical", "flow"):
-        assert np.isfinite(out[key]["psnr"]) and -1 <= out[key]["ssim"] <= 1
+    assert (tmp_path / f"enhance-{task}.pt").exists() and out.nfe == 2
+    for score in (out.degraded, out.classical, out.flow):
+        assert np.isfinite(score.psnr) and -1 <= score.ssim <= 1
     if task == "denoise":  # even a short training must beat the raw noisy input on this easy phantom set
-        assert out["flow"]["psnr"] > out["degraded"]["psnr"]
+        assert out.flow.psnr > out.degraded.psnr

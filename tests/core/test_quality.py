@@ -43,8 +43,8 @@ def test_features_and_baseline_on_phantoms(phantom_store):
     f_train, f_test = ext(train["images"]), ext(test["images"])
     assert f_train.shape == (len(train["labels"]), 16) and np.isfinite(f_train).all()
     q = quality(f_train, f_test, f_train)
-    assert set(q) == {"synthetic_vs_test", "train_vs_test"}
-    assert q["synthetic_vs_test"]["fid"] == pytest.approx(q["train_vs_test"]["fid"])
+    assert set(q.to_json()) == {"synthetic_vs_test", "train_vs_test"}  # no images: no SWD, diversity or curve
+    assert q.synthetic_vs_test.fid == pytest.approx(q.train_vs_test.fid) and q.synthetic_vs_test.swd is None
 
 
 def test_swd_ranks_blur_and_noise_worse_than_fresh_real_images():
@@ -74,9 +74,9 @@ def test_diversity_of_identical_images_is_one_and_real_sets_are_lower():
     imgs = np.stack([phantom_image(i % 3, (32, 32), rng)[0] for i in range(30)])
     labels = np.arange(30) % 3
     copies = np.repeat(imgs[:1], 30, 0)
-    assert diversity(copies, labels)["ms_ssim"] == pytest.approx(1.0, abs=1e-4)
-    assert diversity(imgs, labels)["ms_ssim"] < 0.95
-    assert diversity(imgs[:, :, :16, :16], labels)["pairs"] > 0  # small images use a smaller window
+    assert diversity(copies, labels).ms_ssim == pytest.approx(1.0, abs=1e-4)
+    assert diversity(imgs, labels).ms_ssim < 0.95
+    assert diversity(imgs[:, :, :16, :16], labels).pairs > 0  # small images use a smaller window
 
 
 def test_quality_on_3d_volumes(tmp_path):
@@ -91,9 +91,10 @@ def test_quality_on_3d_volumes(tmp_path):
     syn = create_synthetic_store(tmp_path / "s.zarr", n, train["images"].shape[1:], n, {"run_key": "x"})
     write_shard(syn, 0, train["images"], train["labels"], np.arange(n))  # synthetic = the training volumes
     q = synthetic_quality(real, syn, EvalConfig(steps=10, channels=(8, 16)))
-    assert q["synthetic_vs_test"]["fid"] == pytest.approx(q["train_vs_test"]["fid"])
-    assert q["diversity"]["synthetic"]["ms_ssim"] == pytest.approx(q["diversity"]["real_train"]["ms_ssim"])
-    assert q["synthetic_vs_test"]["swd"]["mean"] > 0
+    assert q.synthetic_vs_test.fid == pytest.approx(q.train_vs_test.fid)
+    assert q.diversity is not None and q.synthetic_vs_test.swd is not None
+    assert q.diversity["synthetic"].ms_ssim == pytest.approx(q.diversity["real_train"].ms_ssim)
+    assert q.synthetic_vs_test.swd["mean"] > 0
 
 
 def test_blockwise_precision_recall_equals_the_all_pairs_definition():

@@ -9,6 +9,7 @@ from prefect.exceptions import ParameterTypeError
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.synth_and_eval import synth_and_eval
+from motfm_core.report import read_report
 from tests.conftest import TINY_MODEL
 
 TINY = dict(dataset="phantom:12", image_size=16, train_steps=20, nfe=2, samples_per_class=5, seeds=[0, 1, 2],
@@ -39,7 +40,10 @@ def test_flow_end_to_end_and_rerun_is_idempotent(harness, tmp_path):
 
     report = json.loads((run / "report.json").read_text())
     assert report["sampling"]["nfe"] == 2 and report["sampling"]["num_samples"] == 15
-    assert report["training"]["steps"] == 20
+    assert report["training"]["steps"] == 20 and report["schema_version"] == 2
+    typed = read_report(run / "report.json")  # the file reads back into the typed report, section by section
+    assert json.dumps(typed.to_json()) == json.dumps(report)
+    assert typed.evaluation.augmentation.sizes.synthetic_total == 15
     ev = report["evaluation"]
     assert set(ev["per_seed"]["real"]) == {"0", "1", "2"}
     for metric in ("accuracy", "macro_f1", "auroc"):
