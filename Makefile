@@ -32,10 +32,11 @@ data:
 demo: venv data
 	$(PY) -m flows.synth_and_eval --run-name demo --preset demo
 
-# lint (ruff) and the import contracts (layers, no Prefect in motfm_core, no circles), then the tests
+# lint (ruff), the import contracts (layers, no Prefect in motfm_core, no circles) and types (mypy), then the tests
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/lint-imports
+	$(VENV)/bin/mypy
 
 test: venv data lint
 	$(PY) -m pytest -q

@@ -52,7 +52,7 @@ def quiet_console_tracebacks(debug: bool = False) -> None:
             fmt = handler.formatter
             ours = fmt is not None and hasattr(fmt.format, "motfm_quiet")
             if isinstance(handler, PrefectConsoleHandler) and fmt is not None and not ours:
-                fmt.format = _without_traceback(fmt.format)  # type: ignore[method-assign]  # wrap this handler only
+                fmt.format = _without_traceback(fmt.format)  # wrap this handler only
 
 
 @contextlib.contextmanager

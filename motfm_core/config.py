@@ -10,7 +10,7 @@ import dataclasses
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, Literal, TypeVar, get_args
+from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args
 
 __all__ = ["auto_norm_groups", "config_hash", "DataConfig", "EnhanceConfig", "EnhanceTask", "EvalConfig", "from_dict",
            "MaskConditioning", "MaskSource", "MODEL_SIZES", "ModelConfig", "ModelSize", "PipelineConfig",
@@ -25,7 +25,11 @@ MaskSource = Literal["auto", "train", "deformed", "generated"]
 EnhanceTask = Literal["denoise", "superres"]
 SOLVER_CHOICES: tuple[str, ...] = get_args(Solver)
 
-T = TypeVar("T")
+class _Dataclass(Protocol):
+    __dataclass_fields__: ClassVar[dict[str, Any]]
+
+
+T = TypeVar("T", bound=_Dataclass)
 
 
 _SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
@@ -74,7 +78,8 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T
 
 def config_hash(*configs: Any) -> str:
     """Stable short hash of one or more dataclass configs (used to key cached stages)."""
-    payload = json.dumps([asdict(c) if dataclasses.is_dataclass(c) else c for c in configs], sort_keys=True)
+    payload = json.dumps([asdict(c) if dataclasses.is_dataclass(c) and not isinstance(c, type) else c
+                          for c in configs], sort_keys=True)
     return hashlib.sha256(payload.encode()).hexdigest()[:16]
 
 
@@ -354,7 +359,7 @@ class PipelineConfig:
             raise ValueError(f"unknown config section(s) {unknown}; valid ones are {sorted(sections)}")
         kinds = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig,
                  "eval": EvalConfig}
-        built = {name: from_dict(kind, overrides.get(name), where=name) for name, kind in kinds.items()}
+        built: dict[str, Any] = {name: from_dict(kind, overrides.get(name), where=name) for name, kind in kinds.items()}
         # the model's geometry always follows the data's
         built["model"].spatial_dims = built["data"].spatial_dims
         built["model"].image_size = built["data"].image_size

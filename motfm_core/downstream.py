@@ -126,7 +126,7 @@ def _gains(arms: list[Arm], results: dict[str, dict[int, dict[str, float]]], see
         if arm.baseline is None:
             continue
         base = arm.baseline
-        out[arm.name] = {m: Gain(**summarise([results[arm.name][s][m] - results[base][s][m] for s in seeds]),
+        out[arm.name] = {m: Gain(**summarise([results[arm.name][s][m] - results[base][s][m] for s in seeds]).to_json(),
                                  **ci(arm, m)) for m in results[arm.name][seeds[0]]}
     return out
 
@@ -134,7 +134,7 @@ def _gains(arms: list[Arm], results: dict[str, dict[int, dict[str, float]]], see
 def _summary(arms: list[Arm], results: dict[str, dict[int, dict[str, float]]], seeds: tuple[int, ...],
              metrics: list[str]) -> Summary:
     """Per arm and metric: mean, std, min, max over seeds."""
-    return {a.name: {m: Stat(**summarise([results[a.name][s][m] for s in seeds])) for m in metrics} for a in arms}
+    return {a.name: {m: summarise([results[a.name][s][m] for s in seeds]) for m in metrics} for a in arms}
 
 
 def low_data_stores(synthetic: dict[float, str | Path], train_labels: np.ndarray, cfg: EvalConfig
@@ -215,13 +215,13 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
         return {a: {str(s): v for s, v in per.items()} for a, per in r.items()}
 
     gains = _gains(arms, results, cfg.seeds, class_ci)
-    seg = SegmentationResult(mask_classes, by_seed(seg_results), _summary(arms, seg_results, cfg.seeds,
-                                                                          ["dice", "hd95"]),
-                             _gains(arms, seg_results, cfg.seeds, seg_ci)) if segment else None
+    seg_result = SegmentationResult(mask_classes, by_seed(seg_results),
+                                    _summary(arms, seg_results, cfg.seeds, ["dice", "hd95"]),
+                                    _gains(arms, seg_results, cfg.seeds, seg_ci)) if segment else None
     return Augmentation(
         arms=arms, headline="real+synthetic", per_seed=by_seed(results),
         summary=_summary(arms, results, cfg.seeds, list(results["real"][cfg.seeds[0]])),
         gain=gains["real+synthetic"], gains=gains,
         sizes=Sizes(real_train=int(n), synthetic_added=sizes["real+synthetic"]["synthetic"],
                     synthetic_total=int(len(sy)), real_test=int(len(test["labels"])), arms=sizes),
-        num_classes=k, seconds=time.time() - t0, segmentation=seg)
+        num_classes=k, seconds=time.time() - t0, segmentation=seg_result)

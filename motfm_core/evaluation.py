@@ -57,14 +57,14 @@ def read_evaluation(path: str | Path) -> Evaluation:
 
 
 def evaluation_key(data_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig,
-                   low_data: dict[float, str | Path]) -> str:
+                   low_data: Mapping[float, str | Path]) -> str:
     """What an evaluation depends on: real data fingerprint, synthetic versions' run keys, config, version."""
     return config_hash(cfg, open_store(data_path).attrs["fingerprint"], open_store(synthetic_path).attrs["run_key"],
                        __version__, sorted((f, open_store(p).attrs["run_key"]) for f, p in low_data.items()))
 
 
 def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig, run_dir: str | Path,
-                 low_data: dict[float, str | Path] | None = None,
+                 low_data: Mapping[float, str | Path] | None = None,
                  progress: Callable[[str], None] | None = None) -> Path:
     """`<run_dir>/evaluation.json`: classifier (and segmenter) arms over seeds, quality metrics and the memorisation
     audit; `low_data` maps each real fraction to the store of the generator trained on that subset only. An

@@ -64,7 +64,7 @@ def _resampled(y: np.ndarray, pred: np.ndarray, idx: np.ndarray, k: int) -> dict
 
 
 def bootstrap_gain(y_true: np.ndarray, proba_base: list[np.ndarray], proba_new: list[np.ndarray],
-                   metric: str = "accuracy", n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
+                   metric: str = "accuracy", n_boot: int = 2000, seed: int = 0) -> dict[str, float | None]:
     """95% CI of the seed-averaged gain (new - base) by resampling test images, paired across the two arms.
 
     proba_base / proba_new hold one (N, K) probability array per seed, in the same seed order. Computed
@@ -81,7 +81,7 @@ def bootstrap_gain(y_true: np.ndarray, proba_base: list[np.ndarray], proba_new: 
 
 
 def bootstrap_paired(base: list[np.ndarray], new: list[np.ndarray], n_boot: int = 2000,
-                     seed: int = 0) -> dict[str, float]:
+                     seed: int = 0) -> dict[str, float | None]:
     """95% CI of the seed-averaged mean gain of per-image scores (new - base), resampling test images
     (paired across arms); images where a score is NaN are left out."""
     diff = np.mean([b - a for a, b in zip(base, new)], 0)
@@ -93,11 +93,11 @@ def bootstrap_paired(base: list[np.ndarray], new: list[np.ndarray], n_boot: int 
     return {"ci95_low": float(lo), "ci95_high": float(hi), "n_boot": int(n_boot)}
 
 
-def summarise(values: list[float]) -> dict[str, float]:
+def summarise(values: list[float]) -> Stat:
     """Mean, sample standard deviation, min and max over seeds."""
     a = np.asarray(values, dtype=float)
-    return {"mean": float(a.mean()), "std": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-            "min": float(a.min()), "max": float(a.max()), "n": int(len(a))}
+    return Stat(mean=float(a.mean()), std=float(a.std(ddof=1)) if len(a) > 1 else 0.0, min=float(a.min()),
+                max=float(a.max()), n=int(len(a)))
 
 
 @torch.no_grad()

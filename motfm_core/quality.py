@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import FIDMetric
+from monai.networks.nets import Classifier
 from scipy.spatial.distance import cdist
-from torch import nn
 
 from motfm_core.config import EvalConfig, SampleConfig, from_dict
 from motfm_core.data.store import (
@@ -87,7 +87,7 @@ class Quality(Result):
 class FeatureExtractor:
     """In-domain features: average-pooled last conv stage of a classifier trained on real training images."""
 
-    def __init__(self, classifier: nn.Module, device: torch.device | str = "cpu") -> None:
+    def __init__(self, classifier: Classifier, device: torch.device | str = "cpu") -> None:
         self.net, self.device = classifier.net.eval(), torch.device(device)
 
     @classmethod

@@ -140,7 +140,7 @@ class Sampler:
     def conditioning(self, positions: np.ndarray, seeds: np.ndarray) -> dict[str, np.ndarray]:
         """Masks (and their provenance) for the planned samples at `positions` drawn with `seeds`; {} when the
         model is not mask-conditioned."""
-        if not self.masked:
+        if not self.masked or self.source_index is None:  # (source_index is set exactly when masked)
             return {}
         source = self.source_index[positions]
         if self.mask_source == "train":
@@ -226,7 +226,7 @@ def sample_shard(
     seconds = time.perf_counter() - t0
     seeds, redraws = cond.pop("seed"), cond.pop("redraws")
     extras = {k: v for k, v in (("mask_deform", cond.get("mask_deform")), ("redraws", redraws))
-              if k in root.array_keys()}
+              if k in root.array_keys() and v is not None}
     write_shard(store, index, images, sampler.labels[positions], seeds,
                 info={"nfe": nfe, "seconds": seconds, "device": str(device), "rejected": int((redraws > 0).sum()),
                       "redraws": int(redraws.sum())},
@@ -262,7 +262,7 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
     if not masked:  # mask settings cannot change an unconditioned model's samples
         content = {k: v for k, v in content.items() if not k.startswith(("mask_", "deform_"))}
     key_parts = [content]
-    if source == "generated":
+    if source == "generated" and mask_checkpoint:  # (checked above: generated masks need the mask generator)
         attrs["mask_checkpoint"], attrs["mask_checkpoint_sha256"] = str(mask_checkpoint), file_sha256(mask_checkpoint)
         key_parts.append(attrs["mask_checkpoint_sha256"])
     if cfg.reject_copies:

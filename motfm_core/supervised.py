@@ -17,7 +17,7 @@ from motfm_core.utils import to_model_space
 __all__ = ["build_classifier", "fit", "predict_proba", "train_classifier"]
 
 
-def build_classifier(in_shape: tuple[int, ...], num_classes: int, cfg: EvalConfig) -> nn.Module:
+def build_classifier(in_shape: tuple[int, ...], num_classes: int, cfg: EvalConfig) -> Classifier:
     """A small MONAI `Classifier` (strided residual units, batch norm: instance norm would erase contrast cues)."""
     return Classifier(in_shape=in_shape, classes=num_classes, channels=tuple(cfg.channels),
                       strides=(2,) * len(cfg.channels), num_res_units=1, norm="batch")
@@ -38,7 +38,7 @@ def fit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, target: torch.Tens
 
 
 def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, cfg: EvalConfig, seed: int,
-                     device: torch.device) -> nn.Module:
+                     device: torch.device) -> Classifier:
     """Train from scratch with AdamW and class-balanced cross-entropy for cfg.steps minibatches."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)

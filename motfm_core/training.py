@@ -37,7 +37,7 @@ PROGRESS_SECONDS = 30.0  # training says where it is at least this often
 
 
 def flow_matching_loss(
-    model: nn.Module, x1: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
+    model: VelocityUNet, x1: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
     path: CondOTPath = CondOTPath(), mask: torch.Tensor | None = None, x0: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE between v(x_t, t, y) and the path's target velocity, with coupling and label dropout; a given
@@ -154,7 +154,8 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint; run the train stage first")
     ckpt = torch.load(path, map_location=device, weights_only=True)
-    cfg = ModelConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()})
+    stored: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()}
+    cfg = ModelConfig(**stored)
     model = build_model(cfg).to(device)
     model.load_state_dict(ckpt["ema"])
     model.eval()

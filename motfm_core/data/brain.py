@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from scipy import ndimage
@@ -126,7 +127,7 @@ def volumes() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return vols
 
 
-def build_brain_mri(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
+def build_brain_mri(cfg: DataConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """Arrays (images, labels, masks, split, group_names) and attrs of the demo set at cfg.image_size."""
     if cfg.spatial_dims != 2:
         raise ValueError("brain-mri: the bundled demo set is 2D (two source volumes are too few for 3D crops); "

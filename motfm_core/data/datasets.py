@@ -78,11 +78,12 @@ def mix_real_synthetic(real: Dataset, synthetic: Dataset, ratio: float, seed: in
     """All of `real` plus round(ratio * len(real)) synthetic samples drawn without replacement."""
     if ratio < 0:
         raise ValueError(f"ratio must be >= 0, got {ratio}")
-    n = int(round(ratio * len(real)))
-    if n > len(synthetic):
-        raise ValueError(f"ratio {ratio} needs {n} synthetic samples, the store has {len(synthetic)}; "
+    n_real, n_syn = len(real), len(synthetic)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours do
+    n = int(round(ratio * n_real))
+    if n > n_syn:
+        raise ValueError(f"ratio {ratio} needs {n} synthetic samples, the store has {n_syn}; "
                          "sample more or lower the ratio")
-    pick = np.random.RandomState(seed).choice(len(synthetic), n, replace=False)
+    pick = np.random.RandomState(seed).choice(n_syn, n, replace=False)
     return ConcatDataset([real, Subset(synthetic, pick.tolist())])
 
 

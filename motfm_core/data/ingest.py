@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 from dataclasses import asdict
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 
@@ -25,7 +25,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
-def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, np.ndarray]:
+def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
     """Normalise, slice volumes for 2D, resize, and stack a RawSet."""
     target = (cfg.image_size,) * 2 if cfg.spatial_dims == 2 else (cfg.image_size, cfg.image_size, cfg.depth)
     imgs, labels, masks, groups, split = [], [], [], [], []
@@ -60,7 +60,7 @@ def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, np.ndarray]:
     if any(has_masks) and not all(has_masks):
         raise ValueError(f"{raw.origin}: some samples have masks and some do not; give a mask for every row or none")
     out = {"images": np.stack(imgs), "labels": np.array(labels), "group_names": groups}
-    out["masks"] = np.stack(masks) if all(has_masks) else None
+    out["masks"] = np.stack([m for m in masks if m is not None]) if all(has_masks) else None
     out["split"] = (np.array(split, dtype=np.uint8) if raw.split is not None
                     else patient_split(groups, cfg.val_fraction, cfg.test_fraction, cfg.seed))
     return out

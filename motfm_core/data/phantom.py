@@ -7,6 +7,8 @@ images) and additive noise. Mask 1 marks the structures. Six samples per 'patien
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
 from motfm_core.config import DataConfig
@@ -30,7 +32,7 @@ def phantom_image(label: int, shape: tuple[int, ...], rng: np.random.RandomState
     return img[None].astype(np.float32), mask[None].astype(np.uint8)
 
 
-def build_phantom(cfg: DataConfig, n_per_class: int = 24) -> tuple[dict[str, np.ndarray], dict]:
+def build_phantom(cfg: DataConfig, n_per_class: int = 24) -> tuple[dict[str, Any], dict[str, Any]]:
     """`phantom` or `phantom:<n_per_class>` source: arrays and attrs in the ingest format."""
     if ":" in cfg.source:
         n_per_class = int(cfg.source.split(":", 1)[1])

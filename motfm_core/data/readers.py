@@ -140,7 +140,8 @@ def read_medmnist(path: str | Path) -> RawSet:
         data = np.load(path)
     except Exception as exc:
         raise ValueError(f"{path}: cannot read .npz ({exc}); download the file again") from exc
-    out = RawSet(origin=str(path), split=[])
+    split: list[int] = []
+    out = RawSet(origin=str(path), split=split)
     for code, part in enumerate(("train", "val", "test")):
         ki, kl = f"{part}_images", f"{part}_labels"
         if ki not in data or kl not in data:
@@ -160,6 +161,6 @@ def read_medmnist(path: str | Path) -> RawSet:
             out.labels.append(int(lab))
             out.masks.append(None)
             out.groups.append(f"{part}-{i}")
-            out.split.append(code)
+            split.append(code)
     out.class_names = [str(i) for i in range(max(out.labels) + 1)]
     return out

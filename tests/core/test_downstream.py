@@ -19,7 +19,7 @@ def test_metrics_on_known_cases():
     assert m["accuracy"] == 0.0 and m["macro_f1"] == 0.0 and m["auroc"] < 0.5
     assert math.isnan(classification_metrics(np.array([0, 0, 1]), np.eye(3)[[0, 0, 1]])["auroc"])
     s = summarise([0.5, 0.7, 0.9])
-    assert abs(s["mean"] - 0.7) < 1e-12 and abs(s["std"] - 0.2) < 1e-12 and s["n"] == 3
+    assert abs(s.mean - 0.7) < 1e-12 and abs(s.std - 0.2) < 1e-12 and s.n == 3 and (s.min, s.max) == (0.5, 0.9)
 
 
 def test_evaluate_augmentation_on_phantoms(phantom_store, tmp_path):
