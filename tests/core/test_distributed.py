@@ -22,9 +22,9 @@ from motfm_core.sampling import generate, prepare_version, sample_plan
 from motfm_core.training import load_checkpoint
 
 ROOT = Path(__file__).resolve().parents[2]
-# 16 shards of 3 images at NFE 30: long enough (several seconds) to be interrupted part-way. The copy guard is off:
+# 16 shards of 3 images at NFE 20: long enough (several seconds) to be interrupted part-way. The copy guard is off:
 # these tests compare the store with the planned seeds; the guard's own determinism is tested in test_masks.py
-CFG = dict(samples_per_class=16, shard_size=3, nfe=30, batch_size=3, reject_copies=False)
+CFG = dict(samples_per_class=16, shard_size=3, nfe=20, batch_size=3, reject_copies=False)
 
 RUNNER = textwrap.dedent("""
     import json, os, sys

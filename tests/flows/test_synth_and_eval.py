@@ -132,8 +132,12 @@ def test_mask_conditioned_run_stores_its_masks(harness, tmp_path, how, source):
     assert "Segmenter: Dice gain" in md and "| real 50%+synthetic (vs real 50%) |" in md
 
 
-def test_report_has_quality_against_its_baseline(harness, tmp_path):
-    synth_and_eval(run_name="q", output_root=str(tmp_path), **{**TINY, "seeds": [0]})
+def test_report_has_quality_against_its_baseline_and_enhancement(harness, tmp_path):
+    """One run: the quality section beside its real-vs-real baseline, the audit, and the enhancement tasks asked
+    for through flow parameters (each at its default level)."""
+    params = {**TINY, "seeds": [0], "enhance": ["denoise", "superres"]}
+    params["overrides"] = {**TINY["overrides"], "enhance": {"channels": [16, 16], "steps": 10, "nfe": 2}}
+    synth_and_eval(run_name="q", output_root=str(tmp_path), **params)
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     q = report["evaluation"]["quality"]
     for block in ("synthetic_vs_test", "train_vs_test"):
@@ -148,16 +152,10 @@ def test_report_has_quality_against_its_baseline(harness, tmp_path):
     g = report["evaluation"]["gain"]["accuracy"]
     assert -1 <= g["ci95_low"] <= g["ci95_high"] <= 1 and g["n_boot"] > 0
 
-
-def test_enhancement_through_flow_parameters(harness, tmp_path):
-    params = {**TINY, "samples_per_class": 2, "seeds": [0], "enhance": ["denoise", "superres"]}
-    params["overrides"] = {**TINY["overrides"], "enhance": {"channels": [16, 16], "steps": 10, "nfe": 2}}
-    synth_and_eval(run_name="e", output_root=str(tmp_path), **params)
-    report = json.loads((tmp_path / "e" / "report.json").read_text())
     e, sr = report["enhancement"]
     assert e["config"]["task"] == "denoise" and e["nfe"] == 2 and "flow" in e
     assert e["config"]["level"] == 0.1 and sr["config"]["level"] == 2.0  # each task's default level
-    assert "Image enhancement" in (tmp_path / "e" / "report.md").read_text()
+    assert "Image enhancement" in md
     with pytest.raises(ValueError, match="enhance: unknown parameter"):
         synth_and_eval(run_name="e2", output_root=str(tmp_path),
                        **{**params, "overrides": {"enhance": {"stepz": 1}}})
