@@ -107,8 +107,12 @@ def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     path = Path(src)
     raw = read_medmnist(path) if path.suffix == ".npz" else read_folder(path)
     arrays = _prepare(raw, cfg)
-    attrs = {"source": str(path), "class_names": raw.class_names, "normalisation": NORMALISATION,
-             "spacing": "resampled to image_size (source spacing not preserved)"}
+    attrs: dict[str, Any] = {"source": str(path), "class_names": raw.class_names, "normalisation": NORMALISATION,
+                             "spacing": "resampled to image_size (source spacing per file where known: source_spacing)"}
+    known = {str(Path(f).relative_to(path)) if Path(f).is_relative_to(path) else f: list(sp)
+             for f, sp in zip(raw.files, raw.spacings) if sp is not None}
+    if known:  # DICOM records its spacing (mm per axis); resizing changes it, so the source's is kept beside
+        attrs["source_spacing"] = known
     return arrays, attrs
 
 

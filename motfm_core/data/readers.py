@@ -1,24 +1,29 @@
-"""Readers for the formats users bring: NIfTI or PNG/JPEG folders with a labels CSV, MedMNIST `.npz`.
+"""Readers for the formats users bring: NIfTI, DICOM or PNG/JPEG folders with a labels CSV, MedMNIST `.npz`.
 
 Every reader returns a `RawSet`: images at their native size (C, *spatial) with labels, optional
-masks and a group (patient) id per sample. Errors name the file and the fix.
+masks, a group (patient) id and, where the format records it, the voxel spacing per sample. Errors name the
+file and the fix.
 
 labels.csv columns: `filename` (relative to the folder), `label` (int or name), optional `mask`
-(a file of the same shape), optional `subject` (patient id; defaults to the filename).
+(a file of the same shape), optional `subject` (patient id; defaults to the filename). A DICOM `filename` is a
+`.dcm` file (a 2D image, or a multi-frame volume) or a folder holding one series (one file per slice, any names).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-__all__ = ["IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "RawSet", "read_folder", "read_image", "read_medmnist", "read_nifti"]
+__all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "RawSet", "read_dicom", "read_folder", "read_image",
+           "read_medmnist", "read_nifti"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+DICOM_SUFFIXES = (".dcm", ".dicom")
 
 
 @dataclass
@@ -33,6 +38,7 @@ class RawSet:
     split: list[int] | None = None  # given by the source (MedMNIST), else decided at ingest
     origin: str = ""
     files: list[str] = field(default_factory=list)  # where each sample came from (errors name it)
+    spacings: list[tuple[float, ...] | None] = field(default_factory=list)  # mm per axis of the image, if known
 
 
 def _read_labels_csv(folder: Path) -> pd.DataFrame:
@@ -64,8 +70,11 @@ def _class_map(labels: pd.Series) -> tuple[dict, list[str]]:
 
 def _check_unlisted(folder: Path, listed: set[str], suffixes: tuple[str, ...], csv_cols: pd.DataFrame) -> None:
     masks = set(csv_cols["mask"].dropna()) if "mask" in csv_cols else set()
+    series = {name.rstrip("/") for name in listed | masks if (folder / name).is_dir()}
     for f in sorted(folder.rglob("*")):
         rel = f.relative_to(folder).as_posix()
+        if any(rel.startswith(d + "/") for d in series):  # a slice of a listed DICOM series
+            continue
         if f.name.lower().endswith(suffixes) and rel not in listed and rel not in masks:
             raise ValueError(f"{f}: image has no row in {folder / 'labels.csv'}; add it with its label or move it out")
 
@@ -99,8 +108,119 @@ def read_image(path: Path) -> np.ndarray:
     return arr
 
 
+def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
+    """One DICOM dataset's pixels in modality units (rescale slope/intercept or modality LUT applied), colour as
+    luminance, MONOCHROME1 inverted so that higher is brighter; frames last: (H, W) or (H, W, frames)."""
+    from pydicom.pixels import apply_modality_lut
+
+    if "PixelData" not in ds:
+        raise ValueError(f"{path}: DICOM file without pixel data (a report or structure set?); list image files only")
+    try:
+        arr = ds.pixel_array
+    except Exception as exc:  # pydicom raises several types for compressed data it has no decoder for
+        raise ValueError(f"{path}: cannot decode DICOM pixels ({type(exc).__name__}: {exc}); export it uncompressed "
+                         "or install a decoder (pylibjpeg)") from exc
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if int(ds.get("SamplesPerPixel", 1)) == 3:  # RGB after pydicom's colour conversion: luminance, as for PNG
+        arr = arr @ np.array([0.299, 0.587, 0.114])
+    else:
+        arr = apply_modality_lut(arr, ds)
+    arr = np.asarray(arr, dtype=np.float32)
+    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
+        arr = arr.max() + arr.min() - arr
+    return np.moveaxis(arr, 0, -1) if frames > 1 else arr
+
+
+def _in_plane_spacing(ds: Any) -> tuple[float, float]:
+    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or (1.0, 1.0)
+    return float(spacing[0]), float(spacing[1])
+
+
+def _series(folder: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """A folder of single-frame DICOM slices of one series -> (H, W, slices), ordered by position along the slice
+    normal (else by InstanceNumber), and its spacing; mixed series or slice shapes are refused by file."""
+    import pydicom
+
+    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+    if not files:
+        raise ValueError(f"{folder}: empty DICOM series folder; list a folder holding the series' slice files")
+    slices = []
+    for f in files:
+        try:
+            slices.append((f, pydicom.dcmread(f)))
+        except Exception as exc:  # pydicom's InvalidDicomError and the errors of truncated files
+            raise ValueError(f"{f}: not a readable DICOM file ({type(exc).__name__}: {exc}); remove it from the "
+                             "series folder") from exc
+    uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
+    if len(uids) > 1:
+        raise ValueError(f"{folder}: holds {len(uids)} series ({sorted(uids)}); put one series per folder")
+    first_file, first = slices[0]
+    shape = (int(first.Rows), int(first.Columns))
+    for f, ds in slices:
+        if (int(ds.Rows), int(ds.Columns)) != shape:
+            raise ValueError(f"{f}: slice of {int(ds.Rows)}x{int(ds.Columns)} pixels in a series of {shape[0]}x"
+                             f"{shape[1]} ({first_file.name}); one series per folder, one shape per series")
+    if all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in slices):
+        orient = np.asarray(first.ImageOrientationPatient, dtype=float)
+        normal = np.cross(orient[:3], orient[3:])
+        where = np.array([float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)) for _, ds in slices])
+    elif all("InstanceNumber" in ds for _, ds in slices):
+        where = np.array([float(ds.InstanceNumber) for _, ds in slices])
+    else:
+        raise ValueError(f"{folder}: cannot order the slices (no ImagePositionPatient/ImageOrientationPatient or "
+                         "InstanceNumber); export the series with positions")
+    order = np.argsort(where, kind="stable")
+    gaps = np.diff(where[order])
+    if len(gaps) and np.min(np.abs(gaps)) < 1e-6:
+        i = int(np.argmin(np.abs(gaps)))
+        raise ValueError(f"{slices[order[i + 1]][0]}: same position as {slices[order[i]][0].name}; a series folder "
+                         "holds each slice once")
+    volume = np.stack([_dicom_pixels(slices[i][1], slices[i][0]) for i in order], axis=-1)
+    through = float(np.median(np.abs(gaps))) if len(gaps) and "ImagePositionPatient" in first else float(
+        first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
+    return volume, (*_in_plane_spacing(first), through)
+
+
+def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Float32 pixels (modality units) and spacing (mm per axis) of a DICOM image: one file (H, W), a
+    multi-frame file (H, W, frames), or a folder of one series (H, W, slices) ordered by slice position."""
+    import pydicom
+
+    path = Path(path)
+    if path.is_dir():
+        return _series(path)
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as exc:  # pydicom's InvalidDicomError and the errors of truncated files
+        raise ValueError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc}); re-export or remove "
+                         "it") from exc
+    arr = _dicom_pixels(ds, path)
+    spacing: tuple[float, ...] = _in_plane_spacing(ds)
+    if arr.ndim == 3:  # multi-frame: the frame offsets (RT dose grids) or the slice spacing
+        offsets = np.asarray(ds.get("GridFrameOffsetVector") or [], dtype=float)
+        spacing = (*spacing, float(np.median(np.abs(np.diff(offsets)))) if len(offsets) > 1 else float(
+            ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0))
+    if not np.isfinite(arr).all():
+        raise ValueError(f"{path}: contains NaN/inf values; fix or remove the file")
+    return arr, spacing
+
+
+def _read_any(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
+    """Pixels and spacing (None where the format keeps none) of an image or mask listed in labels.csv."""
+    name = path.name.lower()
+    if path.is_dir() or name.endswith(DICOM_SUFFIXES):
+        return read_dicom(path)
+    if name.endswith(NIFTI_SUFFIXES):
+        return read_nifti(path), None
+    if name.endswith(IMAGE_SUFFIXES):
+        return read_image(path), None
+    raise ValueError(f"{path}: unsupported file type; use {NIFTI_SUFFIXES + DICOM_SUFFIXES + IMAGE_SUFFIXES} or a "
+                     "folder holding one DICOM series")
+
+
 def read_folder(folder: str | Path) -> RawSet:
-    """NIfTI or PNG/JPEG folder with labels.csv; the file suffixes decide the reader."""
+    """NIfTI, DICOM or PNG/JPEG folder with labels.csv; the file suffixes decide the reader (a listed folder is a
+    DICOM series)."""
     folder = Path(folder)
     df = _read_labels_csv(folder)
     cmap, names = _class_map(df["label"])
@@ -109,27 +229,25 @@ def read_folder(folder: str | Path) -> RawSet:
         f = folder / str(row["filename"])
         if not f.exists():
             raise FileNotFoundError(f"{f}: listed in {folder / 'labels.csv'} but missing; fix the row or add the file")
-        reader = read_nifti if f.name.lower().endswith(NIFTI_SUFFIXES) else read_image
-        if not f.name.lower().endswith(NIFTI_SUFFIXES + IMAGE_SUFFIXES):
-            raise ValueError(f"{f}: unsupported file type; use {NIFTI_SUFFIXES + IMAGE_SUFFIXES}")
-        img = reader(f)
+        img, spacing = _read_any(f)
         mask = None
         if "mask" in df.columns and isinstance(row["mask"], str) and row["mask"]:
             mf = folder / row["mask"]
             if not mf.exists():
                 raise FileNotFoundError(f"{mf}: mask of {f.name} is missing")
-            mask = (read_nifti if mf.name.lower().endswith(NIFTI_SUFFIXES) else read_image)(mf)
+            mask = _read_any(mf)[0]
             if mask.shape != img.shape:
                 raise ValueError(f"{mf}: mask shape {mask.shape} != image shape {img.shape} of {f}; "
                                  "resample the mask onto the image grid")
             mask = np.rint(mask).astype(np.uint8)[None]
         out.images.append(img[None])
         out.files.append(str(f))
+        out.spacings.append(spacing)
         out.masks.append(mask)
         out.labels.append(cmap[row["label"]])
         subject = row["subject"] if "subject" in df.columns and pd.notna(row.get("subject")) else row["filename"]
         out.groups.append(str(subject))
-    _check_unlisted(folder, set(df["filename"].astype(str)), NIFTI_SUFFIXES + IMAGE_SUFFIXES, df)
+    _check_unlisted(folder, set(df["filename"].astype(str)), NIFTI_SUFFIXES + DICOM_SUFFIXES + IMAGE_SUFFIXES, df)
     return out
 
 
