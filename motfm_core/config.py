@@ -100,6 +100,11 @@ class DataConfig:
     test_fraction: float = 0.15
     seed: int = 0
 
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """(H, W) or (H, W, D) of one stored sample."""
+        return (self.image_size,) * 2 if self.spatial_dims == 2 else (self.image_size, self.image_size, self.depth)
+
     def validate(self) -> None:
         _check(self.spatial_dims in (2, 3), f"data.spatial_dims must be 2 or 3, got {self.spatial_dims}")
         _check(8 <= self.image_size <= 512 and self.image_size % 8 == 0,

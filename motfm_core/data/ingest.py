@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 
 def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
     """Normalise, slice volumes for 2D, resize, and stack a RawSet."""
-    target = (cfg.image_size,) * 2 if cfg.spatial_dims == 2 else (cfg.image_size, cfg.image_size, cfg.depth)
+    target = cfg.spatial_shape
     imgs, labels, masks, groups, split = [], [], [], [], []
     for k, (img, lab, mask, grp) in enumerate(zip(raw.images, raw.labels, raw.masks, raw.groups)):
         name = raw.files[k] if k < len(raw.files) else f"{raw.origin} sample {k}"

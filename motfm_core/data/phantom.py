@@ -37,7 +37,7 @@ def build_phantom(cfg: DataConfig, n_per_class: int = 24) -> tuple[dict[str, Any
     if ":" in cfg.source:
         n_per_class = int(cfg.source.split(":", 1)[1])
     rng = np.random.RandomState(cfg.seed)
-    shape = (cfg.image_size,) * 2 if cfg.spatial_dims == 2 else (cfg.image_size, cfg.image_size, cfg.depth)
+    shape = cfg.spatial_shape
     imgs, masks, labels, groups = [], [], [], []
     for i in range(3 * n_per_class):
         label = i % 3
