@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= motfm_core
 
-.PHONY: demo test lint venv data clean
+.PHONY: demo test lint venv data postgres clean
 
 venv: $(STAMP)
 
@@ -29,6 +29,15 @@ data:
 	  else echo "warning: /usr/share/mricron/templates missing (sudo apt-get install mricron-data); the demo uses the nilearn brain only"; fi; \
 	fi
 
+# Debian's PostgreSQL server for the deployment tests (deployments/local.sh up --postgres); installed when we can
+postgres:
+	@if ! ls /usr/lib/postgresql/*/bin/pg_ctl >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq postgresql >/dev/null 2>&1 || (apt-get update -qq && apt-get install -y -qq postgresql)) \
+	      || echo "warning: postgresql not installed; the deployment tests use SQLite"; \
+	  else echo "warning: PostgreSQL missing (sudo apt-get install postgresql); the deployment tests use SQLite"; fi; \
+	fi
+
 demo: venv data
 	$(PY) -m flows.synth_and_eval --run-name demo --preset demo
 
@@ -38,7 +47,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: venv data lint
+test: venv data postgres lint
 	$(PY) -m pytest -q
 
 clean:

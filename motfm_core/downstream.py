@@ -156,13 +156,14 @@ def low_data_stores(synthetic: dict[float, str | Path], train_labels: np.ndarray
 def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig,
                           device: str | torch.device | None = None,
                           progress: Callable[[str], None] | None = None,
-                          low_data: dict[float, str | Path] | None = None, real: Splits | None = None
-                          ) -> Augmentation:
+                          low_data: dict[float, str | Path] | None = None, real: Splits | None = None,
+                          advance: Callable[[float], None] | None = None) -> Augmentation:
     """Per-arm, per-seed test metrics of a classifier (and a segmenter when both stores have masks) and the
     augmentation gain of every augmented arm over its baseline, with its spread and 95% bootstrap CI.
 
     `low_data` maps each of `cfg.real_fractions` to the synthetic store of a generator trained on that subset
-    only; fractions without one get no `+synthetic` arm. `real`: the train and test splits, when already loaded."""
+    only; fractions without one get no `+synthetic` arm. `real`: the train and test splits, when already loaded.
+    `advance` gets the share of (seed, arm) trainings done."""
     device = default_device(device)
     say = progress or log.info
     real = real or load_splits(real_path)
@@ -204,6 +205,8 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
                 seg_results[arm.name][seed] = {m: float(np.nanmean(v)) for m, v in scores.items()}
                 line += ", " + ", ".join(f"{m} {v:.3f}" for m, v in seg_results[arm.name][seed].items())
             say(f"evaluate: seed {seed} {arm.name:>22}: {line} ({time.time() - t0:.0f}s)")
+            if advance:
+                advance(sum(len(r) for r in results.values()) / (len(cfg.seeds) * len(arms)))
 
     def class_ci(arm: Arm, m: str) -> dict[str, Any]:
         return bootstrap_gain(test["labels"], probas[str(arm.baseline)], probas[arm.name], m)

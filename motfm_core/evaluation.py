@@ -65,26 +65,33 @@ def evaluation_key(data_path: str | Path, synthetic_path: str | Path, cfg: EvalC
 
 def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig, run_dir: str | Path,
                  low_data: Mapping[float, str | Path] | None = None,
-                 progress: Callable[[str], None] | None = None) -> Path:
+                 progress: Callable[[str], None] | None = None,
+                 advance: Callable[[float], None] | None = None) -> Path:
     """`<run_dir>/evaluation.json`: classifier (and segmenter) arms over seeds, quality metrics and the memorisation
     audit; `low_data` maps each real fraction to the store of the generator trained on that subset only. An
-    existing file with the same key is reused. Returns its path."""
+    existing file with the same key is reused. Returns its path. `advance` gets the share done: the downstream
+    trainings count for 90% (they take most of the time), the quality metrics and audits for the rest."""
     say = progress or log.info
     out = Path(run_dir) / "evaluation.json"
     low = {float(f): p for f, p in (low_data or {}).items()}
     key = evaluation_key(data_path, synthetic_path, cfg, low)
     if out.exists() and json.loads(out.read_text()).get("key") == key:
         say(f"evaluate: {out} already holds this data, synthetic version and config (key {key}); reusing it")
+        if advance:
+            advance(1.0)
         return out
     real = load_splits(data_path)
     checkpoint = open_store(synthetic_path).attrs.get("checkpoint")
     result = Evaluation(
-        augmentation=evaluate_augmentation(data_path, synthetic_path, cfg, progress=say, low_data=low, real=real),
+        augmentation=evaluate_augmentation(data_path, synthetic_path, cfg, progress=say, low_data=low, real=real,
+                                           advance=(lambda f: advance(0.9 * f)) if advance else None),
         quality=synthetic_quality(data_path, synthetic_path, cfg, checkpoint=checkpoint, real=real),
         memorisation=audit_stores(data_path, synthetic_path, Path(run_dir) / "closest_pairs.png", real=real),
         low_data_memorisation={f"{f:g}": audit_stores(data_path, p, real=real) for f, p in sorted(low.items())},
         key=key)
     write_json_atomic(out, result.to_json())
+    if advance:
+        advance(1.0)
     q, base, g = result.quality.synthetic_vs_test, result.quality.train_vs_test, result.augmentation.gain["accuracy"]
     say(f"evaluate: in-domain FID synthetic-vs-test {q.fid:.3f} (real train-vs-test {base.fid:.3f}), precision "
         f"{q.precision:.2f}, recall {q.recall:.2f}")

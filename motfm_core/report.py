@@ -25,7 +25,8 @@ from motfm_core.metrics import Stat
 from motfm_core.results import Result, optional
 from motfm_core.utils import atomic_path
 
-__all__ = ["coverage_lines", "DatasetInfo", "gain_figure", "gain_rows", "gather", "publish_report", "read_report",
+__all__ = ["coverage_lines", "DatasetInfo", "gain_figure", "gain_rows", "gather", "loss_figure", "publish_report",
+           "read_report",
            "render_markdown", "Report", "REPORT_SCHEMA_VERSION", "SamplingInfo", "sample_grid", "TrainingInfo",
            "write_report"]
 
@@ -189,6 +190,26 @@ def gain_figure(evaluation: Evaluation, out_png: str | Path) -> Path:
     return out_png
 
 
+def loss_figure(training: TrainingInfo, out_png: str | Path) -> Path:
+    """PNG: the generator's training loss (means of 50 steps) against the step."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    steps = [min(50 * (i + 1), training.steps) for i in range(len(training.loss_curve))]
+    ax.plot(steps, training.loss_curve, "o-", ms=3)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("flow-matching loss (mean of 50 steps)")
+    ax.set_title(f"training loss: final {training.final_loss:.4f} after {training.steps} steps", fontsize=9)
+    fig.tight_layout()
+    out_png = Path(out_png)
+    fig.savefig(out_png, dpi=90)
+    plt.close(fig)
+    return out_png
+
+
 def _fmt(s: Stat | None) -> str:
     if s is None or math.isnan(s.mean):
         return "n/a"
@@ -278,7 +299,8 @@ def coverage_lines(report: Report) -> list[str]:
     return ["", *out]
 
 
-def render_markdown(report: Report, grid_name: str, gains_png: str | None = None) -> str:
+def render_markdown(report: Report, grid_name: str, gains_png: str | None = None, loss_png: str | None = None
+                    ) -> str:
     """report.md: verdict first, then sizes, metrics per arm, timing, configuration."""
     evaluation = report.evaluation
     ev, gain = evaluation.augmentation, evaluation.augmentation.gain
@@ -303,7 +325,7 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
         f"{sampling.seconds_per_image * 1e3:.1f} ms per image on {sampling.device}; {ev.sizes.synthetic_added} "
         "added to the real training set",
         f"- flow-matching training: {training.steps} steps, final loss {training.final_loss:.4f}, "
-        f"{training.seconds:.0f} s",
+        f"{training.seconds:.0f} s" + (f" (loss curve: ![training loss]({loss_png}))" if loss_png else ""),
         "",
         "| arm | accuracy | macro-F1 | AUROC |",
         "|---|---|---|---|",
@@ -354,14 +376,16 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
 
 def write_report(out_dir: str | Path, report: Report, real_path: str | Path,
                  synthetic_path: str | Path) -> dict[str, str]:
-    """Write report.json, report.md, samples.png and gains.png into out_dir (each via a temporary name)."""
+    """Write report.json, report.md, samples.png, gains.png and training.png into out_dir (each via a temporary
+    name)."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = sample_grid(real_path, synthetic_path, out_dir / "samples.png")
     gains = gain_figure(report.evaluation, out_dir / "gains.png")
-    report = dataclasses.replace(report, files={"grid": str(grid), "gains": str(gains)})
+    loss = loss_figure(report.training, out_dir / "training.png")
+    report = dataclasses.replace(report, files={"grid": str(grid), "gains": str(gains), "training": str(loss)})
     for name, text in (("report.json", json.dumps(report.to_json(), indent=2, default=str)),
-                       ("report.md", render_markdown(report, grid.name, gains.name if gains else None))):
+                       ("report.md", render_markdown(report, grid.name, gains.name, loss.name))):
         with atomic_path(out_dir / name) as tmp:
             tmp.write_text(text)
     return {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"), "grid": str(grid)}

@@ -135,7 +135,8 @@ def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images"
 
 def train_mask_generator(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, mask_source: str,
                          out_dir: str | Path, device: str | torch.device | None = None,
-                         progress: Callable[[str], None] | None = None) -> Path | None:
+                         progress: Callable[[str], None] | None = None,
+                         advance: Callable[[float], None] | None = None) -> Path | None:
     """The class-conditional mask generator that `sample.mask_source="generated"` needs (same backbone settings
     and training recipe as the image model, on one-hot masks of the same real subset); None when the image model
     is not mask-conditioned or masks come from elsewhere. Run before the image model's training, it also refuses
@@ -145,7 +146,7 @@ def train_mask_generator(data_path: str | Path, model_cfg: ModelConfig, cfg: Tra
     masked = model_for_data(model_cfg, data_path).mask_conditioning != "none"
     if resolve_mask_source(mask_source, masked) != "generated":
         return None
-    return train_flow_matching(data_path, model_cfg, cfg, out_dir, device, progress, target="masks")
+    return train_flow_matching(data_path, model_cfg, cfg, out_dir, device, progress, target="masks", advance=advance)
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VelocityUNet, dict[str, Any]]:
@@ -173,11 +174,12 @@ def _lr_at(step: int, cfg: TrainConfig) -> float:
 def train_flow_matching(
     data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | Path,
     device: str | torch.device | None = None, progress: Callable[[str], None] | None = None,
-    target: str = "images",
+    target: str = "images", advance: Callable[[float], None] | None = None,
 ) -> Path:
     """Train on the store's train split (or its `cfg.real_fraction` share); returns `out_dir/model.pt`. Resumes
     from `last.pt`; skips if done. `model_cfg` geometry is filled from the store (`model_for_data`); with
-    target="masks" the model learns the class-conditional distribution of one-hot masks instead of images."""
+    target="masks" the model learns the class-conditional distribution of one-hot masks instead of images.
+    `progress` gets a log line at least every PROGRESS_SECONDS, `advance` the share of steps done (a progress bar)."""
     model_cfg = model_for_data(model_cfg, data_path, target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -191,6 +193,8 @@ def train_flow_matching(
     final, last = out_dir / "model.pt", out_dir / "last.pt"
     if final.exists() and torch.load(final, weights_only=True, map_location="cpu").get("run_key") == key:
         say(f"train: {final} already trained with this data and config (key {key}); reusing it")
+        if advance:
+            advance(1.0)
         return final
 
     data = training_set(data_path, cfg, target)
@@ -264,6 +268,8 @@ def train_flow_matching(
             say(f"train: step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.4f}, {per_step:.2f} s/step, "
                 f"ETA {per_step * (cfg.steps - step):.0f}s ({now - t_start:.0f}s)" + (", checkpoint" if saving else ""))
             last_said = now
+            if advance:
+                advance(step / cfg.steps)
     save_atomic({**meta, "step": step, "losses": losses, "ema": ema.state_dict(),
                  "train_seconds": time.time() - t_start}, final)
     return final

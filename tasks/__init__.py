@@ -9,10 +9,29 @@ Shared task settings:
 
 from __future__ import annotations
 
-__all__ = ["BACKOFF", "GPU_TAG", "transient"]
+from collections.abc import Callable
+
+__all__ = ["BACKOFF", "GPU_TAG", "progress_bar", "transient"]
 
 GPU_TAG = "motfm-gpu"
 BACKOFF = [10, 60]  # seconds before the first and second retry
+
+
+def progress_bar(description: str) -> Callable[[float], None]:
+    """A Prefect progress artifact on the running task (shown on its run page) and the function that moves it,
+    given the share done in [0, 1]; it writes to the API only when the whole percentage grows."""
+    from prefect.artifacts import create_progress_artifact, update_progress_artifact
+
+    artifact = create_progress_artifact(progress=0.0, description=description)
+    shown = [0]
+
+    def advance(share: float) -> None:
+        percent = int(100 * min(max(share, 0.0), 1.0))
+        if percent > shown[0]:
+            shown[0] = percent
+            update_progress_artifact(artifact_id=artifact, progress=float(percent))
+
+    return advance
 
 
 def transient(task, task_run, state) -> bool:  # Prefect's retry_condition_fn signature; only `state` is read

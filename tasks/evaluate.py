@@ -6,7 +6,7 @@ from prefect import get_run_logger, task
 
 from motfm_core.config import EvalConfig
 from motfm_core.evaluation import evaluate_run
-from tasks import BACKOFF, GPU_TAG, transient
+from tasks import BACKOFF, GPU_TAG, progress_bar, transient
 
 __all__ = ["evaluate_task"]
 
@@ -16,4 +16,5 @@ def evaluate_task(data_path: str, synthetic_path: str, cfg: EvalConfig, run_dir:
     """`<run_dir>/evaluation.json` (reused when its key matches); `low_data` maps each real fraction ("0.25") to
     the store of the generator trained on that subset only. Returns the path."""
     low = {float(f): p for f, p in (low_data or {}).items()}
-    return str(evaluate_run(data_path, synthetic_path, cfg, run_dir, low, progress=get_run_logger().info))
+    return str(evaluate_run(data_path, synthetic_path, cfg, run_dir, low, progress=get_run_logger().info,
+                            advance=progress_bar(f"evaluation: {len(cfg.seeds)} seed(s) x arms, quality, audit")))

@@ -10,7 +10,7 @@ from motfm_core.config import SampleConfig
 from motfm_core.data import open_store, publish_latest
 from motfm_core.distributed import dask_client, sample_shards
 from motfm_core.sampling import ShardResult, prepare_version
-from tasks import BACKOFF, GPU_TAG, transient
+from tasks import BACKOFF, GPU_TAG, progress_bar, transient
 
 __all__ = ["plan_sampling_task", "publish_task", "sample_shards_task"]
 
@@ -33,9 +33,11 @@ def sample_shards_task(checkpoint: str, store: str, shards: list[int], cfg: Samp
     if not shards:
         return []
     done = []
+    advance = progress_bar(f"sampling: {len(shards)} shard(s) of {store}")
 
     def report(r: ShardResult) -> None:
         done.append(r)
+        advance(len(done) / len(shards))
         if not r.skipped:
             logger.info("sample: shard %d on %s: %d images, NFE %d, %.2fs, %d redrawn as near-copies (%d/%d)",
                         r.shard, r.device, r.count, r.nfe, r.seconds, r.rejected, len(done), len(shards))

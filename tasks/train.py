@@ -8,7 +8,7 @@ from prefect import get_run_logger, task
 
 from motfm_core.config import ModelConfig, TrainConfig
 from motfm_core.training import train_flow_matching, train_mask_generator
-from tasks import BACKOFF, GPU_TAG, transient
+from tasks import BACKOFF, GPU_TAG, progress_bar, transient
 
 __all__ = ["train_masks_task", "train_task"]
 
@@ -17,7 +17,8 @@ def train_task(data_path: str, model: ModelConfig, train: TrainConfig, run_dir: 
     """Train (or resume, or reuse) the image model; channels and classes come from the store (`model_for_data`).
     Returns `<run_dir>/checkpoints/model.pt`."""
     return str(train_flow_matching(data_path, model, train, Path(run_dir) / "checkpoints",
-                                   progress=get_run_logger().info))
+                                   progress=get_run_logger().info,
+                                   advance=progress_bar(f"training {train.steps} steps ({run_dir})")))
 
 
 @task(name="train-masks", tags=[GPU_TAG], retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
@@ -26,5 +27,6 @@ def train_masks_task(data_path: str, model: ModelConfig, train: TrainConfig, mas
     """Train (or reuse) the class-conditional mask generator when `mask_source` resolves to "generated"; returns
     `<run_dir>/checkpoints-masks/model.pt`, or None when no mask generator is needed."""
     ckpt = train_mask_generator(data_path, model, train, mask_source, Path(run_dir) / "checkpoints-masks",
-                                progress=get_run_logger().info)
+                                progress=get_run_logger().info,
+                                advance=progress_bar(f"mask generator: {train.steps} steps ({run_dir})"))
     return None if ckpt is None else str(ckpt)

@@ -1,13 +1,17 @@
-"""The server path for real: `deployments/local.sh up` (Prefect server on a free loopback port, temporary
-PREFECT_HOME), `prefect deployment run synth-and-eval/synth-and-eval`, a worker killed mid-sampling and
-restarted while a second run with other output roots runs beside it, and the regenerate-synthetic schedule."""
+"""The server path for real: `deployments/local.sh up --postgres` (Prefect server on a free loopback port backed by
+a PostgreSQL server of its own from Debian's package, temporary PREFECT_HOME; SQLite where PostgreSQL is not
+installed: `make test` installs it), `prefect deployment run synth-and-eval/synth-and-eval`, a worker killed
+mid-sampling and restarted while a second run with other output roots runs beside it, and the regenerate-synthetic
+schedule. The embedded SQLite server is what tests/flows/test_cli.py and `make demo` run."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -16,7 +20,9 @@ import pytest
 import yaml
 import zarr
 
+from motfm_core.config import SampleConfig, from_dict
 from motfm_core.data import shard_complete
+from motfm_core.sampling import Sampler, sample_plan
 from tests.conftest import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -30,6 +36,7 @@ TINY = {"dataset": "phantom:12", "image_size": 16, "train_steps": 20, "nfe": 40,
                                              "seg_steps": 10, "seg_channels": [8, 16], "nfe_curve": [1],
                                              "nfe_curve_samples": 2}}}
 
+PG_BIN = sorted(Path("/usr/lib/postgresql").glob("*/bin"))
 pytestmark = pytest.mark.skipif(not PREFECT.exists(), reason="needs the project venv (make venv)")
 
 
@@ -43,19 +50,35 @@ def _free_port() -> int:
 def server(tmp_path_factory):
     home = tmp_path_factory.mktemp("prefect-home")
     port = _free_port()
+    pg_data = tempfile.mkdtemp(prefix="motfm-pg-")  # under /tmp: reachable by the postgres user when we are root
     env = {**os.environ, "PREFECT_HOME": str(home), "MOTFM_PREFECT_PORT": str(port),
-           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api"}
+           "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "MOTFM_PG_PORT": str(_free_port()),
+           "MOTFM_PG_DATA": pg_data,
+           # the two runs below share the GPU slot; a waiting task asks again after 1 s, not Prefect's 10 s
+           "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"}
     env.pop("PREFECT_API_KEY", None)
     t0 = time.time()
-    up = subprocess.run(["bash", str(LOCAL_SH), "up"], env=env, capture_output=True, text=True, timeout=300)
+    up = subprocess.run(["bash", str(LOCAL_SH), "up", *(["--postgres"] if PG_BIN else [])], env=env,
+                        capture_output=True, text=True, timeout=300)
     try:
         assert up.returncode == 0, up.stdout[-3000:] + up.stderr[-3000:]
-        print(f"local.sh up: {time.time() - t0:.1f}s")
+        print(f"local.sh up ({'PostgreSQL' if PG_BIN else 'SQLite'}): {time.time() - t0:.1f}s")
         yield env, home
     finally:
         subprocess.run(["bash", str(LOCAL_SH), "down"], env=env, capture_output=True, timeout=120)
-        for name in ("server", "worker"):
-            assert not (home / f"{name}.pid").exists()
+        for name in ("server", "worker", "postgres.data"):
+            assert not (home / (name if "." in name else f"{name}.pid")).exists()
+        if PG_BIN:  # the database server is stopped too
+            assert not (Path(pg_data) / "postmaster.pid").exists()
+        shutil.rmtree(pg_data, ignore_errors=True)
+
+
+def _flow_runs_in_postgres(env) -> int:
+    """How many flow runs the PostgreSQL database holds (psql over loopback)."""
+    out = subprocess.run([str(PG_BIN[-1] / "psql"), "-h", "127.0.0.1", "-p", env["MOTFM_PG_PORT"], "-U", "prefect",
+                          "-d", "prefect", "-tAc", "SELECT count(*) FROM flow_run"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    return int(out.stdout.strip())
 
 
 def _prefect(env, *args, timeout=600) -> subprocess.CompletedProcess:
@@ -94,8 +117,9 @@ def _done_shards(run_dir: Path) -> list[int]:
 
 def test_a_killed_worker_loses_nothing_and_a_concurrent_run_does_not_interfere(server, tmp_path):
     """Kill the worker (and the flow run it started) mid-sampling, start a fresh worker, then resume that run
-    while a second run with the same parameters starts in another output root: both complete, the resumed one
-    keeps its finished shards and writes each missing one once, and both hold the same data."""
+    while a second, smaller run starts in another output root: both complete; the resumed one keeps its finished
+    shards, writes each missing one once, and holds exactly what one uninterrupted sampler draws; the other holds
+    its own plan."""
     env, home = server
     params = {**TINY, "run_name": "svc", "output_root": str(tmp_path / "a")}
     run_dir = tmp_path / "a" / "svc"
@@ -117,8 +141,9 @@ def test_a_killed_worker_loses_nothing_and_a_concurrent_run_does_not_interfere(s
     assert len(before) < 30
     assert subprocess.run(["bash", str(LOCAL_SH), "worker"], env=env, timeout=60).returncode == 0
 
+    small = {**params, "samples_per_class": 3, "nfe": 2, "output_root": str(tmp_path / "b")}
     other = subprocess.Popen([str(PREFECT), "deployment", "run", "synth-and-eval/synth-and-eval", "--params",
-                              json.dumps({**params, "output_root": str(tmp_path / "b")}), "--watch",
+                              json.dumps(small), "--watch",
                               "--watch-timeout", "600"], env=env, cwd=ROOT, text=True, stdout=subprocess.PIPE,
                              stderr=subprocess.STDOUT)
     res = _run(env, params)
@@ -133,9 +158,19 @@ def test_a_killed_worker_loses_nothing_and_a_concurrent_run_does_not_interfere(s
     assert sorted(syn["seed"][:].tolist()) == sorted(set(syn["seed"][:].tolist()))  # no duplicate sample
     report = json.loads((run_dir / "report.json").read_text())
     assert report["sampling"]["num_samples"] == 30 and "accuracy" in report["evaluation"]["gain"]
-    fresh = zarr.open_group(str(tmp_path / "b" / "svc" / "synthetic" / "latest"), mode="r")
-    np.testing.assert_array_equal(syn["seed"][:], fresh["seed"][:])
-    np.testing.assert_allclose(syn["images"][:], fresh["images"][:], atol=1e-4)  # the same data as uninterrupted
+    # the same data as one uninterrupted sampler in this process (copy guard and conditioning masks included)
+    cfg = from_dict(SampleConfig, syn.attrs["sample_config"])
+    sampler = Sampler(syn.attrs["checkpoint"], cfg, "cpu", syn.attrs.get("mask_checkpoint") or None,
+                      syn.attrs.get("copy_threshold"))
+    direct, _, cond = sampler.draw_guarded(np.arange(30))
+    np.testing.assert_array_equal(syn["seed"][:], cond["seed"])
+    np.testing.assert_allclose(syn["images"][:], direct, atol=1e-4)
+    other_syn = zarr.open_group(str(tmp_path / "b" / "svc" / "synthetic" / "latest"), mode="r")
+    labels, seeds = sample_plan(3, from_dict(SampleConfig, other_syn.attrs["sample_config"]))
+    assert np.array_equal(other_syn["labels"][:], labels) and np.array_equal(other_syn["seed"][:], seeds)
+    assert np.isfinite(other_syn["images"][:]).all()
+    if PG_BIN:  # the runs' state lives in PostgreSQL, not in a SQLite file
+        assert _flow_runs_in_postgres(env) >= 3 and not (home / "prefect.db").exists()
 
 
 def test_a_bad_choice_is_refused_through_the_api_before_a_run_starts(server, tmp_path):

@@ -19,6 +19,15 @@ TINY = dict(dataset="phantom:12", image_size=16, train_steps=20, nfe=2, samples_
                                 "seg_steps": 10, "seg_channels": [8, 16], "nfe_curve": [1, 2], "nfe_curve_samples": 2}})
 
 
+def _progress_artifacts() -> list:
+    """Every progress artifact the test server holds."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        return client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+
+
 @pytest.fixture(scope="module")
 def harness():
     with prefect_test_harness(server_startup_timeout=120):
@@ -53,6 +62,11 @@ def test_flow_end_to_end_and_rerun_is_idempotent(harness, tmp_path):
     md = (run / "report.md").read_text()
     assert "Verdict" in md and "| real+synthetic |" in md and (run / "samples.png").stat().st_size > 1000
     assert report_md == str(run / "report.md")
+    assert "![training loss](training.png)" in md and (run / "training.png").stat().st_size > 1000
+    # a progress bar on the run page for each long stage, full at the end
+    bars = _progress_artifacts()
+    for stage in ("training 20 steps", "sampling: 4 shard(s)", "evaluation: 3 seed(s)"):
+        assert any(a.description.startswith(stage) and float(a.data) == 100.0 for a in bars), (stage, bars)
 
     # a re-run reuses the data, the model and every shard
     before = (run / "checkpoints" / "model.pt").stat().st_mtime_ns
