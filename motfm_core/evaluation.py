@@ -77,8 +77,6 @@ def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalCon
     key = evaluation_key(data_path, synthetic_path, cfg, low)
     if out.exists() and json.loads(out.read_text()).get("key") == key:
         say(f"evaluate: {out} already holds this data, synthetic version and config (key {key}); reusing it")
-        if advance:
-            advance(1.0)
         return out
     real = load_splits(data_path)
     checkpoint = open_store(synthetic_path).attrs.get("checkpoint")

@@ -193,8 +193,6 @@ def train_flow_matching(
     final, last = out_dir / "model.pt", out_dir / "last.pt"
     if final.exists() and torch.load(final, weights_only=True, map_location="cpu").get("run_key") == key:
         say(f"train: {final} already trained with this data and config (key {key}); reusing it")
-        if advance:
-            advance(1.0)
         return final
 
     data = training_set(data_path, cfg, target)
