@@ -1,4 +1,5 @@
-"""Sampling over Dask: exactly-once output after a killed worker and after a killed run; bad parameters."""
+"""Sampling over Dask: exactly-once output after a worker of an external cluster (started with the `dask` CLI, as a
+user would) is killed, and after a killed run; bad parameters."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import zarr
 
 from motfm_core.config import SampleConfig
 from motfm_core.data import incomplete_shards, shard_complete
-from motfm_core.distributed import dask_client
+from motfm_core.distributed import SCHEDULER_ENV, dask_client
 from motfm_core.sampling import generate, prepare_version, sample_plan
 from motfm_core.training import load_checkpoint
 
@@ -29,20 +30,26 @@ CFG = dict(samples_per_class=16, shard_size=3, nfe=20, batch_size=3, reject_copi
 RUNNER = textwrap.dedent("""
     import json, os, sys
     from motfm_core.config import SampleConfig
-    from motfm_core.distributed import dask_client, sample_shards
+    from motfm_core.distributed import SCHEDULER_ENV, dask_client, sample_shards
     from motfm_core.sampling import prepare_version
     ckpt, root, pids, cfg = sys.argv[1], sys.argv[2], sys.argv[3], SampleConfig(**json.loads(sys.argv[4]))
     store, todo = prepare_version(ckpt, cfg, root)
-    with dask_client(workers=2, threads_per_worker=1) as client:
+    # $MOTFM_DASK_SCHEDULER: the external cluster; else a local one of two workers
+    with dask_client(os.environ.get(SCHEDULER_ENV), workers=2, threads_per_worker=1) as client:
         open(pids + ".tmp", "w").write(json.dumps(list(client.run(os.getpid).values())))
         os.replace(pids + ".tmp", pids)
         done = sample_shards(ckpt, store, todo, cfg, client)
-    print(json.dumps({"store": str(store), "written": [r.shard for r in done if not r.skipped]}))
+        address = client.scheduler.address
+    print(json.dumps({"store": str(store), "written": [r.shard for r in done if not r.skipped],
+                      "scheduler": address}))
 """)
 
 
-def _start(ckpt, root: Path, pids: Path) -> subprocess.Popen:
+def _start(ckpt, root: Path, pids: Path, scheduler: str | None = None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop(SCHEDULER_ENV, None)
+    if scheduler:
+        env[SCHEDULER_ENV] = scheduler
     return subprocess.Popen([sys.executable, "-c", RUNNER, str(ckpt), str(root), str(pids), json.dumps(CFG)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
                             start_new_session=True)
@@ -80,18 +87,45 @@ def _assert_exact(store: Path, ckpt) -> None:
     np.testing.assert_allclose(images[:6], direct, atol=1e-4)
 
 
-def test_killed_worker_loses_nothing(tiny_checkpoint, tmp_path):
-    proc = _start(tiny_checkpoint, tmp_path, tmp_path / "pids.json")
+def _dask_cli(*args: str, log: Path) -> subprocess.Popen:
+    """A `dask` CLI process in a session of its own (so a kill takes it whole), output to `log`."""
+    return subprocess.Popen([str(Path(sys.executable).parent / "dask"), *args], cwd=ROOT, start_new_session=True,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=log.open("w"),
+                            stderr=subprocess.STDOUT)
+
+
+def test_a_killed_worker_of_an_external_cluster_loses_nothing(tiny_checkpoint, tmp_path):
+    """`dask scheduler` and two `dask worker` processes on loopback; sampling reaches them through
+    $MOTFM_DASK_SCHEDULER; one worker is killed mid-run: every shard once, equal to direct sampling."""
+    info = tmp_path / "scheduler.json"
+    scheduler = _dask_cli("scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard", "--scheduler-file",
+                          str(info), log=tmp_path / "scheduler.log")
+    workers = []
     try:
-        _wait_for(lambda: (tmp_path / "pids.json").exists() and len(_completed(tmp_path)) >= 2, proc=proc)
-        os.kill(json.loads((tmp_path / "pids.json").read_text())[0], signal.SIGKILL)  # one worker, mid-run
-        assert len(_completed(tmp_path)) < 16, "the run finished before the kill: make the shards slower"
-        out, err = proc.communicate(timeout=300)
+        _wait_for(lambda: info.exists() and info.stat().st_size > 0, timeout=60, proc=scheduler)
+        address = json.loads(info.read_text())["address"]
+        workers = [_dask_cli("worker", address, "--nthreads", "1", "--no-nanny", "--no-dashboard", "--name", f"w{i}",
+                             log=tmp_path / f"worker{i}.log") for i in range(2)]
+        proc = _start(tiny_checkpoint, tmp_path, tmp_path / "pids.json", scheduler=address)
+        try:
+            _wait_for(lambda: len(_completed(tmp_path)) >= 2, proc=proc)
+            os.killpg(workers[0].pid, signal.SIGKILL)  # one worker, mid-run, as a lost machine
+            assert len(_completed(tmp_path)) < 16, "the run finished before the kill: make the shards slower"
+            out, err = proc.communicate(timeout=300)
+        finally:
+            if proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+        assert proc.returncode == 0, err[-3000:]
+        assert workers[0].wait(timeout=10) == -signal.SIGKILL and workers[1].poll() is None
+        result = json.loads(out.strip().splitlines()[-1])
+        assert result["scheduler"] == address  # the external cluster did the work, not a local fallback
+        _assert_exact(Path(result["store"]), tiny_checkpoint)
     finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-    assert proc.returncode == 0, err[-3000:]
-    _assert_exact(Path(json.loads(out.strip().splitlines()[-1])["store"]), tiny_checkpoint)
+        for p in (*workers, scheduler):
+            if p.poll() is None:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(timeout=30)
+    assert all(p.poll() is not None for p in (*workers, scheduler))  # everything stopped
 
 
 def test_killed_run_resumes_only_missing_shards(tiny_checkpoint, tmp_path):
