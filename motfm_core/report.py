@@ -1,5 +1,5 @@
 """Run report: `report.json` (machine-readable, `schema_version` 2), `report.md` (first screen answers "use the
-data?"), a sample grid and the gains figure.
+data?"), a sample grid, the gains figure and the training loss curve.
 
 report.json schema versions: 1 (no `schema_version` key) and 2 (the same keys, plus `schema_version`) read alike.
 """
@@ -21,14 +21,13 @@ from motfm_core import code_version
 from motfm_core.data.store import completed_shards, load_split, open_store
 from motfm_core.enhance import Enhancement
 from motfm_core.evaluation import Evaluation, read_evaluation
-from motfm_core.metrics import Stat
+from motfm_core.metrics import Gain, Stat
 from motfm_core.results import Result, optional
 from motfm_core.utils import atomic_path
 
 __all__ = ["coverage_lines", "DatasetInfo", "gain_figure", "gain_rows", "gather", "loss_figure", "publish_report",
-           "read_report",
-           "render_markdown", "Report", "REPORT_SCHEMA_VERSION", "SamplingInfo", "sample_grid", "TrainingInfo",
-           "write_report"]
+           "read_report", "render_markdown", "Report", "REPORT_SCHEMA_VERSION", "SamplingInfo", "sample_grid",
+           "TrainingInfo", "write_report"]
 
 REPORT_SCHEMA_VERSION = 2
 
@@ -216,12 +215,11 @@ def _fmt(s: Stat | None) -> str:
     return f"{s.mean:.3f} ± {s.std:.3f}"
 
 
-def _signed(s: Stat) -> str:
-    if math.isnan(s.mean):
+def _signed(g: Gain) -> str:
+    if math.isnan(g.mean):
         return "n/a"
-    low, high = getattr(s, "ci95_low", None), getattr(s, "ci95_high", None)
-    ci = f", 95% CI {low:+.3f}..{high:+.3f}" if low is not None else ""
-    return f"{s.mean:+.3f} ± {s.std:.3f}{ci}"
+    ci = f", 95% CI {g.ci95_low:+.3f}..{g.ci95_high:+.3f}" if g.ci95_low is not None else ""
+    return f"{g.mean:+.3f} ± {g.std:.3f}{ci}"
 
 
 def _more_verdicts(evaluation: Evaluation) -> str:

@@ -109,8 +109,7 @@ def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     arrays = _prepare(raw, cfg)
     attrs: dict[str, Any] = {"source": str(path), "class_names": raw.class_names, "normalisation": NORMALISATION,
                              "spacing": "resampled to image_size (source spacing per file where known: source_spacing)"}
-    known = {str(Path(f).relative_to(path)) if Path(f).is_relative_to(path) else f: list(sp)
-             for f, sp in zip(raw.files, raw.spacings) if sp is not None}
+    known = {str(Path(f).relative_to(path)): list(sp) for f, sp in zip(raw.files, raw.spacings) if sp is not None}
     if known:  # DICOM records its spacing (mm per axis); resizing changes it, so the source's is kept beside
         attrs["source_spacing"] = known
     return arrays, attrs

@@ -118,8 +118,9 @@ def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises several types for compressed data it has no decoder for
-        raise ValueError(f"{path}: cannot decode DICOM pixels ({type(exc).__name__}: {exc}); export it uncompressed "
-                         "or install a decoder (pylibjpeg)") from exc
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # its message lists every plugin
+        raise ValueError(f"{path}: cannot decode DICOM pixels ({ds.file_meta.get('TransferSyntaxUID', '?')}: "
+                         f"{reason}); export it uncompressed or install a decoder (pylibjpeg)") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if int(ds.get("SamplesPerPixel", 1)) == 3:  # RGB after pydicom's colour conversion: luminance, as for PNG
         arr = arr @ np.array([0.299, 0.587, 0.114])

@@ -48,6 +48,9 @@ def test_real_ct_and_mr_files_are_read_in_modality_units_with_their_spacing(tmp_
     np.testing.assert_array_equal(raw.images[0][0], ct.pixel_array.astype(np.float32) * float(ct.RescaleSlope)
                                   + float(ct.RescaleIntercept))
     assert raw.spacings[0] == pytest.approx((0.661468, 0.661468)) and raw.spacings[1] == pytest.approx((0.3125,) * 2)
+    with pytest.raises(ValueError, match=r"JPEG-lossy.dcm: cannot decode DICOM pixels .*install a decoder") as e:
+        read_dicom(get_testdata_file("JPEG-lossy.dcm"))  # 12-bit lossy JPEG: no decoder installed here
+    assert "\n" not in str(e.value)  # one line, naming the file
     dose, spacing = read_dicom(get_testdata_file("rtdose.dcm"))  # a real multi-frame file: frames last
     assert dose.shape == (10, 10, 15) and spacing == pytest.approx((10.0, 10.0, 5.0))
     arrays, attrs = load_source(DataConfig(source=str(tmp_path), image_size=32))  # through ingest's preparation
