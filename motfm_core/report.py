@@ -1,5 +1,5 @@
 """Run report: `report.json` (machine-readable, `schema_version` 2), `report.md` (first screen answers "use the
-data?"), a sample grid, the gains figure and the training loss curve.
+data?"), a sample grid, the gains figure and the training loss curve (drawn by `motfm_core.figures`).
 
 report.json schema versions: 1 (no `schema_version` key) and 2 (the same keys, plus `schema_version`) read alike.
 """
@@ -18,16 +18,16 @@ import torch
 import zarr
 
 from motfm_core import code_version
-from motfm_core.data.store import completed_shards, load_split, open_store
+from motfm_core.data.store import completed_shards, open_store
 from motfm_core.enhance import Enhancement
 from motfm_core.evaluation import Evaluation, read_evaluation
+from motfm_core.figures import gain_figure, loss_figure, sample_grid
 from motfm_core.metrics import Gain, Stat
 from motfm_core.results import Result, optional
 from motfm_core.utils import atomic_path
 
-__all__ = ["coverage_lines", "DatasetInfo", "gain_figure", "gain_rows", "gather", "loss_figure", "publish_report",
-           "read_report", "render_markdown", "Report", "REPORT_SCHEMA_VERSION", "SamplingInfo", "sample_grid",
-           "TrainingInfo", "write_report"]
+__all__ = ["coverage_lines", "DatasetInfo", "gain_rows", "gather", "publish_report", "read_report", "render_markdown",
+           "Report", "REPORT_SCHEMA_VERSION", "SamplingInfo", "TrainingInfo", "write_report"]
 
 REPORT_SCHEMA_VERSION = 2
 
@@ -96,118 +96,6 @@ def read_report(path: str | Path) -> Report:
         raise ValueError(f"{path}: report schema_version {version} is newer than this motfm reads "
                          f"({REPORT_SCHEMA_VERSION}); upgrade motfm")
     return Report.from_json({**data, "schema_version": REPORT_SCHEMA_VERSION})
-
-def _middle(img: np.ndarray) -> np.ndarray:
-    """A 2D view of (C, H, W[, D]): first channel, middle slice for 3D."""
-    img = img[0]
-    return img[..., img.shape[-1] // 2] if img.ndim == 3 else img
-
-
-def sample_grid(real_path: str | Path, synthetic_path: str | Path, out_png: str | Path, per_class: int = 8) -> Path:
-    """PNG with, per class, one row of real training images and one row of synthetic images."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    real = load_split(real_path, "train")
-    root = zarr.open_group(str(synthetic_path), mode="r", zarr_format=3)
-    sx, sy = root["images"], root["labels"][:]
-    smasks = root["masks"] if "masks" in root.array_keys() else None  # overlay the conditioning masks
-    names = list(root.attrs.get("class_names", []))
-    k = int(max(real["labels"].max(), sy.max()) + 1)
-    fig, axes = plt.subplots(2 * k, per_class, figsize=(per_class * 1.1, 2 * k * 1.2), squeeze=False)
-    for c in range(k):
-        ri = np.nonzero(real["labels"] == c)[0][:per_class]
-        si = np.nonzero(sy == c)[0][:per_class]
-        rows = (("real", [real["images"][i] for i in ri],
-                 [real["masks"][i] for i in ri] if smasks is not None and "masks" in real else []),
-                ("synthetic", [sx[int(i)] for i in si], [smasks[int(i)] for i in si] if smasks is not None else []))
-        for row, (kind, imgs, masks) in enumerate(rows):
-            for j in range(per_class):
-                ax = axes[2 * c + row, j]
-                ax.axis("off")
-                if j < len(imgs):
-                    ax.imshow(_middle(imgs[j]), cmap="gray", vmin=0, vmax=1)
-                if j < len(masks) and _middle(masks[j]).max() > 0:
-                    mask = _middle(masks[j])
-                    ax.contour(mask, levels=np.arange(0.5, mask.max()), linewidths=0.3, alpha=0.5, cmap="autumn")
-            name = names[c] if c < len(names) else str(c)
-            axes[2 * c + row, 0].set_title(f"{kind}: {name}", fontsize=7, loc="left")
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=80)
-    plt.close(fig)
-    return out_png
-
-
-def gain_figure(evaluation: Evaluation, out_png: str | Path) -> Path:
-    """PNG: augmentation gain (95% CI) per augmented arm for each task, and quality vs NFE when measured."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    ev = evaluation.augmentation
-    panels = [("classifier accuracy gain", ev.gains, "accuracy")]
-    if ev.segmentation is not None:
-        panels.append(("segmenter Dice gain", ev.segmentation.gains, "dice"))
-    curve = evaluation.quality.nfe_curve
-    fig, axes = plt.subplots(1, len(panels) + bool(curve), figsize=(5.2 * (len(panels) + bool(curve)), 3.6),
-                             squeeze=False)
-    baselines = {a.name: a.baseline for a in ev.arms}
-    for ax, (title, gains, metric) in zip(axes[0], panels):
-        stats = [gains[name][metric] for name in gains]
-        mean = np.array([s.mean for s in stats])
-        lo = np.array([s.mean if s.ci95_low is None else s.ci95_low for s in stats])
-        hi = np.array([s.mean if s.ci95_high is None else s.ci95_high for s in stats])
-        y = np.arange(len(stats))
-        ax.errorbar(mean, y, xerr=[mean - lo, hi - mean], fmt="o", capsize=3)
-        ax.axvline(0, color="grey", lw=0.8)
-        ax.set_yticks(y, [f"{name} vs {baselines[name]}" for name in gains], fontsize=7)
-        ax.invert_yaxis()
-        ax.set_title(f"{title} (mean, 95% CI)", fontsize=9)
-    if curve:
-        ax = axes[0][-1]
-        nfe = [r.nfe for r in curve]
-        ax.plot(nfe, [r.fid for r in curve], "o-", label="FID (in-domain)")
-        ax.set_xscale("log")
-        ax.set_xlabel("NFE (Euler)")
-        ax.set_ylabel("FID")
-        ax2 = ax.twinx()
-        ax2.plot(nfe, [r.swd_fine for r in curve], "s--", color="C1", label="fine SWD")
-        ax2.set_ylabel("fine SWD (x1e3)")
-        base = evaluation.quality.train_vs_test
-        ax.axhline(base.fid, color="C0", lw=0.7, ls=":")
-        if base.swd:
-            ax2.axhline(base.swd["level0"], color="C1", lw=0.7, ls=":")
-        ax.set_title("quality vs NFE (dotted: real train vs test)", fontsize=9)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    return out_png
-
-
-def loss_figure(training: TrainingInfo, out_png: str | Path) -> Path:
-    """PNG: the generator's training loss (means of 50 steps) against the step."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5.2, 3.2))
-    steps = [min(50 * (i + 1), training.steps) for i in range(len(training.loss_curve))]
-    ax.plot(steps, training.loss_curve, "o-", ms=3)
-    ax.set_xlabel("training step")
-    ax.set_ylabel("flow-matching loss (mean of 50 steps)")
-    ax.set_title(f"training loss: final {training.final_loss:.4f} after {training.steps} steps", fontsize=9)
-    fig.tight_layout()
-    out_png = Path(out_png)
-    fig.savefig(out_png, dpi=90)
-    plt.close(fig)
-    return out_png
-
 
 def _fmt(s: Stat | None) -> str:
     if s is None or math.isnan(s.mean):
@@ -323,7 +211,7 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
         f"{sampling.seconds_per_image * 1e3:.1f} ms per image on {sampling.device}; {ev.sizes.synthetic_added} "
         "added to the real training set",
         f"- flow-matching training: {training.steps} steps, final loss {training.final_loss:.4f}, "
-        f"{training.seconds:.0f} s" + (f" (loss curve: ![training loss]({loss_png}))" if loss_png else ""),
+        f"{training.seconds:.0f} s" + (" (loss curve below)" if loss_png else ""),
         "",
         "| arm | accuracy | macro-F1 | AUROC |",
         "|---|---|---|---|",
@@ -365,6 +253,8 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
         lines += ["", "Quality vs NFE (fresh Euler samples, same noise at every NFE; FID / fine SWD against the real "
                   "test split): " + ", ".join(f"NFE {r.nfe}: {r.fid:.2f} / {r.swd_fine:.0f} "
                                              f"({r.seconds_per_image * 1e3:.1f} ms/img)" for r in q.nfe_curve) + "."]
+    if loss_png:
+        lines += ["", f"![training loss]({loss_png})"]
     if gains_png:
         lines += ["", f"![gains and quality vs NFE]({gains_png})"]
     lines += ["", f"![real vs synthetic samples per class]({grid_name})", "",
@@ -380,7 +270,8 @@ def write_report(out_dir: str | Path, report: Report, real_path: str | Path,
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = sample_grid(real_path, synthetic_path, out_dir / "samples.png")
     gains = gain_figure(report.evaluation, out_dir / "gains.png")
-    loss = loss_figure(report.training, out_dir / "training.png")
+    loss = loss_figure(report.training.loss_curve, report.training.steps, report.training.final_loss,
+                       out_dir / "training.png")
     report = dataclasses.replace(report, files={"grid": str(grid), "gains": str(gains), "training": str(loss)})
     for name, text in (("report.json", json.dumps(report.to_json(), indent=2, default=str)),
                        ("report.md", render_markdown(report, grid.name, gains.name, loss.name))):
