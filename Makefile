@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= motfm_core
 
-.PHONY: demo test lint venv data postgres clean
+.PHONY: demo test lint venv data postgres browser clean
 
 venv: $(STAMP)
 
@@ -38,6 +38,17 @@ postgres:
 	  else echo "warning: PostgreSQL missing (sudo apt-get install postgresql); the deployment tests use SQLite"; fi; \
 	fi
 
+# Debian's headless Chromium for the UI test (the run page and report artifact seen in a browser; 18 packages
+# without recommends); the test is skipped without it
+browser:
+	@if ! command -v chromium-headless-shell >/dev/null && ! command -v chromium >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    (apt-get install -y -qq --no-install-recommends chromium-headless-shell >/dev/null 2>&1 \
+	      || (apt-get update -qq && apt-get install -y -qq --no-install-recommends chromium-headless-shell)) \
+	      || echo "warning: chromium-headless-shell not installed; the UI test is skipped"; \
+	  else echo "warning: Chromium missing (sudo apt-get install chromium-headless-shell); the UI test is skipped"; fi; \
+	fi
+
 demo: venv data
 	$(PY) -m flows.synth_and_eval --run-name demo --preset demo
 
@@ -47,7 +58,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 	$(VENV)/bin/mypy
 
-test: venv data postgres lint
+test: venv data postgres browser lint
 	$(PY) -m pytest -q
 
 clean:

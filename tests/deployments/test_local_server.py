@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +26,7 @@ from motfm_core.config import SampleConfig, from_dict
 from motfm_core.data import shard_complete
 from motfm_core.sampling import Sampler, sample_plan
 from tests.conftest import TINY_MODEL
+from tests.deployments.browser import Browser, find_chromium
 
 ROOT = Path(__file__).resolve().parents[2]
 LOCAL_SH = ROOT / "deployments" / "local.sh"
@@ -115,12 +118,12 @@ def _done_shards(run_dir: Path) -> list[int]:
     return [i for i in range(30) if shard_complete(stores[0], i)]
 
 
-def test_a_killed_worker_loses_nothing_and_a_concurrent_run_does_not_interfere(server, tmp_path):
-    """Kill the worker (and the flow run it started) mid-sampling, start a fresh worker, then resume that run
-    while a second, smaller run starts in another output root: both complete; the resumed one keeps its finished
-    shards, writes each missing one once, and holds exactly what one uninterrupted sampler draws; the other holds
-    its own plan."""
+@pytest.fixture(scope="module")
+def resumed_run(server, tmp_path_factory):
+    """Start a run, kill the worker (and the flow run it started) mid-sampling, start a fresh worker, then resume
+    that run while a second, smaller run starts in another output root; returns what the tests check."""
     env, home = server
+    tmp_path = tmp_path_factory.mktemp("runs")
     params = {**TINY, "run_name": "svc", "output_root": str(tmp_path / "a")}
     run_dir = tmp_path / "a" / "svc"
     t0 = time.time()
@@ -151,6 +154,17 @@ def test_a_killed_worker_loses_nothing_and_a_concurrent_run_does_not_interfere(s
     print(f"deployment run (with a kill and a restart, beside a second run): {time.time() - t0:.1f}s")
     assert res.returncode == 0 and "COMPLETED" in res.stdout.upper(), res.stdout[-3000:] + res.stderr[-2000:]
     assert other.returncode == 0, other_out[-3000:]
+    flow_run_id = re.search(r"UUID: ([0-9a-f-]{36})", res.stdout)
+    assert flow_run_id, res.stdout[-2000:]
+    return {"run_dir": run_dir, "store": store, "stamps": stamps, "other_root": tmp_path / "b",
+            "flow_run_id": flow_run_id.group(1)}
+
+
+def test_a_killed_worker_loses_nothing_and_a_concurrent_run_does_not_interfere(server, resumed_run):
+    """Both runs complete; the resumed one keeps its finished shards, writes each missing one once, and holds
+    exactly what one uninterrupted sampler draws; the other holds its own plan."""
+    env, home = server
+    run_dir, store, stamps = resumed_run["run_dir"], resumed_run["store"], resumed_run["stamps"]
     assert sorted((run_dir / "synthetic").glob("v*.zarr")) == [store]  # resumed, not restarted
     assert all((store / "shards" / f"{i:05d}" / "zarr.json").stat().st_mtime_ns == t for i, t in stamps.items())
     syn = zarr.open_group(str(run_dir / "synthetic" / "latest"), mode="r")
@@ -165,7 +179,7 @@ def test_a_killed_worker_loses_nothing_and_a_concurrent_run_does_not_interfere(s
     direct, _, cond = sampler.draw_guarded(np.arange(30))
     np.testing.assert_array_equal(syn["seed"][:], cond["seed"])
     np.testing.assert_allclose(syn["images"][:], direct, atol=1e-4)
-    other_syn = zarr.open_group(str(tmp_path / "b" / "svc" / "synthetic" / "latest"), mode="r")
+    other_syn = zarr.open_group(str(resumed_run["other_root"] / "svc" / "synthetic" / "latest"), mode="r")
     labels, seeds = sample_plan(3, from_dict(SampleConfig, other_syn.attrs["sample_config"]))
     assert np.array_equal(other_syn["labels"][:], labels) and np.array_equal(other_syn["seed"][:], seeds)
     assert np.isfinite(other_syn["images"][:]).all()
@@ -198,3 +212,70 @@ def test_regenerate_deployment_has_an_active_weekly_schedule(server):
     assert regen["parameters"]["retrain"] is False
     limit = _prefect(env, "concurrency-limit", "inspect", "motfm-gpu")  # GPU stages: one at a time
     assert limit.returncode == 0 and "motfm-gpu" in limit.stdout, limit.stdout + limit.stderr
+
+
+def _task_node_pixels(png: Path, box: list[float]) -> int:
+    """How many pixels of a screenshot inside the graph's `box` ([x, y, width, height], CSS pixels at scale 1) have
+    the bright green of a completed task node (the state bar along its bottom edge left out)."""
+    from PIL import Image
+
+    x, y, w, h = (int(v) for v in box)
+    rgb = np.asarray(Image.open(png).convert("RGB")).astype(int)[y:y + h - 10, x:x + w]
+    r, g, b = rgb[..., 0], rgb[..., 1], rgb[..., 2]
+    return int(((g > 120) & (g > r + 60) & (g > b + 40)).sum())
+
+
+@pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (make test installs chromium-headless-shell)")
+def test_the_run_page_and_its_report_render_in_a_browser(server, resumed_run):
+    """The UI, seen: headless Chromium opens the resumed run's page (state, flow name and the DAG drawn; the
+    Artifacts tab lists the report and the gain table) and the report artifact, whose heading, verdict, gain table
+    and every figure of report.md render (images decoded, not broken links); screenshots of both pages are saved
+    under $MOTFM_TEST_OUTPUT (default outputs/test-ui)."""
+    env, _ = server
+    api, run_id = env["PREFECT_API_URL"], resumed_run["flow_run_id"]
+    ui = api.removesuffix("/api")
+    out = Path(os.environ.get("MOTFM_TEST_OUTPUT", ROOT / "outputs" / "test-ui"))
+    out.mkdir(parents=True, exist_ok=True)
+    markdown = (resumed_run["run_dir"] / "report.md").read_text()
+    figures = re.findall(r"!\[([^\]]*)\]\(([^)]+\.png)\)", markdown)
+    assert len(figures) >= 3, markdown  # training loss, gains, samples (closest pairs when flagged)
+    query = {"artifacts": {"key": {"any_": ["synth-and-eval-report"]}, "flow_run_id": {"any_": [run_id]}}}
+    req = urllib.request.Request(f"{api}/artifacts/filter", json.dumps(query).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=30) as r:
+        (artifact,) = json.load(r)
+    browser = Browser(find_chromium())
+    try:
+        t0 = time.time()
+        browser.goto(f"{ui}/runs/flow-run/{run_id}")
+        browser.wait_for_text("Completed", "synth-and-eval", "Task runs", "Artifacts")
+        graph = browser.wait_for("(c => c && c.width > 0 && (r => [r.x, r.y, r.width, r.height])"
+                                 "(c.getBoundingClientRect()))(document.querySelector('canvas'))")
+        # the DAG is drawn on a canvas once the task runs load, then laid out: wait until it shows completed task
+        # nodes (a node is ~2000 green pixels) and two screenshots a second apart agree
+        end, last = time.time() + 60, -1
+        while True:
+            now = _task_node_pixels(browser.screenshot(out / "run-page.png"), graph)
+            if now > 5000 and now == last:
+                break
+            assert time.time() < end, f"the run page's graph shows no completed task nodes ({now} green pixels)"
+            last = now
+            time.sleep(1)
+        print(f"run page and graph drawn in {time.time() - t0:.1f}s: {out / 'run-page.png'}")
+        browser.evaluate("[...document.querySelectorAll('[role=tablist] li, [role=tab]')]"
+                         ".find(e => e.textContent.trim() == 'Artifacts').click()")
+        browser.wait_for_text("synth-and-eval-report", "augmentation-gain")  # the run's Artifacts tab lists both
+        browser.goto(f"{ui}/artifacts/artifact/{artifact['id']}")
+        browser.wait_for_text("motfm report: svc", "Verdict", "real+synthetic")
+        images = browser.wait_for(
+            f"(imgs => imgs.length == {len(figures)} && imgs.every(i => i.complete && i.naturalWidth > 0) && "
+            "imgs.map(i => [i.alt, i.naturalWidth, i.naturalHeight]))([...document.querySelectorAll('img')]"
+            ".filter(i => i.src.startsWith('data:image/png')))")
+        print(f"report artifact drawn: {browser.screenshot(out / 'report-artifact.png')}")
+    finally:
+        browser.close()
+    assert [alt for alt, _, _ in images] == [alt for alt, _ in figures]
+    for (alt, png), (_, width, height) in zip(figures, images):  # each figure is the PNG the run wrote
+        with open(resumed_run["run_dir"] / png, "rb") as f:
+            header = f.read(24)
+        assert (width, height) == (int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")), alt
