@@ -301,6 +301,8 @@ class EvalConfig:
     nfe_curve_samples: int = 32  # fresh samples per class at each NFE of the curve
     subset_seed: int = 0  # picks the class-stratified real subset of each low-data arm (fixed across seeds); its
     # generator is trained on exactly that subset (train.real_fraction / train.subset_seed)
+    memory_mb: int = 512  # an arm's synthetic images up to this size are loaded for its training; more are read
+    # from the store a batch at a time (same batches, same result), so memory stays flat however many there are
 
     def validate(self) -> None:
         _check(len(self.seeds) >= 1, "eval.seeds must name at least one seed")
@@ -312,6 +314,8 @@ class EvalConfig:
         _check(len(self.seg_channels) >= 2, "eval.seg_channels needs at least two levels")
         _check(all(n >= 1 for n in self.nfe_curve) and self.nfe_curve_samples >= 1,
                "eval.nfe_curve values and eval.nfe_curve_samples must be >= 1")
+        _check(self.memory_mb >= 0, f"eval.memory_mb must be >= 0 (0: read every batch from the store), got "
+               f"{self.memory_mb}")
 
 
 @dataclass

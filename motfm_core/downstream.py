@@ -23,7 +23,8 @@ import torch
 import zarr
 
 from motfm_core.config import EvalConfig
-from motfm_core.data.store import Splits, load_splits, load_synthetic, stratified_subset
+from motfm_core.data.datasets import Rows
+from motfm_core.data.store import Splits, load_splits, open_synthetic, stratified_subset, take_rows
 from motfm_core.metrics import Gain, Stat, bootstrap_gain, bootstrap_paired, classification_metrics, summarise
 from motfm_core.results import Result, optional
 from motfm_core.segmentation import predict_masks, segmentation_scores, train_segmenter
@@ -118,6 +119,14 @@ def _arm_indices(arm: Arm, real_labels: np.ndarray, n_syn: int, seed: int,
     return real, syn
 
 
+def _training_rows(real: np.ndarray, ri: np.ndarray, synthetic: Any, si: np.ndarray, memory_mb: int) -> Rows:
+    """One arm's training images (or masks): real rows `ri`, then synthetic rows `si` of a store array, loaded when
+    they fit `memory_mb`, else left in the store and read a batch at a time."""
+    nbytes = len(si) * int(np.prod(synthetic.shape[1:])) * np.dtype(synthetic.dtype).itemsize
+    part = (take_rows(synthetic, si), None) if nbytes <= memory_mb * 2**20 else (synthetic, si)
+    return Rows((real, ri), part)
+
+
 def _gains(arms: list[Arm], results: dict[str, dict[int, dict[str, float]]], seeds: tuple[int, ...],
            ci: Callable[[Arm, str], dict[str, Any]]) -> Gains:
     """Per augmented arm and metric: paired per-seed gain over its baseline (mean/std) and a bootstrap CI."""
@@ -138,9 +147,9 @@ def _summary(arms: list[Arm], results: dict[str, dict[int, dict[str, float]]], s
 
 
 def low_data_stores(synthetic: dict[float, str | Path], train_labels: np.ndarray, cfg: EvalConfig
-                    ) -> dict[float, dict[str, np.ndarray]]:
-    """Load each low-data generator's synthetic store, checking it was trained on exactly the subset its arm
-    uses (`stratified_subset(train labels, f, eval.subset_seed)`); raises naming the store otherwise."""
+                    ) -> dict[float, dict[str, Any]]:
+    """Open each low-data generator's synthetic store (`open_synthetic`), checking it was trained on exactly the
+    subset its arm uses (`stratified_subset(train labels, f, eval.subset_seed)`); raises naming the store otherwise."""
     out = {}
     for f, path in synthetic.items():
         expected = stratified_subset(train_labels, f, cfg.subset_seed).tolist()
@@ -149,7 +158,7 @@ def low_data_stores(synthetic: dict[float, str | Path], train_labels: np.ndarray
             raise ValueError(f"{path}: its generator was not trained on the real {f:.0%} subset the arm uses "
                              f"(eval.subset_seed={cfg.subset_seed}); retrain it with train.real_fraction={f} and "
                              f"train.subset_seed={cfg.subset_seed}")
-        out[f] = load_synthetic(path)
+        out[f] = open_synthetic(path)
     return out
 
 
@@ -172,7 +181,7 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
     missing = sorted(set(map(float, cfg.real_fractions)) - set(low_data))
     if low_data and missing:
         raise ValueError(f"eval.real_fractions {missing} have no low-data generator store; pass one per fraction")
-    stores = {1.0: load_synthetic(synthetic_path), **low_data_stores(low_data, train["labels"], cfg)}
+    stores = {1.0: open_synthetic(synthetic_path), **low_data_stores(low_data, train["labels"], cfg)}
     syn = stores[1.0]
     sy = syn["labels"]
     k = int(max(train["labels"].max(), test["labels"].max(), sy.max()) + 1)
@@ -190,14 +199,14 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
             src = stores[arm.generator]
             ri, si = _arm_indices(arm, train["labels"], len(src["labels"]), seed, cfg.subset_seed)
             sizes[arm.name] = {"real": int(len(ri)), "synthetic": int(len(si))}
-            x = np.concatenate([train["images"][ri], src["images"][si]])
+            x = _training_rows(train["images"], ri, src["images"], si, cfg.memory_mb)
             y = np.concatenate([train["labels"][ri], src["labels"][si]])
             model = train_classifier(x, y, k, cfg, seed, device)
             probas[arm.name].append(predict_proba(model, test["images"], device))
             results[arm.name][seed] = classification_metrics(test["labels"], probas[arm.name][-1])
             line = ", ".join(f"{m} {v:.3f}" for m, v in results[arm.name][seed].items())
             if segment:
-                masks = np.concatenate([train["masks"][ri], src["masks"][si]])
+                masks = _training_rows(train["masks"], ri, src["masks"], si, cfg.memory_mb)
                 seg = train_segmenter(x, masks, mask_classes, cfg, seed, device)
                 scores = segmentation_scores(predict_masks(seg, test["images"], device), test["masks"], mask_classes)
                 for m, v in scores.items():

@@ -11,12 +11,13 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 import zarr
 
-from motfm_core.data.store import Splits, load_splits, load_synthetic
+from motfm_core.data.store import Splits, load_splits, open_synthetic, rows_per_batch
 from motfm_core.results import Result, optional
 
 __all__ = ["Audit", "ClosePair", "CopyGuard", "audit_stores", "closest_pairs_png", "memorisation_audit", "nearest"]
@@ -59,11 +60,13 @@ class Audit(Result):
     png: str | None = optional()
 
 
-def nearest(queries: np.ndarray, refs: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """RMS distance from each query to its nearest reference, and that reference's index."""
+def nearest(queries: Any, refs: np.ndarray, batch: int = 256) -> tuple[np.ndarray, np.ndarray]:
+    """RMS distance from each query to its nearest reference, and that reference's index. `queries` (numpy or a
+    Zarr array) is read `batch` rows at a time (fewer for large samples: `rows_per_batch`)."""
     r = torch.from_numpy(np.asarray(refs, np.float32)).flatten(1)
+    batch = rows_per_batch(queries, batch)
     dists, idxs = [], []
-    for i in range(0, len(queries), batch):
+    for i in range(0, queries.shape[0], batch):
         q = torch.from_numpy(np.asarray(queries[i:i + batch], np.float32)).flatten(1)
         d = torch.cdist(q, r) / np.sqrt(q.shape[1])
         v, j = d.min(1)
@@ -72,8 +75,9 @@ def nearest(queries: np.ndarray, refs: np.ndarray, batch: int = 256) -> tuple[np
     return np.concatenate(dists), np.concatenate(idxs)
 
 
-def memorisation_audit(train: np.ndarray, test: np.ndarray, synthetic: np.ndarray, quantile: float = 0.01) -> Audit:
-    """Flags synthetic images nearer to a training image than nearly all unseen real images are."""
+def memorisation_audit(train: np.ndarray, test: np.ndarray, synthetic: Any, quantile: float = 0.01) -> Audit:
+    """Flags synthetic images nearer to a training image than nearly all unseen real images are; `synthetic` may
+    be a Zarr array (read in batches)."""
     d_syn, j_syn = nearest(synthetic, train)
     d_test, _ = nearest(test, train)
     threshold = float(np.quantile(d_test, quantile))
@@ -86,7 +90,7 @@ def memorisation_audit(train: np.ndarray, test: np.ndarray, synthetic: np.ndarra
                  closest=[ClosePair(int(i), int(j_syn[i]), float(d_syn[i])) for i in order[:8]])
 
 
-def closest_pairs_png(train: np.ndarray, synthetic: np.ndarray, audit: Audit, out_png: str | Path) -> Path:
+def closest_pairs_png(train: np.ndarray, synthetic: Any, audit: Audit, out_png: str | Path) -> Path:
     """Side-by-side PNG of the closest synthetic/train pairs (top row synthetic, bottom row its neighbour)."""
     import matplotlib
 
@@ -123,7 +127,7 @@ def audit_stores(real_path: str | Path, synthetic_path: str | Path, out_png: str
     indices = root.attrs.get("train_indices")
     if indices is not None:
         train = train[np.asarray(indices, dtype=np.int64)]
-    synthetic = load_synthetic(synthetic_path)["images"]
+    synthetic = open_synthetic(synthetic_path)["images"]  # read in batches: memory does not grow with its size
     audit = dataclasses.replace(memorisation_audit(train, test, synthetic, quantile), reference_images=int(len(train)))
     if "redraws" in root.array_keys():
         redraws = np.asarray(root["redraws"][:])

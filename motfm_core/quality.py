@@ -17,6 +17,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -30,8 +31,10 @@ from motfm_core.data.store import (
     Splits,
     load_split,
     load_splits,
-    load_synthetic,
     open_store,
+    open_synthetic,
+    rows_per_batch,
+    take_rows,
 )
 from motfm_core.results import Result, optional
 from motfm_core.sampling import Sampler
@@ -100,10 +103,12 @@ class FeatureExtractor:
                                     torch.device(device)), device)
 
     @torch.inference_mode()
-    def __call__(self, images: np.ndarray, batch: int = 256) -> np.ndarray:
-        """(N, C, *spatial) images in [0, 1] -> (N, D) float64 features."""
+    def __call__(self, images: Any, batch: int = 256) -> np.ndarray:
+        """(N, C, *spatial) images in [0, 1] (numpy, or a Zarr array read a batch at a time) -> (N, D) float64
+        features."""
+        batch = rows_per_batch(images, batch)
         out = []
-        for i in range(0, len(images), batch):
+        for i in range(0, images.shape[0], batch):
             x = to_model_space(torch.from_numpy(np.asarray(images[i:i + batch], dtype=np.float32)).to(self.device))
             out.append(self.net(x).flatten(2).mean(2).double().cpu())
         return torch.cat(out).numpy()
@@ -172,23 +177,35 @@ def _patches(x: torch.Tensor, n: int, size: int, g: torch.Generator) -> torch.Te
     return windows[torch.arange(b)[:, None].expand(b, n), :, i, j].reshape(b * n, -1)
 
 
-def swd(real: np.ndarray, fake: np.ndarray, levels: int = 3, patches_per_image: int = 64, size: int = 7,
-        projections: int = 256, seed: int = 0) -> dict[str, float]:
+def _slices_2d(images: Any, most: int, seed: int) -> torch.Tensor:
+    """(n, C, H, W) float64: the images (3D: their middle slice along the last axis), `most` of them at random when
+    there are more; read a batch at a time, so a large store never sits in memory whole."""
+    n = images.shape[0]
+    idx = np.arange(n) if n <= most else np.sort(np.random.RandomState(seed).choice(n, most, replace=False))
+    step = rows_per_batch(images)
+    parts = []
+    for i in range(0, len(idx), step):
+        block = take_rows(images, idx[i:i + step])
+        parts.append(np.asarray(block[..., block.shape[-1] // 2] if block.ndim == 5 else block, dtype=np.float64))
+    return torch.from_numpy(np.concatenate(parts))
+
+
+def swd(real: Any, fake: Any, levels: int = 3, patches_per_image: int = 64, size: int = 7,
+        projections: int = 256, seed: int = 0, most: int = 2000) -> dict[str, float]:
     """Sliced Wasserstein distance (x 1e3) between Laplacian-pyramid patches, per level and averaged.
 
-    Images (N, C, H, W[, D]) in [0, 1]; 3D volumes are scored on their middle slice along the last axis.
-    Level 0 is the finest detail; fewer levels are used when the image is too small; lower is better.
+    Images (N, C, H, W[, D]) in [0, 1] (numpy or Zarr); 3D volumes are scored on their middle slice along the last
+    axis; a set of more than `most` images is scored on `most` of them at random (patches are matched in number
+    between the sets anyway). Level 0 is the finest detail; fewer levels are used when the image is too small;
+    lower is better.
     """
-    def as_2d(a: np.ndarray) -> torch.Tensor:
-        a = a[..., a.shape[-1] // 2] if a.ndim == 5 else a
-        return torch.from_numpy(np.asarray(a, dtype=np.float64))
-
     g = torch.Generator().manual_seed(seed)
     side = min(real.shape[2:4])
     size = min(size, side)
     levels = max(1, min(levels, int(np.log2(side / size)) + 1))  # the coarsest level still holds a patch
     out = {}
-    pyramids = zip(_laplacian_pyramid(as_2d(real), levels), _laplacian_pyramid(as_2d(fake), levels), strict=True)
+    pyramids = zip(_laplacian_pyramid(_slices_2d(real, most, seed), levels),
+                   _laplacian_pyramid(_slices_2d(fake, most, seed), levels), strict=True)
     for lvl, (la, lb) in enumerate(pyramids):
         pa, pb = _patches(la, patches_per_image, size, g), _patches(lb, patches_per_image, size, g)
         m = min(len(pa), len(pb))
@@ -251,7 +268,7 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
     device = default_device(device)
     real = real or load_splits(real_path)
     extractor = FeatureExtractor.train(real_path, cfg, device=device, data=real["train"])
-    syn = load_synthetic(synthetic_path)
+    syn = open_synthetic(synthetic_path)  # read in batches: memory does not grow with the store's size
     fake, fake_labels = syn["images"], syn["labels"]
     images = {name: d["images"] for name, d in real.items()}
     feats = {name: extractor(x) for name, x in images.items()}
@@ -268,12 +285,13 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
                    "real_train": diversity(images["train"], real["train"]["labels"])})
 
 
-def diversity(images: np.ndarray, labels: np.ndarray, pairs: int = 300, seed: int = 0) -> Diversity:
+def diversity(images: Any, labels: np.ndarray, pairs: int = 300, seed: int = 0) -> Diversity:
     """Mean MS-SSIM over random same-class pairs (MONAI `MultiScaleSSIMMetric`); higher = less diverse.
 
     Up to three scales; the Gaussian window (odd, 3..7) and the number of scales shrink to fit small images
     (MONAI needs every side > (window - 1) * 2**(scales - 1), e.g. 8-slice volumes). Compare the synthetic
-    set's value with the real set's: well above it signals mode collapse, near 1 signals copies.
+    set's value with the real set's: well above it signals mode collapse, near 1 signals copies. `images` may be
+    a Zarr array: only the pairs' images are read, a batch at a time.
     """
     from monai.metrics import MultiScaleSSIMMetric
 
@@ -284,7 +302,7 @@ def diversity(images: np.ndarray, labels: np.ndarray, pairs: int = 300, seed: in
     k = max(kk for kk in (3, 5, 7) if kk == 3 or (kk - 1) * 2 ** (scales - 1) < side)
     metric = MultiScaleSSIMMetric(spatial_dims=len(spatial), data_range=1.0, kernel_size=k, kernel_sigma=k / 4,
                                   weights=(0.33, 0.34, 0.33) if scales == 3 else (1.0 / scales,) * scales)
-    a, b = [], []
+    first, second = [], []
     for c in np.unique(labels):
         idx = np.nonzero(labels == c)[0]
         if len(idx) < 2:
@@ -292,8 +310,10 @@ def diversity(images: np.ndarray, labels: np.ndarray, pairs: int = 300, seed: in
         n = max(1, pairs // len(np.unique(labels)))
         i, j = rng.choice(idx, n), rng.choice(idx, n)
         keep = i != j
-        a.append(images[i[keep]])
-        b.append(images[j[keep]])
-    x, y = (torch.from_numpy(np.concatenate(v).astype(np.float32)) for v in (a, b))
-    values = metric(x, y).flatten()
+        first.append(i[keep])
+        second.append(j[keep])
+    ia, ib = np.concatenate(first), np.concatenate(second)
+    step = max(1, rows_per_batch(images) // 2)
+    values = torch.cat([metric(*(torch.from_numpy(take_rows(images, v[k:k + step]).astype(np.float32))
+                                 for v in (ia, ib))).flatten() for k in range(0, len(ia), step)])
     return Diversity(ms_ssim=float(values.mean()), pairs=int(len(values)))

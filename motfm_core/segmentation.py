@@ -14,7 +14,8 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from motfm_core.config import EvalConfig
-from motfm_core.supervised import fit
+from motfm_core.data.store import rows_per_batch
+from motfm_core.supervised import ArrayRows, fit
 from motfm_core.utils import to_model_space
 
 __all__ = ["build_segmenter", "predict_masks", "segmentation_scores", "train_segmenter"]
@@ -26,19 +27,20 @@ def build_segmenter(spatial_dims: int, in_channels: int, num_classes: int, cfg: 
                 norm="batch")
 
 
-def train_segmenter(x: np.ndarray, masks: np.ndarray, num_classes: int, cfg: EvalConfig, seed: int,
+def train_segmenter(x: ArrayRows, masks: ArrayRows, num_classes: int, cfg: EvalConfig, seed: int,
                     device: torch.device) -> nn.Module:
-    """Train from scratch on images (N, C, *S) and integer masks (N, 1, *S) for cfg.seg_steps minibatches."""
+    """Train from scratch on images (N, C, *S) and integer masks (N, 1, *S) (arrays or `Rows`, read a batch at a
+    time) for cfg.seg_steps minibatches."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    model = build_segmenter(x.ndim - 2, x.shape[1], num_classes, cfg).to(device)
-    return fit(model, DiceCELoss(to_onehot_y=True, softmax=True), torch.from_numpy(x).float(),
-               torch.from_numpy(masks.astype(np.int64)), cfg.seg_steps, cfg, gen, device)
+    model = build_segmenter(len(x.shape) - 2, x.shape[1], num_classes, cfg).to(device)
+    return fit(model, DiceCELoss(to_onehot_y=True, softmax=True), x, masks, cfg.seg_steps, cfg, gen, device)
 
 
 @torch.inference_mode()
 def predict_masks(model: nn.Module, x: np.ndarray, device: torch.device, batch: int = 64) -> np.ndarray:
-    """Integer masks (N, 1, *S) by argmax over the segmenter's classes."""
+    """Integer masks (N, 1, *S) by argmax over the segmenter's classes, `batch` images at a time (fewer for volumes)."""
+    batch = rows_per_batch(x, batch)
     out = [model(to_model_space(torch.from_numpy(x[i:i + batch]).float().to(device))).argmax(1, keepdim=True).cpu()
            for i in range(0, len(x), batch)]
     return torch.cat(out).numpy()

@@ -12,9 +12,13 @@ from monai.networks.nets import Classifier
 from torch import nn
 
 from motfm_core.config import EvalConfig
+from motfm_core.data.datasets import Rows
+from motfm_core.data.store import rows_per_batch
 from motfm_core.utils import to_model_space
 
-__all__ = ["build_classifier", "fit", "predict_proba", "train_classifier"]
+__all__ = ["ArrayRows", "build_classifier", "fit", "predict_proba", "train_classifier"]
+
+ArrayRows = np.ndarray | Rows  # a training set's images or targets: in memory, or read a batch at a time
 
 
 def build_classifier(in_shape: tuple[int, ...], num_classes: int, cfg: EvalConfig) -> Classifier:
@@ -23,35 +27,40 @@ def build_classifier(in_shape: tuple[int, ...], num_classes: int, cfg: EvalConfi
                       strides=(2,) * len(cfg.channels), num_res_units=1, norm="batch")
 
 
-def fit(model: nn.Module, loss_fn: Callable, x: torch.Tensor, target: torch.Tensor, steps: int, cfg: EvalConfig,
+def fit(model: nn.Module, loss_fn: Callable, x: ArrayRows, target: ArrayRows, steps: int, cfg: EvalConfig,
         gen: torch.Generator, device: torch.device) -> nn.Module:
-    """Minibatch AdamW (inputs scaled to [-1, 1]) for `steps` batches of cfg.batch_size; returns it in eval mode."""
+    """Minibatch AdamW (inputs scaled to [-1, 1]) for `steps` batches of cfg.batch_size; returns it in eval mode.
+    x (N, C, *S) and integer targets (N, ...) are arrays or `Rows`: only each batch's rows are read (and copied)."""
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=1e-4)
     model.train()
     for _ in range(steps):
-        idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen)
-        loss = loss_fn(model(to_model_space(x[idx].to(device))), target[idx].to(device))
+        idx = torch.randint(0, len(x), (min(cfg.batch_size, len(x)),), generator=gen).numpy()
+        xb = torch.from_numpy(np.asarray(x[idx], dtype=np.float32))
+        tb = torch.from_numpy(np.asarray(target[idx]).astype(np.int64))
+        loss = loss_fn(model(to_model_space(xb.to(device))), tb.to(device))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
     return model.eval()
 
 
-def train_classifier(x: np.ndarray, y: np.ndarray, num_classes: int, cfg: EvalConfig, seed: int,
+def train_classifier(x: ArrayRows, y: np.ndarray, num_classes: int, cfg: EvalConfig, seed: int,
                      device: torch.device) -> Classifier:
-    """Train from scratch with AdamW and class-balanced cross-entropy for cfg.steps minibatches."""
+    """Train from scratch with AdamW and class-balanced cross-entropy for cfg.steps minibatches; x (N, C, *S) is an
+    array or `Rows` (read a batch at a time)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     model = build_classifier(x.shape[1:], num_classes, cfg).to(device)
     counts = np.bincount(y, minlength=num_classes).astype(np.float32)
     weight = torch.as_tensor(counts.sum() / np.maximum(counts, 1) / num_classes, device=device)
     loss_fn = functools.partial(nn.functional.cross_entropy, weight=weight)
-    return fit(model, loss_fn, torch.from_numpy(x).float(), torch.from_numpy(y).long(), cfg.steps, cfg, gen, device)
+    return fit(model, loss_fn, x, y, cfg.steps, cfg, gen, device)
 
 
 @torch.inference_mode()
 def predict_proba(model: nn.Module, x: np.ndarray, device: torch.device, batch: int = 256) -> np.ndarray:
-    """Class probabilities (N, K) of images (N, C, *spatial) in [0, 1]."""
+    """Class probabilities (N, K) of images (N, C, *spatial) in [0, 1], `batch` at a time (fewer for volumes)."""
+    batch = rows_per_batch(x, batch)
     out = [torch.softmax(model(to_model_space(torch.from_numpy(x[i:i + batch]).float().to(device))), 1).cpu()
            for i in range(0, len(x), batch)]
     return torch.cat(out).numpy()

@@ -9,11 +9,13 @@ from motfm_core.data.store import (
     incomplete_shards,
     load_split,
     open_store,
+    open_synthetic,
     publish_latest,
     require_complete,
     shard_bounds,
     shard_complete,
     stratified_subset,
+    take_rows,
     version_for,
     write_dataset,
     write_shard,
@@ -21,7 +23,6 @@ from motfm_core.data.store import (
 
 __all__ = [
     "SPLITS", "completed_shards", "create_synthetic_store", "incomplete_shards", "ingest", "load_split", "normalise",
-    "open_store", "patient_split", "publish_latest", "require_complete", "resize", "shard_bounds", "shard_complete",
-    "stratified_subset", "version_for", "write_dataset",
-    "write_shard",
+    "open_store", "open_synthetic", "patient_split", "publish_latest", "require_complete", "resize", "shard_bounds",
+    "shard_complete", "stratified_subset", "take_rows", "version_for", "write_dataset", "write_shard",
 ]

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 import math
 
@@ -64,6 +65,12 @@ def test_evaluate_augmentation_on_phantoms(phantom_store, tmp_path):
     assert g.mean == 0 and g.ci95_low == g.ci95_high == 0
     # the JSON form reads back to the same typed result (the report reads evaluation.json this way)
     assert type(out).from_json(json.loads(json.dumps(out.to_json()))) == out
+    # synthetic images read from the store a batch at a time (eval.memory_mb=0): the same batches, the same result
+    streamed = evaluate_augmentation(phantom_store, store, dataclasses.replace(cfg, seeds=(0,), memory_mb=0),
+                                     device="cpu", low_data={0.5: low})
+    assert streamed.per_seed == {arm: {"0": per["0"]} for arm, per in out.per_seed.items()}
+    assert streamed.segmentation is not None
+    assert streamed.segmentation.per_seed == {arm: {"0": per["0"]} for arm, per in seg.per_seed.items()}
 
 
 def test_low_data_arms_need_their_own_generator(phantom_store, tmp_path):

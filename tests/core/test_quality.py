@@ -1,5 +1,6 @@
 import numpy as np
 import pytest
+import zarr
 
 from motfm_core.quality import FeatureExtractor, fid, kid, precision_recall, quality
 
@@ -110,3 +111,25 @@ def test_blockwise_precision_recall_equals_the_all_pairs_definition():
             "recall": float((d.T <= radius(fake, 3)[None]).any(1).mean())}
     got = precision_recall(real, fake, k=3, block=7)
     assert got == pytest.approx(want, abs=0) and 0 < got["precision"] < 1 and 0 < got["recall"] < 1
+
+
+def test_metrics_read_a_store_in_batches_as_they_read_memory(tmp_path):
+    """Features, SWD, diversity and the nearest-neighbour search give the same numbers on a Zarr array (read a
+    batch at a time) as on the same images in memory; SWD of a set over its cap scores a random subset."""
+    from motfm_core.data import create_synthetic_store, write_shard
+    from motfm_core.data.phantom import phantom_image
+    from motfm_core.privacy import nearest
+    from motfm_core.quality import diversity, swd
+
+    rng = np.random.RandomState(0)
+    imgs = np.stack([phantom_image(i % 3, (16, 16), rng)[0] for i in range(24)])
+    labels = np.arange(24) % 3
+    path = create_synthetic_store(tmp_path / "s.zarr", 24, (1, 16, 16), 8, {"run_key": "k"})
+    for s in range(3):
+        write_shard(path, s, imgs[8 * s:8 * s + 8], labels[8 * s:8 * s + 8], np.arange(8 * s, 8 * s + 8))
+    lazy = zarr.open_group(str(path), mode="r")["images"]
+    assert swd(imgs[:12], lazy) == swd(imgs[:12], imgs)
+    assert diversity(lazy, labels) == diversity(imgs, labels)
+    for a, b in zip(nearest(lazy, imgs[:5], batch=5), nearest(imgs, imgs[:5])):
+        np.testing.assert_array_equal(a, b)
+    assert swd(imgs, lazy, most=10) == swd(imgs, lazy, most=10) != swd(imgs, lazy)  # seeded subset of 10

@@ -114,7 +114,7 @@ def test_a_writer_crash_between_data_and_record_is_refused_by_every_reader(tmp_p
     from motfm_core.data import completed_shards, incomplete_shards, publish_latest
     from motfm_core.data import store as store_mod
     from motfm_core.data.datasets import ZarrImageDataset, as_dask
-    from motfm_core.data.store import load_synthetic
+    from motfm_core.data.store import load_synthetic, open_synthetic
 
     path = create_synthetic_store(tmp_path / "v0001.zarr", 8, (1, 16, 16), 4, {"run_key": "r"})
     write_shard(path, 0, np.full((4, 1, 16, 16), 0.5), np.zeros(4), np.arange(4))
@@ -129,9 +129,35 @@ def test_a_writer_crash_between_data_and_record_is_refused_by_every_reader(tmp_p
     staged = list((path / ".staging").iterdir())
     assert len(staged) == 1 and not any(".tmp" in p.name for p in (path / "shards").iterdir())
     assert incomplete_shards(path) == [1] and sorted(completed_shards(path)) == [0]
-    for read in (lambda: ZarrImageDataset(path), lambda: load_synthetic(path), lambda: as_dask(path),
-                 lambda: publish_latest(path)):
+    for read in (lambda: ZarrImageDataset(path), lambda: load_synthetic(path), lambda: open_synthetic(path),
+                 lambda: as_dask(path), lambda: publish_latest(path)):
         with pytest.raises(ValueError, match=r"shards \[1\] are incomplete"):
             read()
     write_shard(path, 1, np.full((4, 1, 16, 16), 0.5), np.ones(4), np.arange(4, 8))  # the re-run finishes it
     assert len(ZarrImageDataset(path)) == 8
+
+
+def test_rows_gather_from_memory_and_from_the_store_alike(tmp_path):
+    """take_rows reads any indices (unsorted, repeated) from a Zarr array as numpy would; Rows stacks chosen rows
+    of an in-memory array and of a store array without loading the store."""
+    from motfm_core.data import open_synthetic, shard_bounds, take_rows
+    from motfm_core.data.datasets import Rows
+
+    images = np.random.RandomState(0).rand(10, 1, 8, 8).astype(np.float32)
+    path = create_synthetic_store(tmp_path / "s.zarr", 10, (1, 8, 8), 4, {"run_key": "k"})
+    for s in range(3):
+        lo, hi = shard_bounds(s, 10, 4)
+        write_shard(path, s, images[lo:hi], np.arange(lo, hi), np.arange(lo, hi))
+    lazy = open_synthetic(path)
+    assert isinstance(lazy["images"], zarr.Array) and lazy["labels"].tolist() == list(range(10))
+    for idx in (np.array([7, 2, 2, 9, 0]), np.arange(3, 9), np.random.RandomState(2).randint(0, 10, 40)):
+        np.testing.assert_array_equal(take_rows(lazy["images"], idx), images[idx])
+    assert take_rows(lazy["images"], np.array([], dtype=int)).shape == (0, 1, 8, 8)
+    real = np.random.RandomState(1).rand(5, 1, 8, 8).astype(np.float32)
+    rows = Rows((real, np.array([4, 1])), (lazy["images"], np.array([3, 8, 5])))
+    stacked = np.concatenate([real[[4, 1]], images[[3, 8, 5]]])
+    assert rows.shape == (5, 1, 8, 8) and len(rows) == 5
+    pick = np.array([4, 0, 2, 2, 3, 1])
+    np.testing.assert_array_equal(rows[pick], stacked[pick])
+    with pytest.raises(ValueError, match="sample shapes"):
+        Rows((real, None), (np.zeros((2, 1, 4, 4)), None))

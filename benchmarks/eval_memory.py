@@ -1,0 +1,192 @@
+"""Evaluation in bounded memory: peak RSS and time of the evaluate stage against the number of synthetic samples.
+
+    .venv/bin/python benchmarks/eval_memory.py            # 2D demo set: 1x, 10x, 50x the demo's 120 synthetic images
+    .venv/bin/python benchmarks/eval_memory.py --3d       # and a 3D store larger than a memory cgroup's limit
+
+Each point runs `motfm_core.evaluation.evaluate_run` (downstream arms, quality metrics, memorisation audit) in a
+fresh child process; its peak RSS is the child's `ru_maxrss`. The synthetic stores are written directly (the
+demo's sample shape and shard layout; real training images plus noise, masks copied): memory and time depend on
+how many samples there are and their size, not on the network that drew them. Each 2D size runs twice: with the
+default `eval.memory_mb` (an arm's synthetic images up to that size are loaded, larger ones read per batch) and
+with `eval.memory_mb=0` (every synthetic image read from the store per batch).
+The 3D point writes a store of 64^3 volumes larger than the limit of a cgroup-v1 memory group (root) and runs
+the evaluation inside that group: it completes only if the evaluation never holds the store in memory.
+Writes benchmarks/results/<date>-<machine>-eval-memory.json and appends rows to benchmarks/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime as dt
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from results_table import add_row
+
+from motfm_core.config import DataConfig, EvalConfig
+from motfm_core.data import create_synthetic_store, ingest, load_split, write_shard
+
+DEMO_SYNTHETIC = 120  # the demo preset's synthetic count (40 per class, 3 classes)
+CGROUP = Path("/sys/fs/cgroup/memory")
+
+
+def machine_name() -> str:
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name().replace(" ", "-") + f"x{torch.cuda.device_count()}"
+    return f"cpu{os.cpu_count()}-{os.uname().machine}"
+
+
+def write_store(real_path: Path, out: Path, n: int, shard_size: int, seed: int = 0) -> Path:
+    """A complete synthetic store of `n` samples: real training images (cycled) plus Gaussian noise (sigma 0.05),
+    their labels and masks, written shard by shard (never all in memory)."""
+    train = load_split(real_path, "train")
+    rng = np.random.default_rng(seed)
+    shape = train["images"].shape[1:]
+    create_synthetic_store(out, n, shape, shard_size, {"run_key": f"eval-memory-{n}", "solver": "written",
+                                                       "nfe": 0, "guidance": 0.0},
+                           with_masks="masks" in train)
+    for s in range((n + shard_size - 1) // shard_size):
+        idx = np.arange(s * shard_size, min(n, (s + 1) * shard_size)) % len(train["labels"])
+        images = np.clip(train["images"][idx] + rng.normal(0, 0.05, (len(idx), *shape)), 0, 1)
+        masks = train["masks"][idx] if "masks" in train else None
+        write_shard(out, s, images, train["labels"][idx], np.arange(s * shard_size, s * shard_size + len(idx)),
+                    masks=masks, mask_source=None if masks is None else idx)
+    return out
+
+
+def child(args: argparse.Namespace) -> None:
+    """Run one evaluation and print its peak RSS and seconds as one JSON line."""
+    from motfm_core.evaluation import evaluate_run
+
+    cfg = EvalConfig(**json.loads(args.child))
+    Path(args.run_dir).mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    evaluate_run(args.real, args.synthetic, cfg, args.run_dir)
+    print(json.dumps({"seconds": time.perf_counter() - t0,
+                      "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def run_child(real: Path, synthetic: Path, cfg: EvalConfig, run_dir: Path, cgroup: Path | None = None) -> dict:
+    """Evaluate in a fresh process (inside `cgroup` when given); its JSON line, or the error it died of."""
+    cmd = [sys.executable, __file__, "--child", json.dumps(dataclasses.asdict(cfg)), "--real", str(real),
+           "--synthetic", str(synthetic), "--run-dir", str(run_dir)]
+    if cgroup is not None:  # the child joins the group before it starts: every byte it maps is charged there
+        cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
+    res = subprocess.run(cmd, capture_output=True, text=True)
+    if res.returncode != 0:
+        return {"error": f"exit {res.returncode}: {res.stderr.strip().splitlines()[-1:] or ''}"}
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def store_bytes(path: Path) -> int:
+    return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+
+
+def bench_2d(work: Path, sizes: list[int], cfg: EvalConfig) -> list[dict]:
+    real = ingest(DataConfig(), work / "real.zarr")
+    rows = []
+    for mult in sizes:
+        n = mult * DEMO_SYNTHETIC
+        syn = write_store(real, work / f"syn-{n}.zarr", n, shard_size=40)
+        for memory_mb in (cfg.memory_mb, 0):
+            run = run_child(real, syn, dataclasses.replace(cfg, memory_mb=memory_mb), work / f"run-{n}-{memory_mb}")
+            rows.append({"dims": 2, "multiple": mult, "samples": n, "store_mb": store_bytes(syn) / 2**20,
+                         "memory_mb": memory_mb, **run})
+            print(rows[-1], flush=True)
+        shutil.rmtree(syn)
+    return rows
+
+
+def bench_3d(work: Path, limit_gb: float, store_gb: float, cfg: EvalConfig) -> list[dict]:
+    if not (CGROUP / "cgroup.procs").exists() or os.geteuid() != 0:
+        print("3D point skipped: needs root and the cgroup-v1 memory controller at /sys/fs/cgroup/memory")
+        return []
+    dcfg = DataConfig(source="phantom:12", image_size=64, spatial_dims=3, depth=64)
+    real = ingest(dcfg, work / "real3d.zarr")
+    n = int(store_gb * 2**30 / (64**3 * 5))  # float32 image + uint8 mask per sample
+    syn = write_store(real, work / "syn3d.zarr", n, shard_size=16)
+    group = CGROUP / f"motfm-eval-{os.getpid()}"
+    group.mkdir()
+    try:
+        (group / "memory.limit_in_bytes").write_text(str(int(limit_gb * 2**30)))
+        (group / "memory.memsw.limit_in_bytes").exists() and (group / "memory.memsw.limit_in_bytes").write_text(
+            str(int(limit_gb * 2**30)))  # no swap either, where the kernel accounts it
+        run = run_child(real, syn, cfg, work / "run-3d", cgroup=group)
+        peak = int((group / "memory.max_usage_in_bytes").read_text()) / 2**20
+        fails = int((group / "memory.failcnt").read_text())
+    finally:
+        group.rmdir()
+    row = {"dims": 3, "samples": n, "sample_shape": [1, 64, 64, 64], "store_mb": store_bytes(syn) / 2**20,
+           "uncompressed_mb": n * 64**3 * 5 / 2**20,
+           "cgroup_limit_mb": limit_gb * 1024, "cgroup_peak_mb": peak, "cgroup_limit_hits": fails,
+           "memory_mb": cfg.memory_mb, **run}
+    print(row, flush=True)
+    shutil.rmtree(syn)
+    return [row]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--sizes", type=int, nargs="*", default=[1, 10, 50], help="multiples of the demo's 120")
+    p.add_argument("--3d", dest="three_d", action="store_true", help="also the 3D store larger than a cgroup limit")
+    p.add_argument("--limit-gb", type=float, default=2.0, help="3D: the memory cgroup's limit")
+    p.add_argument("--store-gb", type=float, default=4.0, help="3D: the synthetic store's size (uncompressed)")
+    p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
+    p.add_argument("--child", help=argparse.SUPPRESS)
+    p.add_argument("--real", help=argparse.SUPPRESS)
+    p.add_argument("--synthetic", help=argparse.SUPPRESS)
+    p.add_argument("--run-dir", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.child:
+        return child(args)
+    # the demo's downstream recipe at one seed (memory does not depend on the seed count), no NFE curve (it samples
+    # fresh images, a fixed number) and no low-data arm (it needs its own generator)
+    cfg = EvalConfig(seeds=(0,), ratios=(1.0,), real_fractions=(), nfe_curve=(), steps=160, seg_steps=100)
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="motfm-eval-memory-"))
+    work.mkdir(parents=True, exist_ok=True)
+    try:
+        rows = bench_2d(work, args.sizes, cfg)
+        if args.three_d:
+            rows += bench_3d(work, args.limit_gb, args.store_gb,
+                             dataclasses.replace(cfg, steps=20, seg_steps=10, channels=(8, 16, 32), batch_size=4))
+    finally:
+        if not args.work:
+            shutil.rmtree(work, ignore_errors=True)
+    date = dt.date.today().isoformat()
+    tag = "-".join([*(f"{m}x" for m in args.sizes), *([f"3d-{args.store_gb:g}gb"] if args.three_d else [])])
+    name = f"{date}-{machine_name()}-eval-memory-{tag}.json"  # one file per set of points: runs do not overwrite
+    out = ROOT / "benchmarks" / "results" / name
+    out.write_text(json.dumps({"date": date, "machine": machine_name(), "command": " ".join(sys.argv[1:]),
+                               "eval_config": dataclasses.asdict(cfg), "rows": rows}, indent=2))
+    cols = ["date", "machine", "dims", "synthetic samples (x demo)", "store MB", "eval.memory_mb", "peak RSS MB",
+            "seconds", "command", "json"]
+    for r in rows:
+        add_row("Evaluation memory (`benchmarks/eval_memory.py`)", cols, [
+            date, machine_name(), f"{r['dims']}D",
+            f"{r['samples']}" + (f" ({r['multiple']}x)" if "multiple" in r else ""),
+            f"{r['store_mb']:.0f}", str(r["memory_mb"]),
+            r.get("error") or (f"{r['peak_rss_mb']:.0f}" + (f" (cgroup limit {r['cgroup_limit_mb']:.0f}, peak "
+                                                           f"{r['cgroup_peak_mb']:.0f})" if r["dims"] == 3 else "")),
+            f"{r.get('seconds', float('nan')):.0f}", f"`benchmarks/eval_memory.py {' '.join(sys.argv[1:])}`",
+            f"results/{name}"])
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()
