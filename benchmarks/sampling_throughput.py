@@ -59,12 +59,15 @@ def timing_checkpoint(work: Path, image_size: int) -> Path:
 
 
 def forward_seconds_per_image(checkpoint: Path, batch: int, repeats: int = 10, warmup: int = 3) -> float:
-    """Seconds per image of one network evaluation at `batch` (after a warm-up), in this process."""
+    """Seconds per image of one network evaluation at `batch` (after a warm-up), in this process (2D or 3D; a
+    mask-conditioned network gets an all-background mask)."""
     device = default_device()
     model, _ = load_checkpoint(checkpoint, device)
     m = model.cfg
-    x = torch.randn(batch, m.in_channels, m.image_size, m.image_size, device=device)
-    v = guided_velocity(model, torch.arange(batch, device=device) % m.num_classes)
+    x = torch.randn(batch, *m.sample_shape, device=device)
+    mask = (torch.zeros(batch, 1, *m.sample_shape[1:], dtype=torch.long, device=device)
+            if m.mask_conditioning != "none" else None)  # a mask-conditioned network: any mask costs the same
+    v = guided_velocity(model, torch.arange(batch, device=device) % m.num_classes, mask=mask)
     times = []
     with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
         for i in range(repeats + warmup):

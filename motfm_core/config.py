@@ -233,6 +233,7 @@ class SampleConfig:
     atol: float = 1e-5
     batch_size: int = 64  # images per forward pass; on a GPU raise it until memory is full
     compile: bool = False  # torch.compile the network (pays off on a GPU for large runs)
+    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on a CPU), "bf16" (autocast on any device), "fp32"
     workers: int = 0  # Dask workers of the local cluster (0 = one per GPU, or one on a CPU)
     scheduler: str = ""  # address of an existing Dask scheduler (or $MOTFM_DASK_SCHEDULER); "" = local cluster
     seed: int = 1234
@@ -269,6 +270,8 @@ class SampleConfig:
         _check(self.guidance >= 0.0, "sample.guidance must be >= 0")
         _check(self.rtol > 0 and self.atol > 0, "sample.rtol and sample.atol must be > 0")
         _check(self.workers >= 0, "sample.workers must be >= 0 (0 = one per GPU, or one on a CPU)")
+        _check(self.precision in ("auto", "bf16", "fp32"),
+               f"sample.precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         _check(self.keep_versions >= 0, "sample.keep_versions must be >= 0 (0 keeps all)")
         _check(self.mask_source in ("auto", "train", "deformed", "generated"),
                f"sample.mask_source must be 'auto', 'train', 'deformed' or 'generated', got {self.mask_source!r}")

@@ -79,7 +79,8 @@ def generate(
     model: VelocityUNet, labels: np.ndarray, seeds: np.ndarray, cfg: SampleConfig,
     device: str | torch.device = "cpu", masks: np.ndarray | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Images (N, C, *spatial) in [0, 1] for the given labels/seeds (and masks), and NFE spent per sample."""
+    """Images (N, C, *spatial) in [0, 1] for the given labels/seeds (and masks), and NFE spent per sample; the
+    network runs under bf16 autocast as `cfg.precision` says (by default on CUDA only)."""
     m = model.cfg
     diffusion = cfg.solver in ("ddpm", "ddim")
     if diffusion != (m.prediction == "epsilon"):
@@ -88,12 +89,13 @@ def generate(
                          + ("'ddpm' or 'ddim'" if m.prediction == "epsilon" else "euler/midpoint/heun/rk4/dopri5"))
     shape = m.sample_shape
     device = torch.device(device)
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
     out, nfe = [], 0
     for i in range(0, len(labels), cfg.batch_size):
         x0 = initial_noise(seeds[i:i + cfg.batch_size], shape).to(device)
         y = torch.as_tensor(labels[i:i + cfg.batch_size], device=device).long()
         mk = None if masks is None else torch.as_tensor(masks[i:i + cfg.batch_size], device=device)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             if m.prediction == "epsilon":
                 step_seeds = [np.random.SeedSequence([int(s), 1]).generate_state(1)[0]
                               for s in seeds[i:i + cfg.batch_size]]

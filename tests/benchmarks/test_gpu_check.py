@@ -1,0 +1,26 @@
+"""CI runs the GPU check's dry run (`benchmarks/gpu_check.py --cpu`): the script a lent GPU machine will run in one
+go, on tiny sizes on the CPU, so that it is known to work before the GPU minutes are spent."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_gpu_check_dry_run_runs_every_step(tmp_path):
+    out = tmp_path / "gpu-check.json"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu_check.py"), "--cpu", "--out", str(out)],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["mode"] == "cpu dry run" and r["failed_steps"] == [], res.stdout[-3000:]
+    assert r["train"]["steps"] == 4 and r["train"]["s_per_step"] > 0
+    assert r["bound"]["images_per_s_nfe10"] > 0
+    assert r["sample"]["images"] == 12 and r["sample"]["workers"] == 1 and r["sample"]["images_per_s"] > 0
+    cmp = r["bf16_vs_fp32"]  # CPU autocast really ran in bf16: the two sets differ, within the stated tolerance
+    assert cmp["images"] == 4 and 0 < cmp["mean_abs_diff"] and cmp["within_tolerance"], cmp
+    assert r["three_d"]["shape"] == [1, 16, 16, 16] and r["three_d"]["finite"]
