@@ -36,20 +36,13 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from results_table import add_row
+from sampling_throughput import machine_name
 
 from motfm_core.config import DataConfig, EvalConfig
 from motfm_core.data import create_synthetic_store, ingest, load_split, write_shard
 
 DEMO_SYNTHETIC = 120  # the demo preset's synthetic count (40 per class, 3 classes)
 CGROUP = Path("/sys/fs/cgroup/memory")
-
-
-def machine_name() -> str:
-    import torch
-
-    if torch.cuda.is_available():
-        return torch.cuda.get_device_name().replace(" ", "-") + f"x{torch.cuda.device_count()}"
-    return f"cpu{os.cpu_count()}-{os.uname().machine}"
 
 
 def write_store(real_path: Path, out: Path, n: int, shard_size: int, seed: int = 0) -> Path:

@@ -106,9 +106,21 @@ def _flushed_write(fn) -> float:
     return time.perf_counter() - t0
 
 
+def recreate_images(path: Path, **options) -> None:
+    """Replace a fresh synthetic store's `images` array by one of the same shape, chunks and shards with other
+    `create_array` options (dtype, compressors): the store's layout with another encoding."""
+    import zarr
+
+    root = zarr.open_group(str(path), mode="r+")
+    old = root["images"]
+    shape, chunks, shards = old.shape, old.chunks, old.shards
+    del root["images"]
+    root.create_array("images", shape=shape, chunks=chunks, shards=shards, fill_value=np.nan,
+                      **{"dtype": "float32", **options})
+
+
 def write_throughput(images: np.ndarray, shard_size: int, work: Path) -> dict:
     """MB/s of writing `images` as a sharded synthetic store, per codec, and of a raw sequential write."""
-    import zarr
     from zarr.codecs import BloscCodec, ZstdCodec
 
     mb = images.nbytes / 2**20
@@ -127,13 +139,8 @@ def write_throughput(images: np.ndarray, shard_size: int, work: Path) -> dict:
     for name, codec in codecs.items():
         path = work / f"w-{name.split()[0]}.zarr"
         create_synthetic_store(path, len(images), images.shape[1:], shard_size, {"run_key": name})
-        if codec != "default":  # same layout, other codec: recreate the images array
-            root = zarr.open_group(str(path), mode="r+")
-            chunks = root["images"].chunks  # same layout as the store, other codec
-            del root["images"]
-            root.create_array("images", shape=images.shape, dtype="float32", chunks=chunks,
-                              shards=(shard_size, *images.shape[1:]), fill_value=np.nan,
-                              compressors=codec if codec else None)
+        if codec != "default":
+            recreate_images(path, compressors=codec if codec else None)
 
         def write(path=path):
             for i, start in enumerate(range(0, len(images), shard_size)):

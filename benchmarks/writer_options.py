@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from results_table import add_row
-from sampling_throughput import _flushed_write, machine_name
+from sampling_throughput import _flushed_write, machine_name, recreate_images
 
 from motfm_core.config import ModelConfig
 from motfm_core.data import create_synthetic_store, write_shard
@@ -68,14 +68,8 @@ def smooth_images(n: int, size: int, seed: int = 0) -> np.ndarray:
 def write_store(path: Path, images: np.ndarray, shard: int, dtype: str = "float32") -> None:
     labels, seeds = np.arange(len(images)) % 3, np.arange(len(images))
     create_synthetic_store(path, len(images), images.shape[1:], shard, {"run_key": path.name})
-    if dtype != "float32":  # the same layout, another dtype
-        import zarr
-
-        root = zarr.open_group(str(path), mode="r+")
-        chunks = root["images"].chunks
-        del root["images"]
-        root.create_array("images", shape=images.shape, dtype=dtype, chunks=chunks,
-                          shards=(shard, *images.shape[1:]), fill_value=np.nan)
+    if dtype != "float32":
+        recreate_images(path, dtype=dtype)
     for i, start in enumerate(range(0, len(images), shard)):
         write_shard(path, i, images[start:start + shard], labels[start:start + shard], seeds[start:start + shard])
 

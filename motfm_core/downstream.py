@@ -24,7 +24,7 @@ import zarr
 
 from motfm_core.config import EvalConfig
 from motfm_core.data.datasets import Rows
-from motfm_core.data.store import Splits, load_splits, open_synthetic, stratified_subset, take_rows
+from motfm_core.data.store import Splits, load_splits, open_synthetic, row_bytes, stratified_subset, take_rows
 from motfm_core.metrics import Gain, Stat, bootstrap_gain, bootstrap_paired, classification_metrics, summarise
 from motfm_core.results import Result, optional
 from motfm_core.segmentation import predict_masks, segmentation_scores, train_segmenter
@@ -122,8 +122,8 @@ def _arm_indices(arm: Arm, real_labels: np.ndarray, n_syn: int, seed: int,
 def _training_rows(real: np.ndarray, ri: np.ndarray, synthetic: Any, si: np.ndarray, memory_mb: int) -> Rows:
     """One arm's training images (or masks): real rows `ri`, then synthetic rows `si` of a store array, loaded when
     they fit `memory_mb`, else left in the store and read a batch at a time."""
-    nbytes = len(si) * int(np.prod(synthetic.shape[1:])) * np.dtype(synthetic.dtype).itemsize
-    part = (take_rows(synthetic, si), None) if nbytes <= memory_mb * 2**20 else (synthetic, si)
+    loaded = len(si) * row_bytes(synthetic) <= memory_mb * 2**20
+    part = (take_rows(synthetic, si), None) if loaded else (synthetic, si)
     return Rows((real, ri), part)
 
 

@@ -21,8 +21,8 @@ BACKOFF = [10, 60]  # seconds before the first and second retry
 
 def progress_bar(description: str, every: float = 5.0) -> Callable[[float], None]:
     """The function that moves a Prefect progress artifact on the running task (shown on its run page), given
-    the share done in [0, 1]. Each write is an API call (measured ~0.5 s against the test server), so the
-    artifact is created at the first call, then updated at most once per `every` seconds, and always at 100%."""
+    the share done in [0, 1]. Each write is an API call to the server, so the artifact is created at the first
+    call, then updated at most once per `every` seconds, and always at 100%."""
     from prefect.artifacts import create_progress_artifact, update_progress_artifact
 
     state: dict[str, Any] = {"id": None, "shown": -1, "at": 0.0}

@@ -36,7 +36,7 @@ from motfm_core.utils import atomic_path
 
 __all__ = ["CHUNK_BYTES", "completed_shards", "create_synthetic_store", "fingerprint_arrays", "incomplete_shards",
            "load_split", "load_splits", "load_synthetic", "num_shards", "open_store", "open_synthetic",
-           "publish_latest", "require_complete", "rows_per_batch", "samples_per_chunk", "SCHEMA_VERSION",
+           "publish_latest", "require_complete", "row_bytes", "rows_per_batch", "samples_per_chunk", "SCHEMA_VERSION",
            "shard_bounds", "shard_complete", "SPLITS", "Splits", "stratified_subset", "take_rows", "version_for",
            "write_dataset", "write_shard"]
 
@@ -293,12 +293,16 @@ def open_synthetic(path: str | Path) -> dict[str, Any]:
     return out
 
 
+def row_bytes(array: Any) -> int:
+    """Bytes of one row (sample) of `array` (numpy or Zarr, (N, ...)) in memory."""
+    return int(np.prod(array.shape[1:])) * np.dtype(array.dtype).itemsize
+
+
 def rows_per_batch(array: Any, most: int = 256, budget: int = 2**25) -> int:
     """How many rows of `array` (numpy or Zarr, (N, ...)) to read at once: `most`, fewer when they would pass
     `budget` bytes (32 MiB: 256 2D images of 48 px, 8 volumes of 64^3; a network's activations on them are many
     times that)."""
-    row = int(np.prod(array.shape[1:])) * np.dtype(array.dtype).itemsize
-    return max(1, min(most, budget // max(1, row)))
+    return max(1, min(most, budget // max(1, row_bytes(array))))
 
 
 def take_rows(array: Any, idx: np.ndarray) -> np.ndarray:
