@@ -14,7 +14,10 @@ Steps; each is timed and lands in the JSON, and a failing step is recorded (its 
    absolute difference is < 0.01 and the largest < 0.25 (images in [0, 1]; bf16 keeps 8 bits of mantissa, and
    10 Euler steps compound it: a tolerance stated here, not derived);
 6. 3D at the paper's size: the same network in 3D (no attention: 24^3 tokens at its lowest level) on 96^3
-   phantom volumes, `--steps-3d` steps at batch 2, then samples: seconds per step and per sample, peak memory.
+   phantom volumes, `--steps-3d` steps at batch 2, then samples: seconds per step and per sample, peak memory;
+7. data-parallel training: the step-2 training again with `train.devices` = every GPU (NCCL; the dry run: two
+   gloo processes on the CPU), its seconds per step and the largest relative difference of its loss curve from
+   step 2's one-device run (the same global batch; equal up to float rounding). With one GPU: recorded as skipped.
 `--cpu` runs the same code on tiny sizes (16 px, 16^3 volumes, a few steps, one worker; on a CPU-only machine
 bf16 autocast runs on the CPU for step 5; no compile: inductor on a 2-core CPU takes minutes) so that CI proves
 the script runs; its numbers measure nothing.
@@ -153,6 +156,23 @@ def three_d(work: Path, s: dict[str, Any]) -> dict[str, Any]:
             "sample_s_per_image_nfe10": per, "finite": bool(np.isfinite(images).all()), "peak_gpu_gb": peak_gb()}
 
 
+def data_parallel(data: Path, work: Path, steps: int, batch: int, model: ModelConfig, one: Path,
+                  cpu: bool) -> dict[str, Any]:
+    """Step 2's training over every GPU (the dry run: 2 gloo ranks), compared with the one-device run `one`."""
+    devices = 2 if cpu else torch.cuda.device_count()
+    if devices < 2:
+        return {"skipped": f"{devices} GPU: data-parallel training needs two or more", "gpus": devices}
+    cfg = TrainConfig(steps=steps, batch_size=batch, warmup_steps=max(1, steps // 10), checkpoint_every=steps,
+                      devices=devices)
+    t0 = time.perf_counter()
+    ckpt = torch.load(train_flow_matching(data, model, cfg, work / "ckpt-ddp"), weights_only=True)
+    seconds = time.perf_counter() - t0
+    ref = np.array(torch.load(one, weights_only=True)["losses"])
+    rel = np.abs(np.array(ckpt["losses"]) - ref) / np.abs(ref)
+    return {"devices": devices, "backend": "gloo" if cpu else "nccl", "s_per_step": seconds / steps,
+            "max_rel_loss_diff_vs_one_device": float(rel.max()), "world_size": ckpt["world_size"]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="the dry run: tiny sizes on the CPU, whatever is present")
@@ -174,10 +194,11 @@ def main() -> None:
     t0 = time.perf_counter()
     step(result, "environment", environment)
     data = ingest(s["data"], work / "data.zarr")
-    trained = step(result, "train", lambda: train(data, work, s["steps"], s["batch"],
-                                                  ModelConfig(image_size=s["data"].image_size,
-                                                              mask_conditioning="auto"), "ckpt"))
+    model = ModelConfig(image_size=s["data"].image_size, mask_conditioning="auto")
+    trained = step(result, "train", lambda: train(data, work, s["steps"], s["batch"], model, "ckpt"))
     if trained:
+        step(result, "data_parallel", lambda: data_parallel(data, work, s["steps"], s["batch"], model,
+                                                            Path(trained["checkpoint"]), args.cpu))
         ckpt = Path(trained["checkpoint"])
         cfg = SampleConfig(samples_per_class=s["samples_per_class"], shard_size=s["shard_size"], nfe=10,
                            batch_size=s["shard_size"])

@@ -8,6 +8,8 @@ Schedulers are MONAI's (`DDPMScheduler`, `DDIMScheduler`, linear betas, 1000 tra
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
@@ -19,8 +21,11 @@ NUM_TRAIN_TIMESTEPS = 1000
 
 
 def ddpm_loss(model: VelocityUNet, x1: torch.Tensor, y: torch.Tensor, class_dropout: float,
-              generator: torch.Generator, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Epsilon-prediction MSE at uniformly drawn integer steps, with label dropout for guidance."""
+              generator: torch.Generator, mask: torch.Tensor | None = None, part: slice = slice(None),
+              forward: Callable[..., torch.Tensor] | None = None) -> torch.Tensor:
+    """Epsilon-prediction MSE at uniformly drawn integer steps, with label dropout for guidance; the randomness
+    is drawn for the whole batch and the rows `part` go through `forward` (a DDP rank's share, as in
+    `training.flow_matching_loss`)."""
     scheduler = DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
     noise = torch.randn(x1.shape, generator=generator, device=x1.device)
     k = torch.randint(0, NUM_TRAIN_TIMESTEPS, (x1.shape[0],), generator=generator, device=x1.device)
@@ -28,7 +33,9 @@ def ddpm_loss(model: VelocityUNet, x1: torch.Tensor, y: torch.Tensor, class_drop
     if class_dropout > 0:
         drop = torch.rand(y.shape, generator=generator, device=y.device) < class_dropout
         y = torch.where(drop, torch.full_like(y, model.null_class), y)
-    return (model(xk, k.float() / TIME_SCALE, y, mask).float() - noise).pow(2).mean()
+    mask = None if mask is None else mask[part]
+    return ((forward or model)(xk[part], k[part].float() / TIME_SCALE, y[part], mask).float()
+            - noise[part]).pow(2).mean()
 
 
 @torch.no_grad()

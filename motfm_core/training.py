@@ -19,8 +19,9 @@ from typing import Any, Callable
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
-from motfm_core import __version__
+from motfm_core import __version__, ddp
 from motfm_core.baselines import ddpm_loss
 from motfm_core.config import ModelConfig, TrainConfig, config_hash
 from motfm_core.couplings import COUPLINGS
@@ -29,8 +30,8 @@ from motfm_core.nets import VelocityUNet, build_model
 from motfm_core.paths import CondOTPath, sample_time
 from motfm_core.utils import default_device, file_sha256, save_atomic, to_model_space
 
-__all__ = ["flow_matching_loss", "load_checkpoint", "model_for_data", "PROGRESS_SECONDS", "reflow_pairs", "TARGETS",
-           "train_flow_matching", "train_mask_generator", "training_set"]
+__all__ = ["ema_decay", "flow_matching_loss", "load_checkpoint", "model_for_data", "PROGRESS_SECONDS", "reflow_pairs",
+           "TARGETS", "train_flow_matching", "train_mask_generator", "training_set"]
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # training says where it is at least this often
@@ -39,9 +40,13 @@ PROGRESS_SECONDS = 30.0  # training says where it is at least this often
 def flow_matching_loss(
     model: VelocityUNet, x1: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
     path: CondOTPath = CondOTPath(), mask: torch.Tensor | None = None, x0: torch.Tensor | None = None,
+    part: slice = slice(None), forward: Callable[..., torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """MSE between v(x_t, t, y) and the path's target velocity, with coupling and label dropout; a given
-    `x0` (reflow: the noise the teacher mapped to x1) is used as the coupling itself."""
+    `x0` (reflow: the noise the teacher mapped to x1) is used as the coupling itself.
+
+    The batch's randomness is drawn whole, then only the rows `part` go through `forward` (default: `model`;
+    a DDP rank passes its wrapped model and its slice), so every rank's share is the one-process batch's."""
     if x0 is None:
         x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
         x0 = COUPLINGS[cfg.coupling](x0, x1, y)  # pairs within each class label
@@ -50,7 +55,8 @@ def flow_matching_loss(
     if cfg.class_dropout > 0:
         drop = torch.rand(y.shape, generator=generator, device=y.device) < cfg.class_dropout
         y = torch.where(drop, torch.full_like(y, model.null_class), y)
-    return (model(xt, t, y, mask).float() - ut).pow(2).mean()
+    mask = None if mask is None else mask[part]
+    return ((forward or model)(xt[part], t[part], y[part], mask).float() - ut[part]).pow(2).mean()
 
 
 @torch.no_grad()
@@ -163,6 +169,12 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model, {k: v for k, v in ckpt.items() if k not in ("ema", "model", "optimizer", "rng")}
 
 
+def ema_decay(step: int, cfg: TrainConfig) -> float:
+    """The EMA decay of the update after `step` optimizer steps: cfg.ema_decay, ramped up from 0.1 as
+    (1 + step) / (10 + step) while that is lower when cfg.ema_warmup (the usual warm-up, e.g. diffusers' EMAModel)."""
+    return min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
+
+
 def _lr_at(step: int, cfg: TrainConfig) -> float:
     """Linear warmup, then cosine decay to 10% of the peak."""
     if step < cfg.warmup_steps:
@@ -179,22 +191,41 @@ def train_flow_matching(
     """Train on the store's train split (or its `cfg.real_fraction` share); returns `out_dir/model.pt`. Resumes
     from `last.pt`; skips if done. `model_cfg` geometry is filled from the store (`model_for_data`); with
     target="masks" the model learns the class-conditional distribution of one-hot masks instead of images.
-    `progress` gets a log line at least every PROGRESS_SECONDS, `advance` the share of steps done (a progress bar)."""
+    `progress` gets a log line at least every PROGRESS_SECONDS, `advance` the share of steps done (a progress bar).
+    `cfg.devices` > 1 trains data-parallel in that many spawned processes (`motfm_core.ddp`; `device` is then
+    one GPU per rank, or the CPU), with the same result as one process up to float rounding."""
     model_cfg = model_for_data(model_cfg, data_path, target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    device = default_device(device)
     say = progress or log.info
-    attrs = dict(open_store(data_path).attrs)
+    fingerprint = open_store(data_path).attrs["fingerprint"]
     teacher_sha = file_sha256(cfg.reflow_from) if cfg.reflow_from else ""
     if cfg.reflow_from and model_cfg.prediction != "velocity":
         raise ValueError("train.reflow_from: reflow applies to flow-matching (velocity) models only")
-    key = config_hash(model_cfg, cfg, attrs["fingerprint"], __version__, teacher_sha, target)
-    final, last = out_dir / "model.pt", out_dir / "last.pt"
+    # the device count is not part of the key: a run's result does not depend on it, so either resumes the other
+    recipe = {k: v for k, v in asdict(cfg).items() if k != "devices"}
+    key = config_hash(model_cfg, recipe, fingerprint, __version__, teacher_sha, target)
+    final = out_dir / "model.pt"
     if final.exists() and torch.load(final, weights_only=True, map_location="cpu").get("run_key") == key:
         say(f"train: {final} already trained with this data and config (key {key}); reusing it")
         return final
+    args = (data_path, model_cfg, cfg, out_dir, key, teacher_sha, target)
+    if cfg.devices > 1:
+        say(f"train: data-parallel over {cfg.devices} processes "
+            f"({'one GPU each' if torch.cuda.is_available() else 'CPU, gloo'})")
+        ddp.spawn(_fit, args, cfg.devices, say, advance)
+    else:
+        _fit(*args, rank=ddp.Rank(device=default_device(device)), say=say, advance=advance)
+    return final
 
+
+def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: Path, key: str,
+         teacher_sha: str, target: str, rank: ddp.Rank, say: Callable[[str], None],
+         advance: Callable[[float], None] | None) -> None:
+    """The training loop of `train_flow_matching` as one rank (`rank.world` == 1: the only process); rank 0
+    writes `last.pt` every cfg.checkpoint_every steps and `model.pt` at the end."""
+    device, last = rank.device, out_dir / "last.pt"
+    attrs = dict(open_store(data_path).attrs)
     data = training_set(data_path, cfg, target)
     x_all = to_model_space(torch.from_numpy(data["images"])).to(device)
     y_all = torch.from_numpy(data["labels"]).long().to(device)
@@ -213,8 +244,9 @@ def train_flow_matching(
         model.load_state_dict(teacher.state_dict())
         y_all, m_all = pairs["y"], pairs.get("masks")
     ema = copy.deepcopy(model).requires_grad_(False)
+    forward = model if rank.world == 1 else DistributedDataParallel(model)
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    gen = torch.Generator(device=device).manual_seed(cfg.seed)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the same stream on every rank
     step, losses = 0, []
     if last.exists():
         state = torch.load(last, map_location=device, weights_only=True)
@@ -226,38 +258,50 @@ def train_flow_matching(
             step, losses = state["step"], list(state["losses"])
             say(f"train: resuming from {last} at step {step}/{cfg.steps}")
 
+    n = len(y_all)  # with reflow: the number of teacher couplings
+    batch = min(cfg.batch_size, n)
+    if batch % rank.world:
+        raise ValueError(f"train.batch_size={batch} (capped at the {n} training examples) is not divisible by "
+                         f"train.devices={rank.world}; every rank trains on an equal share")
+    part = ddp.rank_slice(batch, rank)
     meta = {"model_config": asdict(model_cfg), "train_config": asdict(cfg), "run_key": key,
             "data_fingerprint": attrs["fingerprint"], "data_path": str(data_path),
             "class_names": list(attrs["class_names"]), "num_train": int(len(data["labels"])), "device": str(device),
-            "reflow_teacher_sha256": teacher_sha, "target": target, "train_indices": data["indices"].tolist()}
+            "reflow_teacher_sha256": teacher_sha, "target": target, "train_indices": data["indices"].tolist(),
+            # every rank draws the global batch from seed cfg.seed and trains on its rows (ddp.rank_slice)
+            "world_size": rank.world, "rank_seeds": [cfg.seed] * rank.world,
+            "rank_rows": [[ddp.rank_slice(batch, ddp.Rank(r, rank.world)).start,
+                           ddp.rank_slice(batch, ddp.Rank(r, rank.world)).stop] for r in range(rank.world)]}
     use_bf16 = device.type == "cuda"
-    n, t_start = len(y_all), time.time()  # with reflow: the number of teacher couplings
+    t_start = time.time()
     first_step, last_said = step, t_start
     model.train()
     while step < cfg.steps:
-        idx = torch.randint(0, n, (min(cfg.batch_size, n),), generator=gen, device=device)
+        idx = torch.randint(0, n, (batch,), generator=gen, device=device)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, cfg)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
             mask = None if m_all is None else m_all[idx]
             if model_cfg.prediction == "epsilon":
-                loss = ddpm_loss(model, x_all[idx], y_all[idx], cfg.class_dropout, gen, mask)
+                loss = ddpm_loss(model, x_all[idx], y_all[idx], cfg.class_dropout, gen, mask, part, forward)
             elif pairs is not None:
                 loss = flow_matching_loss(model, pairs["x1"][idx], y_all[idx], cfg, gen, mask=mask,
-                                          x0=pairs["x0"][idx])
+                                          x0=pairs["x0"][idx], part=part, forward=forward)
             else:
-                loss = flow_matching_loss(model, x_all[idx], y_all[idx], cfg, gen, mask=mask)
+                loss = flow_matching_loss(model, x_all[idx], y_all[idx], cfg, gen, mask=mask, part=part,
+                                          forward=forward)
         opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # DDP: the gradients arrive averaged over the ranks, the global batch's gradient
         nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
         opt.step()
         with torch.no_grad():
+            decay = ema_decay(step, cfg)
             for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1.0 - cfg.ema_decay)
+                pe.lerp_(pm, 1.0 - decay)
         step += 1
-        losses.append(float(loss.detach()))
+        losses.append(float(rank.mean(loss.detach())))
         saving = step % cfg.checkpoint_every == 0 or step == cfg.steps
-        if saving:
+        if saving and rank.main:
             save_atomic({**meta, "step": step, "losses": losses, "model": model.state_dict(),
                          "ema": ema.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state()}, last)
         now = time.time()
@@ -268,6 +312,6 @@ def train_flow_matching(
             last_said = now
             if advance:
                 advance(step / cfg.steps)
-    save_atomic({**meta, "step": step, "losses": losses, "ema": ema.state_dict(),
-                 "train_seconds": time.time() - t_start}, final)
-    return final
+    if rank.main:
+        save_atomic({**meta, "step": step, "losses": losses, "ema": ema.state_dict(),
+                     "train_seconds": time.time() - t_start}, out_dir / "model.pt")

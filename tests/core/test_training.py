@@ -1,3 +1,5 @@
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -153,3 +155,55 @@ def test_progress_is_said_often_with_speed_and_eta(phantom_store, tmp_path, monk
     assert [s.split()[2] for s in steps] == ["1/4", "2/4", "3/4", "4/4"]
     assert all("s/step" in s and "ETA" in s for s in steps) and steps[-1].endswith(", checkpoint")
     assert "ETA 0s" in steps[-1]
+
+
+def test_data_parallel_training_matches_one_process_and_resumes(phantom_store, tmp_path):
+    """Two gloo ranks at the same global batch give one process's loss curve and weights (float rounding), and
+    resume from the checkpoint a one-process run left (the device count is not part of the run key)."""
+    cfg = TrainConfig(steps=8, batch_size=4, warmup_steps=2, checkpoint_every=4)
+    one = torch.load(train_flow_matching(phantom_store, MODEL, cfg, tmp_path / "one", device="cpu"),
+                     weights_only=True)
+
+    def kill_at_4(msg):
+        if "step 4/" in msg:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train_flow_matching(phantom_store, MODEL, cfg, tmp_path / "two", device="cpu", progress=kill_at_4)
+    said: list[str] = []
+    two = torch.load(train_flow_matching(phantom_store, MODEL, replace(cfg, devices=2), tmp_path / "two",
+                                         device="cpu", progress=said.append), weights_only=True)
+    assert any("data-parallel over 2 processes" in m for m in said)
+    assert any("resuming" in m and "step 4/8" in m for m in said), said
+    assert [m for m in said if m.startswith("train: step")][-1].startswith("train: step 8/8")
+    assert two["world_size"] == 2 and two["rank_rows"] == [[0, 2], [2, 4]] and two["run_key"] == one["run_key"]
+    assert two["losses"][:4] == one["losses"][:4]
+    np.testing.assert_allclose(two["losses"][4:], one["losses"][4:], rtol=1e-4)
+    for k, v in one["ema"].items():
+        torch.testing.assert_close(two["ema"][k], v, rtol=1e-4, atol=1e-6, msg=k)
+    assert sorted(p.name for p in (tmp_path / "two").iterdir()) == ["last.pt", "model.pt"]
+
+
+def test_devices_must_divide_the_batch():
+    with pytest.raises(ValueError, match="train.devices must be >= 1 and divide train.batch_size"):
+        TrainConfig(batch_size=6, devices=4).validate()
+
+
+def test_ema_warms_up_so_a_short_run_is_not_its_initial_weights(phantom_store, tmp_path):
+    """Without the warm-up, 0.995^n of the EMA stays the random initial weights (47% after 150 steps): a short
+    run sampled noise. With it the decay ramps (1 + k) / (10 + k) up to ema_decay."""
+    from motfm_core.training import ema_decay
+
+    cfg = TrainConfig(steps=40, batch_size=4, warmup_steps=2, checkpoint_every=40)
+    assert ema_decay(0, cfg) == pytest.approx(0.1) and ema_decay(10_000, cfg) == cfg.ema_decay
+    assert ema_decay(0, replace(cfg, ema_warmup=False)) == cfg.ema_decay
+    initial_share = np.prod([ema_decay(k, cfg) for k in range(cfg.steps)])
+    assert initial_share < 1e-3 < 0.995 ** cfg.steps
+    gaps = {}
+    for warm in (True, False):
+        out = tmp_path / str(warm)
+        train_flow_matching(phantom_store, MODEL, replace(cfg, ema_warmup=warm), out, device="cpu")
+        last = torch.load(out / "last.pt", weights_only=True)
+        gaps[warm] = sum(float((last["ema"][k] - v).norm()) for k, v in last["model"].items()
+                         if v.is_floating_point())
+    assert gaps[True] < 0.5 * gaps[False], gaps
