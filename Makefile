@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= motfm_core
 
-.PHONY: demo test lint venv data postgres browser clean
+.PHONY: demo demo-3d test lint venv data postgres browser clean
 
 venv: $(STAMP)
 
@@ -52,6 +52,10 @@ browser:
 demo: venv data
 	$(PY) -m flows.synth_and_eval --run-name demo --preset demo
 
+# the same DAG in 3D: sub-volume blocks of the bundled brains (outputs/demo-3d/)
+demo-3d: venv data
+	$(PY) -m flows.synth_and_eval --run-name demo-3d --preset demo-3d
+
 # lint (ruff), the import contracts (layers, no Prefect in motfm_core, no circles) and types (mypy), then the tests
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -62,4 +66,4 @@ test: venv data postgres browser lint
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf outputs/demo .prefect
+	rm -rf outputs/demo outputs/demo-3d .prefect

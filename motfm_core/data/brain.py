@@ -18,10 +18,18 @@ Otsu threshold on T1 intensity).
 Split: by source volume and 12 mm slab (slab k: test if k % 5 == 1, val if k % 5 == 3, else train,
 shifted per volume), and slices within 2 mm of a slab of another split are dropped, so test slices never
 neighbour training slices. Group = (volume, slab).
+
+3D (`data.spatial_dims=3`): sub-volume blocks of image_size x image_size x depth voxels at 2 mm (1 mm samples,
+averaged; masks: nearest tissue at the voxel centre), cut from both volumes on the same MNI grid at in-plane
+positions every half block and axial positions every 4 mm; blocks with under 8% brain are dropped. Class = level
+band of the block's centre z; split by volume and 28 mm slab (the 2D rule, shifted per volume so that every
+split holds every band), a block kept only when it and 2 mm beyond it lie in slabs of its own split, so no test
+block overlaps or touches a training block. Group = (volume, slab of the block's centre).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -42,6 +50,8 @@ MRICRON = Path("/usr/share/mricron/templates")
 FOV_X, FOV_Y, FOV_MM = -96.0, -116.0, 192
 Z_RANGE = (-72, 90)
 SLAB_MM, GUARD_MM, MIN_BRAIN = 12, 2, 0.08
+VOXEL_MM_3D, SLAB_MM_3D, Z_STRIDE_3D = 2, 28, 2  # 3D blocks: voxel size, split slab, axial stride (voxels)
+SHIFTS_3D = (3, 0)  # slab shift of each volume in 3D: every split then holds every class (tests/core/test_brain.py)
 
 
 def band(z: float) -> int:
@@ -112,13 +122,16 @@ def _plane(vol: np.ndarray, affine: np.ndarray, z: float, n: int, order: int) ->
     return np.ascontiguousarray(plane.T[::-1])  # rows: anterior at the top; columns: x (radiological left)
 
 
-def _slab_split(z: np.ndarray, shift: int) -> np.ndarray:
-    slab = np.floor((z - Z_RANGE[0]) / SLAB_MM).astype(int) + shift
+def _slab_split(z: np.ndarray, shift: int, slab_mm: int = SLAB_MM) -> np.ndarray:
+    """Split of world z (0 train, 1 val, 2 test): slab k is test if (k + shift) % 5 == 1, val if it is 3."""
+    slab = np.floor((z - Z_RANGE[0]) / slab_mm).astype(int) + shift
     return np.where(slab % 5 == 1, 2, np.where(slab % 5 == 3, 1, 0)).astype(np.uint8)
 
 
+@functools.lru_cache(maxsize=1)
 def volumes() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """The available source volumes: name -> (T1 brain, tissue mask, affine)."""
+    """The available source volumes: name -> (T1 brain, tissue mask, affine); read once per process (~45 MB
+    each), so callers must not modify them."""
     vols = {"mni152": _mni152()}
     if (MRICRON / "ch2bet.nii.gz").exists():
         vols["colin27"] = _colin27()
@@ -127,22 +140,76 @@ def volumes() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return vols
 
 
+def _grid_3d(t1: np.ndarray, tissue: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A volume and its tissue mask on the 3D grid: the FOV x Z_RANGE at VOXEL_MM_3D, axes (x-plane rows, columns,
+    z up). Intensities: 1 mm planes averaged over each voxel; mask: the tissue at the voxel's centre."""
+    v, nz = VOXEL_MM_3D, (Z_RANGE[1] - Z_RANGE[0]) // VOXEL_MM_3D
+    fine = np.stack([_plane(t1, affine, Z_RANGE[0] + j + 0.5, FOV_MM, order=1) for j in range(nz * v)], -1)
+    n = FOV_MM // v
+    img = fine.reshape(n, v, n, v, nz, v).mean((1, 3, 5))
+    labels = tissue.astype(np.float32)  # map_coordinates interpolates floats (order 0: a label stays a label)
+    mask = np.stack([_plane(labels, affine, Z_RANGE[0] + v * k + v / 2, n, order=0) for k in range(nz)],
+                    -1).astype(np.uint8)
+    return img.astype(np.float32), mask
+
+
+def _build_3d(cfg: DataConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The 3D demo set: sub-volume blocks (module docstring)."""
+    size, depth, v = cfg.image_size, cfg.depth, VOXEL_MM_3D
+    n = FOV_MM // v
+    deepest = (SLAB_MM_3D - 2 * GUARD_MM) // v  # a test block must fit one slab with its guard
+    if size > n // 2 or depth > deepest:
+        raise ValueError(f"brain-mri 3D: blocks of {size} x {size} x {depth} voxels at {v} mm do not fit the "
+                         f"{FOV_MM} mm field of view and {SLAB_MM_3D} mm split slabs; use data.image_size <= "
+                         f"{n // 2} and data.depth <= {deepest}")
+    imgs, masks, labels, split, groups, centres = [], [], [], [], [], []
+    mm = np.arange(Z_RANGE[0], Z_RANGE[1], dtype=float) + 0.5  # 1 mm positions, for the split and its guard
+    for vi, (name, (t1, tissue, aff)) in enumerate(volumes().items()):
+        img, mask = _grid_3d(normalise(t1), tissue, aff)
+        sp = _slab_split(mm, SHIFTS_3D[vi % len(SHIFTS_3D)], SLAB_MM_3D)
+        for k in range(0, img.shape[-1] - depth + 1, Z_STRIDE_3D):
+            lo, hi = k * v, (k + depth) * v  # the block's extent in mm above Z_RANGE[0]
+            near = sp[max(0, lo - GUARD_MM): hi + GUARD_MM]
+            if (near != near[0]).any():  # the block, or 2 mm beyond it, reaches a slab of another split
+                continue
+            zc = Z_RANGE[0] + (lo + hi) / 2
+            for i in range(0, n - size + 1, max(1, size // 2)):
+                for j in range(0, n - size + 1, max(1, size // 2)):
+                    m = mask[i:i + size, j:j + size, k:k + depth]
+                    if (m > 0).mean() < MIN_BRAIN:
+                        continue
+                    imgs.append(img[None, i:i + size, j:j + size, k:k + depth])
+                    masks.append(m[None])
+                    labels.append(band(zc))
+                    split.append(near[0])
+                    centres.append([FOV_X + v * (j + size / 2), FOV_Y + v * (n - i - size / 2), zc])
+                    groups.append(f"{name}/slab{int((zc - Z_RANGE[0]) // SLAB_MM_3D):02d}")
+    arrays = {"images": np.clip(np.stack(imgs), 0, 1).astype(np.float32), "labels": np.array(labels),
+              "masks": np.stack(masks), "split": np.array(split, np.uint8), "group_names": groups}
+    attrs = {"source": "brain-mri (3D blocks): " + ", ".join(sorted({g.split("/")[0] for g in groups})),
+             "class_names": CLASS_NAMES, "mask_names": MASK_NAMES, "spacing": [float(v)] * 3,
+             "spacing_units": "mm (MNI space)", "block_centre_mm": centres,
+             "normalisation": "per volume: percentiles [0.5, 99.5] of brain voxels -> [0, 1], clipped",
+             "description": __doc__}
+    return arrays, attrs
+
+
 def build_brain_mri(cfg: DataConfig) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Arrays (images, labels, masks, split, group_names) and attrs of the demo set at cfg.image_size."""
-    if cfg.spatial_dims != 2:
-        raise ValueError("brain-mri: the bundled demo set is 2D (two source volumes are too few for 3D crops); "
-                         "use data.spatial_dims=2, or a NIfTI folder / MedMNIST-3D .npz for 3D")
+    """Arrays (images, labels, masks, split, group_names) and attrs of the demo set at cfg.image_size: axial
+    slices, or with cfg.spatial_dims=3 sub-volume blocks of cfg.image_size^2 x cfg.depth voxels."""
+    if cfg.spatial_dims == 3:
+        return _build_3d(cfg)
     n, size = FOV_MM, cfg.image_size
     imgs, masks, labels, split, groups, zpos = [], [], [], [], [], []
     for v, (name, (t1, tissue, aff)) in enumerate(volumes().items()):
-        t1 = normalise(t1)
+        t1, tissue_f = normalise(t1), tissue.astype(np.float32)
         zs = np.arange(Z_RANGE[0], Z_RANGE[1] + 1, dtype=float)
         sp = _slab_split(zs, shift=2 * v)
         for i, z in enumerate(zs):
             near = sp[max(0, i - GUARD_MM): i + GUARD_MM + 1]
             if (near != sp[i]).any():  # guard: too close to a slab of another split
                 continue
-            m = _plane(tissue.astype(np.float32), aff, z, size, order=0).astype(np.uint8)
+            m = _plane(tissue_f, aff, z, size, order=0).astype(np.uint8)
             if (m > 0).mean() < MIN_BRAIN:
                 continue
             img = _plane(t1, aff, z, n, order=1)  # 1 mm grid, then area-averaged down: no aliasing
