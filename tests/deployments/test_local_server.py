@@ -58,7 +58,9 @@ def server(tmp_path_factory):
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "MOTFM_PG_PORT": str(_free_port()),
            "MOTFM_PG_DATA": pg_data,
            # the two runs below share the GPU slot; a waiting task asks again after 1 s, not Prefect's 10 s
-           "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1"}
+           "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+           # the killed run's slot is freed when its 60 s lease lapses: look for lapsed leases every 2 s, not 15 s
+           "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "2"}
     env.pop("PREFECT_API_KEY", None)
     t0 = time.time()
     up = subprocess.run(["bash", str(LOCAL_SH), "up", *(["--postgres"] if PG_BIN else [])], env=env,

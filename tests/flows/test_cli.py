@@ -27,9 +27,9 @@ def _run(args, home, **kw):
                           capture_output=True, text=True, timeout=900, **kw)
 
 
-def _errors(result) -> list[str]:
-    """The CLI's own error lines (Prefect may print its server shutdown after them)."""
-    return [line for line in result.stderr.splitlines() if line.startswith("motfm: error:")]
+def _errors(err: str) -> list[str]:
+    """The CLI's own error lines in `err` (Prefect may print its server shutdown after them)."""
+    return [line for line in err.splitlines() if line.startswith("motfm: error:")]
 
 
 def test_set_wins_over_named_defaults_and_a_contradiction_is_refused(capsys):
@@ -44,26 +44,35 @@ def test_set_wins_over_named_defaults_and_a_contradiction_is_refused(capsys):
     assert e.value.code == 2 and "--set sample.nfe=0 contradicts --nfe 5" in capsys.readouterr().err
 
 
-def test_first_run_on_an_empty_prefect_home_and_one_line_errors(tmp_path):
+def test_first_run_on_an_empty_prefect_home(tmp_path):
     """A fresh PREFECT_HOME: the embedded server must start on the first try (it timed out while its database
-    migrated); a bad value then fails with exit code 2 and one line, no traceback, nothing written, and before
-    Prefect starts (no "Prefect database ready" line)."""
+    migrated), and the run writes its report and config."""
     home = tmp_path / "prefect-home"
     ok = _run([*TINY_ARGS, "--run-name", "t", "--output-root", str(tmp_path / "out")], home)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "Prefect database ready" in ok.stdout and (tmp_path / "out" / "t" / "report.md").exists()
-    config = (tmp_path / "out" / "t" / "config.json").read_text()
+    assert json.loads((tmp_path / "out" / "t" / "config.json").read_text())["sample"]["nfe"] == 2
 
-    bad = _run([*TINY_ARGS, "--run-name", "t", "--output-root", str(tmp_path / "out"), "--set", "train.lr=abc"], home)
-    assert bad.returncode == 2 and "Traceback" not in bad.stderr + bad.stdout
-    assert "Prefect database ready" not in bad.stdout  # refused before the server starts
-    assert _errors(bad) == ["motfm: error: train.lr must be a float, got 'abc' (str); e.g. --set train.lr=0.5"]
-    assert (tmp_path / "out" / "t" / "config.json").read_text() == config  # the finished run's config is kept
 
-    missing = _run(["--dataset", str(tmp_path / "nowhere"), "--run-name", "m", "--output-root", str(tmp_path / "out")],
-                   home)
-    assert missing.returncode == 2 and "Traceback" not in missing.stderr + missing.stdout
-    assert "Prefect database ready" not in missing.stdout
-    assert len(_errors(missing)) == 1 and _errors(missing)[0].startswith(
+def test_bad_input_fails_with_one_line_before_prefect_starts(tmp_path, capsys):
+    """A bad value or a missing source: exit code 2 and one line, no traceback, nothing written, and before
+    Prefect starts (no "Prefect database ready" line). In-process: `main` is what `python -m flows.synth_and_eval`
+    runs, and nothing before these checks starts a server or a subprocess."""
+    from flows.synth_and_eval import main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main([*TINY_ARGS, "--run-name", "t", "--output-root", str(out), "--set", "train.lr=abc"])
+    bad = capsys.readouterr()
+    assert e.value.code == 2 and "Traceback" not in bad.err + bad.out
+    assert "Prefect database ready" not in bad.out  # refused before the server starts
+    assert _errors(bad.err) == ["motfm: error: train.lr must be a float, got 'abc' (str); e.g. --set train.lr=0.5"]
+
+    with pytest.raises(SystemExit) as e:
+        main(["--dataset", str(tmp_path / "nowhere"), "--run-name", "m", "--output-root", str(out)])
+    missing = capsys.readouterr()
+    assert e.value.code == 2 and "Traceback" not in missing.err + missing.out
+    assert "Prefect database ready" not in missing.out
+    assert len(_errors(missing.err)) == 1 and _errors(missing.err)[0].startswith(
         f"motfm: error: {tmp_path / 'nowhere'}: data source not found")
-    assert json.loads(config)["sample"]["nfe"] == 2
+    assert not out.exists()  # nothing written
