@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny phantom datasets and a trained tiny checkpoint, built once per session."""
+"""Shared fixtures: tiny phantom datasets, a trained tiny checkpoint and one Dask cluster, built once per session."""
 
 from __future__ import annotations
 
@@ -31,3 +31,23 @@ def tiny_checkpoint(phantom_store, tmp_path_factory):
     model = ModelConfig(image_size=16, num_classes=3, **TINY_MODEL)
     train = TrainConfig(steps=30, batch_size=8, warmup_steps=5, checkpoint_every=10)
     return train_flow_matching(phantom_store, model, train, tmp_path_factory.mktemp("ckpt"), device="cpu")
+
+
+@pytest.fixture(scope="session")
+def shared_dask_cluster():
+    """One Dask LocalCluster (one worker) for the session, its address in $MOTFM_DASK_SCHEDULER while it lives, so
+    that flows reach it the way they reach an external cluster: a LocalCluster costs ~10 s of worker start-up
+    (the worker imports torch and MONAI), and the flow tests run ~20 sampling stages. The per-stage LocalCluster is
+    exercised by tests/core/test_distributed.py and tests/deployments."""
+    from motfm_core.distributed import SCHEDULER_ENV, dask_client
+
+    with dask_client(workers=1) as client:
+        before = os.environ.get(SCHEDULER_ENV)
+        os.environ[SCHEDULER_ENV] = client.scheduler.address
+        try:
+            yield client.scheduler.address
+        finally:
+            if before is None:
+                os.environ.pop(SCHEDULER_ENV, None)
+            else:
+                os.environ[SCHEDULER_ENV] = before

@@ -1,5 +1,7 @@
 """Sampling over Dask: exactly-once output after a worker of an external cluster (started with the `dask` CLI, as a
-user would) is killed, and after a killed run; bad parameters."""
+user would) is killed; two runs on one cluster; bad parameters. A whole run killed mid-sampling (client and
+workers) and resumed with only its missing shards is tested through a deployment, as a user meets it
+(tests/deployments/test_local_server.py: the killed worker's flow run)."""
 
 from __future__ import annotations
 
@@ -128,29 +130,6 @@ def test_a_killed_worker_of_an_external_cluster_loses_nothing(tiny_checkpoint, t
     assert all(p.poll() is not None for p in (*workers, scheduler))  # everything stopped
 
 
-def test_killed_run_resumes_only_missing_shards(tiny_checkpoint, tmp_path):
-    proc = _start(tiny_checkpoint, tmp_path, tmp_path / "pids.json")
-    try:
-        _wait_for(lambda: len(_completed(tmp_path)) >= 3, proc=proc)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the client and both workers at once
-        proc.wait()
-    store = sorted(tmp_path.glob("v*.zarr"))[0]
-    done_before = _completed(tmp_path)
-    assert 3 <= len(done_before) < 16
-    stamps = {i: (store / "shards" / f"{i:05d}" / "zarr.json").stat().st_mtime_ns for i in done_before}
-
-    proc = _start(tiny_checkpoint, tmp_path, tmp_path / "pids2.json")
-    out, err = proc.communicate(timeout=300)
-    assert proc.returncode == 0, err[-3000:]
-    result = json.loads(out.strip().splitlines()[-1])
-    assert Path(result["store"]) == store and sorted(tmp_path.glob("v*.zarr")) == [store]  # same version resumed
-    assert not set(result["written"]) & set(done_before)
-    assert sorted(result["written"] + done_before) == list(range(16))
-    assert all((store / "shards" / f"{i:05d}" / "zarr.json").stat().st_mtime_ns == t for i, t in stamps.items())
-    _assert_exact(store, tiny_checkpoint)
-
-
 def test_execution_settings_do_not_make_a_new_version(tiny_checkpoint, tmp_path):
     a, _ = prepare_version(tiny_checkpoint, SampleConfig(**CFG), tmp_path)
     b, _ = prepare_version(tiny_checkpoint, SampleConfig(**CFG, workers=4, compile=True, keep_versions=2), tmp_path)
@@ -169,7 +148,7 @@ def test_bad_cluster_parameters_are_refused(tmp_path):
             pass
 
 
-def test_two_runs_on_one_cluster_with_the_same_version_name(tiny_checkpoint, tmp_path):
+def test_two_runs_on_one_cluster_with_the_same_version_name(tiny_checkpoint, tmp_path, shared_dask_cluster):
     """Two runs (or a run and its low-data generator) both write `v0001.zarr` on one shared cluster at the same
     time: each store gets its own shards (Dask keys name the whole path, not the version name)."""
     from concurrent.futures import ThreadPoolExecutor
@@ -179,7 +158,7 @@ def test_two_runs_on_one_cluster_with_the_same_version_name(tiny_checkpoint, tmp
     cfg = SampleConfig(samples_per_class=2, shard_size=2, nfe=2, batch_size=2)
     plans = [prepare_version(tiny_checkpoint, cfg, tmp_path / run) for run in ("a", "b")]
     assert plans[0][0].name == plans[1][0].name == "v0001.zarr"
-    with dask_client(workers=1) as client, ThreadPoolExecutor(2) as pool:
+    with dask_client(shared_dask_cluster) as client, ThreadPoolExecutor(2) as pool:
         done = list(pool.map(lambda p: sample_shards(tiny_checkpoint, p[0], p[1], cfg, client), plans))
     for (store, todo), results in zip(plans, done):
         assert [r.shard for r in results] == todo and not any(r.skipped for r in results)

@@ -39,18 +39,24 @@ class Killed(Exception):
     pass
 
 
-def test_resume_after_kill_matches_uninterrupted_run(phantom_store, tmp_path):
-    """A run killed right after its step-4 checkpoint and resumed ends bitwise equal to an unbroken run."""
-    cfg = TrainConfig(steps=8, batch_size=4, warmup_steps=2, checkpoint_every=4)
-    full = torch.load(train_flow_matching(phantom_store, MODEL, cfg, tmp_path / "a", device="cpu"),
-                      weights_only=True)
+def _unbroken_and_killed_at_4(store, cfg: TrainConfig, unbroken, killed) -> dict:
+    """Train `cfg` to the end into `unbroken` (its model.pt returned), and into `killed` until right after the
+    step-4 checkpoint, where the run is interrupted (an exception from its progress callback)."""
+    full = torch.load(train_flow_matching(store, MODEL, cfg, unbroken, device="cpu"), weights_only=True)
 
     def kill_at_4(msg):
         if "step 4/" in msg:
             raise Killed
 
     with pytest.raises(Killed):
-        train_flow_matching(phantom_store, MODEL, cfg, tmp_path / "b", device="cpu", progress=kill_at_4)
+        train_flow_matching(store, MODEL, cfg, killed, device="cpu", progress=kill_at_4)
+    return full
+
+
+def test_resume_after_kill_matches_uninterrupted_run(phantom_store, tmp_path):
+    """A run killed right after its step-4 checkpoint and resumed ends bitwise equal to an unbroken run."""
+    cfg = TrainConfig(steps=8, batch_size=4, warmup_steps=2, checkpoint_every=4)
+    full = _unbroken_and_killed_at_4(phantom_store, cfg, tmp_path / "a", tmp_path / "b")
     assert not (tmp_path / "b" / "model.pt").exists()
     assert torch.load(tmp_path / "b" / "last.pt", weights_only=True)["step"] == 4
     messages = []
@@ -161,15 +167,7 @@ def test_data_parallel_training_matches_one_process_and_resumes(phantom_store, t
     """Two gloo ranks at the same global batch give one process's loss curve and weights (float rounding), and
     resume from the checkpoint a one-process run left (the device count is not part of the run key)."""
     cfg = TrainConfig(steps=8, batch_size=4, warmup_steps=2, checkpoint_every=4)
-    one = torch.load(train_flow_matching(phantom_store, MODEL, cfg, tmp_path / "one", device="cpu"),
-                     weights_only=True)
-
-    def kill_at_4(msg):
-        if "step 4/" in msg:
-            raise Killed
-
-    with pytest.raises(Killed):
-        train_flow_matching(phantom_store, MODEL, cfg, tmp_path / "two", device="cpu", progress=kill_at_4)
+    one = _unbroken_and_killed_at_4(phantom_store, cfg, tmp_path / "one", tmp_path / "two")
     said: list[str] = []
     two = torch.load(train_flow_matching(phantom_store, MODEL, replace(cfg, devices=2), tmp_path / "two",
                                          device="cpu", progress=said.append), weights_only=True)
@@ -194,7 +192,7 @@ def test_ema_warms_up_so_a_short_run_is_not_its_initial_weights(phantom_store, t
     run sampled noise. With it the decay ramps (1 + k) / (10 + k) up to ema_decay."""
     from motfm_core.training import ema_decay
 
-    cfg = TrainConfig(steps=40, batch_size=4, warmup_steps=2, checkpoint_every=40)
+    cfg = TrainConfig(steps=20, batch_size=4, warmup_steps=2, checkpoint_every=20)
     assert ema_decay(0, cfg) == pytest.approx(0.1) and ema_decay(10_000, cfg) == cfg.ema_decay
     assert ema_decay(0, replace(cfg, ema_warmup=False)) == cfg.ema_decay
     initial_share = np.prod([ema_decay(k, cfg) for k in range(cfg.steps)])

@@ -156,7 +156,8 @@ def test_report_has_quality_against_its_baseline_and_enhancement(harness, tmp_pa
     """One run: the quality section beside its real-vs-real baseline, the audit, and the enhancement tasks asked
     for through flow parameters (each at its default level)."""
     params = {**TINY, "seeds": [0], "enhance": ["denoise", "superres"]}
-    params["overrides"] = {**TINY["overrides"], "enhance": {"channels": [16, 16], "steps": 10, "nfe": 2}}
+    params["overrides"] = {**TINY["overrides"], "enhance": {"channels": [16, 16], "steps": 10, "nfe": 2},
+                           "eval": {**TINY["overrides"]["eval"], "real_fractions": []}}  # no low-data generator
     synth_and_eval(run_name="q", output_root=str(tmp_path), **params)
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     q = report["evaluation"]["quality"]
@@ -193,7 +194,8 @@ def test_corrupt_input_fails_ingest_by_name_and_keeps_earlier_outputs(harness, t
         Image.fromarray((rng.rand(20, 20) * 255).astype(np.uint8)).save(src / f"img{i}.png")
         rows.append({"filename": f"img{i}.png", "label": ["a", "b", "c"][i % 3], "subject": f"p{i}"})
     pd.DataFrame(rows).to_csv(src / "labels.csv", index=False)
-    params = {**TINY, "dataset": str(src), "samples_per_class": 2, "seeds": [0]}
+    params = {**TINY, "dataset": str(src), "samples_per_class": 2, "seeds": [0],
+              "overrides": {**TINY["overrides"], "eval": {**TINY["overrides"]["eval"], "real_fractions": []}}}
     synth_and_eval(run_name="c", output_root=str(tmp_path), **params)
     run = tmp_path / "c"
     fingerprint = zarr.open_group(str(run / "dataset.zarr"), mode="r").attrs["fingerprint"]
