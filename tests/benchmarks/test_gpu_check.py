@@ -24,5 +24,4 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     cmp = r["bf16_vs_fp32"]  # CPU autocast really ran in bf16: the two sets differ, within the stated tolerance
     assert cmp["images"] == 4 and 0 < cmp["mean_abs_diff"] and cmp["within_tolerance"], cmp
     assert r["three_d"]["shape"] == [1, 16, 16, 16] and r["three_d"]["finite"]
-    ddp = r["data_parallel"]  # two gloo ranks at step 2's global batch: step 2's loss curve
-    assert ddp["world_size"] == 2 and ddp["max_rel_loss_diff_vs_one_device"] < 1e-4, ddp
+    assert "tests/core/test_training.py" in r["data_parallel"]["skipped"]  # two gloo ranks are trained there
