@@ -57,9 +57,11 @@ def server(tmp_path_factory):
     env = {**os.environ, "PREFECT_HOME": str(home), "MOTFM_PREFECT_PORT": str(port),
            "PREFECT_API_URL": f"http://127.0.0.1:{port}/api", "MOTFM_PG_PORT": str(_free_port()),
            "MOTFM_PG_DATA": pg_data,
-           # the two runs below share the GPU slot; a waiting task asks again after 1 s, not Prefect's 10 s
-           "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
-           # the killed run's slot is freed when its 60 s lease lapses: look for lapsed leases every 2 s, not 15 s
+           # two GPU slots (as on a two-GPU machine): the killed run's task keeps one until its 60 s lease lapses
+           # (Prefect's task engine fixes that lease), and the two runs below share the other, so they do not wait
+           # ~30 s for the lease; a waiting task asks again after 1 s, not Prefect's 10 s
+           "MOTFM_GPU_SLOTS": "2", "PREFECT_SERVER_TASKS_TAG_CONCURRENCY_SLOT_WAIT_SECONDS": "1",
+           # lapsed leases are looked for every 2 s, not 15 s
            "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "2"}
     env.pop("PREFECT_API_KEY", None)
     t0 = time.time()
@@ -212,8 +214,8 @@ def test_regenerate_deployment_has_an_active_weekly_schedule(server):
     (regen,) = [d for d in spec["deployments"] if d["name"] == "regenerate-synthetic"]
     assert regen["entrypoint"] == "flows/regenerate.py:regenerate_synthetic"
     assert regen["parameters"]["retrain"] is False
-    limit = _prefect(env, "concurrency-limit", "inspect", "motfm-gpu")  # GPU stages: one at a time
-    assert limit.returncode == 0 and "motfm-gpu" in limit.stdout, limit.stdout + limit.stderr
+    limit = _prefect(env, "concurrency-limit", "inspect", "motfm-gpu", "--output", "json")  # GPU stages: slots
+    assert limit.returncode == 0 and json.loads(limit.stdout)["concurrency_limit"] == 2, limit.stdout + limit.stderr
 
 
 def _task_node_pixels(png: Path, box: list[float]) -> int:

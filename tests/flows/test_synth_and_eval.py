@@ -85,24 +85,19 @@ def test_flow_end_to_end_and_rerun_is_idempotent(harness, tmp_path):
     assert shard_file.stat().st_mtime_ns == shard_mtime
     assert not (run / "synthetic" / "v0002.zarr").exists()
 
-    # regenerating with other sampling parameters writes a new version and moves `latest` to it
-    synth_and_eval(run_name="t", output_root=str(tmp_path), **{**params, "nfe": 1, "seeds": [0]})
-    assert (run / "synthetic" / "latest").resolve().name == "v0002.zarr"
-    assert zarr.open_group(str(run / "synthetic" / "v0002.zarr"), mode="r").attrs["nfe"] == 1
-    assert shard_file.stat().st_mtime_ns == shard_mtime  # v0001 untouched
-    assert (run / "checkpoints" / "model.pt").stat().st_mtime_ns == before  # no retraining
-
-    # scheduled regeneration: a new version from the same checkpoint with a new seed, then evaluation
+    # scheduled regeneration (other sampling parameters: a new seed): a new version from the same checkpoint,
+    # `latest` moved to it, the old version untouched, then evaluation
     from flows.regenerate import regenerate_synthetic
 
     regenerate_synthetic(run_name="t", output_root=str(tmp_path), seed=77)
-    v3 = zarr.open_group(str(run / "synthetic" / "v0003.zarr"), mode="r")
-    assert (run / "synthetic" / "latest").resolve().name == "v0003.zarr"
-    assert v3.attrs["sample_config"]["seed"] == 77 and v3.attrs["nfe"] == 1  # else the last run's settings
+    v2 = zarr.open_group(str(run / "synthetic" / "v0002.zarr"), mode="r")
+    assert (run / "synthetic" / "latest").resolve().name == "v0002.zarr"
+    assert v2.attrs["sample_config"]["seed"] == 77 and v2.attrs["nfe"] == 2  # else the last run's settings
     v1 = zarr.open_group(str(run / "synthetic" / "v0001.zarr"), mode="r")
-    assert not set(v3["seed"][:].tolist()) & set(v1["seed"][:].tolist())
-    assert json.loads((run / "report.json").read_text())["sampling"]["store"].endswith("v0003.zarr")
-    assert (run / "checkpoints" / "model.pt").stat().st_mtime_ns == before
+    assert not set(v2["seed"][:].tolist()) & set(v1["seed"][:].tolist())
+    assert shard_file.stat().st_mtime_ns == shard_mtime  # v0001 untouched
+    assert json.loads((run / "report.json").read_text())["sampling"]["store"].endswith("v0002.zarr")
+    assert (run / "checkpoints" / "model.pt").stat().st_mtime_ns == before  # no retraining
     with pytest.raises(FileNotFoundError, match="run synth-and-eval with run_name='nope'"):
         regenerate_synthetic(run_name="nope", output_root=str(tmp_path))
 
