@@ -35,8 +35,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from results_table import add_row
 from sampling_throughput import machine_name
+from writer_options import ASSUMED_MFU, H200_BF16_FLOPS
 
-H200_BF16_FLOPS, ASSUMED_MFU = 989e12, 0.4
 PAPER_EPOCHS, ASSUMED_TRAIN_VOLUMES = 100, 388
 NETS = {"demo-3d": dict(channels=(16, 32, 32), attention_levels=(False, False, False), num_head_channels=16),
         "small": dict(channels=(32, 64, 64), attention_levels=(False, False, False), num_head_channels=32),

@@ -270,8 +270,8 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
             "reflow_teacher_sha256": teacher_sha, "target": target, "train_indices": data["indices"].tolist(),
             # every rank draws the global batch from seed cfg.seed and trains on its rows (ddp.rank_slice)
             "world_size": rank.world, "rank_seeds": [cfg.seed] * rank.world,
-            "rank_rows": [[ddp.rank_slice(batch, ddp.Rank(r, rank.world)).start,
-                           ddp.rank_slice(batch, ddp.Rank(r, rank.world)).stop] for r in range(rank.world)]}
+            "rank_rows": [[rows.start, rows.stop] for rows in (ddp.rank_slice(batch, ddp.Rank(r, rank.world))
+                                                                for r in range(rank.world))]}
     use_bf16 = device.type == "cuda"
     t_start = time.time()
     first_step, last_said = step, t_start
