@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from motfm_core.data.shards import write_whole_shard
 from motfm_core.utils import atomic_path
 
 __all__ = ["CHUNK_BYTES", "completed_shards", "create_synthetic_store", "fingerprint_arrays", "incomplete_shards",
@@ -233,26 +234,32 @@ def require_complete(path: str | Path) -> None:
 
 def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray,
                 info: dict[str, Any] | None = None, masks: np.ndarray | None = None,
-                mask_source: np.ndarray | None = None, extras: dict[str, np.ndarray] | None = None) -> None:
-    """Write one shard's samples, then its completion record (atomic rename) last."""
+                mask_source: np.ndarray | None = None, extras: dict[str, np.ndarray] | None = None,
+                direct: bool = True) -> None:
+    """Write one shard's samples, then its completion record (atomic rename) last. A whole shard of each array is
+    encoded as one file here (`shards.write_whole_shard`, the bytes zarr-python writes, ~4x faster); the last,
+    partial shard and `direct=False` (the writer benchmark's comparison) go through zarr-python."""
     path = Path(path)
-    root = zarr.open_group(str(path), mode="r+", zarr_format=3)
-    start, stop = shard_bounds(index, root.attrs["num_samples"], root.attrs["shard_size"])
+    attrs = json.loads((path / "zarr.json").read_text())["attributes"]
+    shard_size = attrs["shard_size"]
+    start, stop = shard_bounds(index, attrs["num_samples"], shard_size)
     if len(images) != stop - start or len(labels) != stop - start or len(seeds) != stop - start:
         raise ValueError(f"{path}: shard {index} needs {stop - start} samples, got {len(images)}")
-    has_masks = "masks" in root.array_keys()
+    has_masks = (path / "masks" / "zarr.json").exists()
     if has_masks != (masks is not None):
         raise ValueError(f"{path}: the store {'expects' if masks is None else 'has no'} masks for shard {index}")
-    root["images"][start:stop] = images.astype(np.float32)
-    root["labels"][start:stop] = labels.astype(np.int64)
-    root["seed"][start:stop] = seeds.astype(np.int64)
+    arrays: dict[str, np.ndarray] = {"images": np.asarray(images, np.float32), "labels": np.asarray(labels, np.int64),
+                                     "seed": np.asarray(seeds, np.int64)}
     if masks is not None:
-        root["masks"][start:stop] = masks.astype(np.uint8)
-        root["mask_source"][start:stop] = np.asarray(mask_source, dtype=np.int64)
+        arrays.update(masks=np.asarray(masks, np.uint8), mask_source=np.asarray(mask_source, dtype=np.int64))
     for name, values in (extras or {}).items():
-        if name not in root.array_keys():
+        if not (path / name / "zarr.json").exists():
             raise ValueError(f"{path}: the store has no per-sample array {name!r} for shard {index}")
-        root[name][start:stop] = values
+        arrays[name] = values
+    for name, rows in arrays.items():
+        whole = direct and stop - start == shard_size
+        if not (whole and write_whole_shard(path / name, index, rows)):
+            zarr.open_array(str(path / name), mode="r+", zarr_format=3)[start:stop] = rows
     record = _record_dir(path, index)
     tmp = path / ".staging" / f"{record.name}.tmp-{uuid.uuid4().hex[:8]}"  # outside shards/: never read as data
     zarr.create_group(str(tmp), zarr_format=3, attributes={"start": start, "stop": stop, **(info or {})})

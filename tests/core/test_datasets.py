@@ -65,7 +65,8 @@ def test_unfinished_store_and_bad_split_are_refused(tmp_path, phantom_store):
 
 
 def test_second_zarr_implementation_reads_the_sharded_store(synthetic):
-    """tensorstore (Google's C++ Zarr v3) reads what zarr-python wrote: sharding codec, chunks, dtypes."""
+    """tensorstore (Google's C++ Zarr v3) reads what write_shard wrote: whole shards encoded by
+    `motfm_core.data.shards`, the partial last one by zarr-python; sharding codec, chunks, dtypes."""
     import tensorstore as ts
     import zarr
 

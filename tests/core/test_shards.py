@@ -1,0 +1,53 @@
+import numpy as np
+import pytest
+import zarr
+
+from motfm_core.data import create_synthetic_store, write_shard
+from motfm_core.data.shards import encode_shard, write_whole_shard
+
+
+def _files(array_dir):
+    return {p.relative_to(array_dir): p.read_bytes() for p in array_dir.rglob("*")
+            if p.is_file() and p.name != "zarr.json"}
+
+
+@pytest.mark.parametrize("shape", [(1, 48, 48), (1, 16, 16, 8)])
+def test_whole_shards_are_the_bytes_zarr_python_writes(tmp_path, shape):
+    """Every array of a synthetic store, written by write_shard's direct encoder and by zarr-python, gives the same
+    files byte for byte: float32 images (NaN fill, zstd, several chunks per shard), int64 labels and seeds, uint8
+    masks with all-zero chunks (left out of the index, as zarr-python leaves them) and an all-fill array (no file)."""
+    rng = np.random.default_rng(0)
+    ours, theirs = (create_synthetic_store(tmp_path / name, 64, shape, 32, {"run_key": "k"}, with_masks=True)
+                    for name in ("ours.zarr", "zarr.zarr"))
+    images = rng.random((64, *shape), dtype=np.float32)
+    masks = (rng.random((64, *shape)) > 0.5).astype(np.uint8)
+    masks[:20] = 0  # whole chunks of fill value
+    labels, seeds = rng.integers(0, 3, 64), np.arange(64) * 7
+    for i in range(2):
+        rows = slice(32 * i, 32 * (i + 1))
+        for path, direct in ((ours, True), (theirs, False)):
+            write_shard(path, i, images[rows], labels[rows], seeds[rows], masks=masks[rows],
+                        mask_source=np.full(32, -1), direct=direct)
+    for name in ("images", "masks", "labels", "seed", "mask_source"):
+        assert _files(ours / name) == _files(theirs / name), name
+    assert not _files(ours / "mask_source")  # all fill value: no shard file, as zarr-python does
+    root = zarr.open_group(str(ours), mode="r")
+    assert root["images"].chunks[0] < 32  # several chunks per shard were encoded
+    assert np.array_equal(root["images"][:], images) and np.array_equal(root["masks"][:], masks)
+    assert not list(ours.rglob("*.tmp-*"))  # written under a temporary name, then renamed
+
+
+def test_layouts_the_encoder_does_not_know_go_through_zarr_python(tmp_path):
+    """A partial last shard, other codecs and a non-whole shard are refused by the encoder (None / False) and
+    written by zarr-python instead, so write_shard still stores them correctly."""
+    path = create_synthetic_store(tmp_path / "s.zarr", 10, (1, 8, 8), 4, {"run_key": "k"})
+    meta = zarr.open_array(str(path / "images")).metadata.to_dict()
+    assert encode_shard(meta, np.zeros((3, 1, 8, 8), np.float32)) is None  # not the shard's full extent
+    zarr.create_array(str(tmp_path / "b.zarr"), shape=(8, 4), chunks=(2, 4), shards=(4, 4), dtype="f4",
+                      compressors=zarr.codecs.BloscCodec())  # blosc: a codec the encoder leaves to zarr-python
+    assert not write_whole_shard(tmp_path / "b.zarr", 0, np.ones((4, 4), np.float32))
+    assert not (tmp_path / "b.zarr" / "c").exists()
+    write_shard(path, 2, np.full((2, 1, 8, 8), 0.25), np.array([1, 2]), np.array([8, 9]))  # partial: zarr-python
+    write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4))  # whole: encoded here
+    images = zarr.open_group(str(path), mode="r")["images"][:]
+    assert (images[:4] == 0.5).all() and np.isnan(images[4:8]).all() and (images[8:] == 0.25).all()
