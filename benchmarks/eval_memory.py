@@ -1,7 +1,7 @@
 """Evaluation in bounded memory: peak RSS and time of the evaluate stage against the number of synthetic samples.
 
     .venv/bin/python benchmarks/eval_memory.py            # 2D demo set: 1x, 10x, 50x the demo's 120 synthetic images
-    .venv/bin/python benchmarks/eval_memory.py --3d       # and a 3D store larger than a memory cgroup's limit
+    .venv/bin/python benchmarks/eval_memory.py --3d       # and 3D stores of 0.5 and 5 GB in a 2 GB memory cgroup
 
 Each point runs `motfm_core.evaluation.evaluate_run` (downstream arms, quality metrics, memorisation audit) in a
 fresh child process; its peak RSS is the child's `ru_maxrss`. The synthetic stores are written directly (the
@@ -9,8 +9,9 @@ demo's sample shape and shard layout; real training images plus noise, masks cop
 how many samples there are and their size, not on the network that drew them. Each 2D size runs twice: with the
 default `eval.memory_mb` (an arm's synthetic images up to that size are loaded, larger ones read per batch) and
 with `eval.memory_mb=0` (every synthetic image read from the store per batch).
-The 3D point writes a store of 64^3 volumes larger than the limit of a cgroup-v1 memory group (root) and runs
-the evaluation inside that group: it completes only if the evaluation never holds the store in memory.
+The 3D points write stores of 64^3 volumes, the largest larger than the limit of a cgroup-v1 memory group (root),
+and run the evaluation inside that group (again with both `eval.memory_mb` values): the large one completes only
+if the evaluation never holds the store in memory, and the peak RSS of the sizes side by side is the 3D curve.
 Writes benchmarks/results/<date>-<machine>-eval-memory.json and appends rows to benchmarks/RESULTS.md.
 """
 
@@ -106,40 +107,47 @@ def bench_2d(work: Path, sizes: list[int], cfg: EvalConfig) -> list[dict]:
     return rows
 
 
-def bench_3d(work: Path, limit_gb: float, store_gb: float, cfg: EvalConfig) -> list[dict]:
+def bench_3d(work: Path, limit_gb: float, store_gbs: list[float], cfg: EvalConfig) -> list[dict]:
+    """One 3D store of 64^3 volumes per size in `store_gbs` (uncompressed GB), each evaluated with the default
+    `eval.memory_mb` and with 0, inside a cgroup-v1 memory group limited to `limit_gb`."""
     if not (CGROUP / "cgroup.procs").exists() or os.geteuid() != 0:
-        print("3D point skipped: needs root and the cgroup-v1 memory controller at /sys/fs/cgroup/memory")
+        print("3D points skipped: need root and the cgroup-v1 memory controller at /sys/fs/cgroup/memory")
         return []
     dcfg = DataConfig(source="phantom:12", image_size=64, spatial_dims=3, depth=64)
     real = ingest(dcfg, work / "real3d.zarr")
-    n = int(store_gb * 2**30 / (64**3 * 5))  # float32 image + uint8 mask per sample
-    syn = write_store(real, work / "syn3d.zarr", n, shard_size=16)
-    group = CGROUP / f"motfm-eval-{os.getpid()}"
-    group.mkdir()
-    try:
-        (group / "memory.limit_in_bytes").write_text(str(int(limit_gb * 2**30)))
-        (group / "memory.memsw.limit_in_bytes").exists() and (group / "memory.memsw.limit_in_bytes").write_text(
-            str(int(limit_gb * 2**30)))  # no swap either, where the kernel accounts it
-        run = run_child(real, syn, cfg, work / "run-3d", cgroup=group)
-        peak = int((group / "memory.max_usage_in_bytes").read_text()) / 2**20
-        fails = int((group / "memory.failcnt").read_text())
-    finally:
-        group.rmdir()
-    row = {"dims": 3, "samples": n, "sample_shape": [1, 64, 64, 64], "store_mb": store_bytes(syn) / 2**20,
-           "uncompressed_mb": n * 64**3 * 5 / 2**20,
-           "cgroup_limit_mb": limit_gb * 1024, "cgroup_peak_mb": peak, "cgroup_limit_hits": fails,
-           "memory_mb": cfg.memory_mb, **run}
-    print(row, flush=True)
-    shutil.rmtree(syn)
-    return [row]
+    rows = []
+    for store_gb in store_gbs:
+        n = int(store_gb * 2**30 / (64**3 * 5))  # float32 image + uint8 mask per sample
+        syn = write_store(real, work / f"syn3d-{n}.zarr", n, shard_size=16)
+        for memory_mb in (cfg.memory_mb, 0):
+            group = CGROUP / f"motfm-eval-{os.getpid()}"
+            group.mkdir()
+            try:
+                (group / "memory.limit_in_bytes").write_text(str(int(limit_gb * 2**30)))
+                (group / "memory.memsw.limit_in_bytes").exists() and (group / "memory.memsw.limit_in_bytes").write_text(
+                    str(int(limit_gb * 2**30)))  # no swap either, where the kernel accounts it
+                run = run_child(real, syn, dataclasses.replace(cfg, memory_mb=memory_mb),
+                                work / f"run-3d-{n}-{memory_mb}", cgroup=group)
+                peak = int((group / "memory.max_usage_in_bytes").read_text()) / 2**20  # page cache included
+                fails = int((group / "memory.failcnt").read_text())
+            finally:
+                group.rmdir()
+            rows.append({"dims": 3, "samples": n, "sample_shape": [1, 64, 64, 64], "store_mb": store_bytes(syn) / 2**20,
+                         "uncompressed_mb": n * 64**3 * 5 / 2**20,
+                         "cgroup_limit_mb": limit_gb * 1024, "cgroup_peak_mb": peak, "cgroup_limit_hits": fails,
+                         "memory_mb": memory_mb, **run})
+            print(rows[-1], flush=True)
+        shutil.rmtree(syn)
+    return rows
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="*", default=[1, 10, 50], help="multiples of the demo's 120")
-    p.add_argument("--3d", dest="three_d", action="store_true", help="also the 3D store larger than a cgroup limit")
+    p.add_argument("--3d", dest="three_d", action="store_true", help="also the 3D stores, in a memory cgroup")
     p.add_argument("--limit-gb", type=float, default=2.0, help="3D: the memory cgroup's limit")
-    p.add_argument("--store-gb", type=float, default=4.0, help="3D: the synthetic store's size (uncompressed)")
+    p.add_argument("--store-gb", type=float, nargs="+", default=[0.5, 5.0],
+                   help="3D: the synthetic stores' sizes (uncompressed GB), one point each")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--real", help=argparse.SUPPRESS)
@@ -162,7 +170,8 @@ def main() -> None:
         if not args.work:
             shutil.rmtree(work, ignore_errors=True)
     date = dt.date.today().isoformat()
-    tag = "-".join([*(f"{m}x" for m in args.sizes), *([f"3d-{args.store_gb:g}gb"] if args.three_d else [])])
+    gbs = "-".join(f"{g:g}" for g in args.store_gb)
+    tag = "-".join([*(f"{m}x" for m in args.sizes), *([f"3d-{gbs}gb"] if args.three_d else [])])
     name = f"{date}-{machine_name()}-eval-memory-{tag}.json"  # one file per set of points: runs do not overwrite
     out = ROOT / "benchmarks" / "results" / name
     out.write_text(json.dumps({"date": date, "machine": machine_name(), "command": " ".join(sys.argv[1:]),

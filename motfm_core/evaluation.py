@@ -18,7 +18,7 @@ from motfm_core.downstream import Augmentation, evaluate_augmentation
 from motfm_core.privacy import Audit, audit_stores
 from motfm_core.quality import Quality, synthetic_quality
 from motfm_core.results import Result
-from motfm_core.utils import write_json_atomic
+from motfm_core.utils import mmap_large_buffers, write_json_atomic
 
 __all__ = ["Evaluation", "evaluate_run", "evaluation_key", "read_evaluation"]
 
@@ -78,6 +78,7 @@ def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalCon
     if out.exists() and json.loads(out.read_text()).get("key") == key:
         say(f"evaluate: {out} already holds this data, synthetic version and config (key {key}); reusing it")
         return out
+    mmap_large_buffers()  # read batches freed go back to the system: memory stays flat however large the store
     real = load_splits(data_path)
     checkpoint = open_store(synthetic_path).attrs.get("checkpoint")
     result = Evaluation(

@@ -1,9 +1,12 @@
 """Conventions every module shares, each in one place: the device a run uses, the model-space intensity scale,
-files published whole (a temporary name, then a rename) and content hashes of files."""
+files published whole (a temporary name, then a rename), content hashes of files, and how large freed buffers
+go back to the operating system."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import json
 import os
@@ -15,8 +18,10 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_path", "default_device", "file_sha256", "save_atomic", "to_image_space", "to_model_space",
-           "write_json_atomic"]
+__all__ = ["atomic_path", "default_device", "file_sha256", "mmap_large_buffers", "save_atomic", "to_image_space",
+           "to_model_space", "write_json_atomic"]
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
@@ -73,3 +78,17 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def mmap_large_buffers(threshold: int = 16 * 2**20) -> bool:
+    """Serve every allocation of `threshold` bytes or more by its own mmap (glibc), so that freeing it returns the
+    memory to the system at once. glibc's default raises this threshold to the size of each large block freed
+    (up to 32 MiB), after which blocks of decoded chunks and read batches, allocated in the reader threads' heaps,
+    stay mapped: streaming a 4096-volume 3D store through the evaluation grew its RSS from 0.9 GB to 2.5 GB
+    (killed in a 2 GB cgroup); with a fixed 16 MiB threshold it stays near 1 GB at the same speed (4 MiB: 0.84 GB,
+    17% slower). Process-wide and permanent; False (nothing changed) where the C library is not glibc."""
+    name = ctypes.util.find_library("c")
+    try:
+        return bool(name) and ctypes.CDLL(name).mallopt(M_MMAP_THRESHOLD, int(threshold)) == 1
+    except (OSError, AttributeError):
+        return False
