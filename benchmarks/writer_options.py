@@ -5,10 +5,13 @@
 
 Each option writes the same float32 images (smooth random fields: real samples compress like them more than like
 white noise) into the synthetic store's layout (one Zarr shard per `--shard-size` samples, chunks near 128 KiB),
-flushed to disk (os.sync) inside the timing; each written array is read back with zarr-python (the reader every
-supported reader builds on) and compared. Options: zarr-python as today (`write_shard`: data, labels, seeds and
-the completion record); the same with the Rust `zarrs` codec pipeline (if installed); tensorstore writing the
-images array zarr-python created (if installed); float16 storage (with its largest error); 4x larger shards.
+flushed to disk (os.sync) inside the timing, `--repeats` times in turn (the median counts: one write here varied
+2x between runs); each written array is read back with zarr-python (the reader every
+supported reader builds on) and compared. Options: `write_shard` as the sampler calls it (data, labels, seeds and
+the completion record; whole shards encoded by `motfm_core/data/shards.py`); the same through zarr-python's codec
+pipeline (`direct=False`, the writer before), and with the Rust `zarrs` codec pipeline (if installed); tensorstore
+writing the images array zarr-python created (if installed); 4x and 32x larger shards; images stored uncompressed
+(no zstd), also at 32x shards; float16 storage (with its largest error).
 Also an estimate of an H200's sampling rate for this network (forward FLOPs counted by torch at batch 1, x NFE 10,
 at 40% of the H200's 989 dense bf16 TFLOP/s: an assumption, stated) against each writer's images/s.
 Writes benchmarks/results/<date>-<machine>-writer.json and appends rows to benchmarks/RESULTS.md.
@@ -65,13 +68,15 @@ def smooth_images(n: int, size: int, seed: int = 0) -> np.ndarray:
     return (x / x.max()).astype(np.float32)
 
 
-def write_store(path: Path, images: np.ndarray, shard: int, dtype: str = "float32") -> None:
+def write_store(path: Path, images: np.ndarray, shard: int, direct: bool = True, **encoding) -> None:
+    """The synthetic store's layout through `write_shard`; `encoding` (e.g. dtype, compressors) recreates `images`."""
     labels, seeds = np.arange(len(images)) % 3, np.arange(len(images))
     create_synthetic_store(path, len(images), images.shape[1:], shard, {"run_key": path.name})
-    if dtype != "float32":
-        recreate_images(path, dtype=dtype)
+    if encoding:
+        recreate_images(path, **encoding)
     for i, start in enumerate(range(0, len(images), shard)):
-        write_shard(path, i, images[start:start + shard], labels[start:start + shard], seeds[start:start + shard])
+        write_shard(path, i, images[start:start + shard], labels[start:start + shard], seeds[start:start + shard],
+                    direct=direct)
 
 
 def write_tensorstore(path: Path, images: np.ndarray, shard: int) -> None:
@@ -88,6 +93,7 @@ def main() -> None:
     p.add_argument("--images", type=int, default=8192)
     p.add_argument("--image-size", type=int, default=48)
     p.add_argument("--shard-size", type=int, default=32)
+    p.add_argument("--repeats", type=int, default=3, help="writes per option (and of the raw file); the median counts")
     a = p.parse_args()
     import zarr
 
@@ -95,17 +101,26 @@ def main() -> None:
     mb = images.nbytes / 2**20
     work = Path(tempfile.mkdtemp(prefix="motfm-writer-"))
     raw_path = work / "raw.bin"
-    raw_mb_s = mb / _flushed_write(lambda: raw_path.write_bytes(images.tobytes()))
-    raw_path.unlink()
-    options = {"zarr-python (today)": lambda path: write_store(path, images, a.shard_size),
-               f"zarr-python, shard {4 * a.shard_size}": lambda path: write_store(path, images, 4 * a.shard_size),
-               "zarr-python, float16 storage": lambda path: write_store(path, images, a.shard_size, "float16")}
+
+    def raw_write() -> float:
+        seconds = _flushed_write(lambda: raw_path.write_bytes(images.tobytes()))
+        raw_path.unlink()
+        return seconds
+
+    options = {"write_shard (whole shards encoded directly)": lambda path: write_store(path, images, a.shard_size),
+               "write_shard through zarr-python": lambda path: write_store(path, images, a.shard_size, direct=False),
+               f"write_shard, shard {4 * a.shard_size}": lambda path: write_store(path, images, 4 * a.shard_size),
+               f"write_shard, shard {32 * a.shard_size}": lambda path: write_store(path, images, 32 * a.shard_size),
+               "write_shard, uncompressed": lambda path: write_store(path, images, a.shard_size, compressors=None),
+               f"write_shard, shard {32 * a.shard_size}, uncompressed": lambda path: write_store(
+                   path, images, 32 * a.shard_size, compressors=None),
+               "write_shard, float16 storage": lambda path: write_store(path, images, a.shard_size, dtype="float16")}
     try:
         import zarrs  # noqa: F401
 
         def with_zarrs(path: Path) -> None:
             with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
-                write_store(path, images, a.shard_size)
+                write_store(path, images, a.shard_size, direct=False)
 
         options["zarrs codec pipeline"] = with_zarrs
     except ImportError:
@@ -117,24 +132,33 @@ def main() -> None:
     except ImportError:
         print("tensorstore not installed: skipped")
     producer = h200_images_per_s(a.image_size)
-    rows = []
-    for name, write in options.items():
-        path = work / f"{len(rows)}.zarr"
-        seconds = _flushed_write(lambda write=write, path=path: write(path))
-        back = zarr.open_group(str(path), mode="r")["images"][:]
-        row = {"option": name, "mb_s": mb / seconds, "vs_raw": mb / seconds / raw_mb_s,
-               "images_per_s": len(images) / seconds, "keeps_up_with_h200": len(images) / seconds
-               >= producer["images_per_s"], "max_abs_error": float(np.abs(back.astype(np.float32) - images).max()),
-               "stored_mb": sum(f.stat().st_size for f in (path / "images").rglob("*") if f.is_file()) / 2**20}
-        rows.append(row)
+    rows: list[dict] = []
+    seconds: dict[str, list[float]] = {name: [] for name in ["raw", *options]}
+    for rep in range(a.repeats):  # round robin: a drift in the disk's state reaches every option alike
+        seconds["raw"].append(raw_write())
+        for k, (name, write) in enumerate(options.items()):
+            path = work / f"{k}.zarr"
+            seconds[name].append(_flushed_write(lambda write=write, path=path: write(path)))
+            if rep == a.repeats - 1:
+                back = zarr.open_group(str(path), mode="r")["images"][:]
+                error = float(np.abs(back.astype(np.float32) - images).max())
+                stored = sum(f.stat().st_size for f in (path / "images").rglob("*") if f.is_file()) / 2**20
+            shutil.rmtree(path)
+            if rep == a.repeats - 1:
+                sec = float(np.median(seconds[name]))
+                rows.append({"option": name, "seconds": seconds[name], "mb_s": mb / sec,
+                             "images_per_s": len(images) / sec, "max_abs_error": error, "stored_mb": stored})
+    raw_mb_s = mb / float(np.median(seconds["raw"]))
+    for row in rows:
+        row.update(vs_raw=row["mb_s"] / raw_mb_s, keeps_up_with_h200=row["images_per_s"] >= producer["images_per_s"])
         print(json.dumps(row), flush=True)
-        shutil.rmtree(path)
     shutil.rmtree(work, ignore_errors=True)
     date = dt.date.today().isoformat()
     name = f"{date}-{machine_name()}-writer-{a.image_size}px.json"
     out = ROOT / "benchmarks" / "results" / name
     out.write_text(json.dumps({"date": date, "machine": machine_name(), "args": vars(a), "megabytes": mb,
-                               "raw_mb_s": raw_mb_s, "h200_estimate": producer, "rows": rows}, indent=2))
+                               "raw_mb_s": raw_mb_s, "raw_seconds": seconds["raw"], "h200_estimate": producer,
+                               "rows": rows}, indent=2))
     for r in rows:
         add_row("Writer options (`benchmarks/writer_options.py`)",
                 ["date", "machine", "images", "option", "MB/s", "% of raw", "images/s",

@@ -237,8 +237,9 @@ def sample_shard(
                        rejected=int((redraws > 0).sum()))
 
 
-# where and how sampling runs (and pruning) does not change the dataset, so it is not part of its key
-EXECUTION_ONLY = ("keep_versions", "workers", "scheduler", "compile", "batch_size")
+# where and how sampling runs (and pruning, and how the images are encoded) does not change the dataset, so it is
+# not part of its key
+EXECUTION_ONLY = ("keep_versions", "workers", "scheduler", "compile", "batch_size", "compression")
 
 
 def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
@@ -277,5 +278,5 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
     n = len(meta["class_names"]) * cfg.samples_per_class
     version = version_for(root, attrs["run_key"])
     store = create_synthetic_store(version, n, m.sample_shape, cfg.shard_size, attrs, with_masks=masked,
-                                   extras=extras)
+                                   extras=extras, compress=cfg.compression == "zstd")
     return store, incomplete_shards(store)

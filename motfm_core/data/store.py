@@ -151,10 +151,13 @@ def samples_per_chunk(sample_bytes: int, shard_size: int) -> int:
 def create_synthetic_store(
     path: str | Path, num_samples: int, sample_shape: tuple[int, ...], shard_size: int, attrs: dict[str, Any],
     with_masks: bool = False, extras: dict[str, tuple[str, tuple[int, ...]]] | None = None,
+    compress: bool = True,
 ) -> Path:
-    """Create (once) the empty sharded store; an existing store with the same plan is reused as is.
+    """Create (once) the empty sharded store; an existing store with the same plan is reused as is (with the
+    codecs it was created with).
 
-    `extras` adds per-sample arrays {name: (dtype, trailing shape)}, e.g. {"redraws": ("int32", ())}."""
+    `extras` adds per-sample arrays {name: (dtype, trailing shape)}, e.g. {"redraws": ("int32", ())};
+    `compress=False` stores the images without zstd (faster to write; the other arrays keep it)."""
     path = Path(path)
     plan = {"num_samples": num_samples, "sample_shape": list(sample_shape), "shard_size": shard_size}
     if (path / "zarr.json").exists():
@@ -169,7 +172,8 @@ def create_synthetic_store(
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         per = samples_per_chunk(4 * int(np.prod(sample_shape)), shard_size)
         root.create_array("images", shape=(num_samples, *sample_shape), dtype="float32",
-                          chunks=(per, *sample_shape), shards=(shard_size, *sample_shape), fill_value=np.nan)
+                          chunks=(per, *sample_shape), shards=(shard_size, *sample_shape), fill_value=np.nan,
+                          **({} if compress else {"compressors": None}))
         root.create_array("labels", shape=(num_samples,), dtype="int64", chunks=(shard_size,),
                           shards=(shard_size,), fill_value=-1)
         root.create_array("seed", shape=(num_samples,), dtype="int64", chunks=(shard_size,),
@@ -237,8 +241,9 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
                 mask_source: np.ndarray | None = None, extras: dict[str, np.ndarray] | None = None,
                 direct: bool = True) -> None:
     """Write one shard's samples, then its completion record (atomic rename) last. A whole shard of each array is
-    encoded as one file here (`shards.write_whole_shard`, the bytes zarr-python writes, ~4x faster); the last,
-    partial shard and `direct=False` (the writer benchmark's comparison) go through zarr-python."""
+    encoded as one file here (`shards.write_whole_shard`, the bytes zarr-python writes; 2.7x its speed at the
+    demo's 32-image shards, benchmarks/writer_options.py); the last, partial shard and `direct=False` (the writer
+    benchmark's comparison) go through zarr-python."""
     path = Path(path)
     attrs = json.loads((path / "zarr.json").read_text())["attributes"]
     shard_size = attrs["shard_size"]
@@ -262,7 +267,10 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
             zarr.open_array(str(path / name), mode="r+", zarr_format=3)[start:stop] = rows
     record = _record_dir(path, index)
     tmp = path / ".staging" / f"{record.name}.tmp-{uuid.uuid4().hex[:8]}"  # outside shards/: never read as data
-    zarr.create_group(str(tmp), zarr_format=3, attributes={"start": start, "stop": stop, **(info or {})})
+    tmp.mkdir(parents=True)  # a Zarr v3 group's zarr.json, as zarr.create_group writes it (without its ~4 ms)
+    (tmp / "zarr.json").write_text(json.dumps({"attributes": {"start": start, "stop": stop, **(info or {})},
+                                               "zarr_format": 3, "node_type": "group"}, indent=2,
+                                              default=lambda v: v.item()))  # numpy scalars
     if record.exists():  # a racing duplicate finished first: same seeds, same content
         shutil.rmtree(tmp)
         return

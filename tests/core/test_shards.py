@@ -11,14 +11,15 @@ def _files(array_dir):
             if p.is_file() and p.name != "zarr.json"}
 
 
-@pytest.mark.parametrize("shape", [(1, 48, 48), (1, 16, 16, 8)])
-def test_whole_shards_are_the_bytes_zarr_python_writes(tmp_path, shape):
+@pytest.mark.parametrize("shape,compress", [((1, 48, 48), True), ((1, 16, 16, 8), True), ((1, 48, 48), False)])
+def test_whole_shards_are_the_bytes_zarr_python_writes(tmp_path, shape, compress):
     """Every array of a synthetic store, written by write_shard's direct encoder and by zarr-python, gives the same
-    files byte for byte: float32 images (NaN fill, zstd, several chunks per shard), int64 labels and seeds, uint8
-    masks with all-zero chunks (left out of the index, as zarr-python leaves them) and an all-fill array (no file)."""
+    files byte for byte: float32 images (NaN fill, zstd or uncompressed, several chunks per shard), int64 labels
+    and seeds, uint8 masks with all-zero chunks (left out of the index, as zarr-python leaves them) and an all-fill
+    array (no file)."""
     rng = np.random.default_rng(0)
-    ours, theirs = (create_synthetic_store(tmp_path / name, 64, shape, 32, {"run_key": "k"}, with_masks=True)
-                    for name in ("ours.zarr", "zarr.zarr"))
+    ours, theirs = (create_synthetic_store(tmp_path / name, 64, shape, 32, {"run_key": "k"}, with_masks=True,
+                                           compress=compress) for name in ("ours.zarr", "zarr.zarr"))
     images = rng.random((64, *shape), dtype=np.float32)
     masks = (rng.random((64, *shape)) > 0.5).astype(np.uint8)
     masks[:20] = 0  # whole chunks of fill value
@@ -33,6 +34,7 @@ def test_whole_shards_are_the_bytes_zarr_python_writes(tmp_path, shape):
     assert not _files(ours / "mask_source")  # all fill value: no shard file, as zarr-python does
     root = zarr.open_group(str(ours), mode="r")
     assert root["images"].chunks[0] < 32  # several chunks per shard were encoded
+    assert bool(root["images"].compressors) == compress
     assert np.array_equal(root["images"][:], images) and np.array_equal(root["masks"][:], masks)
     assert not list(ours.rglob("*.tmp-*"))  # written under a temporary name, then renamed
 
