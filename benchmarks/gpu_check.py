@@ -18,7 +18,10 @@ Steps; each is timed and lands in the JSON, and a failing step is recorded (its 
 7. data-parallel training: the step-2 training again with `train.devices` = every GPU (NCCL), its seconds per
    step and the largest relative difference of its loss curve from step 2's one-device run (the same global batch;
    equal up to float rounding). With one GPU: recorded as skipped. The dry run skips it too: its two gloo
-   processes cost CI ~15 s and tests/core/test_training.py trains (and resumes) over two gloo ranks already.
+   processes cost CI ~15 s and tests/core/test_training.py trains (and resumes) over two gloo ranks already;
+8. writer: that machine's disk: a raw sequential write, then `write_shard` at the sampling step's shard size
+   (zstd) and at 1024-image uncompressed shards, of 8192 demo-size images, flushed: images/s against the sampling
+   step's, i.e. whether the sampler would wait on the writer there (benchmarks/writer_options.py measured here).
 `--cpu` runs the same code on tiny sizes (16 px, 16^3 volumes, a few steps, one worker; on a CPU-only machine
 bf16 autocast runs on the CPU for step 5; no compile: inductor on a 2-core CPU takes minutes) so that CI proves
 the script runs; its numbers measure nothing.
@@ -176,6 +179,24 @@ def data_parallel(data: Path, work: Path, steps: int, batch: int, model: ModelCo
             "max_rel_loss_diff_vs_one_device": float(rel.max()), "world_size": ckpt["world_size"]}
 
 
+def writer(work: Path, images: int, size: int, shard: int, sampled: float | None) -> dict[str, Any]:
+    """Raw and store write rates on this machine's disk (see the module docstring, step 8)."""
+    from sampling_throughput import _flushed_write
+    from writer_options import smooth_images, write_store
+
+    x = smooth_images(images, size)
+    raw = work / "raw.bin"
+    out: dict[str, Any] = {"images": images, "image_size": size,
+                           "raw_mb_s": x.nbytes / 2**20 / _flushed_write(lambda: raw.write_bytes(x.tobytes()))}
+    raw.unlink()
+    for name, kwargs in ((f"shard_{shard}_zstd", {"shard": shard}),
+                         ("shard_1024_uncompressed", {"shard": min(1024, images), "compressors": None})):
+        rate = images / _flushed_write(lambda kw=kwargs, n=name: write_store(work / f"{n}.zarr", x, **kw))
+        out[name] = {"images_per_s": rate, "share_of_raw": rate * x[0].nbytes / 2**20 / out["raw_mb_s"],
+                     "sampler_waits": None if sampled is None else rate < sampled}
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="the dry run: tiny sizes on the CPU, whatever is present")
@@ -208,10 +229,13 @@ def main() -> None:
         bound = step(result, "bound", lambda: {"forward_s_per_image": (f := forward_seconds_per_image(
             ckpt, s["shard_size"])), "images_per_s_nfe10": 1.0 / (10 * f)})
         rate = bound["images_per_s_nfe10"] if bound else None
-        for compiled in s["compile"]:
-            step(result, f"sample{'_compiled' if compiled else ''}",
-                 lambda c=compiled: sample(ckpt, work, dataclasses.replace(cfg, compile=c), rate))
+        sampled = [step(result, f"sample{'_compiled' if compiled else ''}",
+                        lambda c=compiled: sample(ckpt, work, dataclasses.replace(cfg, compile=c), rate))
+                   for compiled in s["compile"]]
         step(result, "bf16_vs_fp32", lambda: bf16_vs_fp32(ckpt, cfg, 4 if args.cpu else 64))
+        fastest = max((r["images_per_s"] for r in sampled if r), default=None)
+        step(result, "writer", lambda: writer(work, 64 if args.cpu else 8192, s["data"].image_size, s["shard_size"],
+                                              fastest))
     step(result, "three_d", lambda: three_d(work, s))
     result["total_seconds"] = time.perf_counter() - t0
     result["failed_steps"] = [k for k, v in result.items() if isinstance(v, dict) and "error" in v]

@@ -25,3 +25,6 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     assert cmp["images"] == 4 and 0 < cmp["mean_abs_diff"] and cmp["within_tolerance"], cmp
     assert r["three_d"]["shape"] == [1, 16, 16, 16] and r["three_d"]["finite"]
     assert "tests/core/test_training.py" in r["data_parallel"]["skipped"]  # two gloo ranks are trained there
+    w = r["writer"]  # the disk's rates, and whether the sampler just measured would wait on them
+    assert w["raw_mb_s"] > 0 and w["shard_1024_uncompressed"]["images_per_s"] > 0
+    assert isinstance(w[f"shard_{r['sizes']['shard_size']}_zstd"]["sampler_waits"], bool)
