@@ -14,7 +14,7 @@ writing the images array zarr-python created (if installed); 4x and 32x larger s
 (no zstd), also at 32x shards; float16 storage (with its largest error).
 Also an estimate of an H200's sampling rate for this network (forward FLOPs counted by torch at batch 1, x NFE 10,
 at 40% of the H200's 989 dense bf16 TFLOP/s: an assumption, stated) against each writer's images/s.
-Writes benchmarks/results/<date>-<machine>-writer.json and appends rows to benchmarks/RESULTS.md.
+Writes benchmarks/results/<date>-<machine>-writer-<size>px-<HHMM>.json and appends rows to benchmarks/RESULTS.md.
 """
 
 from __future__ import annotations
@@ -154,7 +154,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     shutil.rmtree(work, ignore_errors=True)
     date = dt.date.today().isoformat()
-    name = f"{date}-{machine_name()}-writer-{a.image_size}px.json"
+    name = f"{date}-{machine_name()}-writer-{a.image_size}px-{dt.datetime.now():%H%M}.json"  # runs never overwrite
     out = ROOT / "benchmarks" / "results" / name
     out.write_text(json.dumps({"date": date, "machine": machine_name(), "args": vars(a), "megabytes": mb,
                                "raw_mb_s": raw_mb_s, "raw_seconds": seconds["raw"], "h200_estimate": producer,
