@@ -1,8 +1,9 @@
 """Writing one whole Zarr v3 shard as one file, encoded here instead of by zarr-python's codec pipeline.
 
-zarr-python spends ~0.16 ms of Python per chunk and ~19 ms per shard of the synthetic store (its async codec
-pipeline, per-array metadata reads), a quarter of this machine's raw write bandwidth at the demo's image size
-(benchmarks/writer_options.py). A shard the sampler writes is always whole, and its layout is the one
+Through zarr-python's async codec pipeline (~0.16 ms of Python per chunk, metadata read per array) the sampler
+wrote the demo's 32-image shards at 4% of this machine's raw disk bandwidth; encoded here, 11% (2.7x; the rest is
+each shard's files and directories), and 94% with 1024-image uncompressed shards (benchmarks/writer_options.py).
+A shard the sampler writes is always whole, and its layout is the one
 `create_synthetic_store` makes: the sharding codec with chunks along the first axis only, inner codecs `bytes`
 (little-endian) and optionally `zstd`, index `bytes` + `crc32c` at the end. For that layout the shard file is the
 chunks' encoded bytes in order, then the (offset, length) index and its CRC32C, the format the Zarr v3 sharding
