@@ -234,9 +234,9 @@ class SampleConfig:
 
     samples_per_class: int = 64
     shard_size: int = 32
-    # the images' codec inside a shard: "zstd" (~13% smaller on smooth images, more on images with background) or
-    # "none": with 1024-image shards the writer then reaches 94% of raw disk bandwidth here (zstd: 59%; at the
-    # default 32-image shards 11% either way: benchmarks/writer_options.py)
+    # the images' codec inside a shard: "zstd" (13% smaller on the writer benchmark's smooth fields, 64% on the
+    # bundled brain slices) or "none": with 1024-image shards the writer then reaches 94% of raw disk bandwidth here
+    # (zstd: 59%; at the default 32-image shards 11% either way: benchmarks/writer_options.py)
     compression: str = "zstd"
     solver: str = "euler"  # flow models: euler/midpoint/heun/rk4/dopri5; DDPM models: ddpm (1000) or ddim
     nfe: int = 10  # solver steps: euler spends exactly this many evaluations (dopri5: adaptive, ignored)

@@ -42,17 +42,17 @@ def _is_fill(chunk: np.ndarray, fill: Any) -> bool:
     return bool(np.array_equal(chunk, np.broadcast_to(fill, chunk.shape), equal_nan=chunk.dtype.kind == "f"))
 
 
-def _inner_encoder(codecs: list[dict[str, Any]]) -> tuple[bool, Zstd | None] | None:
-    """(supported, compressor) for the sharding codec's inner codecs: `bytes` little-endian, then nothing or zstd."""
-    if not codecs or codecs[0]["name"] != "bytes":
-        return None
-    if codecs[0].get("configuration", {}).get("endian", "little") != "little":
+def _compressors(codecs: list[dict[str, Any]]) -> tuple[Zstd, ...] | None:
+    """The compressors after the sharding codec's inner `bytes` codec (little-endian): () or (zstd,); None for any
+    other chain."""
+    first = codecs[0] if codecs else {}
+    if first.get("name") != "bytes" or first.get("configuration", {}).get("endian", "little") != "little":
         return None
     if len(codecs) == 1:
-        return True, None
+        return ()
     if len(codecs) == 2 and codecs[1]["name"] == "zstd":
         c = codecs[1].get("configuration", {})
-        return True, Zstd(level=c.get("level", 0), checksum=c.get("checksum", False))
+        return (Zstd(level=c.get("level", 0), checksum=c.get("checksum", False)),)
     return None
 
 
@@ -65,15 +65,15 @@ def encode_shard(meta: dict[str, Any], values: np.ndarray) -> bytes | None:
     cfg = meta["codecs"][0]["configuration"]
     shard_shape = tuple(meta["chunk_grid"]["configuration"]["chunk_shape"])
     chunk_shape = tuple(cfg["chunk_shape"])
-    inner = _inner_encoder(cfg["codecs"])
+    compressors = _compressors(cfg["codecs"])
     index_codecs = [c["name"] for c in cfg["index_codecs"]]
-    if (inner is None or index_codecs != ["bytes", "crc32c"] or cfg.get("index_location", "end") != "end"
+    if (compressors is None or index_codecs != ["bytes", "crc32c"] or cfg.get("index_location", "end") != "end"
             or cfg["index_codecs"][0].get("configuration", {}).get("endian", "little") != "little"
             or chunk_shape[1:] != shard_shape[1:] or shard_shape[0] % chunk_shape[0]
             or tuple(values.shape) != shard_shape):
         return None
     dtype = np.dtype(meta["data_type"]).newbyteorder("<")
-    fill, compressor = _fill(meta, dtype), inner[1]
+    fill = _fill(meta, dtype)
     data = np.ascontiguousarray(values, dtype=dtype)
     per = chunk_shape[0]
     n = shard_shape[0] // per
@@ -84,7 +84,7 @@ def encode_shard(meta: dict[str, Any], values: np.ndarray) -> bytes | None:
         if _is_fill(chunk, fill):
             continue
         raw = chunk.data.cast("B")  # the chunk's bytes, not copied (a C-contiguous run of rows)
-        encoded = raw if compressor is None else compressor.encode(raw)
+        encoded = compressors[0].encode(raw) if compressors else raw
         index[k] = offset, len(encoded)
         parts.append(encoded)
         offset += len(encoded)
@@ -104,13 +104,12 @@ def _chunk_key(meta: dict[str, Any], coords: tuple[int, ...]) -> str | None:
     return None
 
 
-def write_whole_shard(array_dir: str | Path, shard: int, values: np.ndarray,
-                      meta: dict[str, Any] | None = None) -> bool:
+def write_whole_shard(array_dir: str | Path, shard: int, values: np.ndarray) -> bool:
     """Write shard `shard` (along the first axis) of the Zarr v3 array at `array_dir` from `values`, its full
     extent, as one file (temporary name, then rename). False, writing nothing, when the layout is not one
     `encode_shard` knows; the caller then writes through zarr-python."""
     array_dir = Path(array_dir)
-    meta = meta if meta is not None else json.loads((array_dir / "zarr.json").read_text())
+    meta = json.loads((array_dir / "zarr.json").read_text())
     key = _chunk_key(meta, (shard, *[0] * (values.ndim - 1)))
     encoded = None if key is None else encode_shard(meta, values)
     if key is None or encoded is None:
