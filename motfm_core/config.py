@@ -12,9 +12,11 @@ import json
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args
 
+from motfm_core.sizing import WIDTHS, check_attention, sized_network
+
 __all__ = ["auto_norm_groups", "config_hash", "DataConfig", "EnhanceConfig", "EnhanceTask", "EvalConfig", "from_dict",
-           "MaskConditioning", "MaskSource", "MODEL_SIZES", "ModelConfig", "ModelSize", "PipelineConfig",
-           "SampleConfig", "Solver", "SOLVER_CHOICES", "TrainConfig"]
+           "GradientCheckpointing", "MaskConditioning", "MaskSource", "MODEL_SIZES", "ModelConfig", "ModelSize",
+           "PipelineConfig", "SampleConfig", "Solver", "SOLVER_CHOICES", "TrainConfig"]
 
 # The choices of the flow parameters, as types: Prefect validates a run's parameters against them before it
 # starts, and the deployment's parameter schema lists them. `tests/core` checks they match what the code accepts.
@@ -23,6 +25,7 @@ ModelSize = Literal["small", "medium", "large"]
 MaskConditioning = Literal["auto", "none", "concat", "controlnet"]
 MaskSource = Literal["auto", "train", "deformed", "generated"]
 EnhanceTask = Literal["denoise", "superres"]
+GradientCheckpointing = Literal["auto", "on", "off"]
 SOLVER_CHOICES: tuple[str, ...] = get_args(Solver)
 
 class _Dataclass(Protocol):
@@ -128,13 +131,18 @@ def auto_norm_groups(channels: tuple[int, ...], per_group: int = 4, most: int = 
 
 @dataclass
 class ModelConfig:
-    """MONAI `DiffusionModelUNet` backbone used as the velocity field v(x_t, t, y)."""
+    """MONAI `DiffusionModelUNet` backbone used as the velocity field v(x_t, t, y).
+
+    `size` names a width; the number of levels and where attention goes follow the image (`motfm_core.sizing`).
+    Explicit `channels` / `attention_levels` win over the sizing."""
 
     spatial_dims: int = 2
     in_channels: int = 1
     num_classes: int = 3
-    channels: tuple[int, ...] = (32, 64, 64)
-    attention_levels: tuple[bool, ...] = (False, False, True)
+    size: str = "small"  # small / medium / large: the first level's width (32 / 64 / 128 channels)
+    channels: tuple[int, ...] = ()  # () = sized from `size` and the image (48 px small: 32, 64, 64)
+    attention_levels: tuple[bool, ...] = ()  # () = at the deepest level if its tokens are within the limit
+    max_attention_tokens: int = 0  # 0 = 1024 tokens in 2D, 512 in 3D; an attention level over it is refused
     num_res_blocks: int = 1
     num_head_channels: int = 32
     norm_num_groups: int = 0  # 0 = auto: every GroupNorm group holds >= 4 channels (see `auto_norm_groups`)
@@ -144,18 +152,37 @@ class ModelConfig:
     mask_conditioning: str = "none"  # "concat" (one-hot mask channels), "controlnet" (MONAI ControlNet), or
     # "auto" ("concat" when the dataset has masks, else "none"; resolved by `training.model_for_data`)
     mask_classes: int = 0  # set from the dataset's mask_names when masks condition the model
-    gradient_checkpointing: bool = False  # recompute UNet blocks in backward: less memory (3D), more time
+    # recompute each residual block in backward: less memory, more compute (its forward runs twice). "auto": on when
+    # the memory plan says a training step would not fit without it (motfm_core.memory); it never changes the result
+    gradient_checkpointing: GradientCheckpointing = "auto"
+
+    @property
+    def spatial_shape(self) -> tuple[int, ...]:
+        """(H, W) or (H, W, D) of one sample."""
+        return (self.image_size,) * 2 + ((self.depth,) if self.spatial_dims == 3 else ())
 
     @property
     def sample_shape(self) -> tuple[int, ...]:
         """(C, H, W) or (C, H, W, D) of one sample."""
-        return (self.in_channels, self.image_size, self.image_size) + ((self.depth,) if self.spatial_dims == 3 else ())
+        return (self.in_channels, *self.spatial_shape)
 
     def __post_init__(self) -> None:
+        if isinstance(self.gradient_checkpointing, bool):  # configs and checkpoints written before "auto"
+            self.gradient_checkpointing = "on" if self.gradient_checkpointing else "off"
+        if self.size in WIDTHS and self.spatial_dims in (2, 3) and self.image_size > 0 and self.depth > 0:
+            self.channels, self.attention_levels = sized_network(
+                self.size, self.spatial_shape, tuple(self.channels), tuple(self.attention_levels),
+                self.max_attention_tokens)
         if self.norm_num_groups == 0 and isinstance(self.channels, (tuple, list)) and self.channels:
             self.norm_num_groups = auto_norm_groups(tuple(self.channels))
 
     def validate(self) -> None:
+        _check(self.spatial_dims in (2, 3), f"model.spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        _check(self.size in WIDTHS, f"model.size must be one of {sorted(WIDTHS)}, got {self.size!r}")
+        _check(self.gradient_checkpointing in get_args(GradientCheckpointing),
+               f"model.gradient_checkpointing must be one of {list(get_args(GradientCheckpointing))}, got "
+               f"{self.gradient_checkpointing!r}")
+        _check(self.max_attention_tokens >= 0, "model.max_attention_tokens must be >= 0 (0 = the default limit)")
         _check(self.mask_conditioning in ("none", "concat", "controlnet", "auto"),
                "model.mask_conditioning must be 'none', 'concat', 'controlnet' or 'auto', got "
                f"{self.mask_conditioning!r}")
@@ -175,8 +202,13 @@ class ModelConfig:
                    f"({c} channels): GroupNorm would erase the time and class embedding there; use "
                    f"norm_num_groups <= {c // 2} (or 0 = auto: {auto_norm_groups(tuple(self.channels))})")
         down = 2 ** (len(self.channels) - 1)
-        _check(self.image_size % down == 0, f"model.image_size {self.image_size} must be divisible by {down}")
+        for name, side in (("image_size", self.image_size), ("depth", self.depth))[:self.spatial_dims - 1]:
+            _check(side % down == 0,
+                   f"model.{name} {side} must be divisible by {down} for {len(self.channels)} levels (each halves "
+                   f"it); use data.{name} = {max(down, side // down * down)} or {(side // down + 1) * down}, or "
+                   "fewer levels (model.channels)")
         _check(self.num_classes >= 1, "model.num_classes must be >= 1")
+        check_attention(self.spatial_shape, tuple(self.attention_levels), self.max_attention_tokens)
 
 
 @dataclass
@@ -211,9 +243,14 @@ class TrainConfig:
     # data-parallel training (motfm_core/ddp.py): processes, one per GPU (or gloo on a CPU), each training on
     # batch_size / devices rows of every global batch; the result does not depend on it (not in the run key)
     devices: int = 1
+    # the memory a training step may plan for, in GB per device (0 = what the device has free): the plan refuses a
+    # configuration over it and turns gradient checkpointing on where that makes it fit (motfm_core.memory)
+    memory_gb: float = 0.0
 
     def validate(self) -> None:
         _check(self.steps >= 1 and self.batch_size >= 1, "train.steps and train.batch_size must be >= 1")
+        _check(self.memory_gb >= 0,
+               f"train.memory_gb must be >= 0 (0 = the device's free memory), got {self.memory_gb}")
         _check(self.devices >= 1 and self.batch_size % self.devices == 0,
                f"train.devices must be >= 1 and divide train.batch_size ({self.batch_size}), got {self.devices}")
         _check(0 < self.real_fraction <= 1, f"train.real_fraction must lie in (0, 1], got {self.real_fraction}")
@@ -361,8 +398,9 @@ class EnhanceConfig:
         _check(self.level > 0 and self.steps >= 1 and self.nfe >= 1, "enhance.level, steps and nfe must be positive")
 
 
-# named backbone sizes for the `model_size` parameter: UNet channels per level (attention at the last level)
-MODEL_SIZES: dict[str, tuple[int, ...]] = {"small": (32, 64, 64), "medium": (64, 128, 128), "large": (128, 256, 256)}
+# the named model sizes (`model.size`, the flow's `model_size`): UNet channels per level at the demo's 48 px; other
+# image sizes get other levels (motfm_core.sizing)
+MODEL_SIZES: dict[str, tuple[int, ...]] = {k: sized_network(k, (48, 48))[0] for k in WIDTHS}
 
 
 @dataclass
@@ -385,13 +423,17 @@ class PipelineConfig:
             raise ValueError(f"unknown config section(s) {unknown}; valid ones are {sorted(sections)}")
         kinds = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig,
                  "eval": EvalConfig}
-        built: dict[str, Any] = {name: from_dict(kind, overrides.get(name), where=name) for name, kind in kinds.items()}
-        # the model's geometry always follows the data's
-        built["model"].spatial_dims = built["data"].spatial_dims
-        built["model"].image_size = built["data"].image_size
-        built["model"].depth = built["data"].depth
-        built["model"].validate()
-        return cls(**built)
+        data = from_dict(DataConfig, overrides.get("data"), where="data")
+        # the model's geometry is the data's: a different model value is a contradiction, not something to drop
+        model = dict(overrides.get("model") or {})
+        for key in ("spatial_dims", "image_size", "depth"):
+            if key in model and model[key] != getattr(data, key):
+                raise ValueError(f"model.{key}={model[key]!r} contradicts data.{key}={getattr(data, key)!r}: the "
+                                 f"network takes the data's geometry; set data.{key} instead")
+            model[key] = getattr(data, key)
+        built: dict[str, Any] = {name: from_dict(kind, model if name == "model" else overrides.get(name), where=name)
+                                 for name, kind in kinds.items() if name != "data"}
+        return cls(data=data, **built)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -80,3 +80,21 @@ def test_gradient_checkpointing_gives_the_same_output_and_gradients():
     ga = dict(plain.named_parameters())["unet.conv_in.conv.weight"].grad
     gb = dict(ckpt.named_parameters())["unet.conv_in.conv.weight"].grad
     assert ga is not None and torch.allclose(ga, gb, atol=1e-5)
+
+
+def test_a_copy_of_a_checkpointed_model_runs_its_own_weights():
+    """The EMA is a deep copy of the training model: its checkpointed blocks must run the copy's weights (a forward
+    closed over the original block ran the original's)."""
+    import copy
+
+    torch.manual_seed(0)
+    model = build_model(ModelConfig(image_size=16, num_classes=3, gradient_checkpointing="on", **TINY_MODEL)).train()
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        for p in twin.parameters():
+            p.add_(torch.randn_like(p))
+    x, t, y = torch.randn(2, 1, 16, 16), torch.rand(2), torch.tensor([0, 2])
+    reference = build_model(ModelConfig(image_size=16, num_classes=3, **TINY_MODEL)).train()
+    reference.load_state_dict(twin.state_dict())
+    assert torch.allclose(twin(x, t, y), reference(x, t, y), atol=1e-5)
+    assert not torch.allclose(twin(x, t, y), model(x, t, y))
