@@ -8,8 +8,9 @@ shard layout produces the same bytes.
 from __future__ import annotations
 
 import json
+import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -34,6 +35,7 @@ from motfm_core.masks import (
     mask_seeds,
     resolve_mask_source,
 )
+from motfm_core.memory import plan_sampling
 from motfm_core.nets import VelocityUNet, guided_velocity
 from motfm_core.privacy import nearest
 from motfm_core.results import Result, optional
@@ -44,6 +46,7 @@ from motfm_core.utils import default_device, file_sha256, to_image_space
 __all__ = ["copy_threshold", "EXECUTION_ONLY", "generate", "generate_masks", "initial_noise", "prepare_version",
            "REDRAW_STRIDE", "sample_plan", "sample_shard", "Sampler", "ShardResult"]
 
+log = logging.getLogger(__name__)
 REDRAW_STRIDE = 1 << 40  # redraw k of a sample uses seed + k * REDRAW_STRIDE: never another sample's seed
 
 
@@ -122,6 +125,10 @@ class Sampler:
     def __init__(self, checkpoint: str | Path, cfg: SampleConfig, device: str | torch.device = "cpu",
                  mask_checkpoint: str | Path | None = None, copy_threshold: float | None = None) -> None:
         self.model, self.meta = load_checkpoint(checkpoint, device)
+        plan = plan_sampling(self.model.cfg, cfg, device)  # the batch that fits (samples do not depend on it)
+        if plan.batch < cfg.batch_size:
+            log.warning("sample: %s", plan.line())
+            cfg = replace(cfg, batch_size=plan.batch)
         if cfg.compile:
             self.model.unet = torch.compile(self.model.unet)
         self.cfg, self.device, self.copy_threshold = cfg, str(device), copy_threshold

@@ -12,51 +12,28 @@ import copy
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
 import torch
-from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from motfm_core import __version__, ddp
-from motfm_core.baselines import ddpm_loss
 from motfm_core.config import ModelConfig, TrainConfig, config_hash
-from motfm_core.couplings import COUPLINGS
 from motfm_core.data.store import load_split, open_store, stratified_subset
+from motfm_core.memory import is_out_of_memory, out_of_memory, plan_training
 from motfm_core.nets import VelocityUNet, build_model
-from motfm_core.paths import CondOTPath, sample_time
+from motfm_core.step import ema_decay, flow_matching_loss, train_step
 from motfm_core.utils import default_device, file_sha256, save_atomic, to_model_space
 
 __all__ = ["ema_decay", "flow_matching_loss", "load_checkpoint", "model_for_data", "PROGRESS_SECONDS", "reflow_pairs",
-           "TARGETS", "train_flow_matching", "train_mask_generator", "training_set"]
+           "TARGETS", "train_flow_matching", "train_mask_generator", "train_step", "training_bytes",
+           "training_set"]
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # training says where it is at least this often
-
-
-def flow_matching_loss(
-    model: VelocityUNet, x1: torch.Tensor, y: torch.Tensor, cfg: TrainConfig, generator: torch.Generator,
-    path: CondOTPath = CondOTPath(), mask: torch.Tensor | None = None, x0: torch.Tensor | None = None,
-    part: slice = slice(None), forward: Callable[..., torch.Tensor] | None = None,
-) -> torch.Tensor:
-    """MSE between v(x_t, t, y) and the path's target velocity, with coupling and label dropout; a given
-    `x0` (reflow: the noise the teacher mapped to x1) is used as the coupling itself.
-
-    The batch's randomness is drawn whole, then only the rows `part` go through `forward` (default: `model`;
-    a DDP rank passes its wrapped model and its slice), so every rank's share is the one-process batch's."""
-    if x0 is None:
-        x0 = torch.randn(x1.shape, generator=generator, device=x1.device)
-        x0 = COUPLINGS[cfg.coupling](x0, x1, y)  # pairs within each class label
-    t = sample_time(x1.shape[0], cfg.time_sampling, generator, x1.device, cfg.time_shift)
-    xt, ut = path.sample(x0, x1, t)
-    if cfg.class_dropout > 0:
-        drop = torch.rand(y.shape, generator=generator, device=y.device) < cfg.class_dropout
-        y = torch.where(drop, torch.full_like(y, model.null_class), y)
-    mask = None if mask is None else mask[part]
-    return ((forward or model)(xt[part], t[part], y[part], mask).float() - ut[part]).pow(2).mean()
 
 
 @torch.no_grad()
@@ -169,20 +146,6 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tup
     return model, {k: v for k, v in ckpt.items() if k not in ("ema", "model", "optimizer", "rng")}
 
 
-def ema_decay(step: int, cfg: TrainConfig) -> float:
-    """The EMA decay of the update after `step` optimizer steps: cfg.ema_decay, ramped up from 0.1 as
-    (1 + step) / (10 + step) while that is lower when cfg.ema_warmup (the usual warm-up, e.g. diffusers' EMAModel)."""
-    return min(cfg.ema_decay, (1 + step) / (10 + step)) if cfg.ema_warmup else cfg.ema_decay
-
-
-def _lr_at(step: int, cfg: TrainConfig) -> float:
-    """Linear warmup, then cosine decay to 10% of the peak."""
-    if step < cfg.warmup_steps:
-        return cfg.lr * (step + 1) / cfg.warmup_steps
-    frac = (step - cfg.warmup_steps) / max(1, cfg.steps - cfg.warmup_steps)
-    return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
-
-
 def train_flow_matching(
     data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | Path,
     device: str | torch.device | None = None, progress: Callable[[str], None] | None = None,
@@ -202,21 +165,47 @@ def train_flow_matching(
     teacher_sha = file_sha256(cfg.reflow_from) if cfg.reflow_from else ""
     if cfg.reflow_from and model_cfg.prediction != "velocity":
         raise ValueError("train.reflow_from: reflow applies to flow-matching (velocity) models only")
-    # the device count is not part of the key: a run's result does not depend on it, so either resumes the other
-    recipe = {k: v for k, v in asdict(cfg).items() if k != "devices"}
-    key = config_hash(model_cfg, recipe, fingerprint, __version__, teacher_sha, target)
+    # neither the device count, the memory budget nor gradient checkpointing changes the result: not in the key,
+    # so a run resumes on another machine or with another plan
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("devices", "memory_gb")}
+    key = config_hash(replace(model_cfg, gradient_checkpointing="auto"), recipe, fingerprint, __version__,
+                      teacher_sha, target)
     final = out_dir / "model.pt"
     if final.exists() and torch.load(final, weights_only=True, map_location="cpu").get("run_key") == key:
         say(f"train: {final} already trained with this data and config (key {key}); reusing it")
         return final
+    dev = default_device(device)
+    plan = plan_training(model_cfg, cfg, dev, training_bytes(data_path, cfg, model_cfg, target))
+    say(f"train: plan: {plan.line()}")
+    model_cfg = replace(model_cfg, gradient_checkpointing="on" if plan.gradient_checkpointing else "off")
     args = (data_path, model_cfg, cfg, out_dir, key, teacher_sha, target)
-    if cfg.devices > 1:
-        say(f"train: data-parallel over {cfg.devices} processes "
-            f"({'one GPU each' if torch.cuda.is_available() else 'CPU, gloo'})")
-        ddp.spawn(_fit, args, cfg.devices, say, advance)
-    else:
-        _fit(*args, rank=ddp.Rank(device=default_device(device)), say=say, advance=advance)
+    try:
+        if cfg.devices > 1:
+            say(f"train: data-parallel over {cfg.devices} processes "
+                f"({'one GPU each' if torch.cuda.is_available() else 'CPU, gloo'})")
+            ddp.spawn(_fit, args, cfg.devices, say, advance)
+        else:
+            _fit(*args, rank=ddp.Rank(device=dev), say=say, advance=advance)
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise out_of_memory("train", plan.line(), e, "use a smaller train.batch_size, "
+                                "model.gradient_checkpointing=on or a smaller model.size") from None
+        raise
     return final
+
+
+def training_bytes(data_path: str | Path, cfg: TrainConfig, model_cfg: ModelConfig, target: str = "images") -> int:
+    """Bytes of the training set as `_fit` holds it on the device: float32 images (one-hot masks for the mask
+    generator) and, for a mask-conditioned model, the uint8 masks."""
+    root = open_store(data_path)
+    split = np.asarray(root["split"][:])
+    n = len(stratified_subset(np.asarray(root["labels"][:])[split == 0], cfg.real_fraction, cfg.subset_seed))
+    if cfg.reflow_from:
+        n = 2 * cfg.reflow_pairs  # the teacher's (x0, x1) couplings
+    per = 4 * math.prod(model_cfg.sample_shape)
+    if model_cfg.mask_conditioning != "none":
+        per += math.prod(model_cfg.spatial_shape)
+    return n * per
 
 
 def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: Path, key: str,
@@ -235,7 +224,8 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
     pairs = None
     if cfg.reflow_from:
         teacher, _ = load_checkpoint(cfg.reflow_from, device)
-        if asdict(teacher.cfg) != asdict(model_cfg):
+        same = [asdict(replace(c, gradient_checkpointing="auto")) for c in (teacher.cfg, model_cfg)]
+        if same[0] != same[1]:  # checkpointing is how a step runs, not the architecture
             raise ValueError(f"{cfg.reflow_from}: the reflow teacher's model config differs from this one; reflow "
                              "keeps the architecture (use the teacher run's model settings)")
         say(f"train: reflow: generating {cfg.reflow_pairs} couplings with {cfg.reflow_from} "
@@ -272,32 +262,15 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
             "world_size": rank.world, "rank_seeds": [cfg.seed] * rank.world,
             "rank_rows": [[rows.start, rows.stop] for rows in (ddp.rank_slice(batch, ddp.Rank(r, rank.world))
                                                                 for r in range(rank.world))]}
-    use_bf16 = device.type == "cuda"
     t_start = time.time()
     first_step, last_said = step, t_start
     model.train()
     while step < cfg.steps:
         idx = torch.randint(0, n, (batch,), generator=gen, device=device)
-        for group in opt.param_groups:
-            group["lr"] = _lr_at(step, cfg)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_bf16):
-            mask = None if m_all is None else m_all[idx]
-            if model_cfg.prediction == "epsilon":
-                loss = ddpm_loss(model, x_all[idx], y_all[idx], cfg.class_dropout, gen, mask, part, forward)
-            elif pairs is not None:
-                loss = flow_matching_loss(model, pairs["x1"][idx], y_all[idx], cfg, gen, mask=mask,
-                                          x0=pairs["x0"][idx], part=part, forward=forward)
-            else:
-                loss = flow_matching_loss(model, x_all[idx], y_all[idx], cfg, gen, mask=mask, part=part,
-                                          forward=forward)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()  # DDP: the gradients arrive averaged over the ranks, the global batch's gradient
-        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-        opt.step()
-        with torch.no_grad():
-            decay = ema_decay(step, cfg)
-            for pe, pm in zip(ema.parameters(), model.parameters()):
-                pe.lerp_(pm, 1.0 - decay)
+        x0 = None if pairs is None else pairs["x0"][idx]
+        x1 = x_all[idx] if pairs is None else pairs["x1"][idx]
+        loss = train_step(model, ema, opt, x1, y_all[idx], None if m_all is None else m_all[idx], cfg, gen, step,
+                          x0=x0, part=part, forward=forward)
         step += 1
         losses.append(float(rank.mean(loss.detach())))
         saving = step % cfg.checkpoint_every == 0 or step == cfg.steps

@@ -3,8 +3,8 @@
 Shared task settings:
 - GPU_TAG marks the stages that use the accelerator (train, sample, evaluate, enhance); `deployments/local.sh up`
   sets a tag concurrency limit of 1 on it so two runs never oversubscribe one GPU (raise it per GPU count).
-- `transient` lets a task retry (with backoff) on I/O and runtime failures, never on bad input: a ValueError or
-  a missing file fails at once with its message.
+- `transient` lets a task retry (with backoff) on I/O and runtime failures, never on bad input: a ValueError, a
+  missing file or an allocation that failed (out of memory) fails at once with its message.
 """
 
 from __future__ import annotations
@@ -42,7 +42,9 @@ def progress_bar(description: str, every: float = 5.0) -> Callable[[float], None
 
 def transient(task, task_run, state) -> bool:  # Prefect's retry_condition_fn signature; only `state` is read
     """Retry only what a second attempt can fix: OSError (disk, network) and RuntimeError (CUDA, Dask), but
-    not a missing or unreadable path."""
+    not a missing or unreadable path, and never running out of memory (the same step needs the same memory)."""
+    from motfm_core.memory import is_out_of_memory
+
     error = state.result(raise_on_failure=False)
-    return isinstance(error, (OSError, RuntimeError)) and not isinstance(
+    return isinstance(error, (OSError, RuntimeError)) and not is_out_of_memory(error) and not isinstance(
         error, (FileNotFoundError, NotADirectoryError, PermissionError))
