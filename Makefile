@@ -10,7 +10,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= motfm_core
 
-.PHONY: demo demo-3d test lint venv data postgres browser clean
+.PHONY: demo demo-3d demo-clinical-2d test lint venv data postgres browser clean
 
 venv: $(STAMP)
 
@@ -56,6 +56,10 @@ demo: venv data
 demo-3d: venv data
 	$(PY) -m flows.synth_and_eval --run-name demo-3d --preset demo-3d
 
+# 2D at the bundled brains' native 1 mm: 192 x 192 slices, the size-aware network (outputs/clinical-2d/)
+demo-clinical-2d: venv data
+	$(PY) -m flows.synth_and_eval --run-name clinical-2d --preset clinical-2d
+
 # lint (ruff), the import contracts (layers, no Prefect in motfm_core, no circles) and types (mypy), then the tests
 lint: venv
 	$(VENV)/bin/ruff check .
@@ -66,4 +70,4 @@ test: venv data postgres browser lint
 	$(PY) -m pytest -q
 
 clean:
-	rm -rf outputs/demo outputs/demo-3d .prefect
+	rm -rf outputs/demo outputs/demo-3d outputs/clinical-2d .prefect

@@ -34,10 +34,12 @@ from motfm_core.config import (
 )
 from motfm_core.data.ingest import check_source
 from motfm_core.distributed import run_cluster
+from motfm_core.memory import plan_memory
 from motfm_core.utils import write_json_atomic
 from tasks.enhance import enhance_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
+from tasks.plan import plan_task
 from tasks.report import report_task
 from tasks.sample import plan_sampling_task, publish_task, sample_shards_task
 from tasks.train import train_masks_task, train_task
@@ -70,6 +72,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "sample": {"samples_per_class": 20, "batch_size": 16},
                 "eval": {"seeds": [0, 1], "ratios": [1.0], "real_fractions": [], "nfe_curve": [1, 4],
                          "nfe_curve_samples": 8, "steps": 120, "seg_steps": 80}},
+    # 2D at the bundled brains' native 1 mm: 192 x 192 axial slices, the size-aware network (five levels, attention
+    # at 12 x 12); short budgets so that the whole DAG fits 25 minutes on a 2-core CPU (figures in RESULTS.md)
+    "clinical-2d": {"data": {"image_size": 192},
+                    "train": {"steps": 200, "batch_size": 4, "warmup_steps": 20, "checkpoint_every": 50},
+                    "sample": {"samples_per_class": 16, "batch_size": 8},
+                    "eval": {"seeds": [0, 1], "ratios": [1.0], "real_fractions": [], "nfe_curve": [1, 4],
+                             "nfe_curve_samples": 4, "steps": 100, "seg_steps": 60, "batch_size": 16}},
 }
 
 
@@ -81,7 +90,7 @@ def build_config(dataset: str, image_size: int, train_steps: int | None, solver:
     if model_size not in MODEL_SIZES:
         raise ValueError(f"model_size must be one of {sorted(MODEL_SIZES)}, got {model_size!r}")
     named: dict[str, dict[str, Any]] = {
-        "model": {"channels": MODEL_SIZES[model_size], "mask_conditioning": mask_conditioning},
+        "model": {"size": model_size, "mask_conditioning": mask_conditioning},
         "data": {"source": dataset, "image_size": image_size},
         "sample": {"solver": solver, "nfe": nfe, "samples_per_class": samples_per_class},
         "eval": {"seeds": list(seeds)}, "train": {} if train_steps is None else {"steps": train_steps}}
@@ -153,6 +162,7 @@ def synth_and_eval(
     run_dir.mkdir(parents=True, exist_ok=True)
     logger.info("synth-and-eval: outputs in %s", run_dir)
 
+    plan_task(cfg.model, cfg.train, cfg.sample)  # refuses what cannot fit before the data is read
     data_path = ingest_task(cfg.data, str(run_dir))
     enhancements = [enhance_task(data_path, e, str(run_dir)) for e in enhance_cfgs]
     generators = train_generators(cfg, data_path, run_dir)
@@ -178,9 +188,12 @@ def sample_evaluate_report(run_name: str, cfg: PipelineConfig, data_path: str,
 
 # named CLI arguments and the config key each sets: given explicitly, they win over a preset; a --set of the same
 # key with another value is refused as ambiguous
-NAMED_KEYS = {"dataset": "data.source", "image_size": "data.image_size", "mask_conditioning": "model.mask_conditioning",
-              "train_steps": "train.steps", "solver": "sample.solver", "nfe": "sample.nfe",
-              "samples_per_class": "sample.samples_per_class", "seeds": "eval.seeds"}
+NAMED_KEYS = {"dataset": "data.source", "image_size": "data.image_size", "model_size": "model.size",
+              "mask_conditioning": "model.mask_conditioning", "train_steps": "train.steps", "solver": "sample.solver",
+              "nfe": "sample.nfe", "samples_per_class": "sample.samples_per_class", "seeds": "eval.seeds"}
+# a preset's own network: an explicit model size (--model-size, --set model.size) replaces it rather than being
+# ignored, since the preset's channels would otherwise win over the size
+PRESET_NETWORK = ("channels", "attention_levels", "num_head_channels")
 
 
 def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, dict[str, Any]]]:
@@ -190,7 +203,8 @@ def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     p.add_argument("--output-root", default="outputs")
     p.add_argument("--dataset", help="brain-mri (default), a MedMNIST .npz, or a folder with labels.csv")
     p.add_argument("--image-size", type=int, help="default 48")
-    p.add_argument("--model-size", default="small", choices=sorted(MODEL_SIZES))
+    p.add_argument("--model-size", choices=sorted(MODEL_SIZES),
+                   help="network width (default small); the levels and attention follow the image size")
     p.add_argument("--mask-conditioning", choices=["auto", "none", "concat", "controlnet"],
                    help="condition on segmentation masks (default auto: when the dataset has them)")
     p.add_argument("--train-steps", type=int)
@@ -227,30 +241,40 @@ def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
             arg, given = explicit[key]
             p.error(f"--set {key}={value} contradicts --{arg.replace('_', '-')} {given}; give one of them")
         overrides.setdefault(section, {})[name] = parsed
+        explicit.setdefault(key, ("set", parsed))
+    if "model.size" in explicit:
+        set_by_user = {k.split(".", 1)[1] for k, (arg, _) in explicit.items()
+                       if arg == "set" and k.startswith("model.")}
+        for name in PRESET_NETWORK:
+            if name not in set_by_user:
+                overrides.get("model", {}).pop(name, None)
     return a, overrides
 
 
-def check_before_start(model_size: str, enhance: list[str], overrides: dict[str, dict[str, Any]]) -> None:
-    """The run's configuration (the flow's own defaults, then `overrides`) and its data source, checked before
-    Prefect starts: a bad value fails in seconds, not after the embedded server's start-up."""
+def check_before_start(enhance: list[str], overrides: dict[str, dict[str, Any]]) -> str:
+    """The run's configuration (the flow's own defaults, then `overrides`), its data source and its memory plan,
+    checked before Prefect starts: a bad value fails in seconds, not after the embedded server's start-up. Returns
+    the plan's lines."""
     defaults = {k: p.default for k, p in inspect.signature(synth_and_eval.fn).parameters.items()}
     cfg = build_config(defaults["dataset"], defaults["image_size"], defaults["train_steps"], defaults["solver"],
-                       defaults["nfe"], defaults["samples_per_class"], defaults["seeds"], overrides, model_size,
-                       defaults["mask_conditioning"])
+                       defaults["nfe"], defaults["samples_per_class"], defaults["seeds"], overrides,
+                       defaults["model_size"], defaults["mask_conditioning"])
     for name in enhance:
         from_dict(EnhanceConfig, {**overrides.get("enhance", {}), "task": name}, "enhance").validate()
     check_source(cfg.data.source)
+    training, sampling = plan_memory(cfg.model, cfg.train, cfg.sample)
+    return f"plan: {training.line()}; {sampling.line()}"
 
 
 def main(argv: list[str] | None = None) -> None:
     a, overrides = parse_cli(argv)
     t0 = time.time()
     try:
-        check_before_start(a.model_size, a.enhance, overrides)
+        print(f"motfm: {check_before_start(a.enhance, overrides)}")
         with prefect_ready():
             quiet_console_tracebacks(a.debug)  # after Prefect's set-up, which installs its terminal handlers
-            report = synth_and_eval(run_name=a.run_name, output_root=a.output_root, model_size=a.model_size,
-                                    enhance=a.enhance, overrides=overrides)
+            report = synth_and_eval(run_name=a.run_name, output_root=a.output_root, enhance=a.enhance,
+                                    overrides=overrides)
     except USER_ERRORS as e:
         if a.debug:
             raise

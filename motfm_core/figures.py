@@ -12,6 +12,7 @@ import zarr
 
 from motfm_core.data.store import load_split
 from motfm_core.evaluation import Evaluation
+from motfm_core.utils import figure_dpi
 
 __all__ = ["gain_figure", "inline_figures", "loss_figure", "sample_grid"]
 
@@ -54,7 +55,7 @@ def sample_grid(real_path: str | Path, synthetic_path: str | Path, out_png: str 
             axes[2 * c + row, 0].set_title(f"{kind}: {name}", fontsize=7, loc="left")
     fig.tight_layout()
     out_png = Path(out_png)
-    fig.savefig(out_png, dpi=80)
+    fig.savefig(out_png, dpi=figure_dpi(max(real["images"].shape[2:4]), 1.1))  # each image at its own size or more
     plt.close(fig)
     return out_png
 

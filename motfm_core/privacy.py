@@ -19,6 +19,7 @@ import zarr
 
 from motfm_core.data.store import Splits, load_splits, open_synthetic, rows_per_batch
 from motfm_core.results import Result, optional
+from motfm_core.utils import figure_dpi
 
 __all__ = ["Audit", "ClosePair", "CopyGuard", "audit_stores", "closest_pairs_png", "memorisation_audit", "nearest"]
 
@@ -110,7 +111,7 @@ def closest_pairs_png(train: np.ndarray, synthetic: Any, audit: Audit, out_png: 
     fig.suptitle(f"closest pairs; flag threshold {audit.threshold:.3f} (test images' {audit.quantile:.0%} "
                  "quantile)", fontsize=8)
     out_png = Path(out_png)
-    fig.savefig(out_png, dpi=80, bbox_inches="tight")
+    fig.savefig(out_png, dpi=figure_dpi(max(train.shape[2:4]), 1.3), bbox_inches="tight")  # images at their size
     plt.close(fig)
     return out_png
 

@@ -9,6 +9,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import json
+import math
 import os
 import shutil
 import uuid
@@ -18,8 +19,8 @@ from typing import Any
 
 import torch
 
-__all__ = ["atomic_path", "default_device", "file_sha256", "mmap_large_buffers", "save_atomic", "to_image_space",
-           "to_model_space", "write_json_atomic"]
+__all__ = ["atomic_path", "default_device", "figure_dpi", "file_sha256", "mmap_large_buffers", "save_atomic",
+           "to_image_space", "to_model_space", "write_json_atomic"]
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
@@ -29,6 +30,12 @@ def default_device(device: str | torch.device | None = None) -> torch.device:
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def figure_dpi(image_px: int, cell_inches: float, least: int = 80) -> int:
+    """Resolution of a figure of images drawn in cells `cell_inches` wide: enough that each is drawn at least at its
+    own pixel size (a 192 px slice in a 1.1 inch cell needs 175 dpi), never under `least`."""
+    return max(least, math.ceil(image_px / cell_inches))
 
 
 def to_model_space(images: torch.Tensor) -> torch.Tensor:

@@ -76,3 +76,39 @@ def test_bad_input_fails_with_one_line_before_prefect_starts(tmp_path, capsys):
     assert len(_errors(missing.err)) == 1 and _errors(missing.err)[0].startswith(
         f"motfm: error: {tmp_path / 'nowhere'}: data source not found")
     assert not out.exists()  # nothing written
+
+
+def test_an_explicit_model_size_replaces_the_presets_network():
+    _, overrides = parse_cli(["--preset", "demo-3d", "--model-size", "large"])
+    cfg = build_config("brain-mri", 48, None, "euler", 10, 80, [0], overrides)
+    assert cfg.model.size == "large" and cfg.model.channels == (128, 256, 256)  # sized for its 32 x 32 x 8 blocks
+    _, overrides = parse_cli(["--preset", "demo-3d", "--model-size", "large", "--set", "model.channels=[8,16,16]"])
+    assert build_config("brain-mri", 48, None, "euler", 10, 80, [0], overrides).model.channels == (8, 16, 16)
+    _, overrides = parse_cli(["--preset", "demo-3d"])  # without it, the preset's own network
+    assert build_config("brain-mri", 48, None, "euler", 10, 80, [0], overrides).model.channels == (16, 32, 32)
+
+
+def test_a_configuration_that_cannot_fit_is_refused_in_one_line_before_any_work(tmp_path, capsys):
+    """The 128^3 case that asked for 48 GiB on its first training step and was retried: now refused by the plan."""
+    from flows.synth_and_eval import main
+
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit) as e:
+        main(["--dataset", "phantom:6", "--image-size", "128", "--set", "data.spatial_dims=3",
+              "--set", "data.depth=128", "--train-steps", "2", "--run-name", "big", "--output-root", str(out)])
+    err = capsys.readouterr()
+    assert e.value.code == 2 and "Traceback" not in err.err + err.out and not out.exists()
+    assert "Prefect database ready" not in err.out
+    (line,) = _errors(err.err)
+    assert line.startswith("motfm: error: train: a training step needs about ") and "train.batch_size (now 32" in line
+
+
+def test_the_clinical_2d_preset_is_the_native_size_network_and_fits():
+    from flows.synth_and_eval import check_before_start
+
+    a, overrides = parse_cli(["--preset", "clinical-2d"])
+    cfg = build_config("brain-mri", 48, None, "euler", 10, 80, [0, 1, 2], overrides)
+    assert cfg.data.image_size == 192 and cfg.model.channels == (32, 64, 64, 128, 128)  # 1 mm, bottleneck 12 x 12
+    assert cfg.model.attention_levels == (False,) * 4 + (True,)
+    plan = check_before_start(a.enhance, overrides)
+    assert "attention 12x12 (144 tokens)" in plan and "at batch 4" in plan
