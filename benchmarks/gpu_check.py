@@ -21,7 +21,11 @@ Steps; each is timed and lands in the JSON, and a failing step is recorded (its 
    processes cost CI ~15 s and tests/core/test_training.py trains (and resumes) over two gloo ranks already;
 8. writer: that machine's disk: a raw sequential write, then `write_shard` at the sampling step's shard size
    (zstd) and at 1024-image uncompressed shards, of 8192 demo-size images, flushed: images/s against the sampling
-   step's, i.e. whether the sampler would wait on the writer there (benchmarks/writer_options.py measured here).
+   step's, i.e. whether the sampler would wait on the writer there (benchmarks/writer_options.py measured here);
+9. sizes: the size-aware networks at the sizes users bring, 2D 256^2 (small and medium, batch 8) and 3D 128^3
+   (small, batch 2): the memory plan for the GPU (motfm_core.memory), then two training steps under bf16 autocast:
+   seconds per step, peak GPU memory against the planned (the CUDA overhead in the plan is an assumption until this
+   measures it; the plan traces float32, so it should come out above the measured bf16 peak).
 `--cpu` runs the same code on tiny sizes (16 px, 16^3 volumes, a few steps, one worker; on a CPU-only machine
 bf16 autocast runs on the CPU for step 5; no compile: inductor on a 2-core CPU takes minutes) so that CI proves
 the script runs; its numbers measure nothing.
@@ -67,11 +71,13 @@ def sizes(cpu: bool) -> dict[str, Any]:
         return {"data": DataConfig(source="phantom:12", image_size=16), "steps": 4, "batch": 8,
                 "samples_per_class": 4, "shard_size": 4, "compile": [False],
                 "data_3d": DataConfig(source="phantom:6", image_size=16, spatial_dims=3, depth=16),
-                "steps_3d": 2, "samples_3d": 2, "channels_3d": (8, 16, 16)}
+                "steps_3d": 2, "samples_3d": 2, "channels_3d": (8, 16, 16),
+                "sized": [((2, 32, 32, 2), "small"), ((3, 16, 16, 1), "small")]}
     return {"data": DataConfig(source="brain-mri", image_size=48), "steps": 300, "batch": 32,
             "samples_per_class": 512, "shard_size": 128, "compile": [False, True],
             "data_3d": DataConfig(source="phantom:6", image_size=96, spatial_dims=3, depth=96),
-            "steps_3d": 30, "samples_3d": 4, "channels_3d": (32, 64, 64)}
+            "steps_3d": 30, "samples_3d": 4, "channels_3d": (32, 64, 64),
+            "sized": [((2, 256, 256, 8), "small"), ((2, 256, 256, 8), "medium"), ((3, 128, 128, 2), "small")]}
 
 
 def peak_gb() -> float | None:
@@ -197,6 +203,45 @@ def writer(work: Path, images: int, size: int, shard: int, sampled: float | None
     return out
 
 
+def sized_step(spec: tuple[int, int, int, int], size: str) -> dict[str, Any]:
+    """Step 9: the plan of one size-aware network, then two real training steps; peak memory of the steps above what
+    was allocated before the model (GPU: torch's allocator; the CPU dry run: peak RSS)."""
+    from sizes import _status, model_config
+
+    from motfm_core.memory import plan_training
+    from motfm_core.nets import build_model
+    from motfm_core.step import train_step
+
+    cfg, train = model_config(spec, size, False)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    plan = plan_training(cfg, train, device)
+    cfg = dataclasses.replace(cfg, gradient_checkpointing="on" if plan.gradient_checkpointing else "off")
+    x = torch.rand(train.batch_size, *cfg.sample_shape, device=device) * 2 - 1
+    y = torch.zeros(train.batch_size, dtype=torch.long, device=device)
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated() / 2**30 if cuda else _status("VmRSS")
+    model = build_model(cfg).to(device)
+    ema = build_model(cfg).to(device).requires_grad_(False)
+    opt = torch.optim.AdamW(model.parameters(), lr=train.lr)
+    gen = torch.Generator(device=device).manual_seed(0)
+    times = []
+    for k in range(2):
+        t0 = time.perf_counter()
+        train_step(model, ema, opt, x, y, None, train, gen, k)
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    peak = (torch.cuda.max_memory_allocated() / 2**30 if cuda else _status("VmHWM")) - before
+    return {"shape": list(cfg.spatial_shape), "size": size, "channels": list(cfg.channels), "batch": train.batch_size,
+            "params": plan.params, "planned_gb": plan.step_gb, "measured_gb": peak,
+            "plan_error": plan.step_gb / peak - 1,
+            "gradient_checkpointing": plan.gradient_checkpointing, "tflop_per_step": plan.tflop_per_step,
+            "s_per_step": times[1], "first_step_s": times[0]}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="the dry run: tiny sizes on the CPU, whatever is present")
@@ -237,6 +282,8 @@ def main() -> None:
         step(result, "writer", lambda: writer(work, 64 if args.cpu else 8192, s["data"].image_size, s["shard_size"],
                                               fastest))
     step(result, "three_d", lambda: three_d(work, s))
+    for spec, size in s["sized"]:
+        step(result, f"sizes_{spec[0]}d_{spec[1]}_{size}", lambda sp=spec, sz=size: sized_step(sp, sz))
     result["total_seconds"] = time.perf_counter() - t0
     result["failed_steps"] = [k for k, v in result.items() if isinstance(v, dict) and "error" in v]
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{date}-{machine_name()}-gpu-check.json"

@@ -28,3 +28,6 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     w = r["writer"]  # the disk's rates, and whether the sampler just measured would wait on them
     assert w["raw_mb_s"] > 0 and w["shard_1024_uncompressed"]["images_per_s"] > 0
     assert isinstance(w[f"shard_{r['sizes']['shard_size']}_zstd"]["sampler_waits"], bool)
+    for name in ("sizes_2d_32_small", "sizes_3d_16_small"):  # the size-aware networks: plan against a measured step
+        sized = r[name]
+        assert sized["planned_gb"] > 0 and sized["measured_gb"] > 0 and sized["s_per_step"] > 0, sized
