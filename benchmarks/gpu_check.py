@@ -13,7 +13,8 @@ Steps; each is timed and lands in the JSON, and a failing step is recorded (its 
 5. bf16 vs fp32: the same seeds and masks sampled under bf16 autocast and in fp32; the check passes when the mean
    absolute difference is < 0.01 and the largest < 0.25 (images in [0, 1]; bf16 keeps 8 bits of mantissa, and
    10 Euler steps compound it: a tolerance stated here, not derived);
-6. 3D at the paper's size: the same network in 3D (no attention: 24^3 tokens at its lowest level) on 96^3
+6. 3D at the paper's size: the same network in 3D (no attention levels; MONAI's mid block attends over its 24^3
+   bottleneck voxels, through SDPA) on 96^3
    phantom volumes, `--steps-3d` steps at batch 2, then samples: seconds per step and per sample, peak memory;
 7. data-parallel training: the step-2 training again with `train.devices` = every GPU (NCCL), its seconds per
    step and the largest relative difference of its loss curve from step 2's one-device run (the same global batch;

@@ -17,8 +17,13 @@ def add_row(section: str, columns: list[str], row: list[str], path: Path = RESUL
         lines.append(line)
     else:
         i = lines.index(heading) + 1
-        while i < len(lines) and not lines[i].startswith("|"):
-            i += 1  # the section's prose, up to its table
+        while i < len(lines) and not lines[i].startswith(("|", "## ")):
+            i += 1  # the section's prose, up to its table (or the next section, when it has none yet)
+        if i == len(lines) or lines[i].startswith("## "):
+            while i > 0 and not lines[i - 1].strip():
+                i -= 1
+            lines[i:i] = ["", "| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+            i += 3
         while i < len(lines) and lines[i].startswith("|"):
             i += 1
         lines.insert(i, line)

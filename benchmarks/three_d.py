@@ -6,8 +6,9 @@ estimate of a GPU run of the paper's budget.
 
 Each network runs in a fresh process (so its peak RSS is its own): `--steps` training steps at batch 1 (flow-matching
 loss, AdamW, the training code's own loss function) after one warm-up step, then one velocity evaluation at batch 1;
-a sample costs NFE (10) of them. Networks: `demo-3d` (the `make demo-3d` UNet, channels 16/32/32, no attention),
-`small` (32/64/64, no attention: 24^3 tokens at 96^3 would be a 191k x 191k attention map) and `seed` (the seed
+a sample costs NFE (10) of them. Networks: `demo-3d` (the `make demo-3d` UNet, channels 16/32/32, no attention levels),
+`small` (32/64/64 without attention levels; MONAI's mid block still attends over its 24^3 = 13,824 bottleneck
+voxels at 96^3) and `seed` (the seed
 repository's 3D configuration, configs/config_3D.yaml: channels 32/64/160/480, two residual blocks per level,
 attention at the last level, here at 12^3 = 1728 tokens). The GPU figure is an ESTIMATE, not a measurement:
 training FLOPs = 3 x the forward FLOPs counted by torch at batch 1, at 40% of an H200's 989 dense bf16 TFLOP/s,

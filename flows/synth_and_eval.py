@@ -63,8 +63,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
              "eval": {"ratios": [1.0], "real_fractions": [0.25], "nfe_curve": [1, 4, 10], "steps": 160,
                       "seg_steps": 100}},
     # `make demo-3d`: the DAG in 3D on sub-volume blocks of the bundled brains (32 x 32 x 8 voxels at 2 mm). A 3D
-    # step costs ~3 s at batch 8 with the small UNet here, so a narrower one without attention (1.0 s per step);
-    # no low-data generator (it would double the training)
+    # step costs ~3 s at batch 8 with the small UNet here, so a narrower one without attention levels (1.0 s per
+    # step; MONAI's mid block still attends over its 8 x 8 x 2 bottleneck); no low-data generator (it would double
+    # the training)
     "demo-3d": {"data": {"spatial_dims": 3, "image_size": 32, "depth": 8},
                 "model": {"channels": [16, 32, 32], "attention_levels": [False, False, False],
                           "num_head_channels": 16},

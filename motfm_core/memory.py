@@ -13,11 +13,13 @@ only counts, in about a second at any image size.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
 import os
 import weakref
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any, NamedTuple, cast
@@ -41,6 +43,9 @@ GB = 2 ** 30
 # fragmentation, an assumption until the GPU check measures it
 OVERHEAD = {"cpu": (1.26, 1.08), "cuda": (1.15, 1.15)}
 HEAP_LIMIT = 32 * 2 ** 20
+# the share of the free memory a sampling batch is sized to: the batch is the pipeline's choice (samples do not
+# depend on it), so it leaves room for the plan's error (within about 20% where measured)
+SAMPLING_SHARE = 0.8
 PROCESS_GB = {"cpu": 0.7, "cuda": 0.0}  # what a process holds before the model: torch and the pipeline's imports
 
 
@@ -102,6 +107,28 @@ class Trace(NamedTuple):
 
 
 META = torch.device("meta")
+_SDPA = torch.nn.functional.scaled_dot_product_attention
+
+
+def _fused_sdpa(query, key, value, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, **kwargs):
+    """scaled_dot_product_attention as the fused kernel a CPU (or GPU) runs it with, on meta tensors: the math path
+    the meta device would otherwise take holds the whole attention map (24 GB at 32768 tokens, where the kernel holds
+    a few MB). Anything else goes to PyTorch's own function."""
+    if query.device.type == "meta" and attn_mask is None and dropout_p == 0.0 and not kwargs:
+        return torch.ops.aten._scaled_dot_product_flash_attention_for_cpu(query, key, value, 0.0, is_causal,
+                                                                           scale=scale)[0]
+    return _SDPA(query, key, value, attn_mask=attn_mask, dropout_p=dropout_p, is_causal=is_causal, scale=scale,
+                 **kwargs)
+
+
+@contextlib.contextmanager
+def _tracing() -> Iterator[None]:
+    """While tracing, SDPA on meta tensors is the fused kernel's (`_fused_sdpa`); real tensors are untouched."""
+    setattr(torch.nn.functional, "scaled_dot_product_attention", _fused_sdpa)  # noqa: B010 (typed as the builtin)
+    try:
+        yield
+    finally:
+        setattr(torch.nn.functional, "scaled_dot_product_attention", _SDPA)  # noqa: B010
 
 
 def _build(model_cfg: ModelConfig, device_type: str):
@@ -147,7 +174,7 @@ def trace_training(model_cfg: ModelConfig, train_cfg: TrainConfig, device_type: 
     batch = train_cfg.batch_size
     part = rank_slice(batch, Rank(0, train_cfg.devices))
     counter, flops = _LiveBytes(*OVERHEAD[device_type]), FlopCounterMode(display=False)
-    with counter:
+    with _tracing(), counter:
         model = _build(cfg, device_type)
         ema = _build(cfg, device_type).requires_grad_(False)
         opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr)
@@ -178,7 +205,7 @@ def trace_sampling(model_cfg: ModelConfig, sample_cfg: SampleConfig, device_type
     batch = sample_cfg.batch_size
     method = sample_cfg.solver if sample_cfg.solver in SOLVERS else "rk4" if sample_cfg.solver == "dopri5" else "euler"
     counter, flops, calls = _LiveBytes(*OVERHEAD[device_type]), FlopCounterMode(display=False), [0]
-    with counter:
+    with _tracing(), counter:
         model = _build(cfg, device_type).eval().requires_grad_(False)
         x0 = torch.zeros(batch, *cfg.sample_shape, device=META)
         y = torch.zeros(batch, dtype=torch.long, device=META)
@@ -267,12 +294,19 @@ class TrainingPlan:
 
 
 def _attention_text(cfg: ModelConfig) -> str:
+    """Where the network attends: its attention levels and MONAI's mid block, which always attends at the deepest
+    level."""
     from motfm_core.sizing import attention_tokens, level_sides
 
-    shape = cfg.spatial_shape
-    levels = [f"{'x'.join(map(str, level_sides(shape, i + 1)[i]))} ({attention_tokens(shape, i)} tokens)"
-              for i, on in enumerate(cfg.attention_levels) if on]
-    return ", ".join(levels) or "none"
+    shape, deepest = cfg.spatial_shape, len(cfg.channels) - 1
+
+    def at(level: int) -> str:
+        return f"{'x'.join(map(str, level_sides(shape, level + 1)[level]))} ({attention_tokens(shape, level)} tokens)"
+
+    levels = [at(i) for i, on in enumerate(cfg.attention_levels) if on and i != deepest]
+    where = "at " + ", ".join(levels) + " and " if levels else "at "
+    mid = "" if cfg.attention_levels[deepest] else " (MONAI's mid block only)"
+    return where + at(deepest) + mid
 
 
 def plan_training(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.device | str | None = None,
@@ -330,14 +364,15 @@ class SamplingPlan:
 
 def plan_sampling(model_cfg: ModelConfig, sample_cfg: SampleConfig, device: torch.device | str | None = None,
                   budget_gb: float = 0.0) -> SamplingPlan:
-    """The largest sampling batch up to sample.batch_size that fits `device` (samples do not depend on the batch);
-    raises MemoryPlanError when not even one image fits. Memory grows linearly with the batch, so two traces at
-    batch 1 and 2 give the batch that fits when the one asked for does not."""
+    """The largest sampling batch up to sample.batch_size that fits SAMPLING_SHARE of `device`'s free memory (samples
+    do not depend on the batch); raises MemoryPlanError when not even one image fits. Memory grows linearly with the
+    batch, so two traces at batch 1 and 2 give the batch that fits when the one asked for does not."""
     from motfm_core.utils import default_device
 
     dev = default_device(device)
     kind = "cuda" if dev.type == "cuda" else "cpu"
     budget, where = _budget(dev, budget_gb)
+    budget *= SAMPLING_SHARE
     peak, flops = trace_sampling(model_cfg, sample_cfg, kind)[:2]
     per_image = flops / sample_cfg.batch_size / 1e9
     batch, need = sample_cfg.batch_size, float(peak)
@@ -348,8 +383,8 @@ def plan_sampling(model_cfg: ModelConfig, sample_cfg: SampleConfig, device: torc
         batch = int(min(sample_cfg.batch_size - 1, (budget - fixed) // each))
         if batch < 1:
             raise MemoryPlanError(f"sample: one image needs about {(fixed + each) / GB:.1f} GB on {dev} but "
-                                  f"{budget / GB:.1f} GB is there ({where}); use a smaller model, or sample on a "
-                                  "device with more memory")
+                                  f"{budget / GB:.1f} GB is there ({SAMPLING_SHARE:.0%} of {where}); use a smaller "
+                                  "model, or sample on a device with more memory")
         need = fixed + each * batch
     return SamplingPlan(str(dev), sample_cfg.batch_size, batch, need / GB, per_image)
 

@@ -6,9 +6,10 @@ Class labels use the UNet's class embedding with one extra "null" class (index `
 for classifier-free guidance. Segmentation masks condition the field either by channel concatenation
 (one-hot mask channels appended to x_t) or through a MONAI `ControlNet` trained jointly with the UNet.
 
-Attention runs through PyTorch's scaled dot-product attention (MONAI's `use_flash_attention`) on CUDA, and on a CPU
-for attention levels over the default token limit, where MONAI's einsum path would hold the whole attention map; at
-or under it a CPU keeps the einsum path (the same weights either way; the results agree to ~1e-6, and the project's
+Attention (at `attention_levels`, and in the mid block, which MONAI's UNet always has at its deepest level) runs
+through PyTorch's scaled dot-product attention (MONAI's `use_flash_attention`) on CUDA, and on a CPU where a level it
+attends at is over the default token limit, where MONAI's einsum path would hold the whole attention map; at or
+under it a CPU keeps the einsum path (the same weights either way; the results agree to ~1e-6, and the project's
 CPU results were measured with the einsum path).
 """
 
@@ -87,8 +88,9 @@ class VelocityUNet(nn.Module):
         # "auto": SDPA on CUDA, or where an attention level is over the default token limit; "sdpa"/"einsum" force
         # one (the memory plan traces the kernel of the device it plans for)
         self.attention_kernel: AttentionKernel = "auto"
-        limit = ATTENTION_TOKENS[cfg.spatial_dims]
-        self._large_attention = any(on and attention_tokens(cfg.spatial_shape, level) > limit
+        # MONAI's mid block always attends at the deepest level, whatever attention_levels says
+        limit, deepest = ATTENTION_TOKENS[cfg.spatial_dims], len(cfg.channels) - 1
+        self._large_attention = any((on or level == deepest) and attention_tokens(cfg.spatial_shape, level) > limit
                                     for level, on in enumerate(cfg.attention_levels))
         self._sdpa: bool | None = None
 

@@ -82,9 +82,11 @@ def test_the_plan_refuses_what_cannot_fit_and_checkpoints_where_that_fits():
 def test_the_sampling_batch_shrinks_to_what_fits():
     cfg, sample = ModelConfig(image_size=64, num_classes=3), SampleConfig(batch_size=64)
     full = trace_sampling(cfg, sample).peak / GB
+    usable = memory.SAMPLING_SHARE * full / 3  # the share of free memory a batch is sized to
     plan = plan_sampling(cfg, sample, "cpu", budget_gb=full / 3)
-    assert 1 <= plan.batch < 32 and plan.gb <= full / 3 and "capped from 64" in plan.line()
-    assert trace_sampling(cfg, replace(sample, batch_size=plan.batch)).peak / GB <= full / 3 * 1.01
+    assert 1 <= plan.batch < 32 and plan.gb <= usable and "capped from 64" in plan.line()
+    assert trace_sampling(cfg, replace(sample, batch_size=plan.batch)).peak / GB <= usable * 1.01
+    assert trace_sampling(cfg, replace(sample, batch_size=plan.batch + 1)).peak / GB > usable  # the largest that fits
     assert plan_sampling(cfg, sample, "cpu", budget_gb=2 * full).batch == 64
     with pytest.raises(MemoryPlanError, match="sample: one image needs about"):
         plan_sampling(cfg, sample, "cpu", budget_gb=1e-4)
@@ -135,3 +137,19 @@ def test_the_estimate_is_within_25_percent_of_the_measured_peak(spec):
     row = json.loads(out.stdout.strip().splitlines()[-1])
     assert abs(row["error"]) <= 0.25, row
     assert row["measured_gb"] > 0.2  # large enough that the process's own noise does not decide it
+
+
+def test_the_mid_block_attention_is_planned_as_the_fused_kernel_runs_it(monkeypatch):
+    """MONAI's UNet always attends at its deepest level (its mid block), whatever attention_levels says. Over the
+    token limit that runs as PyTorch's fused SDPA, which never holds the attention map; the plan must not count one
+    (the meta device's own SDPA is the math path: the old networks were planned at twice their measured peak)."""
+    cfg = ModelConfig(image_size=256, channels=(8, 8, 8), attention_levels=(False, False, False),
+                      num_head_channels=8, num_classes=3)  # a 64 x 64 bottleneck: 4096 tokens, one head
+    assert build_model(cfg)._large_attention  # so the CPU runs it through SDPA
+    attention_map = 4096 ** 2 * 4  # 64 MiB
+    fused = trace_training(cfg, TrainConfig(batch_size=1))
+    assert torch.nn.functional.scaled_dot_product_attention is memory._SDPA  # the trace put PyTorch's back
+    monkeypatch.setattr(memory, "_fused_sdpa", memory._SDPA)  # the meta device's own (math) path
+    memory._TRACES.clear()
+    math = trace_training(cfg, TrainConfig(batch_size=1))
+    assert math.small + math.large > fused.small + fused.large + 2 * attention_map

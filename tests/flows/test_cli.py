@@ -111,4 +111,4 @@ def test_the_clinical_2d_preset_is_the_native_size_network_and_fits():
     assert cfg.data.image_size == 192 and cfg.model.channels == (32, 64, 64, 128, 128)  # 1 mm, bottleneck 12 x 12
     assert cfg.model.attention_levels == (False,) * 4 + (True,)
     plan = check_before_start(a.enhance, overrides)
-    assert "attention 12x12 (144 tokens)" in plan and "at batch 4" in plan
+    assert "attention at 12x12 (144 tokens)" in plan and "at batch 4" in plan
