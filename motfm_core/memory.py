@@ -16,7 +16,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import json
-import logging
 import os
 import weakref
 from collections.abc import Iterator
@@ -35,7 +34,6 @@ __all__ = ["available_memory", "is_out_of_memory", "MemoryPlanError", "out_of_me
            "plan_sampling", "plan_training", "SamplingPlan", "Trace", "trace_sampling", "trace_training",
            "TrainingPlan"]
 
-log = logging.getLogger(__name__)
 GB = 2 ** 30
 # measured peak / traced bytes, for storages under HEAP_LIMIT and over it. CPU: peak RSS of a step above the process
 # before it, fitted by benchmarks/sizes.py --fit (RESULTS.md); glibc maps allocations over its largest mmap threshold
@@ -46,7 +44,9 @@ HEAP_LIMIT = 32 * 2 ** 20
 # the share of the free memory a sampling batch is sized to: the batch is the pipeline's choice (samples do not
 # depend on it), so it leaves room for the plan's error (within about 20% where measured)
 SAMPLING_SHARE = 0.8
-PROCESS_GB = {"cpu": 0.7, "cuda": 0.0}  # what a process holds before the model: torch and the pipeline's imports
+# left for the process itself: torch and the model package alone held 0.49 GB RSS in benchmarks/sizes.py's processes,
+# a flow process with Prefect more; on CUDA the free memory is read after the context exists
+PROCESS_GB = {"cpu": 0.7, "cuda": 0.0}
 
 
 class MemoryPlanError(ValueError):
