@@ -34,7 +34,7 @@ from motfm_core.config import (
 )
 from motfm_core.data.ingest import check_source
 from motfm_core.distributed import run_cluster
-from motfm_core.memory import plan_memory
+from motfm_core.plan import plan_run
 from motfm_core.utils import write_json_atomic
 from tasks.enhance import enhance_task
 from tasks.evaluate import evaluate_task
@@ -42,7 +42,7 @@ from tasks.ingest import ingest_task
 from tasks.plan import plan_task
 from tasks.report import report_task
 from tasks.sample import plan_sampling_task, publish_task, sample_shards_task
-from tasks.train import train_masks_task, train_task
+from tasks.train import train_autoencoder_task, train_masks_task, train_task
 
 # Named budgets for the CLI (`--preset`); explicit arguments win over them. The defaults are the full budget
 # (benchmarks/novelty.py). "demo" is sized for `make demo` on a slow 2-core machine. Measured here (2 cores,
@@ -80,6 +80,16 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     "sample": {"samples_per_class": 16, "batch_size": 8},
                     "eval": {"seeds": [0, 1], "ratios": [1.0], "real_fractions": [], "nfe_curve": [1, 4],
                              "nfe_curve_samples": 4, "steps": 100, "seg_steps": 60, "batch_size": 16}},
+    # 3D at clinical size: 128^3 blocks at 1 mm (most of a brain; split by brain), flow matching in the latent space
+    # of a 4x autoencoder (4 x 32^3 latents); short budgets so that the whole DAG fits 40 minutes on a 2-core CPU
+    # (figures in RESULTS.md)
+    "clinical-3d": {"data": {"spatial_dims": 3, "image_size": 128, "depth": 128, "voxel_mm": 1},
+                    "model": {"space": "latent"},
+                    "autoencoder": {"steps": 600, "checkpoint_every": 100},
+                    "train": {"steps": 300, "batch_size": 4, "warmup_steps": 20, "checkpoint_every": 50},
+                    "sample": {"samples_per_class": 10, "batch_size": 4},
+                    "eval": {"seeds": [0, 1], "ratios": [1.0], "real_fractions": [], "nfe_curve": [1, 4],
+                             "nfe_curve_samples": 2, "steps": 60, "seg_steps": 40, "batch_size": 4}},
 }
 
 
@@ -111,7 +121,11 @@ def train_generators(cfg: PipelineConfig, data_path: str, run_dir: Path
         train = cfg.train if f == 1.0 else replace(cfg.train, real_fraction=f, subset_seed=cfg.eval.subset_seed)
         # the mask generator first: it checks the mask source before any training
         masks = train_masks_task(data_path, cfg.model, train, cfg.sample.mask_source, str(where))
-        checkpoint = train_task(data_path, cfg.model, train, str(where))
+        autoencoder = None  # a latent generator's autoencoder sees only the generator's own share of the data
+        if cfg.model.space == "latent":
+            autoencoder = train_autoencoder_task(data_path, cfg.autoencoder, train, str(where))
+        checkpoint = train_task(data_path, cfg.model, train, str(where), autoencoder,
+                                cfg.autoencoder if autoencoder else None)
         out[f] = (checkpoint, masks, where)
     return out
 
@@ -163,7 +177,7 @@ def synth_and_eval(
     run_dir.mkdir(parents=True, exist_ok=True)
     logger.info("synth-and-eval: outputs in %s", run_dir)
 
-    plan_task(cfg.model, cfg.train, cfg.sample)  # refuses what cannot fit before the data is read
+    plan_task(cfg)  # refuses what cannot fit before the data is read
     data_path = ingest_task(cfg.data, str(run_dir))
     enhancements = [enhance_task(data_path, e, str(run_dir)) for e in enhance_cfgs]
     generators = train_generators(cfg, data_path, run_dir)
@@ -263,8 +277,7 @@ def check_before_start(enhance: list[str], overrides: dict[str, dict[str, Any]])
     for name in enhance:
         from_dict(EnhanceConfig, {**overrides.get("enhance", {}), "task": name}, "enhance").validate()
     check_source(cfg.data.source)
-    training, sampling = plan_memory(cfg.model, cfg.train, cfg.sample)
-    return f"plan: {training.line()}; {sampling.line()}"
+    return plan_run(cfg)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -14,9 +14,10 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args
 
 from motfm_core.sizing import WIDTHS, check_attention, sized_network
 
-__all__ = ["auto_norm_groups", "config_hash", "DataConfig", "EnhanceConfig", "EnhanceTask", "EvalConfig", "from_dict",
+__all__ = ["auto_norm_groups", "AutoencoderConfig", "config_hash", "DataConfig", "EnhanceConfig", "EnhanceTask",
+           "EvalConfig", "from_dict",
            "GradientCheckpointing", "MaskConditioning", "MaskSource", "MODEL_SIZES", "ModelConfig", "ModelSize",
-           "PipelineConfig", "SampleConfig", "Solver", "SOLVER_CHOICES", "TrainConfig"]
+           "PipelineConfig", "SampleConfig", "Solver", "SOLVER_CHOICES", "Space", "TrainConfig"]
 
 # The choices of the flow parameters, as types: Prefect validates a run's parameters against them before it
 # starts, and the deployment's parameter schema lists them. `tests/core` checks they match what the code accepts.
@@ -26,6 +27,7 @@ MaskConditioning = Literal["auto", "none", "concat", "controlnet"]
 MaskSource = Literal["auto", "train", "deformed", "generated"]
 EnhanceTask = Literal["denoise", "superres"]
 GradientCheckpointing = Literal["auto", "on", "off"]
+Space = Literal["pixel", "latent"]
 SOLVER_CHOICES: tuple[str, ...] = get_args(Solver)
 
 class _Dataclass(Protocol):
@@ -99,6 +101,8 @@ class DataConfig:
     image_size: int = 48
     spatial_dims: int = 2
     depth: int = 16  # 3D only: slices per crop along the last axis
+    # brain-mri 3D only: voxel side in mm (0 = 2 mm); blocks too large for the 28 mm split slabs are split by brain
+    voxel_mm: float = 0.0
     val_fraction: float = 0.15  # folders/npz without a given split: patient-level fractions
     test_fraction: float = 0.15
     seed: int = 0
@@ -113,6 +117,10 @@ class DataConfig:
         _check(8 <= self.image_size <= 512 and self.image_size % 8 == 0,
                f"data.image_size must be a multiple of 8 in [8, 512], got {self.image_size}")
         _check(self.depth % 4 == 0 and self.depth >= 4, f"data.depth must be a multiple of 4 >= 4, got {self.depth}")
+        brain_3d = self.source == "brain-mri" and self.spatial_dims == 3
+        _check(self.voxel_mm == 0 or (brain_3d and self.voxel_mm in (1, 2)),
+               f"data.voxel_mm={self.voxel_mm:g} applies to brain-mri 3D blocks only (1 or 2 mm; 0 = 2 mm); other "
+               "sources are resampled to data.image_size, so leave it 0")
         _check(0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5,
                "data.val_fraction and data.test_fraction must lie in (0, 0.5)")
 
@@ -134,7 +142,8 @@ class ModelConfig:
     """MONAI `DiffusionModelUNet` backbone used as the velocity field v(x_t, t, y).
 
     `size` names a width; the number of levels and where attention goes follow the image (`motfm_core.sizing`).
-    Explicit `channels` / `attention_levels` win over the sizing."""
+    Explicit `channels` / `attention_levels` win over the sizing. With space="latent" the geometry (`image_size`,
+    `depth`, `in_channels`) is the autoencoder's latent grid, set from the data and `autoencoder` sections."""
 
     spatial_dims: int = 2
     in_channels: int = 1
@@ -155,6 +164,9 @@ class ModelConfig:
     # recompute each residual block in backward: less memory, more compute (its forward runs twice). "auto": on when
     # the memory plan says a training step would not fit without it (motfm_core.memory); it never changes the result
     gradient_checkpointing: GradientCheckpointing = "auto"
+    # "pixel": the flow works on images; "latent": on the latents of an autoencoder trained by its own stage
+    # (motfm_core.autoencoder), every sample decoded before it is written
+    space: Space = "pixel"
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -182,6 +194,7 @@ class ModelConfig:
         _check(self.gradient_checkpointing in get_args(GradientCheckpointing),
                f"model.gradient_checkpointing must be one of {list(get_args(GradientCheckpointing))}, got "
                f"{self.gradient_checkpointing!r}")
+        _check(self.space in get_args(Space), f"model.space must be one of {list(get_args(Space))}, got {self.space!r}")
         _check(self.max_attention_tokens >= 0, "model.max_attention_tokens must be >= 0 (0 = the default limit)")
         _check(self.mask_conditioning in ("none", "concat", "controlnet", "auto"),
                "model.mask_conditioning must be 'none', 'concat', 'controlnet' or 'auto', got "
@@ -398,6 +411,67 @@ class EnhanceConfig:
         _check(self.level > 0 and self.steps >= 1 and self.nfe >= 1, "enhance.level, steps and nfe must be positive")
 
 
+@dataclass
+class AutoencoderConfig:
+    """MONAI `AutoencoderKL` of `model.space="latent"`: images <-> latents 2^(levels - 1) times smaller per axis,
+    trained by its own stage on random patches and applied fully convolutionally to whole images."""
+
+    channels: tuple[int, ...] = (16, 32, 64)  # per level; each level after the first halves every side
+    latent_channels: int = 4
+    num_res_blocks: int = 1
+    patch_size: int = 32  # side of the random training patches (cubes in 3D), capped at the image's sides
+    steps: int = 1500
+    batch_size: int = 4
+    lr: float = 5e-4
+    kl_weight: float = 1e-6  # weight of the KL term against the L1 reconstruction loss
+    # a patch discriminator's least-squares loss at this weight from `adversarial_start` on (0 = off)
+    adversarial_weight: float = 0.0
+    adversarial_start: int = 0
+    # encoding and decoding window: latent voxels per side (0 = whole images when one fits the memory plan, else
+    # windows of 32), and the windows' overlap (blended with Gaussian weights)
+    tile: int = 0
+    tile_overlap: float = 0.25
+    checkpoint: str = ""  # a trained autoencoder.pt to use instead of training one (same data and image size)
+    checkpoint_every: int = 250
+    seed: int = 0
+
+    @property
+    def factor(self) -> int:
+        """Downsampling per axis from image to latent."""
+        return 2 ** (len(self.channels) - 1)
+
+    def validate(self) -> None:
+        _check(len(self.channels) >= 2 and all(c >= 4 for c in self.channels),
+               f"autoencoder.channels needs at least two levels of >= 4 channels, got {self.channels}")
+        _check(self.latent_channels >= 1 and self.num_res_blocks >= 1,
+               "autoencoder.latent_channels and autoencoder.num_res_blocks must be >= 1")
+        _check(self.patch_size >= self.factor and self.patch_size % self.factor == 0,
+               f"autoencoder.patch_size must be a multiple of the downsampling {self.factor}, got {self.patch_size}")
+        _check(self.steps >= 1 and self.batch_size >= 1 and self.lr > 0,
+               "autoencoder.steps, autoencoder.batch_size and autoencoder.lr must be positive")
+        _check(self.kl_weight >= 0 and self.adversarial_weight >= 0 and self.adversarial_start >= 0,
+               "autoencoder.kl_weight, adversarial_weight and adversarial_start must be >= 0")
+        _check(self.tile == 0 or self.tile >= 4, f"autoencoder.tile must be 0 (auto) or >= 4, got {self.tile}")
+        _check(0 <= self.tile_overlap < 1 and (self.tile * self.tile_overlap).is_integer(),
+               f"autoencoder.tile_overlap must lie in [0, 1) and give whole latent voxels of overlap at tile "
+               f"{self.tile}, got {self.tile_overlap}")
+        _check(self.checkpoint_every >= 1, "autoencoder.checkpoint_every must be >= 1")
+
+
+def _latent_geometry(data: DataConfig, ae: AutoencoderConfig) -> dict[str, int]:
+    """The latent flow's geometry: the data's sides divided by the autoencoder's downsampling, and its channels."""
+    f, out = ae.factor, {"in_channels": ae.latent_channels}
+    for key, side in (("image_size", data.image_size), ("depth", data.depth))[:data.spatial_dims - 1]:
+        if side % f:
+            raise ValueError(f"data.{key}={side} is not divisible by the autoencoder's downsampling {f} "
+                             f"(autoencoder.channels has {len(ae.channels)} levels); use data.{key}="
+                             f"{max(f, side // f * f)} or {(side // f + 1) * f}, or fewer autoencoder levels")
+        out[key] = side // f
+    if data.spatial_dims == 2:
+        out["depth"] = data.depth
+    return out
+
+
 # the named model sizes (`model.size`, the flow's `model_size`): UNet channels per level at the demo's 48 px; other
 # image sizes get other levels (motfm_core.sizing)
 MODEL_SIZES: dict[str, tuple[int, ...]] = {k: sized_network(k, (48, 48))[0] for k in WIDTHS}
@@ -412,6 +486,7 @@ class PipelineConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # used when model.space = "latent"
 
     @classmethod
     def from_overrides(cls, overrides: dict[str, dict[str, Any]] | None) -> "PipelineConfig":
@@ -422,18 +497,37 @@ class PipelineConfig:
         if unknown:
             raise ValueError(f"unknown config section(s) {unknown}; valid ones are {sorted(sections)}")
         kinds = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig,
-                 "eval": EvalConfig}
+                 "eval": EvalConfig, "autoencoder": AutoencoderConfig}
         data = from_dict(DataConfig, overrides.get("data"), where="data")
-        # the model's geometry is the data's: a different model value is a contradiction, not something to drop
+        autoencoder = from_dict(AutoencoderConfig, overrides.get("autoencoder"), where="autoencoder")
+        # the model's geometry is the data's (latent: the autoencoder's grid): another value is a contradiction
         model = dict(overrides.get("model") or {})
-        for key in ("spatial_dims", "image_size", "depth"):
-            if key in model and model[key] != getattr(data, key):
+        latent = model.get("space", "pixel") == "latent"
+        geometry = {"spatial_dims": data.spatial_dims, "image_size": data.image_size, "depth": data.depth}
+        if latent:
+            geometry.update(_latent_geometry(data, autoencoder))
+        for key, value in geometry.items():
+            if key in model and model[key] != value:
                 raise ValueError(f"model.{key}={model[key]!r} contradicts data.{key}={getattr(data, key)!r}: the "
                                  f"network takes the data's geometry; set data.{key} instead")
-            model[key] = getattr(data, key)
+            model[key] = value
         built: dict[str, Any] = {name: from_dict(kind, model if name == "model" else overrides.get(name), where=name)
-                                 for name, kind in kinds.items() if name != "data"}
-        return cls(data=data, **built)
+                                 for name, kind in kinds.items() if name not in ("data", "autoencoder")}
+        out = cls(data=data, autoencoder=autoencoder, **built)
+        if latent:
+            out.check_latent()
+        return out
+
+    def check_latent(self) -> None:
+        """Refuse the settings the latent path cannot apply (before any work), naming the key and the fix."""
+        if self.model.mask_conditioning == "controlnet":
+            raise ValueError("model.mask_conditioning='controlnet' is not supported with model.space='latent' (the "
+                             "masks condition the latent flow on its own grid); use 'concat' or 'auto'")
+        if self.sample.mask_source == "generated":
+            raise ValueError("sample.mask_source='generated' is not supported with model.space='latent' (the mask "
+                             "generator would train in pixel space); use 'deformed' or 'train'")
+        if self.train.reflow_from:
+            raise ValueError("train.reflow_from: reflow is not supported with model.space='latent'; leave it empty")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -31,8 +31,8 @@ from motfm_core.config import ModelConfig, SampleConfig, TrainConfig
 from motfm_core.ddp import Rank, rank_slice
 
 __all__ = ["available_memory", "is_out_of_memory", "MemoryPlanError", "out_of_memory", "OVERHEAD", "plan_memory",
-           "plan_sampling", "plan_training", "SamplingPlan", "Trace", "trace_sampling", "trace_training",
-           "TrainingPlan"]
+           "plan_sampling", "plan_training", "SamplingPlan", "Trace", "trace_peak", "trace_sampling",
+           "trace_training", "TrainingPlan"]
 
 GB = 2 ** 30
 # measured peak / traced bytes, for storages under HEAP_LIMIT and over it. CPU: peak RSS of a step above the process
@@ -223,6 +223,17 @@ def trace_sampling(model_cfg: ModelConfig, sample_cfg: SampleConfig, device_type
     extra = 3 * x0.numel() * 4 * OVERHEAD[device_type][0] if sample_cfg.solver == "dopri5" else 0
     params = sum(p.numel() for p in model.parameters())
     return Trace(int(counter.peak + extra), float(flops.get_total_flops()) / calls[0], params, *counter.split)
+
+
+def trace_peak(run: Any, device_type: str = "cpu") -> tuple[int, float]:
+    """(overhead-weighted peak bytes, FLOPs) of `run()`, which builds its modules and tensors on the meta device:
+    the plan of any other network (the autoencoder's training step and decoding)."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    counter, flops = _LiveBytes(*OVERHEAD[device_type]), FlopCounterMode(display=False)
+    with _tracing(), counter, flops:
+        run()
+    return int(counter.peak), float(flops.get_total_flops())
 
 
 def _cgroup_free() -> float | None:

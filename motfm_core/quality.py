@@ -26,6 +26,7 @@ from monai.metrics import FIDMetric
 from monai.networks.nets import Classifier
 from scipy.spatial.distance import cdist
 
+from motfm_core.autoencoder import LatentCodec
 from motfm_core.config import EvalConfig, SampleConfig, from_dict
 from motfm_core.data.store import (
     Splits,
@@ -76,6 +77,17 @@ class Diversity(Result):
 
 
 @dataclass(frozen=True)
+class Reconstruction(Result):
+    """How well a latent model's autoencoder reproduces real test images (the ceiling it sets on the synthetic ones):
+    mean PSNR (dB, data range 1) and SSIM over `images` test images, and fine SWD against the originals."""
+
+    psnr: float
+    ssim: float
+    swd_fine: float
+    images: int
+
+
+@dataclass(frozen=True)
 class Quality(Result):
     """Synthetic vs real test beside real train vs real test (the baseline); for a store, also the feature size,
     intra-class diversity (`synthetic`, `real_train`) and the quality-vs-NFE curve when measured."""
@@ -85,6 +97,7 @@ class Quality(Result):
     feature_dim: int | None = optional()
     diversity: dict[str, Diversity] | None = optional()
     nfe_curve: list[NfePoint] | None = optional()
+    reconstruction: Reconstruction | None = optional()  # latent models: the autoencoder on real test images
 
 
 class FeatureExtractor:
@@ -278,11 +291,29 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
         sample_cfg = from_dict(SampleConfig, attrs.get("sample_config"), "sample")
         curve = nfe_curve(checkpoint, extractor, images["test"], feats["test"], tuple(cfg.nfe_curve),
                           cfg.nfe_curve_samples, device, sample_cfg, attrs.get("mask_checkpoint"))
+    record = open_store(synthetic_path).attrs.get("autoencoder")
     return dataclasses.replace(
         quality(feats["train"], feats["test"], extractor(fake), {**images, "fake": fake}),
         feature_dim=int(feats["train"].shape[1]), nfe_curve=curve,
+        reconstruction=reconstruction(images["test"], record, device) if record else None,
         diversity={"synthetic": diversity(fake, fake_labels),
                    "real_train": diversity(images["train"], real["train"]["labels"])})
+
+
+def reconstruction(test: np.ndarray, record: dict[str, Any], device: torch.device | str = "cpu",
+                   most: int = 16) -> Reconstruction:
+    """The autoencoder of a latent model (`record`, as its checkpoint keeps it) on up to `most` real test images,
+    evenly spaced through the split: each encoded and decoded as sampling decodes."""
+    from monai.metrics import SSIMMetric
+
+    codec = LatentCodec.load(record, device)
+    pick = np.unique(np.linspace(0, len(test) - 1, min(most, len(test))).round().astype(int))
+    x = torch.from_numpy(np.asarray(test[pick], dtype=np.float32))
+    rec = torch.cat([codec.decode(codec.encode(xi.to(device))).cpu() for xi in x.split(1)])
+    mse = (rec - x).pow(2).flatten(1).mean(1).clamp_min(1e-12)
+    ssim = SSIMMetric(spatial_dims=x.ndim - 2, data_range=1.0)(rec, x)
+    return Reconstruction(psnr=float((10 * torch.log10(1 / mse)).mean()), ssim=float(ssim.mean()),
+                          swd_fine=swd(x.numpy(), rec.numpy())["level0"], images=len(pick))
 
 
 def diversity(images: Any, labels: np.ndarray, pairs: int = 300, seed: int = 0) -> Diversity:

@@ -232,6 +232,11 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
             levels = " / ".join(f"{sw[k]:.0f}" for k in sorted(sw) if k.startswith("level")) or "n/a"
             lines.append(f"| {name} | {row.fid:.3f} | {row.kid:.4f} | {row.precision:.2f} | {row.recall:.2f} | "
                          f"{levels} |")
+    if q.reconstruction:
+        r = q.reconstruction
+        lines += ["", f"Latent model: its autoencoder reproduces {r.images} real test images at PSNR {r.psnr:.1f} dB, "
+                  f"SSIM {r.ssim:.3f}, fine SWD {r.swd_fine:.0f} against the originals: the ceiling it sets on the "
+                  "synthetic images' detail (their own scores above include it)."]
     if q.diversity:
         d = q.diversity
         lines += ["", f"Diversity (mean MS-SSIM of random same-class pairs; lower = more diverse): synthetic "

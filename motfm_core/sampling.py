@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from motfm_core import code_version
+from motfm_core.autoencoder import LatentCodec, latent_masks
 from motfm_core.baselines import diffusion_sample
 from motfm_core.config import SampleConfig, TrainConfig, config_hash
 from motfm_core.data.store import (
@@ -80,10 +81,11 @@ def initial_noise(seeds: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
 @torch.inference_mode()
 def generate(
     model: VelocityUNet, labels: np.ndarray, seeds: np.ndarray, cfg: SampleConfig,
-    device: str | torch.device = "cpu", masks: np.ndarray | None = None,
+    device: str | torch.device = "cpu", masks: np.ndarray | None = None, codec: LatentCodec | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Images (N, C, *spatial) in [0, 1] for the given labels/seeds (and masks), and NFE spent per sample; the
-    network runs under bf16 autocast as `cfg.precision` says (by default on CUDA only)."""
+    """Images (N, C, *spatial) in [0, 1] for the given labels/seeds (and image-sized masks), and NFE spent per
+    sample; the network runs under bf16 autocast as `cfg.precision` says (by default on CUDA only). A latent model
+    integrates on its `codec`'s latent grid (masks resampled to it) and each batch is decoded."""
     m = model.cfg
     diffusion = cfg.solver in ("ddpm", "ddim")
     if diffusion != (m.prediction == "epsilon"):
@@ -97,7 +99,10 @@ def generate(
     for i in range(0, len(labels), cfg.batch_size):
         x0 = initial_noise(seeds[i:i + cfg.batch_size], shape).to(device)
         y = torch.as_tensor(labels[i:i + cfg.batch_size], device=device).long()
-        mk = None if masks is None else torch.as_tensor(masks[i:i + cfg.batch_size], device=device)
+        part = None if masks is None else masks[i:i + cfg.batch_size]
+        if part is not None and codec is not None:
+            part = latent_masks(part, codec.factor, m.mask_classes)
+        mk = None if part is None else torch.as_tensor(part, device=device)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             if m.prediction == "epsilon":
                 step_seeds = [np.random.SeedSequence([int(s), 1]).generate_state(1)[0]
@@ -106,7 +111,7 @@ def generate(
             else:
                 x1, nfe = solve(guided_velocity(model, y, cfg.guidance, mk), x0, cfg.nfe, cfg.solver,
                                 rtol=cfg.rtol, atol=cfg.atol)
-        out.append(to_image_space(x1.float()).cpu().numpy())
+        out.append((to_image_space(x1.float()) if codec is None else codec.decode(x1)).cpu().numpy())
     return np.concatenate(out), nfe
 
 
@@ -125,6 +130,8 @@ class Sampler:
     def __init__(self, checkpoint: str | Path, cfg: SampleConfig, device: str | torch.device = "cpu",
                  mask_checkpoint: str | Path | None = None, copy_threshold: float | None = None) -> None:
         self.model, self.meta = load_checkpoint(checkpoint, device)
+        record = self.meta.get("autoencoder")
+        self.codec = None if not record else LatentCodec.load(record, device)
         plan = plan_sampling(self.model.cfg, cfg, device)  # the batch that fits (samples do not depend on it)
         if plan.batch < cfg.batch_size:
             log.warning("sample: %s", plan.line())
@@ -164,7 +171,8 @@ class Sampler:
         """Images (N, C, *spatial) in [0, 1] of the planned samples at `positions` with `seeds`, the NFE spent per
         sample, and their conditioning (see `conditioning`)."""
         cond = self.conditioning(positions, seeds)
-        images, nfe = generate(self.model, self.labels[positions], seeds, self.cfg, self.device, cond.get("masks"))
+        images, nfe = generate(self.model, self.labels[positions], seeds, self.cfg, self.device, cond.get("masks"),
+                               self.codec)
         return images, nfe, cond
 
     def draw_guarded(self, positions: np.ndarray) -> tuple[np.ndarray, int, dict[str, np.ndarray]]:
@@ -266,7 +274,7 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
              "solver": cfg.solver, "nfe": cfg.nfe, "guidance": cfg.guidance, "sample_config": asdict(cfg),
              "class_names": meta["class_names"], "source_fingerprint": meta["data_fingerprint"],
              "code_version": code_version(), "train_indices": meta.get("train_indices"),
-             "train_config": meta.get("train_config"),
+             "train_config": meta.get("train_config"), "autoencoder": meta.get("autoencoder"),
              "mask_source": source}
     content = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_ONLY}
     if not masked:  # mask settings cannot change an unconditioned model's samples
@@ -284,6 +292,7 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
         attrs["mask_deform_columns"] = deform_columns(m.spatial_dims)
     n = len(meta["class_names"]) * cfg.samples_per_class
     version = version_for(root, attrs["run_key"])
-    store = create_synthetic_store(version, n, m.sample_shape, cfg.shard_size, attrs, with_masks=masked,
+    shape = m.sample_shape if not meta.get("autoencoder") else tuple(meta["autoencoder"]["sample_shape"])
+    store = create_synthetic_store(version, n, shape, cfg.shard_size, attrs, with_masks=masked,
                                    extras=extras, compress=cfg.compression == "zstd")
     return store, incomplete_shards(store)

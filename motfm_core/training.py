@@ -18,10 +18,12 @@ from typing import Any, Callable
 
 import numpy as np
 import torch
+import zarr
 from torch.nn.parallel import DistributedDataParallel
 
 from motfm_core import __version__, ddp
-from motfm_core.config import ModelConfig, TrainConfig, config_hash
+from motfm_core.autoencoder import encode_train_split
+from motfm_core.config import AutoencoderConfig, ModelConfig, TrainConfig, config_hash
 from motfm_core.data.store import load_split, open_store, stratified_subset
 from motfm_core.memory import is_out_of_memory, out_of_memory, plan_training
 from motfm_core.nets import VelocityUNet, build_model
@@ -86,7 +88,8 @@ def model_for_data(cfg: ModelConfig, data_path: str | Path, target: str = "image
                              "none")
         values.update(in_channels=mask_classes, mask_conditioning="none", mask_classes=0)
     else:
-        values["in_channels"] = int(root["images"].shape[1])
+        if cfg.space == "pixel":  # latent: the autoencoder's latent channels, set from the config
+            values["in_channels"] = int(root["images"].shape[1])
         mode = values["mask_conditioning"]
         if mode == "auto":
             mode = "concat" if has_masks else "none"
@@ -99,11 +102,17 @@ def model_for_data(cfg: ModelConfig, data_path: str | Path, target: str = "image
     return out
 
 
-def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images") -> dict[str, np.ndarray]:
+def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images",
+                 latents: str | Path | None = None) -> dict[str, np.ndarray]:
     """The examples a generator trains on: the train split, or its class-stratified `cfg.real_fraction` share
     (`stratified_subset`, seeded by `cfg.subset_seed`), with `indices` into the train split. target="masks"
-    gives the one-hot masks as images."""
-    data = load_split(data_path, "train")
+    gives the one-hot masks as images; `latents` (`encode_train_split`'s store of the train split) gives the
+    images' latents and masks on the latent grid instead."""
+    if latents is not None:
+        z = zarr.open_group(str(latents), mode="r", zarr_format=3)
+        data = {name: np.asarray(z[name][:]) for name in z.array_keys()}
+    else:
+        data = load_split(data_path, "train")
     idx = stratified_subset(data["labels"], cfg.real_fraction, cfg.subset_seed)
     out = {k: v[idx] for k, v in data.items()}
     out["indices"] = idx
@@ -150,13 +159,19 @@ def train_flow_matching(
     data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | Path,
     device: str | torch.device | None = None, progress: Callable[[str], None] | None = None,
     target: str = "images", advance: Callable[[float], None] | None = None,
+    autoencoder: str | Path | None = None, autoencoder_cfg: AutoencoderConfig | None = None,
 ) -> Path:
     """Train on the store's train split (or its `cfg.real_fraction` share); returns `out_dir/model.pt`. Resumes
     from `last.pt`; skips if done. `model_cfg` geometry is filled from the store (`model_for_data`); with
     target="masks" the model learns the class-conditional distribution of one-hot masks instead of images.
     `progress` gets a log line at least every PROGRESS_SECONDS, `advance` the share of steps done (a progress bar).
     `cfg.devices` > 1 trains data-parallel in that many spawned processes (`motfm_core.ddp`; `device` is then
-    one GPU per rank, or the CPU), with the same result as one process up to float rounding."""
+    one GPU per rank, or the CPU), with the same result as one process up to float rounding. A model_cfg.space
+    "latent" model trains on the latents of `autoencoder` (the train-autoencoder stage's checkpoint; its
+    `autoencoder_cfg` gives the encoding window), encoded once (`encode_train_split`)."""
+    if (model_cfg.space == "latent") != (autoencoder is not None):
+        raise ValueError("model.space='latent' trains on an autoencoder's latents: give the train-autoencoder "
+                         "stage's checkpoint (the flow does), and only then")
     model_cfg = model_for_data(model_cfg, data_path, target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -168,17 +183,21 @@ def train_flow_matching(
     # neither the device count, the memory budget nor gradient checkpointing changes the result: not in the key,
     # so a run resumes on another machine or with another plan
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("devices", "memory_gb")}
+    ae_sha = file_sha256(autoencoder) if autoencoder is not None else ""
     key = config_hash(replace(model_cfg, gradient_checkpointing="auto"), recipe, fingerprint, __version__,
-                      teacher_sha, target)
+                      teacher_sha, target, *([ae_sha] if ae_sha else []))
     final = out_dir / "model.pt"
     if final.exists() and torch.load(final, weights_only=True, map_location="cpu").get("run_key") == key:
         say(f"train: {final} already trained with this data and config (key {key}); reusing it")
         return final
     dev = default_device(device)
+    latents = None
+    if autoencoder is not None:
+        latents = encode_train_split(data_path, autoencoder, autoencoder_cfg or AutoencoderConfig(), dev, say)
     plan = plan_training(model_cfg, cfg, dev, training_bytes(data_path, cfg, model_cfg, target))
     say(f"train: plan: {plan.line()}")
     model_cfg = replace(model_cfg, gradient_checkpointing="on" if plan.gradient_checkpointing else "off")
-    args = (data_path, model_cfg, cfg, out_dir, key, teacher_sha, target)
+    args = (data_path, model_cfg, cfg, out_dir, key, teacher_sha, target, latents)
     try:
         if cfg.devices > 1:
             say(f"train: data-parallel over {cfg.devices} processes "
@@ -209,14 +228,15 @@ def training_bytes(data_path: str | Path, cfg: TrainConfig, model_cfg: ModelConf
 
 
 def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: Path, key: str,
-         teacher_sha: str, target: str, rank: ddp.Rank, say: Callable[[str], None],
+         teacher_sha: str, target: str, latents: Path | None, rank: ddp.Rank, say: Callable[[str], None],
          advance: Callable[[float], None] | None) -> None:
     """The training loop of `train_flow_matching` as one rank (`rank.world` == 1: the only process); rank 0
     writes `last.pt` every cfg.checkpoint_every steps and `model.pt` at the end."""
     device, last = rank.device, out_dir / "last.pt"
     attrs = dict(open_store(data_path).attrs)
-    data = training_set(data_path, cfg, target)
-    x_all = to_model_space(torch.from_numpy(data["images"])).to(device)
+    data = training_set(data_path, cfg, target, latents)
+    x_all = torch.from_numpy(data["images"])
+    x_all = (x_all if latents is not None else to_model_space(x_all)).to(device)  # latents: already unit variance
     y_all = torch.from_numpy(data["labels"]).long().to(device)
     m_all = torch.from_numpy(data["masks"]).to(device) if model_cfg.mask_conditioning != "none" else None
     torch.manual_seed(cfg.seed)
@@ -257,7 +277,10 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
     meta = {"model_config": asdict(model_cfg), "train_config": asdict(cfg), "run_key": key,
             "data_fingerprint": attrs["fingerprint"], "data_path": str(data_path),
             "class_names": list(attrs["class_names"]), "num_train": int(len(data["labels"])), "device": str(device),
-            "reflow_teacher_sha256": teacher_sha, "target": target, "train_indices": data["indices"].tolist(),
+            "reflow_teacher_sha256": teacher_sha, "target": target,
+            "train_indices": data["indices"].tolist(),
+            # a latent model's autoencoder and latent statistics: what its samples are decoded with
+            "autoencoder": None if latents is None else dict(zarr.open_group(str(latents), mode="r").attrs["record"]),
             # every rank draws the global batch from seed cfg.seed and trains on its rows (ddp.rank_slice)
             "world_size": rank.world, "rank_seeds": [cfg.seed] * rank.world,
             "rank_rows": [[rows.start, rows.stop] for rows in (ddp.rank_slice(batch, ddp.Rank(r, rank.world))

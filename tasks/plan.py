@@ -4,17 +4,16 @@ from __future__ import annotations
 
 from prefect import get_run_logger, task
 
-from motfm_core.config import ModelConfig, SampleConfig, TrainConfig
-from motfm_core.memory import plan_memory
+from motfm_core.config import PipelineConfig
+from motfm_core.plan import plan_run
 
 __all__ = ["plan_task"]
 
 
 @task(name="plan-memory")
-def plan_task(model: ModelConfig, train: TrainConfig, sample: SampleConfig) -> str:
+def plan_task(cfg: PipelineConfig) -> str:
     """Log the run's memory plan on this machine's device and refuse (MemoryPlanError, not retried) a configuration
     that cannot fit; the train stage plans again with the dataset's channels and size. Returns the plan's lines."""
-    training, sampling = plan_memory(model, train, sample)
-    lines = f"plan: {training.line()}; {sampling.line()}"
+    lines = plan_run(cfg)
     get_run_logger().info(lines)
     return lines

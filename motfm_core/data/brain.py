@@ -140,10 +140,11 @@ def volumes() -> dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]]:
     return vols
 
 
-def _grid_3d(t1: np.ndarray, tissue: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """A volume and its tissue mask on the 3D grid: the FOV x Z_RANGE at VOXEL_MM_3D, axes (x-plane rows, columns,
+def _grid_3d(t1: np.ndarray, tissue: np.ndarray, affine: np.ndarray, v: int = VOXEL_MM_3D
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """A volume and its tissue mask on the 3D grid: the FOV x Z_RANGE at `v` mm, axes (x-plane rows, columns,
     z up). Intensities: 1 mm planes averaged over each voxel; mask: the tissue at the voxel's centre."""
-    v, nz = VOXEL_MM_3D, (Z_RANGE[1] - Z_RANGE[0]) // VOXEL_MM_3D
+    nz = (Z_RANGE[1] - Z_RANGE[0]) // v
     fine = np.stack([_plane(t1, affine, Z_RANGE[0] + j + 0.5, FOV_MM, order=1) for j in range(nz * v)], -1)
     n = FOV_MM // v
     img = fine.reshape(n, v, n, v, nz, v).mean((1, 3, 5))
@@ -155,9 +156,11 @@ def _grid_3d(t1: np.ndarray, tissue: np.ndarray, affine: np.ndarray) -> tuple[np
 
 def _build_3d(cfg: DataConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """The 3D demo set: sub-volume blocks (module docstring)."""
-    size, depth, v = cfg.image_size, cfg.depth, VOXEL_MM_3D
+    size, depth, v = cfg.image_size, cfg.depth, int(cfg.voxel_mm or VOXEL_MM_3D)
     n = FOV_MM // v
     deepest = (SLAB_MM_3D - 2 * GUARD_MM) // v  # a test block must fit one slab with its guard
+    if cfg.voxel_mm and (size > n // 2 or depth > deepest):
+        return _build_3d_by_brain(cfg)
     if size > n // 2 or depth > deepest:
         raise ValueError(f"brain-mri 3D: blocks of {size} x {size} x {depth} voxels at {v} mm do not fit the "
                          f"{FOV_MM} mm field of view and {SLAB_MM_3D} mm split slabs; use data.image_size <= "
@@ -165,7 +168,7 @@ def _build_3d(cfg: DataConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     imgs, masks, labels, split, groups, centres = [], [], [], [], [], []
     mm = np.arange(Z_RANGE[0], Z_RANGE[1], dtype=float) + 0.5  # 1 mm positions, for the split and its guard
     for vi, (name, (t1, tissue, aff)) in enumerate(volumes().items()):
-        img, mask = _grid_3d(normalise(t1), tissue, aff)
+        img, mask = _grid_3d(normalise(t1), tissue, aff, v)
         sp = _slab_split(mm, SHIFTS_3D[vi % len(SHIFTS_3D)], SLAB_MM_3D)
         for k in range(0, img.shape[-1] - depth + 1, Z_STRIDE_3D):
             lo, hi = k * v, (k + depth) * v  # the block's extent in mm above Z_RANGE[0]
@@ -191,6 +194,48 @@ def _build_3d(cfg: DataConfig) -> tuple[dict[str, Any], dict[str, Any]]:
              "spacing_units": "mm (MNI space)", "block_centre_mm": centres,
              "normalisation": "per volume: percentiles [0.5, 99.5] of brain voxels -> [0, 1], clipped",
              "description": __doc__}
+    return arrays, attrs
+
+
+LARGE_CLASSES = ["lower (block centre z < {z} mm)", "upper (block centre z >= {z} mm)"]
+
+
+def _build_3d_by_brain(cfg: DataConfig) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Blocks too large for the split slabs (e.g. 128^3 at 1 mm: most of a brain): split by brain. The first
+    volume's blocks train; the second's are the test split, but for those at the central in-plane position, which are
+    the validation split (they overlap test blocks: both are of the held-out brain). Blocks at in-plane positions
+    every quarter block and axial positions every 8 voxels; class = lower or upper half of the axial positions."""
+    size, depth, v = cfg.image_size, cfg.depth, int(cfg.voxel_mm)
+    n, nz = FOV_MM // v, (Z_RANGE[1] - Z_RANGE[0]) // v
+    vols = volumes()
+    if len(vols) < 2 or size > n or depth > nz:
+        raise ValueError(f"brain-mri 3D: blocks of {size} x {size} x {depth} voxels at {v} mm are split by brain, "
+                         f"which needs both bundled brains (make data installs the second) and blocks within the "
+                         f"{n} x {n} x {nz} voxel grid")
+    rows = list(range(0, n - size + 1, max(1, size // 4)))
+    levels = list(range(0, nz - depth + 1, 8))
+    cut = Z_RANGE[0] + v * (levels[len(levels) // 2] + depth / 2)  # the median block centre: two halves
+    imgs, masks, labels, split, groups, centres = [], [], [], [], [], []
+    for vi, (name, (t1, tissue, aff)) in enumerate(vols.items()):
+        img, mask = _grid_3d(normalise(t1), tissue, aff, v)
+        for k in levels:
+            zc = Z_RANGE[0] + v * (k + depth / 2)
+            for a, i in enumerate(rows):
+                for b, j in enumerate(rows):
+                    imgs.append(img[None, i:i + size, j:j + size, k:k + depth])
+                    masks.append(mask[None, i:i + size, j:j + size, k:k + depth])
+                    labels.append(int(zc >= cut))
+                    central = a == len(rows) // 2 and b == len(rows) // 2
+                    split.append(0 if vi == 0 else 1 if central else 2)
+                    centres.append([FOV_X + v * (j + size / 2), FOV_Y + v * (n - i - size / 2), zc])
+                    groups.append(name)
+    arrays = {"images": np.clip(np.stack(imgs), 0, 1).astype(np.float32), "labels": np.array(labels),
+              "masks": np.stack(masks), "split": np.array(split, np.uint8), "group_names": groups}
+    attrs = {"source": "brain-mri (3D blocks, split by brain): " + ", ".join(vols),
+             "class_names": [c.format(z=f"{cut:g}") for c in LARGE_CLASSES], "mask_names": MASK_NAMES,
+             "spacing": [float(v)] * 3, "spacing_units": "mm (MNI space)", "block_centre_mm": centres,
+             "normalisation": "per volume: percentiles [0.5, 99.5] of brain voxels -> [0, 1], clipped",
+             "description": __doc__ + "\n" + (_build_3d_by_brain.__doc__ or "")}
     return arrays, attrs
 
 
