@@ -243,6 +243,52 @@ def sized_step(spec: tuple[int, int, int, int], size: str) -> dict[str, Any]:
             "s_per_step": times[1], "first_step_s": times[0]}
 
 
+def latent_volume(side: int, batch: int) -> dict[str, Any]:
+    """Step 10: latent flow matching at side^3 (the 4x autoencoder's 4 x (side/4)^3 latents, clinical-3d's network):
+    two training steps at `batch`, then one volume (10 Euler steps and the decoding), with the device's peak memory."""
+    from latent import config
+
+    from motfm_core.autoencoder import LatentCodec, build_autoencoder
+    from motfm_core.nets import build_model, guided_velocity
+    from motfm_core.solvers import solve
+    from motfm_core.step import train_step
+
+    cfg = config(side, batch)
+    m = cfg.model
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    cuda = device.type == "cuda"
+
+    def synced() -> float:
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    model, ema = build_model(m).to(device), build_model(m).to(device).requires_grad_(False)
+    opt, gen = torch.optim.AdamW(model.parameters(), lr=1e-3), torch.Generator(device=device).manual_seed(0)
+    x = torch.randn(batch, *m.sample_shape, device=device)
+    y = torch.zeros(batch, dtype=torch.long, device=device)
+    mask = torch.zeros(batch, 1, *m.spatial_shape, dtype=torch.uint8, device=device)
+    times = []
+    for k in range(2):
+        t0 = synced()
+        train_step(model, ema, opt, x, y, mask, cfg.train, gen, k)
+        times.append(synced() - t0)
+    train_peak = torch.cuda.max_memory_allocated() / 2**30 if cuda else None
+    codec = LatentCodec(build_autoencoder(cfg.autoencoder, 3, 1).to(device).eval(), cfg.autoencoder, 0.0, 1.0)
+    model.eval()
+    with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=cuda):
+        t0 = synced()
+        z, _ = solve(guided_velocity(model, y[:1], 1.0, mask[:1]), torch.randn(1, *m.sample_shape, device=device), 10,
+                     "euler")
+        t1 = synced()
+        image = codec.decode(z)
+        t2 = synced()
+    return {"volume": [side] * 3, "latent": list(m.sample_shape), "batch": batch, "s_per_step": times[1],
+            "train_peak_gb": train_peak, "flow_nfe10_s": t1 - t0, "decode_s": t2 - t1,
+            "peak_gb": torch.cuda.max_memory_allocated() / 2**30 if cuda else None,
+            "finite": bool(torch.isfinite(image).all()), "image": list(image.shape[1:])}
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--cpu", action="store_true", help="the dry run: tiny sizes on the CPU, whatever is present")
@@ -285,6 +331,7 @@ def main() -> None:
     step(result, "three_d", lambda: three_d(work, s))
     for spec, size in s["sized"]:
         step(result, f"sizes_{spec[0]}d_{spec[1]}_{size}", lambda sp=spec, sz=size: sized_step(sp, sz))
+    step(result, "latent_3d", lambda: latent_volume(16 if args.cpu else 128, 2 if args.cpu else 4))
     result["total_seconds"] = time.perf_counter() - t0
     result["failed_steps"] = [k for k, v in result.items() if isinstance(v, dict) and "error" in v]
     out = Path(args.out) if args.out else ROOT / "benchmarks" / "results" / f"{date}-{machine_name()}-gpu-check.json"

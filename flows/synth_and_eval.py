@@ -85,11 +85,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # (figures in RESULTS.md)
     "clinical-3d": {"data": {"spatial_dims": 3, "image_size": 128, "depth": 128, "voxel_mm": 1},
                     "model": {"space": "latent"},
-                    "autoencoder": {"steps": 600, "checkpoint_every": 100},
-                    "train": {"steps": 300, "batch_size": 4, "warmup_steps": 20, "checkpoint_every": 50},
+                    "autoencoder": {"steps": 800, "checkpoint_every": 100},
+                    "train": {"steps": 250, "batch_size": 4, "warmup_steps": 20, "checkpoint_every": 50},
                     "sample": {"samples_per_class": 10, "batch_size": 4},
                     "eval": {"seeds": [0, 1], "ratios": [1.0], "real_fractions": [], "nfe_curve": [1, 4],
-                             "nfe_curve_samples": 2, "steps": 60, "seg_steps": 40, "batch_size": 4}},
+                             "nfe_curve_samples": 2, "steps": 60, "seg_steps": 40, "batch_size": 4,
+                             "downsample": 2}},
 }
 
 
@@ -257,6 +258,8 @@ def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
             p.error(f"--set {key}={value} contradicts --{arg.replace('_', '-')} {given}; give one of them")
         overrides.setdefault(section, {})[name] = parsed
         explicit.setdefault(key, ("set", parsed))
+    if "data.source" in explicit and explicit["data.source"][1] != "brain-mri" and "data.voxel_mm" not in explicit:
+        overrides.get("data", {}).pop("voxel_mm", None)  # a preset's bundled-brain grid: your data has its own
     if "model.size" in explicit:
         set_by_user = {k.split(".", 1)[1] for k, (arg, _) in explicit.items()
                        if arg == "set" and k.startswith("model.")}

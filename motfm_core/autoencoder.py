@@ -26,9 +26,10 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import AutoencoderKL
 
 from motfm_core import __version__
-from motfm_core.config import AutoencoderConfig, auto_norm_groups, config_hash
+from motfm_core.config import AutoencoderConfig, TrainConfig, auto_norm_groups, config_hash
 from motfm_core.data.store import SPLITS, open_store, stratified_subset, take_rows
 from motfm_core.memory import GB, PROCESS_GB, SAMPLING_SHARE, MemoryPlanError, available_memory, trace_peak
+from motfm_core.step import lr_at
 from motfm_core.utils import atomic_path, default_device, file_sha256, save_atomic, to_image_space, to_model_space
 
 __all__ = ["autoencoder_plan", "build_autoencoder", "encode_train_split", "LatentCodec", "latent_masks",
@@ -68,9 +69,15 @@ def _patches(images: np.ndarray, sides: tuple[int, ...], rng: np.random.Generato
     return to_model_space(torch.from_numpy(np.stack(out).astype(np.float32)))
 
 
+def _schedule(cfg: AutoencoderConfig) -> TrainConfig:
+    """The learning-rate schedule of the flow's training (`step.lr_at`: linear warm-up over 5% of the steps, then
+    cosine decay to 10% of autoencoder.lr)."""
+    return TrainConfig(steps=cfg.steps, lr=cfg.lr, warmup_steps=max(1, cfg.steps // 20))
+
+
 def _key(cfg: AutoencoderConfig, fingerprint: str, *subset: float) -> str:
     return config_hash({k: v for k, v in asdict(cfg).items() if k not in EXECUTION_ONLY}, fingerprint, __version__,
-                       *subset)
+                       "cosine", *subset)
 
 
 def _adversary(cfg: AutoencoderConfig, sides: tuple[int, ...], in_channels: int) -> torch.nn.Module | None:
@@ -134,13 +141,15 @@ def train_autoencoder(data_path: str | Path, cfg: AutoencoderConfig, out_dir: st
     say(f"autoencoder: {sum(p.numel() for p in ae.parameters()) / 1e6:.2f}M parameters, {cfg.factor}x per axis to "
         f"{cfg.latent_channels} latent channels; {cfg.steps} steps of {cfg.batch_size} patches of "
         f"{'x'.join(map(str, sides))} from {len(rows)} training images")
-    t0, said, first = time.time(), time.time(), step
+    t0, said, first, schedule = time.time(), time.time(), step, _schedule(cfg)
     ae.train()
     while step < cfg.steps:
         rng = np.random.default_rng([cfg.seed, step])  # a step's draws follow from its index: resumable as is
         torch.manual_seed(cfg.seed * 1_000_003 + step)  # (the posterior sample of AutoencoderKL's forward)
         batch = take_rows(images, rows[rng.integers(0, len(rows), cfg.batch_size)])
         x = _patches(batch, sides, rng).to(dev)
+        for group in opt.param_groups + ([] if opt_d is None else opt_d.param_groups):
+            group["lr"] = lr_at(step, schedule)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
             recon, mu, sigma = ae(x)
             loss = F.l1_loss(recon.float(), x) + cfg.kl_weight * _kl(mu.float(), sigma.float())

@@ -368,6 +368,9 @@ class EvalConfig:
     nfe_curve_samples: int = 32  # fresh samples per class at each NFE of the curve
     subset_seed: int = 0  # picks the class-stratified real subset of each low-data arm (fixed across seeds); its
     # generator is trained on exactly that subset (train.real_fraction / train.subset_seed)
+    # the downstream models (and the quality metrics' feature extractor) see images average-pooled by this factor per
+    # axis; a segmenter's masks are predicted back at native size (1 = native; 2 makes 128^3 volumes 8x cheaper)
+    downsample: int = 1
     memory_mb: int = 512  # an arm's synthetic images up to this size are loaded for its training; more are read
     # from the store a batch at a time (same batches, same result), so memory stays flat however many there are
 
@@ -381,6 +384,7 @@ class EvalConfig:
         _check(len(self.seg_channels) >= 2, "eval.seg_channels needs at least two levels")
         _check(all(n >= 1 for n in self.nfe_curve) and self.nfe_curve_samples >= 1,
                "eval.nfe_curve values and eval.nfe_curve_samples must be >= 1")
+        _check(self.downsample >= 1, f"eval.downsample must be >= 1 (1 = native size), got {self.downsample}")
         _check(self.memory_mb >= 0, f"eval.memory_mb must be >= 0 (0: read every batch from the store), got "
                f"{self.memory_mb}")
 
@@ -514,6 +518,10 @@ class PipelineConfig:
         built: dict[str, Any] = {name: from_dict(kind, model if name == "model" else overrides.get(name), where=name)
                                  for name, kind in kinds.items() if name not in ("data", "autoencoder")}
         out = cls(data=data, autoencoder=autoencoder, **built)
+        f = out.eval.downsample
+        if any(side % f for side in data.spatial_shape):
+            raise ValueError(f"eval.downsample={f} does not divide the images' sides {data.spatial_shape}; use a "
+                             "factor that divides every side (1 = native size)")
         if latent:
             out.check_latent()
         return out

@@ -17,14 +17,14 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from monai.metrics import FIDMetric
-from monai.networks.nets import Classifier
 from scipy.spatial.distance import cdist
+from torch import nn
 
 from motfm_core.autoencoder import LatentCodec
 from motfm_core.config import EvalConfig, SampleConfig, from_dict
@@ -103,8 +103,8 @@ class Quality(Result):
 class FeatureExtractor:
     """In-domain features: average-pooled last conv stage of a classifier trained on real training images."""
 
-    def __init__(self, classifier: Classifier, device: torch.device | str = "cpu") -> None:
-        self.net, self.device = classifier.net.eval(), torch.device(device)
+    def __init__(self, classifier: nn.Module, device: torch.device | str = "cpu") -> None:
+        self.net, self.device = cast(nn.Module, classifier.net).eval(), torch.device(device)
 
     @classmethod
     def train(cls, real_path: str | Path, cfg: EvalConfig | None = None, seed: int = 0,

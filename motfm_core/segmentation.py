@@ -15,16 +15,18 @@ from torch import nn
 
 from motfm_core.config import EvalConfig
 from motfm_core.data.store import rows_per_batch
-from motfm_core.supervised import ArrayRows, fit
+from motfm_core.supervised import ArrayRows, Downsampled, fit
 from motfm_core.utils import to_model_space
 
 __all__ = ["build_segmenter", "predict_masks", "segmentation_scores", "train_segmenter"]
 
 def build_segmenter(spatial_dims: int, in_channels: int, num_classes: int, cfg: EvalConfig) -> nn.Module:
-    """A small MONAI UNet (residual units, batch norm) with one output channel per mask class."""
-    return UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
-                channels=tuple(cfg.seg_channels), strides=(2,) * (len(cfg.seg_channels) - 1), num_res_units=1,
-                norm="batch")
+    """A small MONAI UNet (residual units, batch norm) with one output channel per mask class; on images pooled by
+    cfg.downsample, its logits brought back to the input's size."""
+    net = UNet(spatial_dims=spatial_dims, in_channels=in_channels, out_channels=num_classes,
+               channels=tuple(cfg.seg_channels), strides=(2,) * (len(cfg.seg_channels) - 1), num_res_units=1,
+               norm="batch")
+    return net if cfg.downsample == 1 else Downsampled(net, cfg.downsample, spatial_dims, upsample=True)
 
 
 def train_segmenter(x: ArrayRows, masks: ArrayRows, num_classes: int, cfg: EvalConfig, seed: int,

@@ -4,7 +4,7 @@ classifier (the evaluation's arms, and the in-domain feature extractor of the qu
 from __future__ import annotations
 
 import functools
-from typing import Callable
+from typing import Callable, cast
 
 import numpy as np
 import torch
@@ -16,15 +16,40 @@ from motfm_core.data.datasets import Rows
 from motfm_core.data.store import rows_per_batch
 from motfm_core.utils import to_model_space
 
-__all__ = ["ArrayRows", "build_classifier", "fit", "predict_proba", "train_classifier"]
+__all__ = ["ArrayRows", "build_classifier", "Downsampled", "fit", "predict_proba", "train_classifier"]
 
 ArrayRows = np.ndarray | Rows  # a training set's images or targets: in memory, or read a batch at a time
 
 
-def build_classifier(in_shape: tuple[int, ...], num_classes: int, cfg: EvalConfig) -> Classifier:
-    """A small MONAI `Classifier` (strided residual units, batch norm: instance norm would erase contrast cues)."""
-    return Classifier(in_shape=in_shape, classes=num_classes, channels=tuple(cfg.channels),
-                      strides=(2,) * len(cfg.channels), num_res_units=1, norm="batch")
+class Downsampled(nn.Module):
+    """A downstream network that sees its images average-pooled by `factor` per axis (`eval.downsample`: 3D volumes
+    at clinical size cost the downstream models 8x less at 2); `upsample` brings a segmenter's logits back to the
+    input's size, so its loss and scores stay at native resolution. `.net` is the pooled feature stack of a classifier
+    (what the quality metrics' feature extractor reads)."""
+
+    def __init__(self, inner: nn.Module, factor: int, dims: int, upsample: bool = False) -> None:
+        super().__init__()
+        self.inner, self.factor, self.upsample = inner, factor, upsample
+        self.pool = (nn.AvgPool2d if dims == 2 else nn.AvgPool3d)(factor)
+
+    @property
+    def net(self) -> nn.Module:
+        return nn.Sequential(self.pool, cast(nn.Module, self.inner.net))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.inner(self.pool(x))
+        if self.upsample:
+            y = nn.functional.interpolate(y, size=x.shape[2:], mode="bilinear" if x.ndim == 4 else "trilinear")
+        return y
+
+
+def build_classifier(in_shape: tuple[int, ...], num_classes: int, cfg: EvalConfig) -> nn.Module:
+    """A small MONAI `Classifier` (strided residual units, batch norm: instance norm would erase contrast cues), on
+    images pooled by cfg.downsample."""
+    f = cfg.downsample
+    net = Classifier(in_shape=(in_shape[0], *(s // f for s in in_shape[1:])), classes=num_classes,
+                     channels=tuple(cfg.channels), strides=(2,) * len(cfg.channels), num_res_units=1, norm="batch")
+    return net if f == 1 else Downsampled(net, f, len(in_shape) - 1)
 
 
 def fit(model: nn.Module, loss_fn: Callable, x: ArrayRows, target: ArrayRows, steps: int, cfg: EvalConfig,
@@ -45,7 +70,7 @@ def fit(model: nn.Module, loss_fn: Callable, x: ArrayRows, target: ArrayRows, st
 
 
 def train_classifier(x: ArrayRows, y: np.ndarray, num_classes: int, cfg: EvalConfig, seed: int,
-                     device: torch.device) -> Classifier:
+                     device: torch.device) -> nn.Module:
     """Train from scratch with AdamW and class-balanced cross-entropy for cfg.steps minibatches; x (N, C, *S) is an
     array or `Rows` (read a batch at a time)."""
     torch.manual_seed(seed)

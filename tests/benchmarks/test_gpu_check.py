@@ -31,3 +31,5 @@ def test_gpu_check_dry_run_runs_every_step(tmp_path):
     for name in ("sizes_2d_32_small", "sizes_3d_16_small"):  # the size-aware networks: plan against a measured step
         sized = r[name]
         assert sized["planned_gb"] > 0 and sized["measured_gb"] > 0 and sized["s_per_step"] > 0, sized
+    latent = r["latent_3d"]  # latent flow matching: a training step and one decoded volume
+    assert latent["latent"] == [4, 4, 4, 4] and latent["image"] == [1, 16, 16, 16] and latent["finite"], latent

@@ -188,3 +188,19 @@ def test_the_run_plan_includes_the_autoencoder():
                                          "model": {"space": "latent", **TINY_MODEL}})
     line = plan_run(cfg)
     assert "autoencoder: 4x per axis to 4 x 8x8x8 latents" in line and "decoding an image whole" in line
+
+
+def test_reconstruction_scores_are_the_autoencoders_own(phantom_store, tiny_autoencoder):
+    from motfm_core.data.store import load_split
+    from motfm_core.quality import reconstruction
+
+    store = encode_train_split(phantom_store, tiny_autoencoder, AutoencoderConfig(**TINY_AE))
+    record = dict(zarr.open_group(str(store), mode="r").attrs["record"])
+    test = load_split(phantom_store, "test")["images"]
+    r = reconstruction(test, record, most=5)
+    pick = np.unique(np.linspace(0, len(test) - 1, 5).round().astype(int))
+    codec = LatentCodec.load(record)
+    x = torch.from_numpy(test[pick])
+    mse = (codec.decode(codec.encode(x)) - x).pow(2).flatten(1).mean(1)
+    assert r.images == 5 and abs(r.psnr - float((10 * torch.log10(1 / mse)).mean())) < 1e-3
+    assert -1 <= r.ssim <= 1 and r.swd_fine > 0  # (a 60-step autoencoder on 16 px phantoms: SSIM near 0)

@@ -112,3 +112,17 @@ def test_the_clinical_2d_preset_is_the_native_size_network_and_fits():
     assert cfg.model.attention_levels == (False,) * 4 + (True,)
     plan = check_before_start(a.enhance, overrides)
     assert "attention at 12x12 (144 tokens)" in plan and "at batch 4" in plan
+
+
+def test_the_clinical_3d_preset_is_latent_at_128_cubed_and_fits():
+    from flows.synth_and_eval import check_before_start
+
+    a, overrides = parse_cli(["--preset", "clinical-3d"])
+    cfg = build_config("brain-mri", 48, None, "euler", 10, 80, [0, 1, 2], overrides)
+    assert cfg.data.spatial_shape == (128, 128, 128) and cfg.model.space == "latent"
+    assert cfg.model.spatial_shape == (32, 32, 32) and cfg.model.in_channels == cfg.autoencoder.latent_channels
+    plan = check_before_start(a.enhance, overrides)
+    assert "attention at 8x8x8 (512 tokens)" in plan and "autoencoder: 4x per axis to 4 x 32x32x32 latents" in plan
+    # your own volumes with the preset: the bundled brains' voxel grid is dropped, not refused
+    _, overrides = parse_cli(["--preset", "clinical-3d", "--dataset", "/data/volumes"])
+    assert "voxel_mm" not in overrides["data"]
