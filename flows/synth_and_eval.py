@@ -89,7 +89,7 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                     "train": {"steps": 250, "batch_size": 4, "warmup_steps": 20, "checkpoint_every": 50},
                     "sample": {"samples_per_class": 10, "batch_size": 4},
                     "eval": {"seeds": [0, 1], "ratios": [1.0], "real_fractions": [], "nfe_curve": [1, 4],
-                             "nfe_curve_samples": 2, "steps": 60, "seg_steps": 40, "batch_size": 4,
+                             "nfe_curve_samples": 2, "steps": 45, "seg_steps": 30, "batch_size": 4,
                              "downsample": 2}},
 }
 

@@ -292,12 +292,13 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
         curve = nfe_curve(checkpoint, extractor, images["test"], feats["test"], tuple(cfg.nfe_curve),
                           cfg.nfe_curve_samples, device, sample_cfg, attrs.get("mask_checkpoint"))
     record = open_store(synthetic_path).attrs.get("autoencoder")
+    factor = cfg.downsample if cfg is not None else 1
     return dataclasses.replace(
         quality(feats["train"], feats["test"], extractor(fake), {**images, "fake": fake}),
         feature_dim=int(feats["train"].shape[1]), nfe_curve=curve,
         reconstruction=reconstruction(images["test"], record, device) if record else None,
-        diversity={"synthetic": diversity(fake, fake_labels),
-                   "real_train": diversity(images["train"], real["train"]["labels"])})
+        diversity={"synthetic": diversity(fake, fake_labels, downsample=factor),
+                   "real_train": diversity(images["train"], real["train"]["labels"], downsample=factor)})
 
 
 def reconstruction(test: np.ndarray, record: dict[str, Any], device: torch.device | str = "cpu",
@@ -316,18 +317,22 @@ def reconstruction(test: np.ndarray, record: dict[str, Any], device: torch.devic
                           swd_fine=swd(x.numpy(), rec.numpy())["level0"], images=len(pick))
 
 
-def diversity(images: Any, labels: np.ndarray, pairs: int = 300, seed: int = 0) -> Diversity:
+def diversity(images: Any, labels: np.ndarray, pairs: int = 300, seed: int = 0, downsample: int = 1,
+              voxels: int = 2 ** 26) -> Diversity:
     """Mean MS-SSIM over random same-class pairs (MONAI `MultiScaleSSIMMetric`); higher = less diverse.
 
     Up to three scales; the Gaussian window (odd, 3..7) and the number of scales shrink to fit small images
     (MONAI needs every side > (window - 1) * 2**(scales - 1), e.g. 8-slice volumes). Compare the synthetic
     set's value with the real set's: well above it signals mode collapse, near 1 signals copies. `images` may be
-    a Zarr array: only the pairs' images are read, a batch at a time.
+    a Zarr array: only the pairs' images are read, a batch at a time. Large images are scored average-pooled by
+    `downsample` (eval.downsample, as the downstream models see them) and on fewer pairs, so that the pairs hold at
+    most `voxels` voxels (never under 20 pairs): 3D MS-SSIM of 300 pairs of 128^3 volumes took over ten minutes.
     """
     from monai.metrics import MultiScaleSSIMMetric
 
     rng = np.random.RandomState(seed)
-    spatial = images.shape[2:]
+    spatial = tuple(s // downsample for s in images.shape[2:])
+    pairs = min(pairs, max(20, voxels // int(np.prod(spatial))))
     side = min(spatial)
     scales = max(s for s in (1, 2, 3) if s == 1 or 2 * 2 ** (s - 1) < side)
     k = max(kk for kk in (3, 5, 7) if kk == 3 or (kk - 1) * 2 ** (scales - 1) < side)
@@ -345,6 +350,12 @@ def diversity(images: Any, labels: np.ndarray, pairs: int = 300, seed: int = 0) 
         second.append(j[keep])
     ia, ib = np.concatenate(first), np.concatenate(second)
     step = max(1, rows_per_batch(images) // 2)
-    values = torch.cat([metric(*(torch.from_numpy(take_rows(images, v[k:k + step]).astype(np.float32))
-                                 for v in (ia, ib))).flatten() for k in range(0, len(ia), step)])
+    pool = (F.avg_pool2d if len(spatial) == 2 else F.avg_pool3d) if downsample > 1 else None
+
+    def rows(v: np.ndarray) -> torch.Tensor:
+        x = torch.from_numpy(take_rows(images, v).astype(np.float32))
+        return x if pool is None else pool(x, downsample)
+
+    values = torch.cat([metric(rows(ia[k:k + step]), rows(ib[k:k + step])).flatten()
+                        for k in range(0, len(ia), step)])
     return Diversity(ms_ssim=float(values.mean()), pairs=int(len(values)))

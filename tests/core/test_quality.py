@@ -133,3 +133,18 @@ def test_metrics_read_a_store_in_batches_as_they_read_memory(tmp_path):
     for a, b in zip(nearest(lazy, imgs[:5], batch=5), nearest(imgs, imgs[:5])):
         np.testing.assert_array_equal(a, b)
     assert swd(imgs, lazy, most=10) == swd(imgs, lazy, most=10) != swd(imgs, lazy)  # seeded subset of 10
+
+
+def test_diversity_of_large_volumes_is_pooled_and_on_fewer_pairs():
+    from motfm_core.quality import diversity
+
+    rng = np.random.default_rng(0)
+    volumes = rng.random((6, 1, 16, 16, 16), dtype=np.float32)
+    labels = np.array([0, 0, 0, 1, 1, 1])
+    full = diversity(volumes, labels, pairs=40)
+    capped = diversity(volumes, labels, pairs=40, voxels=16 ** 3 * 25)  # room for 25 pairs: at least 20 kept
+    assert full.pairs > capped.pairs > 0 and capped.pairs <= 25
+    # pooled by 2: the score of the pooled volumes themselves
+    pooled = volumes.reshape(6, 1, 8, 2, 8, 2, 8, 2).mean((3, 5, 7))
+    at_two = diversity(volumes, labels, pairs=40, downsample=2)
+    assert abs(at_two.ms_ssim - diversity(pooled, labels, pairs=40).ms_ssim) < 1e-5
