@@ -120,7 +120,7 @@ def main() -> None:
         add_row("3D in latent space",
                 "| date | machine | volume | latent | batch | s/step | step peak RSS GB | H200 s/step (estimate) | "
                 "s per volume (flow NFE 10 + decode) | decode s | sampling peak RSS GB | command |",
-                [date, machine, f"{side}^3", "x".join(map(str, t["latent"])), a.batch, f"{t['s_per_step']:.2f}",
+                [date, machine, f"{side}^3", "x".join(map(str, t["latent"])), str(a.batch), f"{t['s_per_step']:.2f}",
                  f"{t['peak_rss_gb']:.2f}", f"{t['h200_s_estimate']:.4f}",
                  f"{s['volume_s']:.1f} ({s['flow_s']:.1f} + {s['decode_s']:.1f}, {s['decoded']})",
                  f"{s['decode_s']:.1f}", f"{s['peak_rss_gb']:.2f}", "`benchmarks/latent.py`"])
