@@ -118,8 +118,8 @@ def main() -> None:
               f"{t['peak_rss_gb']:.2f} GB; volume {s['volume_s']:.1f} s (flow {s['flow_s']:.1f}, decode "
               f"{s['decode_s']:.1f}, {s['decoded']}), {s['peak_rss_gb']:.2f} GB", flush=True)
         add_row("3D in latent space",
-                "| date | machine | volume | latent | batch | s/step | step peak RSS GB | H200 s/step (estimate) | "
-                "s per volume (flow NFE 10 + decode) | decode s | sampling peak RSS GB | command |",
+                ["date", "machine", "volume", "latent", "batch", "s/step", "step peak RSS GB", "H200 s/step (estimate)",
+                 "s per volume (flow NFE 10 + decode)", "decode s", "sampling peak RSS GB", "command"],
                 [date, machine, f"{side}^3", "x".join(map(str, t["latent"])), str(a.batch), f"{t['s_per_step']:.2f}",
                  f"{t['peak_rss_gb']:.2f}", f"{t['h200_s_estimate']:.4f}",
                  f"{s['volume_s']:.1f} ({s['flow_s']:.1f} + {s['decode_s']:.1f}, {s['decoded']})",
