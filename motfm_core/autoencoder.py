@@ -30,7 +30,15 @@ from motfm_core.config import AutoencoderConfig, TrainConfig, auto_norm_groups, 
 from motfm_core.data.store import SPLITS, open_store, stratified_subset, take_rows
 from motfm_core.memory import GB, PROCESS_GB, SAMPLING_SHARE, MemoryPlanError, available_memory, trace_peak
 from motfm_core.step import lr_at
-from motfm_core.utils import atomic_path, default_device, file_sha256, save_atomic, to_image_space, to_model_space
+from motfm_core.utils import (
+    atomic_path,
+    default_device,
+    file_sha256,
+    resumable,
+    save_atomic,
+    to_image_space,
+    to_model_space,
+)
 
 __all__ = ["autoencoder_plan", "build_autoencoder", "encode_train_split", "LatentCodec", "latent_masks",
            "load_autoencoder", "train_autoencoder", "whole_fits", "WHOLE_TILE"]
@@ -124,16 +132,15 @@ def train_autoencoder(data_path: str | Path, cfg: AutoencoderConfig, out_dir: st
     opt = torch.optim.AdamW(ae.parameters(), lr=cfg.lr, weight_decay=1e-4)
     opt_d = None if disc is None else torch.optim.AdamW(disc.to(dev).parameters(), lr=cfg.lr, weight_decay=1e-4)
     step, losses = 0, []
-    if last.exists():
-        state = torch.load(last, map_location=dev, weights_only=True)
-        if state.get("run_key") == key:
-            ae.load_state_dict(state["state"])
-            opt.load_state_dict(state["optimizer"])
-            if disc is not None and opt_d is not None:
-                disc.load_state_dict(state["discriminator"])
-                opt_d.load_state_dict(state["optimizer_d"])
-            step, losses = state["step"], list(state["losses"])
-            say(f"autoencoder: resuming from {last} at step {step}/{cfg.steps}")
+    state = resumable(last, key, dev)
+    if state is not None:
+        ae.load_state_dict(state["state"])
+        opt.load_state_dict(state["optimizer"])
+        if disc is not None and opt_d is not None:
+            disc.load_state_dict(state["discriminator"])
+            opt_d.load_state_dict(state["optimizer_d"])
+        step, losses = state["step"], list(state["losses"])
+        say(f"autoencoder: resuming from {last} at step {step}/{cfg.steps}")
     meta = {"config": asdict(cfg), "run_key": key, "real_fraction": real_fraction, "subset_seed": subset_seed,
             "data_fingerprint": fingerprint, "data_path": str(data_path),
             "spatial_dims": dims, "in_channels": channels, "image_shape": list(image_shape), "factor": cfg.factor,

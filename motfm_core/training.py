@@ -28,7 +28,7 @@ from motfm_core.data.store import load_split, open_store, stratified_subset
 from motfm_core.memory import is_out_of_memory, out_of_memory, plan_training
 from motfm_core.nets import VelocityUNet, build_model
 from motfm_core.step import ema_decay, flow_matching_loss, train_step
-from motfm_core.utils import default_device, file_sha256, save_atomic, to_model_space
+from motfm_core.utils import default_device, file_sha256, resumable, save_atomic, to_model_space
 
 __all__ = ["ema_decay", "flow_matching_loss", "load_checkpoint", "model_for_data", "PROGRESS_SECONDS", "reflow_pairs",
            "TARGETS", "train_flow_matching", "train_mask_generator", "train_step", "training_bytes",
@@ -258,15 +258,14 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the same stream on every rank
     step, losses = 0, []
-    if last.exists():
-        state = torch.load(last, map_location=device, weights_only=True)
-        if state.get("run_key") == key:
-            model.load_state_dict(state["model"])
-            ema.load_state_dict(state["ema"])
-            opt.load_state_dict(state["optimizer"])
-            gen.set_state(state["rng"].cpu() if device.type == "cpu" else state["rng"])
-            step, losses = state["step"], list(state["losses"])
-            say(f"train: resuming from {last} at step {step}/{cfg.steps}")
+    state = resumable(last, key, device)
+    if state is not None:
+        model.load_state_dict(state["model"])
+        ema.load_state_dict(state["ema"])
+        opt.load_state_dict(state["optimizer"])
+        gen.set_state(state["rng"].cpu() if device.type == "cpu" else state["rng"])
+        step, losses = state["step"], list(state["losses"])
+        say(f"train: resuming from {last} at step {step}/{cfg.steps}")
 
     n = len(y_all)  # with reflow: the number of teacher couplings
     batch = min(cfg.batch_size, n)

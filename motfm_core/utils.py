@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 __all__ = ["atomic_path", "default_device", "figure_dpi", "file_sha256", "mmap_large_buffers", "save_atomic",
-           "to_image_space", "to_model_space", "write_json_atomic"]
+           "resumable", "to_image_space", "to_model_space", "write_json_atomic"]
 
 M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
@@ -76,6 +76,15 @@ def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """torch.save published whole: a reader never sees half a checkpoint."""
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def resumable(path: str | Path, key: str, device: str | torch.device) -> dict[str, Any] | None:
+    """The training state saved at `path` when it belongs to the run `key` (same data and config), else None: an
+    interrupted stage resumes from it, a changed one starts afresh."""
+    if not Path(path).exists():
+        return None
+    state = torch.load(path, map_location=device, weights_only=True)
+    return state if state.get("run_key") == key else None
 
 
 def file_sha256(path: str | Path) -> str:
