@@ -79,18 +79,24 @@ def test_latents_have_unit_variance_and_are_encoded_once(phantom_store, tiny_aut
     assert (store / "zarr.json").stat().st_mtime_ns == stamp  # cached: not encoded again
 
 
-def test_windowed_decoding_agrees_with_whole(tiny_autoencoder):
-    model, meta = load_autoencoder(tiny_autoencoder)
-    base = AutoencoderConfig(**TINY_AE)
-    z = torch.randn(2, 2, 16, 16, generator=torch.Generator().manual_seed(0))  # 64 px images from 16^2 latents
-    whole = LatentCodec(model, base, 0.0, 1.0).decode(z)
+def test_windowed_decoding_agrees_with_whole(phantom_store, tiny_autoencoder):
+    model, _ = load_autoencoder(tiny_autoencoder)
+    train = zarr.open_group(str(phantom_store), mode="r")["images"][:16]
+    mosaic = torch.from_numpy(np.asarray(train)).reshape(4, 4, 16, 16).permute(0, 2, 1, 3).reshape(1, 1, 64, 64)
+    whole_codec = LatentCodec(model, AutoencoderConfig(**TINY_AE), 0.0, 1.0)
+    z = whole_codec.encode(mosaic)  # 16 x 16 latents of real (phantom) content
+    whole = whole_codec.decode(z)
     tiled = LatentCodec(model, AutoencoderConfig(**{**TINY_AE, "tile": 8, "tile_overlap": 0.5}), 0.0, 1.0)
     assert tiled.window((16, 16)) == (8, 8)
     windows = tiled.decode(z)
-    assert windows.shape == whole.shape == (2, 1, 64, 64)
+    assert windows.shape == whole.shape == (1, 1, 64, 64)
     err = (windows - whole).abs()
-    assert float(err.mean()) < 0.01 and float(err.max()) < 0.15, (float(err.mean()), float(err.max()))
+    recon = (whole - mosaic).abs().mean()
+    # the windows' seams cost a small share of what the autoencoder itself gets wrong
+    assert float(err.mean()) < 0.25 * float(recon), (float(err.mean()), float(recon))
     assert not torch.equal(windows, whole)  # the windows really ran
+    # windowed encoding: its latents reconstruct the images as well as the whole image's do (within 10%)
+    assert float((whole_codec.decode(tiled.encode(mosaic)) - mosaic).abs().mean()) < 1.1 * float(recon)
 
 
 def test_masks_on_the_latent_grid_keep_the_majority_class():
