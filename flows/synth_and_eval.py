@@ -138,7 +138,8 @@ def synthesise(checkpoint: str, sample: SampleConfig, where: Path, mask_checkpoi
     store, todo = plan_sampling_task(checkpoint, sample, str(where), mask_checkpoint)
     shards = sample_shards_task(checkpoint, store, todo, replace(sample, scheduler=scheduler))
     get_run_logger().info("sample: %d shard(s) written this run into %s", sum(not s.skipped for s in shards), store)
-    publish_task(store, sample.keep_versions)  # evaluation reads this version itself, not the moving `latest` link
+    # evaluation reads this version itself (leased), not the moving `latest` link
+    publish_task(store, sample.keep_versions, sample.prune_grace_hours)
     return store
 
 

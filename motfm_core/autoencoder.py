@@ -27,7 +27,8 @@ from monai.networks.nets import AutoencoderKL
 
 from motfm_core import __version__
 from motfm_core.config import AutoencoderConfig, TrainConfig, auto_norm_groups, config_hash
-from motfm_core.data.store import SPLITS, open_store, stratified_subset, take_rows
+from motfm_core.data.rows import take_rows
+from motfm_core.data.store import SPLITS, open_store, stratified_subset
 from motfm_core.memory import GB, PROCESS_GB, SAMPLING_SHARE, MemoryPlanError, available_memory, trace_peak
 from motfm_core.step import lr_at
 from motfm_core.utils import (

@@ -300,6 +300,9 @@ class SampleConfig:
     scheduler: str = ""  # address of an existing Dask scheduler (or $MOTFM_DASK_SCHEDULER); "" = local cluster
     seed: int = 1234
     keep_versions: int = 0  # synthetic dataset versions to keep (0 = all; the published one always stays)
+    # a version pruned away is deleted only this long after it left the newest keep_versions, and never while a
+    # lease on it is live: readers that did not take a lease (a user's training job) keep reading it meanwhile
+    prune_grace_hours: float = 24.0
     # mask-conditioned models: where each sample's mask comes from (motfm_core/masks.py): "train" (the training
     # masks, cycling: copies), "deformed" (a training mask under a random affine + elastic deformation drawn
     # from the sample's seed), "generated" (a class-conditional flow model over masks, its own train stage), or
@@ -337,6 +340,7 @@ class SampleConfig:
         _check(self.precision in ("auto", "bf16", "fp32"),
                f"sample.precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         _check(self.keep_versions >= 0, "sample.keep_versions must be >= 0 (0 keeps all)")
+        _check(self.prune_grace_hours >= 0, "sample.prune_grace_hours must be >= 0")
         _check(self.mask_source in ("auto", "train", "deformed", "generated"),
                f"sample.mask_source must be 'auto', 'train', 'deformed' or 'generated', got {self.mask_source!r}")
         _check(0 <= self.deform_rotate <= 180 and 0 <= self.deform_scale < 1 and 0 <= self.deform_translate < 0.5,

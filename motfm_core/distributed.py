@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from motfm_core.config import SampleConfig
+from motfm_core.data.versions import hold_version
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -109,13 +110,14 @@ def sample_shards(
     # a key names the store by its full path: on a shared cluster, v0001.zarr of another run (or of a low-data
     # generator) is another task, never a finished one to reuse
     tag = hashlib.sha256(str(Path(store).resolve()).encode()).hexdigest()[:12]
-    futures = [client.submit(_run_shard, str(checkpoint), str(store), i, cfg,
-                             key=f"motfm-shard-{Path(store).name}-{tag}-{i}", retries=retries, pure=False)
-               for i in shards]
     results = []
-    for future in as_completed(futures):
-        result = future.result()
-        results.append(result)
-        if progress:
-            progress(result)
+    with hold_version(store):  # another run's pruning leaves the version alone while its shards are written
+        futures = [client.submit(_run_shard, str(checkpoint), str(store), i, cfg,
+                                 key=f"motfm-shard-{Path(store).name}-{tag}-{i}", retries=retries, pure=False)
+                   for i in shards]
+        for future in as_completed(futures):
+            result = future.result()
+            results.append(result)
+            if progress:
+                progress(result)
     return sorted(results, key=lambda r: r.shard)

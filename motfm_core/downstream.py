@@ -24,7 +24,9 @@ import zarr
 
 from motfm_core.config import EvalConfig
 from motfm_core.data.datasets import Rows
-from motfm_core.data.store import Splits, load_splits, open_synthetic, row_bytes, stratified_subset, take_rows
+from motfm_core.data.rows import row_bytes, take_rows
+from motfm_core.data.store import Splits, load_splits, stratified_subset
+from motfm_core.data.synthetic import open_synthetic
 from motfm_core.metrics import Gain, Stat, bootstrap_gain, bootstrap_paired, classification_metrics, summarise
 from motfm_core.results import Result, optional
 from motfm_core.segmentation import predict_masks, segmentation_scores, train_segmenter

@@ -4,6 +4,7 @@ data, the synthetic versions, the eval config and the package version."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from collections.abc import Mapping
@@ -14,6 +15,7 @@ from typing import Any, Callable
 from motfm_core import __version__
 from motfm_core.config import EvalConfig, config_hash
 from motfm_core.data.store import load_splits, open_store
+from motfm_core.data.versions import hold_version
 from motfm_core.downstream import Augmentation, evaluate_augmentation
 from motfm_core.privacy import Audit, audit_stores
 from motfm_core.quality import Quality, synthetic_quality
@@ -81,13 +83,16 @@ def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalCon
     mmap_large_buffers()  # read batches freed go back to the system: memory stays flat however large the store
     real = load_splits(data_path)
     checkpoint = open_store(synthetic_path).attrs.get("checkpoint")
-    result = Evaluation(
-        augmentation=evaluate_augmentation(data_path, synthetic_path, cfg, progress=say, low_data=low, real=real,
-                                           advance=(lambda f: advance(0.9 * f)) if advance else None),
-        quality=synthetic_quality(data_path, synthetic_path, cfg, checkpoint=checkpoint, real=real),
-        memorisation=audit_stores(data_path, synthetic_path, Path(run_dir) / "closest_pairs.png", real=real),
-        low_data_memorisation={f"{f:g}": audit_stores(data_path, p, real=real) for f, p in sorted(low.items())},
-        key=key)
+    with contextlib.ExitStack() as leases:  # another run's pruning leaves the versions read here alone
+        for store in (synthetic_path, *low.values()):
+            leases.enter_context(hold_version(store))
+        result = Evaluation(
+            augmentation=evaluate_augmentation(data_path, synthetic_path, cfg, progress=say, low_data=low, real=real,
+                                               advance=(lambda f: advance(0.9 * f)) if advance else None),
+            quality=synthetic_quality(data_path, synthetic_path, cfg, checkpoint=checkpoint, real=real),
+            memorisation=audit_stores(data_path, synthetic_path, Path(run_dir) / "closest_pairs.png", real=real),
+            low_data_memorisation={f"{f:g}": audit_stores(data_path, p, real=real) for f, p in sorted(low.items())},
+            key=key)
     write_json_atomic(out, result.to_json())
     if advance:
         advance(1.0)

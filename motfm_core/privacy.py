@@ -17,7 +17,9 @@ import numpy as np
 import torch
 import zarr
 
-from motfm_core.data.store import Splits, load_splits, open_synthetic, rows_per_batch
+from motfm_core.data.rows import rows_per_batch
+from motfm_core.data.store import Splits, load_splits
+from motfm_core.data.synthetic import open_synthetic
 from motfm_core.results import Result, optional
 from motfm_core.utils import figure_dpi
 

@@ -28,15 +28,9 @@ from torch import nn
 
 from motfm_core.autoencoder import LatentCodec
 from motfm_core.config import EvalConfig, SampleConfig, from_dict
-from motfm_core.data.store import (
-    Splits,
-    load_split,
-    load_splits,
-    open_store,
-    open_synthetic,
-    rows_per_batch,
-    take_rows,
-)
+from motfm_core.data.rows import rows_per_batch, take_rows
+from motfm_core.data.store import Splits, load_split, load_splits, open_store
+from motfm_core.data.synthetic import open_synthetic
 from motfm_core.results import Result, optional
 from motfm_core.sampling import Sampler
 from motfm_core.supervised import train_classifier

@@ -18,7 +18,8 @@ import torch
 import zarr
 
 from motfm_core import code_version
-from motfm_core.data.store import completed_shards, open_store
+from motfm_core.data.store import open_store
+from motfm_core.data.synthetic import completed_shards
 from motfm_core.enhance import Enhancement
 from motfm_core.evaluation import Evaluation, read_evaluation
 from motfm_core.figures import gain_figure, loss_figure, sample_grid

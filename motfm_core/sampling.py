@@ -20,15 +20,16 @@ from motfm_core import code_version
 from motfm_core.autoencoder import LatentCodec, latent_masks
 from motfm_core.baselines import diffusion_sample
 from motfm_core.config import SampleConfig, TrainConfig, config_hash
-from motfm_core.data.store import (
+from motfm_core.data.store import load_split
+from motfm_core.data.synthetic import (
     create_synthetic_store,
     incomplete_shards,
-    load_split,
     shard_bounds,
     shard_complete,
-    version_for,
+    sweep_store,
     write_shard,
 )
+from motfm_core.data.versions import create_version
 from motfm_core.masks import (
     cycle_by_class,
     deform,
@@ -252,9 +253,9 @@ def sample_shard(
                        rejected=int((redraws > 0).sum()))
 
 
-# where and how sampling runs (and pruning, and how the images are encoded) does not change the dataset, so it is
-# not part of its key
-EXECUTION_ONLY = ("keep_versions", "workers", "scheduler", "compile", "batch_size", "compression")
+# where sampling runs and pruning do not change the dataset, so they are not part of its key; the encoding
+# (`compression`) is: a version keeps the codecs it was created with, so another value is another version
+EXECUTION_ONLY = ("keep_versions", "prune_grace_hours", "workers", "scheduler", "compile", "batch_size")
 
 
 def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
@@ -291,8 +292,9 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
         extras["mask_deform"] = ("float32", (len(deform_columns(m.spatial_dims)),))
         attrs["mask_deform_columns"] = deform_columns(m.spatial_dims)
     n = len(meta["class_names"]) * cfg.samples_per_class
-    version = version_for(root, attrs["run_key"])
     shape = m.sample_shape if not meta.get("autoencoder") else tuple(meta["autoencoder"]["sample_shape"])
-    store = create_synthetic_store(version, n, shape, cfg.shard_size, attrs, with_masks=masked,
-                                   extras=extras, compress=cfg.compression == "zstd")
+    store = create_version(root, attrs["run_key"], lambda version: create_synthetic_store(
+        version, n, shape, cfg.shard_size, attrs, with_masks=masked, extras=extras,
+        compress=cfg.compression == "zstd"))
+    sweep_store(store)  # a resumed version: what a crashed writer left goes before its shards are rewritten
     return store, incomplete_shards(store)

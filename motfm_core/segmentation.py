@@ -14,7 +14,7 @@ from monai.networks.nets import UNet
 from torch import nn
 
 from motfm_core.config import EvalConfig
-from motfm_core.data.store import rows_per_batch
+from motfm_core.data.rows import rows_per_batch
 from motfm_core.supervised import ArrayRows, Downsampled, fit
 from motfm_core.utils import to_model_space
 

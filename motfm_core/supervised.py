@@ -13,7 +13,7 @@ from torch import nn
 
 from motfm_core.config import EvalConfig
 from motfm_core.data.datasets import Rows
-from motfm_core.data.store import rows_per_batch
+from motfm_core.data.rows import rows_per_batch
 from motfm_core.utils import to_model_space
 
 __all__ = ["ArrayRows", "build_classifier", "Downsampled", "fit", "predict_proba", "train_classifier"]

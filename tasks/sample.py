@@ -49,8 +49,9 @@ def sample_shards_task(checkpoint: str, store: str, shards: list[int], cfg: Samp
 
 
 @task(name="publish-synthetic")
-def publish_task(store: str, keep_versions: int = 0) -> str:
-    """Move `synthetic/latest` to this complete version (atomically) and keep the newest `keep_versions` (0 = all)."""
-    latest = publish_latest(store, keep=keep_versions)
+def publish_task(store: str, keep_versions: int = 0, grace_hours: float = 24.0) -> str:
+    """Move `synthetic/latest` to this complete version (atomically, never backwards) and prune to the newest
+    `keep_versions` (0 = all; a pruned version is deleted `grace_hours` later and never while leased)."""
+    latest = publish_latest(store, keep=keep_versions, grace=3600.0 * grace_hours)
     get_run_logger().info("sample: %s -> %s", latest, Path(store).name)
     return str(latest)

@@ -14,7 +14,9 @@ import torch
 import zarr
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from motfm_core.data.store import SPLITS, require_complete, take_rows
+from motfm_core.data.rows import take_rows
+from motfm_core.data.store import SPLITS
+from motfm_core.data.synthetic import require_complete
 
 __all__ = ["as_dask", "mix_real_synthetic", "Rows", "ZarrDictDataset", "ZarrImageDataset"]
 

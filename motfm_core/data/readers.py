@@ -41,6 +41,13 @@ class RawSet:
     spacings: list[tuple[float, ...] | None] = field(default_factory=list)  # mm per axis of the image, if known
 
 
+def _system_error(exc: BaseException) -> bool:
+    """An OSError the operating system raised (it has an errno: a network file system's EIO, a missing file),
+    which a retry or the user's path fixes: passed on as it is, not turned into a bad-file ValueError. Decoders'
+    own OSErrors (PIL's "image file is truncated") carry no errno."""
+    return isinstance(exc, OSError) and exc.errno is not None
+
+
 def _read_labels_csv(folder: Path) -> pd.DataFrame:
     csv = folder / "labels.csv"
     if not csv.exists():
@@ -86,6 +93,8 @@ def read_nifti(path: Path) -> np.ndarray:
     try:
         arr = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
     except Exception as exc:  # nibabel raises many types for corrupt files
+        if _system_error(exc):
+            raise
         raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); re-export or remove it") from exc
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: contains NaN/inf values; fix or remove the file")
@@ -104,6 +113,8 @@ def read_image(path: Path) -> np.ndarray:
             else:
                 arr = np.asarray(im.convert("L"), dtype=np.float32)
     except (UnidentifiedImageError, OSError) as exc:
+        if _system_error(exc):
+            raise
         raise ValueError(f"{path}: cannot read image ({exc}); re-export or remove it") from exc
     return arr
 
@@ -118,6 +129,8 @@ def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises several types for compressed data it has no decoder for
+        if _system_error(exc):
+            raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # its message lists every plugin
         raise ValueError(f"{path}: cannot decode DICOM pixels ({ds.file_meta.get('TransferSyntaxUID', '?')}: "
                          f"{reason}); export it uncompressed or install a decoder (pylibjpeg)") from exc
@@ -150,6 +163,8 @@ def _series(folder: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         try:
             slices.append((f, pydicom.dcmread(f)))
         except Exception as exc:  # pydicom's InvalidDicomError and the errors of truncated files
+            if _system_error(exc):
+                raise
             raise ValueError(f"{f}: not a readable DICOM file ({type(exc).__name__}: {exc}); remove it from the "
                              "series folder") from exc
     uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
@@ -193,6 +208,8 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     try:
         ds = pydicom.dcmread(path)
     except Exception as exc:  # pydicom's InvalidDicomError and the errors of truncated files
+        if _system_error(exc):
+            raise
         raise ValueError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc}); re-export or remove "
                          "it") from exc
     arr = _dicom_pixels(ds, path)
@@ -258,6 +275,8 @@ def read_medmnist(path: str | Path) -> RawSet:
     try:
         data = np.load(path)
     except Exception as exc:
+        if _system_error(exc):
+            raise
         raise ValueError(f"{path}: cannot read .npz ({exc}); download the file again") from exc
     split: list[int] = []
     out = RawSet(origin=str(path), split=split)

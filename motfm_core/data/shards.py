@@ -8,30 +8,51 @@ A shard the sampler writes is always whole, and its layout is the one
 (little-endian) and optionally `zstd`, index `bytes` + `crc32c` at the end. For that layout the shard file is the
 chunks' encoded bytes in order, then the (offset, length) index and its CRC32C, the format the Zarr v3 sharding
 specification defines. `encode_shard` writes exactly the bytes zarr-python would (tested byte for byte), so every
-Zarr v3 reader reads it; any other layout returns None and the caller writes through zarr-python. The file is
-written under a temporary name and renamed: a reader never sees half a shard.
+Zarr v3 reader reads it; any other layout (another chunk-key encoding, a fill value that is not a number, other
+codecs) returns None and the caller writes through zarr-python. The file is written under a temporary name and
+renamed (removed on error): a reader never sees half a shard.
+
+A zarr upgrade could change what zarr-python writes; so each process reads its first encoded shard of every array
+back through zarr-python and, if the values differ, rewrites it through zarr-python and stops encoding for the rest
+of the process, logging why.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import os
-import uuid
 from pathlib import Path
 from typing import Any
 
 import google_crc32c
 import numpy as np
+import zarr
 from numcodecs import Zstd
 
-__all__ = ["encode_shard", "write_whole_shard"]
+from motfm_core.utils import temporary_name
+
+__all__ = ["encode_shard", "shard_file", "write_whole_shard"]
+
+log = logging.getLogger(__name__)
 
 _EMPTY = np.uint64(2**64 - 1)  # the index entry of a chunk not stored (all fill value)
+_FLOAT_WORDS = {"NaN": float("nan"), "Infinity": float("inf"), "-Infinity": float("-inf")}
+_verified: set[str] = set()  # arrays whose first encoded shard read back equal in this process
+_disabled: list[str] = []  # why encoding stopped in this process (a read-back differed), if it did
 
 
-def _fill(meta: dict[str, Any], dtype: np.dtype) -> Any:
-    value = meta["fill_value"]
-    return np.dtype(dtype).type(float(value) if isinstance(value, str) else value)  # "NaN", "Infinity" in JSON
+def _fill(meta: dict[str, Any], dtype: np.dtype) -> Any | None:
+    """The array's fill value as a scalar of `dtype`; None for a fill value written as anything but a number or
+    one of JSON's float words (a hex bit pattern, a complex or structured value)."""
+    value = meta.get("fill_value")
+    if isinstance(value, str):
+        if value not in _FLOAT_WORDS or dtype.kind != "f":
+            return None
+        value = _FLOAT_WORDS[value]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or dtype.kind not in "fiu":
+        return None
+    return dtype.type(value)
 
 
 def _is_fill(chunk: np.ndarray, fill: Any) -> bool:
@@ -72,8 +93,12 @@ def encode_shard(meta: dict[str, Any], values: np.ndarray) -> bytes | None:
             or chunk_shape[1:] != shard_shape[1:] or shard_shape[0] % chunk_shape[0]
             or tuple(values.shape) != shard_shape):
         return None
+    if not isinstance(meta.get("data_type"), str) or _chunk_key(meta, (0,)) != "c/0":
+        return None
     dtype = np.dtype(meta["data_type"]).newbyteorder("<")
     fill = _fill(meta, dtype)
+    if fill is None:
+        return None
     data = np.ascontiguousarray(values, dtype=dtype)
     per = chunk_shape[0]
     n = shard_shape[0] // per
@@ -94,33 +119,58 @@ def encode_shard(meta: dict[str, Any], values: np.ndarray) -> bytes | None:
     return b"".join([*parts, index_bytes, np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()])
 
 
-def _chunk_key(meta: dict[str, Any], coords: tuple[int, ...]) -> str | None:
+def _chunk_key(meta: dict[str, Any], coords: tuple[int, ...]) -> str:
+    """The key of the chunk (here: the shard) at `coords`, as zarr-python names it."""
     encoding = meta.get("chunk_key_encoding", {"name": "default"})
-    sep = encoding.get("configuration", {}).get("separator", "/")
-    if encoding["name"] == "default":
-        return sep.join(["c", *map(str, coords)])
     if encoding["name"] == "v2":
-        return sep.join(map(str, coords)) or "0"
-    return None
+        return encoding.get("configuration", {}).get("separator", ".").join(map(str, coords)) or "0"
+    return encoding.get("configuration", {}).get("separator", "/").join(["c", *map(str, coords)])
+
+
+def shard_file(array_dir: str | Path, shard: int) -> Path:
+    """The file holding shard `shard` (along the first axis) of the Zarr v3 array at `array_dir`."""
+    array_dir = Path(array_dir)
+    meta = json.loads((array_dir / "zarr.json").read_text())
+    ndim = len(meta["shape"])
+    return array_dir / _chunk_key(meta, (shard, *[0] * (ndim - 1)))
+
+
+def _reads_back(array_dir: Path, meta: dict[str, Any], shard: int, values: np.ndarray) -> bool:
+    """Whether zarr-python reads shard `shard` of the array as `values` (NaN equal to NaN)."""
+    n = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
+    back = zarr.open_array(str(array_dir), mode="r", zarr_format=3)[shard * n:(shard + 1) * n]
+    return bool(np.array_equal(back, values, equal_nan=back.dtype.kind == "f"))
 
 
 def write_whole_shard(array_dir: str | Path, shard: int, values: np.ndarray) -> bool:
     """Write shard `shard` (along the first axis) of the Zarr v3 array at `array_dir` from `values`, its full
     extent, as one file (temporary name, then rename). False, writing nothing, when the layout is not one
-    `encode_shard` knows; the caller then writes through zarr-python."""
+    `encode_shard` knows or encoding was stopped in this process; the caller then writes through zarr-python."""
+    if _disabled:
+        return False
     array_dir = Path(array_dir)
     meta = json.loads((array_dir / "zarr.json").read_text())
-    key = _chunk_key(meta, (shard, *[0] * (values.ndim - 1)))
-    encoded = None if key is None else encode_shard(meta, values)
-    if key is None or encoded is None:
+    encoded = encode_shard(meta, values)
+    if encoded is None:
         return False
-    target = array_dir / key
+    target = shard_file(array_dir, shard)
     if not encoded:  # all fill value: no file, as zarr-python leaves it
         target.unlink(missing_ok=True)
         return True
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.tmp-{uuid.uuid4().hex[:8]}")
-    with open(tmp, "wb") as f:
-        f.write(encoded)
-    os.replace(tmp, target)
+    tmp = temporary_name(target)
+    try:
+        with open(tmp, "wb") as f:
+            f.write(encoded)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+    key = str(array_dir.resolve())
+    if key not in _verified:
+        if not _reads_back(array_dir, meta, shard, values):
+            _disabled.append(f"{array_dir} shard {shard} read back through zarr-python {zarr.__version__} differs "
+                             "from what was encoded")
+            log.warning("shards: %s; writing through zarr-python from now on in this process", _disabled[0])
+            return False  # the caller rewrites this shard through zarr-python
+        _verified.add(key)
     return True

@@ -112,7 +112,7 @@ def test_masks_on_the_latent_grid_keep_the_majority_class():
 
 
 def test_latent_model_trains_and_samples_image_space_shards(phantom_store, tiny_autoencoder, tmp_path):
-    from motfm_core.data.store import load_synthetic
+    from motfm_core.data.synthetic import load_synthetic
     from motfm_core.sampling import Sampler, prepare_version, sample_shard
     from motfm_core.training import load_checkpoint, train_flow_matching
 

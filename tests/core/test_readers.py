@@ -84,3 +84,25 @@ def test_a_series_folder_is_ordered_by_position_and_equals_its_nifti(tmp_path):
     _slice(series / "twice", volume[:, :, 0], z=-30.0, series=uid, instance=9)  # a slice position twice
     with pytest.raises(ValueError, match=r"same position as"):
         read_dicom(series)
+
+
+def test_an_io_error_of_the_file_system_is_passed_on_not_called_bad_input(tmp_path, monkeypatch):
+    """An EIO from a network file system is an OSError the task's retry policy retries; a corrupt file is a
+    ValueError naming it (never retried)."""
+    import errno
+
+    import nibabel as nib
+
+    from motfm_core.data.readers import read_nifti
+
+    def flaky(path):
+        raise OSError(errno.EIO, "Input/output error", str(path))
+
+    monkeypatch.setattr(nib, "load", flaky)
+    with pytest.raises(OSError) as info:
+        read_nifti(tmp_path / "a.nii.gz")
+    assert not isinstance(info.value, ValueError) and info.value.errno == errno.EIO
+    monkeypatch.undo()
+    (tmp_path / "b.nii.gz").write_bytes(b"not a nifti")
+    with pytest.raises(ValueError, match="b.nii.gz: cannot read NIfTI"):
+        read_nifti(tmp_path / "b.nii.gz")

@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 import zarr
@@ -53,3 +55,70 @@ def test_layouts_the_encoder_does_not_know_go_through_zarr_python(tmp_path):
     write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4))  # whole: encoded here
     images = zarr.open_group(str(path), mode="r")["images"][:]
     assert (images[:4] == 0.5).all() and np.isnan(images[4:8]).all() and (images[8:] == 0.25).all()
+
+
+@pytest.mark.parametrize("layout", [
+    {"chunk_key_encoding": {"name": "v2", "configuration": {"separator": "."}}},  # chunks at "0.0", not "c/0/0"
+    {"chunk_key_encoding": {"name": "v2"}},
+    {"chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}}},
+    {"fill_value": "0x7fc00000"},  # a fill value given as its bit pattern
+    {"fill_value": [1.0, 2.0]},  # not a number at all (a complex value's form)
+    {"data_type": "complex64"},
+])
+def test_layouts_the_project_does_not_create_are_left_to_zarr_python(tmp_path, layout):
+    """The encoder answers None (zarr-python writes) for every layout other than the project's: other chunk-key
+    encodings, fill values that are not plain numbers, other data types."""
+    path = create_synthetic_store(tmp_path / "s.zarr", 8, (1, 8, 8), 4, {"run_key": "k"})
+    meta = json.loads((path / "images" / "zarr.json").read_text())  # as write_whole_shard reads it
+    values = np.ones((4, 1, 8, 8), np.float32)
+    assert encode_shard(meta, values)  # the project's own layout: encoded here
+    assert encode_shard({**meta, **layout}, values) is None
+
+
+def test_v2_chunk_keys_round_trip_through_write_shard(tmp_path):
+    """An array with v2 chunk keys ("." separated): written where zarr reads it, never as fill value."""
+    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=(8, 4), chunks=(2, 4), shards=(4, 4), dtype="f4",
+                              chunk_key_encoding={"name": "v2", "separator": "."}, fill_value=np.nan)
+    assert not write_whole_shard(tmp_path / "a.zarr", 1, np.ones((4, 4), np.float32))
+    array[4:8] = np.ones((4, 4), np.float32)
+    assert (zarr.open_array(str(tmp_path / "a.zarr"))[4:] == 1).all()
+
+
+def test_a_shard_that_does_not_read_back_stops_the_encoder_for_the_process(tmp_path, monkeypatch, caplog):
+    """A zarr upgrade that reads our bytes differently is caught on the first shard: that shard is rewritten
+    through zarr-python (the store reads right), a warning says why, and the encoder is not used again."""
+    from motfm_core.data import shards
+
+    monkeypatch.setattr(shards, "_verified", set())
+    monkeypatch.setattr(shards, "_disabled", [])
+    real_encode = shards.encode_shard
+    calls = []
+
+    def drifted(meta, values):  # what a changed format would look like: other values decoded
+        calls.append(1)
+        return real_encode(meta, values + 1 if values.dtype.kind == "f" else values)
+
+    monkeypatch.setattr(shards, "encode_shard", drifted)
+    path = create_synthetic_store(tmp_path / "s.zarr", 8, (1, 8, 8), 4, {"run_key": "k"})
+    with caplog.at_level("WARNING", logger="motfm_core.data.shards"):
+        write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4))
+    assert "writing through zarr-python" in caplog.text and "differs" in caplog.text
+    used = len(calls)
+    write_shard(path, 1, np.full((4, 1, 8, 8), 0.25), np.ones(4), np.arange(4, 8))
+    assert len(calls) == used  # stopped for the rest of the process
+    images = zarr.open_group(str(path), mode="r")["images"][:]
+    assert (images[:4] == 0.5).all() and (images[4:] == 0.25).all()
+
+
+def test_a_failed_shard_write_leaves_no_temporary_file(tmp_path, monkeypatch):
+    from motfm_core.data import shards
+
+    path = create_synthetic_store(tmp_path / "s.zarr", 8, (1, 8, 8), 4, {"run_key": "k"})
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(shards.os, "replace", full_disk)
+    with pytest.raises(OSError, match="No space"):
+        write_whole_shard(path / "images", 0, np.ones((4, 1, 8, 8), np.float32))
+    assert not [p for p in (path / "images").rglob("*") if ".tmp-" in p.name]

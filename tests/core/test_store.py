@@ -92,14 +92,14 @@ def test_versions_are_never_overwritten_and_latest_moves_atomically(tmp_path):
     assert zarr.open_group(str(latest), mode="r")["images"][0].max() == 0
     v3 = create_synthetic_store(version_for(root, "c"), 4, (1, 8, 8), 4, {"run_key": "c"})
     write_shard(v3, 0, np.zeros((4, 1, 8, 8)), np.zeros(4), np.arange(4))
-    publish_latest(v3, keep=2)
+    publish_latest(v3, keep=2, grace=0)
     assert not v1.exists() and v2.exists() and latest.resolve() == v3.resolve()
     assert version_for(root, "a").name == "v0004.zarr"  # a pruned version's key starts a new version
     assert version_for(root, "b") == v2  # an older version with the same key is reused, never rewritten
 
 
 def test_chunking_keeps_chunks_near_128k_and_divides_the_shard():
-    from motfm_core.data.store import samples_per_chunk
+    from motfm_core.data.synthetic import samples_per_chunk
 
     assert samples_per_chunk(4 * 48 * 48, 32) == 8  # 72 KiB chunks for the demo's 48 px float32 images
     assert samples_per_chunk(4 * 48 * 48, 30) == 10  # a divisor of the shard size
@@ -112,9 +112,9 @@ def test_a_writer_crash_between_data_and_record_is_refused_by_every_reader(tmp_p
     """Crash after the shard's samples are written and its record staged, before the rename that publishes it:
     the staged record must not live in shards/, and every reader must refuse the store."""
     from motfm_core.data import completed_shards, incomplete_shards, publish_latest
-    from motfm_core.data import store as store_mod
+    from motfm_core.data import synthetic as store_mod
     from motfm_core.data.datasets import ZarrImageDataset, as_dask
-    from motfm_core.data.store import load_synthetic, open_synthetic
+    from motfm_core.data.synthetic import load_synthetic, open_synthetic
 
     path = create_synthetic_store(tmp_path / "v0001.zarr", 8, (1, 16, 16), 4, {"run_key": "r"})
     write_shard(path, 0, np.full((4, 1, 16, 16), 0.5), np.zeros(4), np.arange(4))
@@ -161,3 +161,57 @@ def test_rows_gather_from_memory_and_from_the_store_alike(tmp_path):
     np.testing.assert_array_equal(rows[pick], stacked[pick])
     with pytest.raises(ValueError, match="sample shapes"):
         Rows((real, None), (np.zeros((2, 1, 4, 4)), None))
+
+
+@pytest.mark.parametrize("damage", ["delete", "truncate"])
+def test_a_deleted_or_truncated_shard_file_is_refused_never_read_as_nan(tmp_path, damage):
+    """zarr reads a missing shard file as fill value (NaN images, -1 labels): every reader refuses the version
+    instead, naming the file; a re-run of the shard repairs it."""
+    from motfm_core.data import StoreDamaged, damaged_shards, load_synthetic, open_synthetic
+    from motfm_core.data.datasets import ZarrImageDataset
+
+    path = create_synthetic_store(tmp_path / "v0001.zarr", 8, (1, 16, 16), 4, {"run_key": "r"})
+    for i in range(2):
+        write_shard(path, i, np.full((4, 1, 16, 16), 0.5), np.ones(4), np.arange(4 * i, 4 * i + 4))
+    shard = path / "images" / "c" / "1" / "0" / "0" / "0"
+    if damage == "delete":
+        shard.unlink()
+    else:
+        shard.write_bytes(shard.read_bytes()[:-9])
+    assert list(damaged_shards(path)) == [1] and incomplete_shards(path) == [1]
+    for read in (lambda: load_synthetic(path), lambda: open_synthetic(path), lambda: ZarrImageDataset(path)):
+        with pytest.raises(StoreDamaged, match=r"shard 1 is damaged: images/c/1/0/0/0 (is missing|has \d+ bytes)"):
+            read()
+    write_shard(path, 1, np.full((4, 1, 16, 16), 0.5), np.ones(4), np.arange(4, 8))  # the sampler's re-run
+    assert not damaged_shards(path) and (load_synthetic(path)["images"] == 0.5).all()
+
+
+def test_a_deleted_chunk_of_the_real_dataset_is_refused(tmp_path):
+    images, labels, split, group = _arrays()
+    path = write_dataset(tmp_path / "d.zarr", images, labels, split, group, {"class_names": ["a"]})
+    (path / "images" / "c" / "3" / "0" / "0" / "0").unlink()  # zarr would read sample 3 as zeros
+    with pytest.raises(ValueError, match=r"d.zarr: chunk file images/c/3/0/0/0 is missing; .* ingest again"):
+        load_split(path, "train")
+
+
+def test_reingesting_within_a_second_keeps_one_previous_copy_and_sweeps_crash_leftovers(tmp_path):
+    """Rewrites in the same second get distinct names for the store they replace (no 'Directory not empty'),
+    only the newest `keep_previous` copies stay, and a crashed writer's temporary folder goes (a live one's stays)."""
+    import os
+    import socket
+    import subprocess
+
+    images, labels, split, group = _arrays()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    crashed = tmp_path / f".d.zarr.tmp-0badc0de-{dead.pid}@{socket.gethostname()}"
+    running = tmp_path / f".d.zarr.tmp-0000beef-{os.getpid()}@{socket.gethostname()}"
+    crashed.mkdir()
+    running.mkdir()
+    for k in range(4):
+        write_dataset(tmp_path / "d.zarr", images * (k + 1) / 4, labels, split, group, {"class_names": ["a"]})
+    olds = list(tmp_path.glob("d.zarr.old-*"))
+    assert len(olds) == 1 and np.allclose(open_store(olds[0])["images"][:], images * 3 / 4)
+    assert not crashed.exists() and running.exists()
+    write_dataset(tmp_path / "d.zarr", images, labels, split, group, {"class_names": ["a"]}, keep_previous=0)
+    assert not list(tmp_path.glob("d.zarr.old-*"))
