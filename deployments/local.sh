@@ -6,8 +6,10 @@
 #   deployments/local.sh down    stop worker, server (and the PostgreSQL server it started)
 # State (SQLite, logs, pids) lives in $PREFECT_HOME (default: ./.prefect-server). With --postgres, a PostgreSQL
 # server of its own: data directory $MOTFM_PG_DATA (default $PREFECT_HOME/pgdata), 127.0.0.1:$MOTFM_PG_PORT
-# (default 5433), database and superuser "prefect", trust authentication on loopback only (a local set-up: use a
-# password and TLS for a shared one). Run as root, PostgreSQL runs as the "postgres" user, which must be able to
+# (default 5433), password authentication (scram-sha-256) for every role: the superuser "postgres" administers,
+# the server connects as "prefect", an ordinary role owning only its database. Their random passwords are kept in
+# $PREFECT_HOME/postgres-admin.secret and postgres.secret (mode 600); Prefect gets the connection in parts and
+# URL-encodes the password itself. Run as root, PostgreSQL runs as the "postgres" user, which must be able to
 # reach the data directory.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -16,6 +18,7 @@ PORT="${MOTFM_PREFECT_PORT:-4200}"
 export PREFECT_API_URL="http://127.0.0.1:${PORT}/api"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_LOGGING_EXTRA_LOGGERS=motfm_core
 PREFECT=".venv/bin/prefect"
+PY=".venv/bin/python"
 POOL=motfm-process
 mkdir -p "$PREFECT_HOME"
 
@@ -29,20 +32,42 @@ pg() {  # run a PostgreSQL program as the user that may run it (never root)
   if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$bin/$1" "${@:2}"; else "$bin/$1" "${@:2}"; fi
 }
 
+new_secret() {  # a random password in a file only its owner reads
+  [ -s "$1" ] || (umask 077 && "$PY" -c "import secrets; print(secrets.token_urlsafe(24))" >"$1")
+}
+
 postgres_up() {
+  new_secret "$PREFECT_HOME/postgres-admin.secret"
+  new_secret "$PREFECT_HOME/postgres.secret"
   if [ ! -f "$PG_DATA/PG_VERSION" ]; then
     mkdir -p "$PG_DATA"
     [ "$(id -u)" = 0 ] && chown postgres: "$PG_DATA" && chmod 700 "$PG_DATA"
-    pg initdb -D "$PG_DATA" -U prefect --auth=trust -E UTF8 >"$PREFECT_HOME/postgres-init.log" 2>&1 \
-      || { echo "initdb failed (can the postgres user reach $PG_DATA?); see $PREFECT_HOME/postgres-init.log"; exit 1; }
+    pwfile="$(mktemp)"  # initdb reads the superuser's password from a file the postgres user can read
+    cat "$PREFECT_HOME/postgres-admin.secret" >"$pwfile"
+    [ "$(id -u)" = 0 ] && chown postgres: "$pwfile"
+    pg initdb -D "$PG_DATA" -U postgres --auth=scram-sha-256 --pwfile="$pwfile" -E UTF8 \
+      >"$PREFECT_HOME/postgres-init.log" 2>&1 || { rm -f "$pwfile"
+      echo "initdb failed (can the postgres user reach $PG_DATA?); see $PREFECT_HOME/postgres-init.log"; exit 1; }
+    rm -f "$pwfile"
+  elif grep -q trust "$PG_DATA/pg_hba.conf"; then
+    echo "$PG_DATA was created with trust authentication by an older local.sh; remove it (or set MOTFM_PG_DATA)"
+    exit 1
   fi
   pg pg_ctl -D "$PG_DATA" -w -t 60 -l "$PG_DATA/server.log" \
     -o "-c listen_addresses=127.0.0.1 -p $PG_PORT -k ''" start >/dev/null \
     || { echo "PostgreSQL did not start; see $PG_DATA/server.log"; exit 1; }
-  pg psql -h 127.0.0.1 -p "$PG_PORT" -U prefect -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname='prefect'" \
-    | grep -q 1 || pg createdb -h 127.0.0.1 -p "$PG_PORT" -U prefect prefect
+  # the password travels as a psql variable (quoted by psql), never inside the SQL text
+  PGPASSWORD="$(cat "$PREFECT_HOME/postgres-admin.secret")" pg psql -h 127.0.0.1 -p "$PG_PORT" -U postgres \
+    -d postgres -v ON_ERROR_STOP=1 -q -v pw="$(cat "$PREFECT_HOME/postgres.secret")" <<'SQL' >/dev/null
+SELECT 'CREATE ROLE prefect LOGIN' WHERE NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'prefect') \gexec
+ALTER ROLE prefect NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS LOGIN PASSWORD :'pw';
+SELECT 'CREATE DATABASE prefect OWNER prefect' WHERE NOT EXISTS (SELECT FROM pg_database WHERE datname = 'prefect') \gexec
+SQL
   echo "$PG_DATA" >"$PREFECT_HOME/postgres.data"
-  export PREFECT_SERVER_DATABASE_CONNECTION_URL="postgresql+asyncpg://prefect@127.0.0.1:$PG_PORT/prefect"
+  export PREFECT_SERVER_DATABASE_DRIVER=postgresql+asyncpg PREFECT_SERVER_DATABASE_HOST=127.0.0.1 \
+    PREFECT_SERVER_DATABASE_PORT="$PG_PORT" PREFECT_SERVER_DATABASE_USER=prefect PREFECT_SERVER_DATABASE_NAME=prefect
+  PREFECT_SERVER_DATABASE_PASSWORD="$(cat "$PREFECT_HOME/postgres.secret")"
+  export PREFECT_SERVER_DATABASE_PASSWORD
 }
 
 postgres_down() {

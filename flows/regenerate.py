@@ -13,7 +13,9 @@ checkpoint yet.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,25 @@ def regeneration_seed() -> int:
     """The flow run's scheduled start time in seconds: new for every scheduled run, stable across retries."""
     start = flow_run.scheduled_start_time or datetime.now(timezone.utc)
     return int(start.timestamp()) % 2**31
+
+
+def regeneration_config(saved: dict[str, Any], overrides: dict[str, dict[str, Any]] | None,
+                        named: dict[str, Any], default_seed: Callable[[], int]) -> dict[str, Any]:
+    """The run's saved config with `overrides` per section and the named sampling parameters (`named`, None =
+    unset) on top. A named parameter and the same key in `overrides["sample"]` with another value are refused;
+    the seed is the named one, else the override's, else `default_seed()` (the schedule's)."""
+    c = copy.deepcopy(saved)
+    for section, values in (overrides or {}).items():
+        c.setdefault(section, {}).update(values)
+    given = dict((overrides or {}).get("sample") or {})
+    for key, value in named.items():
+        if value is not None and key in given and given[key] != value:
+            raise ValueError(f"{key}={value!r} contradicts overrides['sample']['{key}']={given[key]!r}; give one "
+                             "of them")
+    c["sample"].update({k: v for k, v in named.items() if v is not None})
+    if "seed" not in given and named.get("seed") is None:
+        c["sample"]["seed"] = default_seed()
+    return c
 
 
 @flow(name="regenerate-synthetic", task_runner=ThreadPoolTaskRunner(max_workers=1))
@@ -52,12 +73,8 @@ def regenerate_synthetic(
     if not saved.exists():
         raise FileNotFoundError(f"{saved}: no run to regenerate from; run synth-and-eval with run_name="
                                 f"{run_name!r} and output_root={output_root!r} first")
-    c = json.loads(saved.read_text())
-    for section, values in (overrides or {}).items():
-        c.setdefault(section, {}).update(values)
-    named = {"samples_per_class": samples_per_class, "solver": solver, "nfe": nfe}
-    c["sample"].update({k: v for k, v in named.items() if v is not None})
-    c["sample"]["seed"] = seed if seed is not None else regeneration_seed()
+    named = {"seed": seed, "samples_per_class": samples_per_class, "solver": solver, "nfe": nfe}
+    c = regeneration_config(json.loads(saved.read_text()), overrides, named, regeneration_seed)
     cfg = PipelineConfig.from_overrides(c)  # validates every value before any work
     data_path, checkpoint = run_dir / "dataset.zarr", run_dir / "checkpoints" / "model.pt"
     if not retrain and not checkpoint.exists():

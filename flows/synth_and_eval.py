@@ -33,7 +33,7 @@ from motfm_core.config import (
     from_dict,
 )
 from motfm_core.data.ingest import check_source
-from motfm_core.distributed import run_cluster
+from motfm_core.distributed import check_scheduler, run_cluster
 from motfm_core.plan import plan_run
 from motfm_core.utils import write_json_atomic
 from tasks.enhance import enhance_task
@@ -109,7 +109,20 @@ def build_config(dataset: str, image_size: int, train_steps: int | None, solver:
     for section, values in (overrides or {}).items():
         if section != "enhance":
             named.setdefault(section, {}).update(values)
-    return PipelineConfig.from_overrides(named)
+    cfg = PipelineConfig.from_overrides(named)
+    check_scheduler(cfg.sample.scheduler)  # before any work: a scheduler the worker does not allow
+    return cfg
+
+
+def enhance_configs(enhance: list[str], overrides: dict[str, dict[str, Any]]) -> list[EnhanceConfig]:
+    """One EnhanceConfig per chosen enhancement task, with `overrides["enhance"]`; enhance settings without a task
+    to apply them to are refused, not dropped."""
+    settings = dict(overrides.get("enhance") or {})
+    if settings and not enhance:
+        raise ValueError(f"enhance settings {sorted(settings)} (overrides['enhance'], --set enhance.*) but no "
+                         "enhancement task is chosen; add --enhance denoise and/or superres (the flow's `enhance` "
+                         "parameter), or drop them")
+    return [from_dict(EnhanceConfig, {**settings, "task": name}, "enhance") for name in enhance]
 
 
 def train_generators(cfg: PipelineConfig, data_path: str, run_dir: Path
@@ -173,8 +186,7 @@ def synth_and_eval(
     logger = get_run_logger()
     cfg = build_config(dataset, image_size, train_steps, solver, nfe, samples_per_class, seeds, overrides, model_size,
                        mask_conditioning)
-    enhance_cfgs = [from_dict(EnhanceConfig, {**(overrides or {}).get("enhance", {}), "task": name}, "enhance")
-                    for name in (enhance or [])]
+    enhance_cfgs = enhance_configs(enhance or [], overrides or {})
     run_dir = Path(output_root).resolve() / run_name
     run_dir.mkdir(parents=True, exist_ok=True)
     logger.info("synth-and-eval: outputs in %s", run_dir)
@@ -278,8 +290,8 @@ def check_before_start(enhance: list[str], overrides: dict[str, dict[str, Any]])
     cfg = build_config(defaults["dataset"], defaults["image_size"], defaults["train_steps"], defaults["solver"],
                        defaults["nfe"], defaults["samples_per_class"], defaults["seeds"], overrides,
                        defaults["model_size"], defaults["mask_conditioning"])
-    for name in enhance:
-        from_dict(EnhanceConfig, {**overrides.get("enhance", {}), "task": name}, "enhance").validate()
+    for e in enhance_configs(enhance, overrides):
+        e.validate()
     check_source(cfg.data.source)
     return plan_run(cfg)
 

@@ -106,6 +106,7 @@ class DataConfig:
     val_fraction: float = 0.15  # folders/npz without a given split: patient-level fractions
     test_fraction: float = 0.15
     seed: int = 0
+    keep_previous: int = 1  # earlier builds of dataset.zarr kept beside it when the data changes (0 = none)
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -123,6 +124,7 @@ class DataConfig:
                "sources are resampled to data.image_size, so leave it 0")
         _check(0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5,
                "data.val_fraction and data.test_fraction must lie in (0, 0.5)")
+        _check(self.keep_previous >= 0, "data.keep_previous must be >= 0 (0 keeps no earlier build)")
 
 
 def auto_norm_groups(channels: tuple[int, ...], per_group: int = 4, most: int = 32) -> int:

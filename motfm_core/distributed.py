@@ -26,9 +26,24 @@ if TYPE_CHECKING:
 
     from motfm_core.sampling import ShardResult
 
-__all__ = ["dask_client", "default_workers", "run_cluster", "sample_shards", "SCHEDULER_ENV", "worker_device"]
+__all__ = ["ALLOWED_ENV", "check_scheduler", "dask_client", "default_workers", "run_cluster", "sample_shards",
+           "SCHEDULER_ENV", "worker_device"]
 
 SCHEDULER_ENV = "MOTFM_DASK_SCHEDULER"
+ALLOWED_ENV = "MOTFM_DASK_SCHEDULERS_ALLOWED"  # comma-separated: more schedulers a run may name
+
+
+def check_scheduler(address: str) -> None:
+    """Refuse a run's `sample.scheduler` unless this machine's environment names it ($MOTFM_DASK_SCHEDULER or
+    $MOTFM_DASK_SCHEDULERS_ALLOWED): a run unpickles what the scheduler's workers return, so a scheduler anyone
+    could put in a flow parameter would run their code here."""
+    if not address:
+        return
+    allowed = {os.environ.get(SCHEDULER_ENV, ""), *os.environ.get(ALLOWED_ENV, "").split(",")} - {""}
+    if address not in allowed:
+        raise ValueError(f"sample.scheduler={address!r} is not a Dask scheduler this worker may use; name it in "
+                         f"${SCHEDULER_ENV} or ${ALLOWED_ENV} in the worker's environment, or leave "
+                         "sample.scheduler empty (a local cluster, or the worker's own $MOTFM_DASK_SCHEDULER)")
 
 
 def default_workers() -> int:
@@ -70,6 +85,7 @@ def run_cluster(cfg: SampleConfig) -> Iterator[str]:
     """One Dask cluster for every sampling stage of a run: yields the scheduler address to sample on, that of
     `cfg.scheduler` (or $MOTFM_DASK_SCHEDULER) when set, else of a LocalCluster of `cfg.workers` kept up for the
     block (a LocalCluster costs ~10 s of worker start-up; a run samples once per generator)."""
+    check_scheduler(cfg.scheduler)
     address = cfg.scheduler or os.environ.get(SCHEDULER_ENV)
     if address:
         yield address

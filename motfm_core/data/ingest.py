@@ -135,7 +135,8 @@ def ingest(cfg: DataConfig, out_path: str | Path, progress: Callable[[str], None
     package version is reused."""
     say = progress or log.info
     out_path = Path(out_path)
-    key = config_hash(cfg, source_signature(cfg.source), __version__, SCHEMA_VERSION)
+    content = {k: v for k, v in asdict(cfg).items() if k != "keep_previous"}  # what is kept is not what is built
+    key = config_hash(content, source_signature(cfg.source), __version__, SCHEMA_VERSION)
     if (out_path / "zarr.json").exists():
         try:
             attrs = open_store(out_path).attrs
@@ -152,7 +153,8 @@ def ingest(cfg: DataConfig, out_path: str | Path, progress: Callable[[str], None
                   "group_names": list(uniq)})
     check_sizes(cfg.source, arrays["labels"], arrays["split"])
     path = write_dataset(out_path, arrays["images"], arrays["labels"], arrays["split"],
-                         np.array([uniq[g] for g in groups]), attrs, masks=arrays["masks"])
+                         np.array([uniq[g] for g in groups]), attrs, masks=arrays["masks"],
+                         keep_previous=cfg.keep_previous)
     counts = {n: int((arrays["split"] == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))}
     say(f"ingest: {cfg.source} -> {path} ({len(arrays['labels'])} samples {counts}, shape "
         f"{arrays['images'].shape[1:]}, fingerprint {open_store(path).attrs['fingerprint'][:12]})")

@@ -137,6 +137,15 @@ def test_execution_settings_do_not_make_a_new_version(tiny_checkpoint, tmp_path)
     assert a == b and c != a
 
 
+def test_another_compression_is_applied_as_a_new_version_not_ignored(tiny_checkpoint, tmp_path):
+    """A version keeps the codecs it was created with: resuming it with sample.compression changed would write the
+    old codec silently, so the encoding is part of the version's key."""
+    a, _ = prepare_version(tiny_checkpoint, SampleConfig(**CFG), tmp_path)
+    b, _ = prepare_version(tiny_checkpoint, SampleConfig(**CFG, compression="none"), tmp_path)
+    assert a != b
+    assert zarr.open_array(str(a / "images")).compressors and not zarr.open_array(str(b / "images")).compressors
+
+
 def test_bad_cluster_parameters_are_refused(tmp_path):
     with pytest.raises(ValueError, match="sample.workers"):
         SampleConfig(workers=-1).validate()
@@ -163,3 +172,23 @@ def test_two_runs_on_one_cluster_with_the_same_version_name(tiny_checkpoint, tmp
     for (store, todo), results in zip(plans, done):
         assert [r.shard for r in results] == todo and not any(r.skipped for r in results)
         assert incomplete_shards(store) == []
+
+
+def test_a_run_may_only_name_a_scheduler_its_worker_allows(monkeypatch):
+    """sample.scheduler is a flow parameter: a scheduler not named in the worker's environment is refused before
+    any work (the run would unpickle what that cluster's workers send back)."""
+    from motfm_core.distributed import ALLOWED_ENV, check_scheduler, run_cluster
+
+    monkeypatch.delenv(SCHEDULER_ENV, raising=False)
+    monkeypatch.delenv(ALLOWED_ENV, raising=False)
+    check_scheduler("")  # a local cluster: always allowed
+    with pytest.raises(ValueError, match=r"sample.scheduler='tcp://evil:8786' is not a Dask scheduler this worker "
+                                         r"may use.*MOTFM_DASK_SCHEDULERS_ALLOWED"):
+        with run_cluster(SampleConfig(scheduler="tcp://evil:8786")):
+            pass
+    monkeypatch.setenv(ALLOWED_ENV, "tls://gpu-a:8786,tls://gpu-b:8786")
+    check_scheduler("tls://gpu-b:8786")
+    monkeypatch.setenv(SCHEDULER_ENV, "tls://own:8786")
+    check_scheduler("tls://own:8786")
+    with pytest.raises(ValueError, match="not a Dask scheduler"):
+        check_scheduler("tcp://evil:8786")

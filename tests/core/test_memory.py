@@ -153,3 +153,19 @@ def test_the_mid_block_attention_is_planned_as_the_fused_kernel_runs_it(monkeypa
     memory._TRACES.clear()
     math = trace_training(cfg, TrainConfig(batch_size=1))
     assert math.small + math.large > fused.small + fused.large + 2 * attention_map
+
+
+def test_buffers_that_cannot_be_returned_to_the_system_are_reported(monkeypatch, caplog):
+    """Off glibc (musl, macOS) mallopt is missing or refuses: a warning says the memory bound does not hold."""
+    import ctypes
+
+    from motfm_core import utils
+
+    class NoMallopt:
+        def __init__(self, name):
+            pass
+
+    monkeypatch.setattr(ctypes, "CDLL", NoMallopt)
+    with caplog.at_level("WARNING", logger="motfm_core.utils"):
+        assert utils.mmap_large_buffers() is False
+    assert "cannot set the C library's mmap threshold" in caplog.text

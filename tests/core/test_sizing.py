@@ -72,3 +72,7 @@ def test_model_geometry_follows_the_data_or_is_refused():
     with pytest.raises(ValueError, match=r"model.image_size=64 contradicts data.image_size=48"):
         PipelineConfig.from_overrides({"model": {"image_size": 64}})
     assert PipelineConfig.from_overrides({"model": {"image_size": 48}}).model.image_size == 48  # same value: fine
+    with pytest.raises(ValueError, match=r"model.spatial_dims=3 contradicts data.spatial_dims=2"):
+        PipelineConfig.from_overrides({"model": {"spatial_dims": 3}})
+    with pytest.raises(ValueError, match=r"model.depth=32 contradicts data.depth=16"):
+        PipelineConfig.from_overrides({"data": {"spatial_dims": 3}, "model": {"depth": 32}})

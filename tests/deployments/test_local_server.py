@@ -80,12 +80,35 @@ def server(tmp_path_factory):
         shutil.rmtree(pg_data, ignore_errors=True)
 
 
+def _psql(env, sql: str, password: str | None) -> subprocess.CompletedProcess:
+    """`sql` as the server's "prefect" role over loopback, with `password` (None: none given)."""
+    pg_env = {k: v for k, v in os.environ.items() if k != "PGPASSWORD"}
+    if password is not None:
+        pg_env["PGPASSWORD"] = password
+    return subprocess.run([str(PG_BIN[-1] / "psql"), "-h", "127.0.0.1", "-p", env["MOTFM_PG_PORT"], "-U", "prefect",
+                           "-d", "prefect", "-w", "-tAc", sql], capture_output=True, text=True, env=pg_env)
+
+
 def _flow_runs_in_postgres(env) -> int:
-    """How many flow runs the PostgreSQL database holds (psql over loopback)."""
-    out = subprocess.run([str(PG_BIN[-1] / "psql"), "-h", "127.0.0.1", "-p", env["MOTFM_PG_PORT"], "-U", "prefect",
-                          "-d", "prefect", "-tAc", "SELECT count(*) FROM flow_run"], capture_output=True, text=True)
+    """How many flow runs the PostgreSQL database holds."""
+    password = (Path(env["PREFECT_HOME"]) / "postgres.secret").read_text().strip()
+    out = _psql(env, "SELECT count(*) FROM flow_run", password)
     assert out.returncode == 0, out.stderr
     return int(out.stdout.strip())
+
+
+@pytest.mark.skipif(not PG_BIN, reason="PostgreSQL not installed (make postgres)")
+def test_the_database_role_is_not_a_superuser_and_needs_its_password(server):
+    """The server's role was a trust-authenticated superuser; now an ordinary role with a password kept in the
+    server's folder, readable by its owner only."""
+    env, home = server
+    secret = home / "postgres.secret"
+    assert secret.stat().st_mode & 0o777 == 0o600 and (home / "postgres-admin.secret").stat().st_mode & 0o777 == 0o600
+    role = _psql(env, "SELECT rolsuper, rolcreatedb, rolcreaterole FROM pg_roles WHERE rolname = current_user",
+                 secret.read_text().strip())
+    assert role.returncode == 0 and role.stdout.strip() == "f|f|f", role.stderr
+    refused = _psql(env, "SELECT 1", None)
+    assert refused.returncode != 0 and "password" in refused.stderr
 
 
 def _prefect(env, *args, timeout=600) -> subprocess.CompletedProcess:

@@ -126,3 +126,29 @@ def test_the_clinical_3d_preset_is_latent_at_128_cubed_and_fits():
     # your own volumes with the preset: the bundled brains' voxel grid is dropped, not refused
     _, overrides = parse_cli(["--preset", "clinical-3d", "--dataset", "/data/volumes"])
     assert "voxel_mm" not in overrides["data"]
+
+
+def test_enhance_settings_without_an_enhancement_task_are_refused(tmp_path, capsys):
+    """--set enhance.steps=10 without --enhance was dropped without a word."""
+    from flows.synth_and_eval import enhance_configs, main
+
+    with pytest.raises(SystemExit) as e:
+        main(["--set", "enhance.steps=10", "--preset", "demo", "--output-root", str(tmp_path / "out")])
+    (line,) = _errors(capsys.readouterr().err)
+    assert e.value.code == 2 and "enhance settings ['steps']" in line and "--enhance denoise" in line
+    assert not (tmp_path / "out").exists()
+    (cfg,) = enhance_configs(["denoise"], {"enhance": {"steps": 10}})
+    assert cfg.steps == 10 and cfg.task == "denoise"
+
+
+def test_a_scheduler_the_worker_does_not_allow_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
+    from flows.synth_and_eval import main
+
+    monkeypatch.delenv("MOTFM_DASK_SCHEDULER", raising=False)
+    monkeypatch.delenv("MOTFM_DASK_SCHEDULERS_ALLOWED", raising=False)
+    with pytest.raises(SystemExit) as e:
+        main(["--set", "sample.scheduler=tcp://10.0.0.9:8786", "--preset", "demo",
+              "--output-root", str(tmp_path / "out")])
+    (line,) = _errors(capsys.readouterr().err)
+    assert e.value.code == 2 and "sample.scheduler='tcp://10.0.0.9:8786' is not a Dask scheduler" in line
+    assert not (tmp_path / "out").exists()
