@@ -139,7 +139,8 @@ def _reads_back(array_dir: Path, meta: dict[str, Any], shard: int, values: np.nd
     """Whether zarr-python reads shard `shard` of the array as `values` (NaN equal to NaN)."""
     n = meta["chunk_grid"]["configuration"]["chunk_shape"][0]
     back = zarr.open_array(str(array_dir), mode="r", zarr_format=3)[shard * n:(shard + 1) * n]
-    return bool(np.array_equal(back, values, equal_nan=back.dtype.kind == "f"))
+    stored = np.asarray(values, dtype=back.dtype)  # what the array holds: float32 values stored as float16 round
+    return bool(np.array_equal(back, stored, equal_nan=back.dtype.kind == "f"))
 
 
 def write_whole_shard(array_dir: str | Path, shard: int, values: np.ndarray) -> bool:

@@ -122,3 +122,19 @@ def test_a_failed_shard_write_leaves_no_temporary_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space"):
         write_whole_shard(path / "images", 0, np.ones((4, 1, 8, 8), np.float32))
     assert not [p for p in (path / "images").rglob("*") if ".tmp-" in p.name]
+
+
+def test_values_stored_in_a_narrower_dtype_read_back_as_equal(tmp_path, monkeypatch, caplog):
+    """float32 samples in a float16 array: the read-back compares with what the array can hold, so rounding is not
+    taken for a changed format (it stopped the encoder in the writer benchmark's float16 option)."""
+    from motfm_core.data import shards
+
+    monkeypatch.setattr(shards, "_verified", set())
+    monkeypatch.setattr(shards, "_disabled", [])
+    zarr.create_array(str(tmp_path / "h.zarr"), shape=(8, 4), chunks=(2, 4), shards=(4, 4), dtype="f2",
+                      fill_value=np.nan)
+    values = np.random.default_rng(0).random((4, 4), dtype=np.float32)
+    with caplog.at_level("WARNING", logger="motfm_core.data.shards"):
+        assert write_whole_shard(tmp_path / "h.zarr", 0, values)
+    assert not shards._disabled and not caplog.text
+    assert np.array_equal(zarr.open_array(str(tmp_path / "h.zarr"))[:4], values.astype(np.float16))
