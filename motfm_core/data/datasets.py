@@ -15,7 +15,7 @@ import zarr
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
 from motfm_core.data.rows import take_rows
-from motfm_core.data.store import SPLITS
+from motfm_core.data.store import SPLITS, open_store
 from motfm_core.data.synthetic import require_complete
 
 __all__ = ["as_dask", "mix_real_synthetic", "Rows", "ZarrDictDataset", "ZarrImageDataset"]
@@ -27,10 +27,12 @@ class ZarrImageDataset(Dataset):
     """
 
     def __init__(self, path: str | Path, split: str | None = None, transform: Callable | None = None) -> None:
-        self.path, self.transform, self._root = str(path), transform, None
+        # the version `latest` points to now: a publish during training must not switch versions under it
+        self.path, self.transform, self._root = str(Path(path).resolve()), transform, None
         root = zarr.open_group(self.path, mode="r", zarr_format=3)
         n = root["labels"].shape[0]
         if "split" in root.array_keys():
+            open_store(self.path)  # refuses a real dataset with a chunk file missing (zarr would serve zeros)
             if split is not None and split not in SPLITS:
                 raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
             self.index = (np.arange(n) if split is None else np.nonzero(root["split"][:] == SPLITS[split])[0])
@@ -94,9 +96,12 @@ def as_dask(path: str | Path, name: str = "images"):
     refuses a synthetic store with unfinished shards."""
     import dask.array as da
 
+    path = Path(path).resolve()  # pinned to the version `latest` points to now
     root = zarr.open_group(str(path), mode="r", zarr_format=3)
     if "num_shards" in root.attrs:
         require_complete(path)
+    else:
+        open_store(path)
     arr = root[name]
     return da.from_zarr(arr, chunks=arr.shards or arr.chunks)
 

@@ -215,3 +215,37 @@ def test_reingesting_within_a_second_keeps_one_previous_copy_and_sweeps_crash_le
     assert not crashed.exists() and running.exists()
     write_dataset(tmp_path / "d.zarr", images, labels, split, group, {"class_names": ["a"]}, keep_previous=0)
     assert not list(tmp_path.glob("d.zarr.old-*"))
+
+
+def test_a_shard_written_twice_leaves_no_staging_folder(tmp_path):
+    """A racing duplicate (a Dask task re-run after a lost worker) finds the record and stops: its staging folder
+    went with it (it stayed, and zarr warned 'Object at .staging is not recognized' on every listing)."""
+    path = create_synthetic_store(tmp_path / "v0001.zarr", 4, (1, 8, 8), 4, {"run_key": "r"})
+    for _ in range(2):
+        write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4))
+    assert not (path / ".staging").exists()
+
+
+def test_a_dataset_opened_on_latest_keeps_reading_its_version_when_latest_moves(tmp_path):
+    from motfm_core.data import publish_latest, version_for
+    from motfm_core.data.datasets import ZarrImageDataset, as_dask
+
+    root = tmp_path / "synthetic"
+    v1 = create_synthetic_store(version_for(root, "a"), 4, (1, 8, 8), 4, {"run_key": "a"})
+    write_shard(v1, 0, np.full((4, 1, 8, 8), 0.25), np.zeros(4), np.arange(4))
+    publish_latest(v1)
+    ds, lazy = ZarrImageDataset(root / "latest"), as_dask(root / "latest")
+    v2 = create_synthetic_store(version_for(root, "b"), 4, (1, 8, 8), 4, {"run_key": "b"})
+    write_shard(v2, 0, np.full((4, 1, 8, 8), 0.75), np.ones(4), np.arange(4))
+    publish_latest(v2)  # mid-training
+    assert float(ds[3][0].max()) == 0.25 and float(lazy[3].max().compute()) == 0.25
+
+
+def test_the_dataset_reader_refuses_a_real_store_with_a_missing_chunk(tmp_path):
+    from motfm_core.data.datasets import ZarrImageDataset
+
+    images, labels, split, group = _arrays()
+    path = write_dataset(tmp_path / "d.zarr", images, labels, split, group, {"class_names": ["a"]})
+    (path / "images" / "c" / "0" / "0" / "0" / "0").unlink()
+    with pytest.raises(ValueError, match="chunk file images/c/0/0/0/0 is missing"):
+        ZarrImageDataset(path, split="train")
