@@ -11,7 +11,8 @@ supported reader builds on) and compared. Options: `write_shard` as the sampler 
 the completion record; whole shards encoded by `motfm_core/data/shards.py`); the same through zarr-python's codec
 pipeline (`direct=False`, the writer before), and with the Rust `zarrs` codec pipeline (if installed); tensorstore
 writing the images array zarr-python created (if installed); 4x and 32x larger shards; images stored uncompressed
-(no zstd), also at 32x shards; float16 storage (with its largest error).
+(no zstd), also at 32x shards; float16 storage (with its largest error); the sampler's writer without its flushes
+to disk (fsync of each shard's data before its record, and of each rename), and zarr-python at 32x shards.
 Also an estimate of an H200's sampling rate for this network (forward FLOPs counted by torch at batch 1, x NFE 10,
 at 40% of the H200's 989 dense bf16 TFLOP/s: an assumption, stated) against each writer's images/s.
 Writes benchmarks/results/<date>-<machine>-writer-<size>px-<HHMM>.json and appends rows to benchmarks/RESULTS.md.
@@ -20,6 +21,7 @@ Writes benchmarks/results/<date>-<machine>-writer-<size>px-<HHMM>.json and appen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import json
 import shutil
@@ -79,6 +81,27 @@ def write_store(path: Path, images: np.ndarray, shard: int, direct: bool = True,
                     direct=direct)
 
 
+@contextlib.contextmanager
+def without_fsync():
+    """The writer as it was before shard data and records were flushed to disk one by one (for the comparison)."""
+    from motfm_core import utils
+    from motfm_core.data import synthetic
+
+    saved = [(m, name, getattr(m, name)) for m in (utils, synthetic) for name in ("fsync_tree", "fsync_dir")]
+    for m, name, _ in saved:
+        setattr(m, name, lambda *args: None)
+    try:
+        yield
+    finally:
+        for m, name, f in saved:
+            setattr(m, name, f)
+
+
+def write_unsynced(path: Path, images: np.ndarray, shard: int, **encoding) -> None:
+    with without_fsync():
+        write_store(path, images, shard, **encoding)
+
+
 def write_tensorstore(path: Path, images: np.ndarray, shard: int) -> None:
     import tensorstore as ts
 
@@ -114,7 +137,16 @@ def main() -> None:
                "write_shard, uncompressed": lambda path: write_store(path, images, a.shard_size, compressors=None),
                f"write_shard, shard {32 * a.shard_size}, uncompressed": lambda path: write_store(
                    path, images, 32 * a.shard_size, compressors=None),
-               "write_shard, float16 storage": lambda path: write_store(path, images, a.shard_size, dtype="float16")}
+               "write_shard, float16 storage": lambda path: write_store(path, images, a.shard_size, dtype="float16"),
+               # what the flush to disk costs: shard data before its record, each rename (issue #25)
+               "write_shard, no fsync": lambda path: write_unsynced(path, images, a.shard_size),
+               f"write_shard, shard {32 * a.shard_size}, uncompressed, no fsync": lambda path: write_unsynced(
+                   path, images, 32 * a.shard_size, compressors=None),
+               # the encoder against zarr-python at the advised layout too
+               f"write_shard through zarr-python, shard {32 * a.shard_size}": lambda path: write_store(
+                   path, images, 32 * a.shard_size, direct=False),
+               f"write_shard through zarr-python, shard {32 * a.shard_size}, uncompressed": lambda path: write_store(
+                   path, images, 32 * a.shard_size, direct=False, compressors=None)}
     try:
         import zarrs  # noqa: F401
 

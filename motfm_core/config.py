@@ -286,10 +286,12 @@ class SampleConfig:
 
     samples_per_class: int = 64
     shard_size: int = 32
-    # the images' codec inside a shard: "zstd" (13% smaller on the writer benchmark's smooth fields, 64% on the
-    # bundled brain slices) or "none": with 1024-image shards the writer then reaches 94% of raw disk bandwidth here
-    # (zstd: 59%; at the default 32-image shards 11% either way: benchmarks/writer_options.py)
+    # the images' codec inside a shard: "zstd" (smaller stores) or "none" (with large shards the writer then runs
+    # close to the disk's bandwidth); the figures are in benchmarks/RESULTS.md, writer options
     compression: str = "zstd"
+    # flush each shard's data to disk before its completion record (a power cut then never leaves a record over
+    # lost data); false writes faster where a lost run is simply re-run (benchmarks/RESULTS.md, writer options)
+    fsync: bool = True
     solver: str = "euler"  # flow models: euler/midpoint/heun/rk4/dopri5; DDPM models: ddpm (1000) or ddim
     nfe: int = 10  # solver steps: euler spends exactly this many evaluations (dopri5: adaptive, ignored)
     guidance: float = 1.0  # classifier-free guidance scale; 1.0 = plain conditional model

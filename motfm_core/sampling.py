@@ -248,14 +248,14 @@ def sample_shard(
     write_shard(store, index, images, sampler.labels[positions], seeds,
                 info={"nfe": nfe, "seconds": seconds, "device": str(device), "rejected": int((redraws > 0).sum()),
                       "redraws": int(redraws.sum())},
-                masks=cond.get("masks"), mask_source=cond.get("mask_source"), extras=extras)
+                masks=cond.get("masks"), mask_source=cond.get("mask_source"), extras=extras, durable=cfg.fsync)
     return ShardResult(shard=index, skipped=False, count=stop - start, nfe=nfe, seconds=seconds, device=str(device),
                        rejected=int((redraws > 0).sum()))
 
 
 # where sampling runs and pruning do not change the dataset, so they are not part of its key; the encoding
 # (`compression`) is: a version keeps the codecs it was created with, so another value is another version
-EXECUTION_ONLY = ("keep_versions", "prune_grace_hours", "workers", "scheduler", "compile", "batch_size")
+EXECUTION_ONLY = ("keep_versions", "prune_grace_hours", "workers", "scheduler", "compile", "batch_size", "fsync")
 
 
 def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,

@@ -18,6 +18,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -192,11 +193,13 @@ def sweep_store(path: str | Path) -> list[Path]:
 def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.ndarray, seeds: np.ndarray,
                 info: dict[str, Any] | None = None, masks: np.ndarray | None = None,
                 mask_source: np.ndarray | None = None, extras: dict[str, np.ndarray] | None = None,
-                direct: bool = True) -> None:
+                direct: bool = True, durable: bool = True) -> None:
     """Write one shard's samples, flush them to disk, then publish its completion record (with each file's size)
     by an atomic rename. A whole shard of each array is encoded as one file here (`shards.write_whole_shard`, the
     bytes zarr-python writes, verified once per process); the last, partial shard and `direct=False` go through
-    zarr-python."""
+    zarr-python. `durable=False` skips the flushes (fsync): faster, but a power cut can leave a record over data
+    that never reached the disk (benchmarks/RESULTS.md, writer options)."""
+    sync_file, sync_dir = (fsync_tree, fsync_dir) if durable else (_no_sync, _no_sync)
     path = Path(path)
     attrs = json.loads((path / "zarr.json").read_text())["attributes"]
     shard_size = attrs["shard_size"]
@@ -221,7 +224,7 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
             zarr.open_array(str(path / name), mode="r+", zarr_format=3)[start:stop] = rows
         target = shard_file(path / name, index)
         if target.exists():
-            fsync_tree(target)  # the data on disk before the record that says it is there
+            sync_file(target)  # the data on disk before the record that says it is there
             files[target.relative_to(path).as_posix()] = target.stat().st_size
         else:  # all fill value: zarr stores no file
             files[target.relative_to(path).as_posix()] = 0
@@ -232,7 +235,7 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
                                                               "files": files},
                                                "zarr_format": 3, "node_type": "group"}, indent=2,
                                               default=lambda v: v.item()))  # numpy scalars
-    fsync_tree(tmp)
+    sync_file(tmp)
     if record.exists():
         recorded = json.loads((record / "zarr.json").read_text())["attributes"].get("files", {})
         if _file_problem(path, recorded) is None:  # a racing duplicate finished first: same seeds, same content
@@ -240,14 +243,18 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
             _remove_if_empty(tmp.parent)
             return
         shutil.rmtree(record)  # a damaged shard, rewritten: its old record goes
-    _commit_record(tmp, record)
+    _commit_record(tmp, record, sync_dir)
 
 
-def _commit_record(staged: Path, record: Path) -> None:
+def _no_sync(path: Path) -> None:
+    return None
+
+
+def _commit_record(staged: Path, record: Path, sync_dir: Callable[[Path], None] = fsync_dir) -> None:
     """Publish a staged completion record by an atomic rename into `shards/` (the moment a shard is complete)."""
     record.parent.mkdir(exist_ok=True)
     os.replace(staged, record)
-    fsync_dir(record.parent)
+    sync_dir(record.parent)
     _remove_if_empty(staged.parent)
 
 

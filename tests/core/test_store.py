@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 import zarr
@@ -119,7 +121,7 @@ def test_a_writer_crash_between_data_and_record_is_refused_by_every_reader(tmp_p
     path = create_synthetic_store(tmp_path / "v0001.zarr", 8, (1, 16, 16), 4, {"run_key": "r"})
     write_shard(path, 0, np.full((4, 1, 16, 16), 0.5), np.zeros(4), np.arange(4))
 
-    def crash(staged, record):
+    def crash(*args):
         raise OSError("killed")
 
     monkeypatch.setattr(store_mod, "_commit_record", crash)
@@ -249,3 +251,25 @@ def test_the_dataset_reader_refuses_a_real_store_with_a_missing_chunk(tmp_path):
     (path / "images" / "c" / "0" / "0" / "0" / "0").unlink()
     with pytest.raises(ValueError, match="chunk file images/c/0/0/0/0 is missing"):
         ZarrImageDataset(path, split="train")
+
+
+def test_shard_data_reaches_the_disk_before_its_record(tmp_path, monkeypatch):
+    """fsync order: every data file of the shard, then the staged record, then the rename into shards/ and its
+    folder; sample.fsync=false (durable=False) skips them all."""
+    from motfm_core.data import synthetic
+
+    events = []
+    monkeypatch.setattr(synthetic, "fsync_tree", lambda p: events.append(("sync", p.relative_to(path).parts[0])))
+    monkeypatch.setattr(synthetic, "fsync_dir", lambda p: events.append(("sync dir", p.name)))
+    real_replace = synthetic.os.replace
+    monkeypatch.setattr(synthetic.os, "replace", lambda a, b: (events.append(("rename", Path(b).name)),
+                                                                real_replace(a, b)))
+    path = create_synthetic_store(tmp_path / "v0001.zarr", 4, (1, 8, 8), 4, {"run_key": "r"})
+    events.clear()
+    write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4))
+    ordered = [e for e in events if e[0] != "rename" or e[1] == "00000"]  # not the shard files' own renames
+    assert ordered == [("sync", "images"), ("sync", "labels"), ("sync", "seed"), ("sync", ".staging"),
+                       ("rename", "00000"), ("sync dir", "shards")]
+    events.clear()
+    write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4), durable=False)
+    assert all(kind == "rename" for kind, _ in events)
