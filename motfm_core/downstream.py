@@ -188,7 +188,8 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
     sy = syn["labels"]
     k = int(max(train["labels"].max(), test["labels"].max(), sy.max()) + 1)
     segment = cfg.segmentation and "masks" in train and all("masks" in s for s in stores.values())
-    mask_classes = int(max(train["masks"].max(), test["masks"].max()) + 1) if segment else 0
+    # int before + 1: a uint8 maximum of 255 + 1 wrapped to 0 classes (0/255 masks crashed the segmenter)
+    mask_classes = max(int(train["masks"].max()), int(test["masks"].max())) + 1 if segment else 0
     arms, n = plan_arms(cfg, bool(low_data)), len(train["labels"])
     results: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in arms}
     seg_results: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in arms}

@@ -66,6 +66,7 @@ def gain_figure(evaluation: Evaluation, out_png: str | Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     ev = evaluation.augmentation
     panels = [("classifier accuracy gain", ev.gains, "accuracy")]
@@ -84,6 +85,9 @@ def gain_figure(evaluation: Evaluation, out_png: str | Path) -> Path:
         ax.errorbar(mean, y, xerr=[mean - lo, hi - mean], fmt="o", capsize=3)
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(y, [f"{name} vs {baselines[name]}" for name in gains], fontsize=7)
+        # few x ticks: Dice gains of a few thousandths got six long labels that ran into each other
+        ax.xaxis.set_major_locator(MaxNLocator(nbins=4))
+        ax.tick_params(axis="x", labelsize=7)
         ax.invert_yaxis()
         ax.set_title(f"{title} (mean, 95% CI)", fontsize=9)
     if curve:
@@ -108,18 +112,19 @@ def gain_figure(evaluation: Evaluation, out_png: str | Path) -> Path:
     return out_png
 
 
-def loss_figure(loss_curve: list[float], steps: int, final_loss: float, out_png: str | Path) -> Path:
-    """PNG: the generator's training loss (`loss_curve`: means of 50 steps) against the step."""
+def loss_figure(loss_curve: list[float], steps: int, final_loss: float, out_png: str | Path, every: int = 50
+                ) -> Path:
+    """PNG: the generator's training loss (`loss_curve`: means of `every` steps) against the step."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.2, 3.2))
-    x = [min(50 * (i + 1), steps) for i in range(len(loss_curve))]
-    ax.plot(x, loss_curve, "o-", ms=3)
+    x = [min(every * (i + 1), steps) for i in range(len(loss_curve))]
+    ax.plot(x, loss_curve, "o-" if len(loss_curve) <= 60 else "-", ms=3)
     ax.set_xlabel("training step")
-    ax.set_ylabel("flow-matching loss (mean of 50 steps)")
+    ax.set_ylabel("flow-matching loss" + (f" (mean of {every} steps)" if every > 1 else ""))
     ax.set_title(f"training loss: final {final_loss:.4f} after {steps} steps", fontsize=9)
     fig.tight_layout()
     out_png = Path(out_png)

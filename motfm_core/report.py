@@ -43,11 +43,13 @@ class DatasetInfo(Result):
     class_names: list[str]
     sample_shape: list[int]
     sizes: dict[str, int]
+    notes: list[str] = dataclasses.field(default_factory=list)  # how the files were read (ingest's warnings)
 
 
 @dataclass(frozen=True)
 class TrainingInfo(Result):
-    """The image generator's checkpoint: steps, final loss (mean of the last 50), loss curve (means of 50 steps)."""
+    """The image generator's checkpoint: steps, final loss (mean of the last 50), loss curve (means of
+    `loss_every` steps: every step of a short run, at most ~200 points for a long one)."""
 
     checkpoint: str
     steps: int
@@ -55,6 +57,7 @@ class TrainingInfo(Result):
     loss_curve: list[float]
     seconds: float
     device: str
+    loss_every: int = 50
 
 
 @dataclass(frozen=True)
@@ -128,6 +131,15 @@ def _more_verdicts(evaluation: Evaluation) -> str:
     return out
 
 
+def _shortfall(ratio: float | None, real_train: int, synthetic: int | None) -> str:
+    """' (short: ratio R asks for N)' when an arm got fewer synthetic images than its ratio asks for (the store held
+    fewer), else ''."""
+    if ratio is None or synthetic is None or not math.isfinite(ratio) or ratio <= 0:
+        return ""
+    wanted = int(round(ratio * real_train))
+    return f" (**short**: ratio {ratio:g} asks for {wanted}; sample more)" if synthetic < wanted else ""
+
+
 def _gains_table(evaluation: Evaluation) -> list[str]:
     """Every augmented arm against its baseline: sizes and gains with CIs (and the segmenter's, if any)."""
     ev = evaluation.augmentation
@@ -137,9 +149,11 @@ def _gains_table(evaluation: Evaluation) -> list[str]:
              head + (" Dice gain | HD95 change (px) |" if seg else ""),
              "|---|---|---|---|" + ("---|---|" if seg else "")]
     baselines = {a.name: a.baseline for a in ev.arms}
+    ratios = {a.name: a.ratio for a in ev.arms}
     for arm, g in ev.gains.items():
         size = ev.sizes.arms.get(arm, {})
-        row = (f"| {arm} (vs {baselines.get(arm, 'real')}) | {size.get('real', '?')} / {size.get('synthetic', '?')} | "
+        row = (f"| {arm} (vs {baselines.get(arm, 'real')}) | {size.get('real', '?')} / {size.get('synthetic', '?')}"
+               f"{_shortfall(ratios.get(arm), ev.sizes.real_train, size.get('synthetic'))} | "
                f"{_signed(g['accuracy'])} | {_signed(g['macro_f1'])} |")
         if seg:
             sg = seg.gains[arm]
@@ -208,6 +222,7 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
         "",
         f"- dataset: {data.source} — train {ev.sizes.real_train}, val {data.sizes['val']}, test "
         f"{ev.sizes.real_test} real images, {data.sample_shape} each; classes {data.class_names}",
+        *(f"- **data note:** {note}" for note in data.notes),
         f"- synthetic: {sampling.num_samples} images, solver {sampling.solver}, NFE {sampling.nfe}, "
         f"{sampling.seconds_per_image * 1e3:.1f} ms per image on {sampling.device}; {ev.sizes.synthetic_added} "
         "added to the real training set",
@@ -277,7 +292,7 @@ def write_report(out_dir: str | Path, report: Report, real_path: str | Path,
     grid = sample_grid(real_path, synthetic_path, out_dir / "samples.png")
     gains = gain_figure(report.evaluation, out_dir / "gains.png")
     loss = loss_figure(report.training.loss_curve, report.training.steps, report.training.final_loss,
-                       out_dir / "training.png")
+                       out_dir / "training.png", every=report.training.loss_every)
     report = dataclasses.replace(report, files={"grid": str(grid), "gains": str(gains), "training": str(loss)})
     for name, text in (("report.json", json.dumps(report.to_json(), indent=2, default=str)),
                        ("report.md", render_markdown(report, grid.name, gains.name, loss.name))):
@@ -294,6 +309,7 @@ def gather(run_name: str, config: dict[str, Any], data_path: str, checkpoint: st
     split = data["split"][:]
     ckpt = torch.load(checkpoint, map_location="cpu", weights_only=True)
     losses = ckpt["losses"]
+    every = max(1, math.ceil(len(losses) / 200))  # a point per step for short runs (one 50-step mean was one dot)
     syn = zarr.open_group(synthetic_path, mode="r", zarr_format=3)
     shard_info = list(completed_shards(synthetic_path).values())
     seconds = sum(s["seconds"] for s in shard_info)
@@ -301,10 +317,12 @@ def gather(run_name: str, config: dict[str, Any], data_path: str, checkpoint: st
         run_name=run_name, code_version=code_version(), config=config,
         dataset=DatasetInfo(path=data_path, source=data.attrs["source"], fingerprint=data.attrs["fingerprint"],
                             class_names=data.attrs["class_names"], sample_shape=list(data["images"].shape[1:]),
-                            sizes={n: int((split == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))}),
+                            sizes={n: int((split == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))},
+                            notes=list(data.attrs.get("notes", []))),
         training=TrainingInfo(checkpoint=checkpoint, steps=ckpt["step"], final_loss=float(np.mean(losses[-50:])),
-                              loss_curve=[float(np.mean(losses[i:i + 50])) for i in range(0, len(losses), 50)],
-                              seconds=ckpt.get("train_seconds", float("nan")), device=ckpt["device"]),
+                              loss_curve=[float(np.mean(losses[i:i + every])) for i in range(0, len(losses), every)],
+                              seconds=ckpt.get("train_seconds", float("nan")), device=ckpt["device"],
+                              loss_every=every),
         sampling=SamplingInfo(store=synthetic_path, num_samples=syn.attrs["num_samples"], solver=syn.attrs["solver"],
                               nfe=syn.attrs["nfe"], guidance=syn.attrs["guidance"],
                               mask_source=syn.attrs.get("mask_source"),

@@ -85,8 +85,8 @@ def mix_real_synthetic(real: Dataset, synthetic: Dataset, ratio: float, seed: in
     n_real, n_syn = len(real), len(synthetic)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours do
     n = int(round(ratio * n_real))
     if n > n_syn:
-        raise ValueError(f"ratio {ratio} needs {n} synthetic samples, the store has {n_syn}; "
-                         "sample more or lower the ratio")
+        raise ValueError(f"ratio {ratio} needs {n} synthetic samples, the store has {n_syn} (ratio <= "
+                         f"{n_syn / max(1, n_real):.2f} fits {n_real} real samples); sample more or lower the ratio")
     pick = np.random.RandomState(seed).choice(n_syn, n, replace=False)
     return ConcatDataset([real, Subset(synthetic, pick.tolist())])
 

@@ -14,8 +14,8 @@ from motfm_core.config import DataConfig, config_hash
 from motfm_core.data.brain import MRICRON, build_brain_mri
 from motfm_core.data.phantom import build_phantom
 from motfm_core.data.preprocess import NORMALISATION, normalise, patient_split, resize
-from motfm_core.data.readers import RawSet, read_folder, read_medmnist
-from motfm_core.data.store import SCHEMA_VERSION, open_store, write_dataset
+from motfm_core.data.readers import MAX_MASK_VALUES, RawSet, read_folder, read_medmnist
+from motfm_core.data.store import SCHEMA_VERSION, SPLITS, open_store, write_dataset
 
 __all__ = [
     "MIN_TEST", "MIN_TRAIN_PER_CLASS", "MIN_VAL", "check_sizes", "check_source", "ingest", "load_source",
@@ -25,9 +25,21 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 
+def mask_classes(raw: RawSet) -> dict[int, int]:
+    """{value in the mask files: class} over the whole set: the distinct values in order (the smallest, usually 0,
+    is background), so a 0/255 mask reads as classes 0/1; an identity when the values already are 0..K-1."""
+    values = sorted(set().union(*(np.unique(m).tolist() for m in raw.masks if m is not None)))
+    if len(values) > MAX_MASK_VALUES:
+        raise ValueError(f"{raw.origin}: the masks hold {len(values)} distinct values in all ({values[:20]}...), at "
+                         f"most {MAX_MASK_VALUES} classes; use one value per class across every mask file")
+    return {int(v): k for k, v in enumerate(values)}
+
+
 def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
-    """Normalise, slice volumes for 2D, resize, and stack a RawSet."""
+    """Normalise, slice volumes for 2D, resize, and stack a RawSet; masks become classes 0..K-1."""
     target = cfg.spatial_shape
+    classes = mask_classes(raw)
+    lookup = np.array(list(classes), dtype=np.int64)  # sorted values: np.searchsorted maps each to its class
     imgs, labels, masks, groups, split = [], [], [], [], []
     for k, (img, lab, mask, grp) in enumerate(zip(raw.images, raw.labels, raw.masks, raw.groups)):
         name = raw.files[k] if k < len(raw.files) else f"{raw.origin} sample {k}"
@@ -40,6 +52,8 @@ def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
         if float(img.max()) <= float(img.min()):
             raise ValueError(f"{name}: image is blank (every pixel is {float(img.min()):g}); remove its row")
         img = normalise(img)
+        if mask is not None:
+            mask = np.searchsorted(lookup, mask).astype(np.uint8)
         if nd == 3 and cfg.spatial_dims == 2:  # a volume in 2D mode: its axial slices with enough foreground
             keep = [z for z in range(img.shape[-1]) if (img[..., z] > 0.05).mean() >= 0.05]
             pieces = [(img[..., z], None if mask is None else mask[..., z]) for z in keep]
@@ -59,10 +73,10 @@ def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
     has_masks = [m is not None for m in masks]
     if any(has_masks) and not all(has_masks):
         raise ValueError(f"{raw.origin}: some samples have masks and some do not; give a mask for every row or none")
-    out = {"images": np.stack(imgs), "labels": np.array(labels), "group_names": groups}
+    out = {"images": np.stack(imgs), "labels": np.array(labels), "group_names": groups, "mask_values": classes}
     out["masks"] = np.stack([m for m in masks if m is not None]) if all(has_masks) else None
     out["split"] = (np.array(split, dtype=np.uint8) if raw.split is not None
-                    else patient_split(groups, cfg.val_fraction, cfg.test_fraction, cfg.seed))
+                    else patient_split(groups, cfg.val_fraction, cfg.test_fraction, cfg.seed, labels))
     return out
 
 
@@ -87,6 +101,20 @@ def check_sizes(source: str, labels: np.ndarray, split: np.ndarray) -> None:
                          "change data.val_fraction / data.test_fraction")
 
 
+def check_classes_in_splits(source: str, labels: np.ndarray, split: np.ndarray, class_names: list[str],
+                            groups: list[str]) -> None:
+    """Refuse a dataset with a class missing from the val or test split, naming the class and the fix: its
+    scores (AUROC, per-class F1) would be undefined and the report's verdict meaningless."""
+    for c in np.unique(labels):
+        missing = [n for n, code in SPLITS.items() if not ((split == code) & (labels == c)).any()]
+        if missing:
+            name = class_names[c] if c < len(class_names) else str(c)
+            subjects = len({g for g, lab in zip(groups, labels) if lab == c})
+            raise ValueError(f"{source}: class {name!r} has no sample in the {'/'.join(missing)} split ({subjects} "
+                             "subject(s) hold it; a split by subject needs one per split): add subjects of that class, "
+                             "or give the split yourself (a MedMNIST .npz keeps its own)")
+
+
 def check_source(source: str) -> None:
     """Refuse a data source that does not exist (before any work: the CLI calls it before Prefect starts)."""
     if source == "brain-mri" or source.startswith("phantom"):
@@ -108,11 +136,28 @@ def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     raw = read_medmnist(path) if path.suffix == ".npz" else read_folder(path)
     arrays = _prepare(raw, cfg)
     attrs: dict[str, Any] = {"source": str(path), "class_names": raw.class_names, "normalisation": NORMALISATION,
-                             "spacing": "resampled to image_size (source spacing per file where known: source_spacing)"}
+                             "spacing": "resampled to image_size (source spacing per file where known: source_spacing)",
+                             "notes": source_notes(raw, arrays.pop("mask_values"))}
     known = {str(Path(f).relative_to(path)): list(sp) for f, sp in zip(raw.files, raw.spacings) if sp is not None}
     if known:  # DICOM records its spacing (mm per axis); resizing changes it, so the source's is kept beside
         attrs["source_spacing"] = known
     return arrays, attrs
+
+
+def source_notes(raw: RawSet, mask_values: dict[int, int]) -> list[str]:
+    """What a user should know about how their files were read (logged, stored and shown in the report): masks
+    whose values were mapped to classes, and a folder without a subject column."""
+    notes = []
+    if mask_values and list(mask_values) != list(range(len(mask_values))):
+        pairs = ", ".join(f"{v} -> {c}" for v, c in mask_values.items())
+        notes.append(f"mask values read as classes: {pairs}")
+    volumes = any(img.ndim == 4 for img in raw.images)
+    if not raw.subject_column and not volumes:
+        notes.append("labels.csv has no subject column: every file is its own group, so images of one patient "
+                     "can land in train and test (optimistic scores); add a subject column")
+    for note in notes:
+        log.warning("ingest: %s: %s", raw.origin, note)
+    return notes
 
 
 def source_signature(source: str) -> list:
@@ -152,6 +197,8 @@ def ingest(cfg: DataConfig, out_path: str | Path, progress: Callable[[str], None
     attrs.update({"ingest_key": key, "data_config": asdict(cfg), "spatial_dims": cfg.spatial_dims,
                   "group_names": list(uniq)})
     check_sizes(cfg.source, arrays["labels"], arrays["split"])
+    if cfg.source != "brain-mri" and not cfg.source.startswith("phantom"):  # users' data: the bundled sets are fixed
+        check_classes_in_splits(cfg.source, arrays["labels"], arrays["split"], attrs["class_names"], groups)
     path = write_dataset(out_path, arrays["images"], arrays["labels"], arrays["split"],
                          np.array([uniq[g] for g in groups]), attrs, masks=arrays["masks"],
                          keep_previous=cfg.keep_previous)

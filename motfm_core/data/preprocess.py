@@ -39,15 +39,32 @@ def resize(img: np.ndarray, shape: tuple[int, ...], nearest: bool = False) -> np
     return y[0].numpy()
 
 
-def patient_split(groups: list[str], val_fraction: float, test_fraction: float, seed: int) -> np.ndarray:
-    """Deterministic split by group: every sample of a patient lands in the same split (0/1/2)."""
-    uniq = sorted(set(groups))
-    if len(uniq) < 3:
-        raise ValueError(f"need at least 3 patients/groups for a train/val/test split, got {len(uniq)}")
+SPLIT_TRIES = 200  # seeded permutations tried for a split that puts every class in train, val and test
+
+
+def _group_split(uniq: list[str], val_fraction: float, test_fraction: float, seed: int) -> dict[str, int]:
     order = np.random.RandomState(seed).permutation(len(uniq))
     n_test = max(1, round(test_fraction * len(uniq)))
     n_val = max(1, round(val_fraction * len(uniq)))
-    code = {}
-    for rank, i in enumerate(order):
-        code[uniq[i]] = 2 if rank < n_test else 1 if rank < n_test + n_val else 0
+    return {uniq[i]: 2 if rank < n_test else 1 if rank < n_test + n_val else 0 for rank, i in enumerate(order)}
+
+
+def patient_split(groups: list[str], val_fraction: float, test_fraction: float, seed: int,
+                  labels: np.ndarray | list[int] | None = None) -> np.ndarray:
+    """Deterministic split by group: every sample of a patient lands in the same split (0/1/2). Given `labels`,
+    every class should reach train, val and test: the seed's split when it does, else the first of the next
+    seeded splits that does, else the seed's (ingest then refuses the class by name)."""
+    uniq = sorted(set(groups))
+    if len(uniq) < 3:
+        raise ValueError(f"need at least 3 patients/groups for a train/val/test split, got {len(uniq)}")
+    if labels is None:
+        code = _group_split(uniq, val_fraction, test_fraction, seed)
+        return np.array([code[g] for g in groups], dtype=np.uint8)
+    labels = np.asarray(labels)
+    holders = {int(c): {g for g, lab in zip(groups, labels) if lab == c} for c in np.unique(labels)}
+    for k in range(SPLIT_TRIES):
+        code = _group_split(uniq, val_fraction, test_fraction, seed + k)
+        if all({code[g] for g in held} == {0, 1, 2} for held in holders.values()):
+            return np.array([code[g] for g in groups], dtype=np.uint8)
+    code = _group_split(uniq, val_fraction, test_fraction, seed)  # none does: ingest names the class uncovered
     return np.array([code[g] for g in groups], dtype=np.uint8)

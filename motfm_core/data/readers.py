@@ -39,6 +39,26 @@ class RawSet:
     origin: str = ""
     files: list[str] = field(default_factory=list)  # where each sample came from (errors name it)
     spacings: list[tuple[float, ...] | None] = field(default_factory=list)  # mm per axis of the image, if known
+    subject_column: bool = True  # False: a folder without a `subject` column (each file is its own group)
+
+
+MAX_MASK_VALUES = 16  # distinct values a mask file may hold: a label image, not a grey-level picture
+
+
+def read_mask(path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
+    """A mask file as a label image (1, *spatial) of its integer values (rounded, any range: 0/255 and 16-bit
+    label maps too); refused, naming the file, when its shape is not the image's or it holds more than
+    MAX_MASK_VALUES distinct values (a grey-level image, or a JPEG's ringing, is not a mask)."""
+    mask = _read_any(path)[0]
+    if mask.shape != shape:
+        raise ValueError(f"{path}: mask shape {mask.shape} != image shape {shape} of {image}; resample the mask "
+                         "onto the image grid")
+    mask = np.rint(mask).astype(np.int64)
+    values = np.unique(mask)
+    if len(values) > MAX_MASK_VALUES:
+        raise ValueError(f"{path}: a mask with {len(values)} distinct values (at most {MAX_MASK_VALUES}: one per "
+                         "class); save label masks losslessly (PNG, NIfTI) with one value per class")
+    return mask[None]
 
 
 def _system_error(exc: BaseException) -> bool:
@@ -242,7 +262,7 @@ def read_folder(folder: str | Path) -> RawSet:
     folder = Path(folder)
     df = _read_labels_csv(folder)
     cmap, names = _class_map(df["label"])
-    out = RawSet(class_names=names, origin=str(folder))
+    out = RawSet(class_names=names, origin=str(folder), subject_column="subject" in df.columns)
     for _, row in df.iterrows():
         f = folder / str(row["filename"])
         if not f.exists():
@@ -253,11 +273,7 @@ def read_folder(folder: str | Path) -> RawSet:
             mf = folder / row["mask"]
             if not mf.exists():
                 raise FileNotFoundError(f"{mf}: mask of {f.name} is missing")
-            mask = _read_any(mf)[0]
-            if mask.shape != img.shape:
-                raise ValueError(f"{mf}: mask shape {mask.shape} != image shape {img.shape} of {f}; "
-                                 "resample the mask onto the image grid")
-            mask = np.rint(mask).astype(np.uint8)[None]
+            mask = read_mask(mf, img.shape, f)
         out.images.append(img[None])
         out.files.append(str(f))
         out.spacings.append(spacing)

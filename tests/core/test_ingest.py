@@ -198,3 +198,69 @@ def test_too_small_dataset_is_refused_at_ingest_with_the_numbers(tmp_path):
                                          r"needs >= 2; the test split has 1 sample\(s\), needs >= 2"):
         ingest(DataConfig(source=str(folder), image_size=16), tmp_path / "d.zarr")
     assert not (tmp_path / "d.zarr").exists()
+
+
+def _masked_png_folder(folder, n=24, fg=255, subjects=True, labels=None):
+    """PNG slices with binary masks saved the common way: 0 background, `fg` foreground."""
+    rng = np.random.RandomState(0)
+    rows = []
+    for i in range(n):
+        img = (rng.rand(16, 16) * 200 + 20).astype(np.uint8)
+        mask = np.zeros((16, 16), np.uint8)
+        mask[4:10, 3 + i % 5:9 + i % 5] = fg
+        Image.fromarray(img).save(folder / f"i{i}.png")
+        Image.fromarray(mask).save(folder / f"m{i}.png")
+        row = {"filename": f"i{i}.png", "label": (labels or [i % 2 for i in range(n)])[i], "mask": f"m{i}.png"}
+        if subjects:
+            row["subject"] = f"p{i // 2}"
+        rows.append(row)
+    pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
+    return folder
+
+
+def test_0_255_masks_are_read_as_classes_and_the_report_says_so(tmp_path):
+    """0/255 masks (the most common binary PNG masks) passed ingest as 255 and crashed the evaluation: 255 + 1
+    wrapped to 0 classes in uint8. They are label images: values mapped to classes 0..K-1, and the mapping noted."""
+    folder = _masked_png_folder(tmp_path)
+    root = open_store(ingest(DataConfig(source=str(folder), image_size=16), tmp_path / "d.zarr"))
+    assert set(np.unique(root["masks"][:])) == {0, 1}
+    assert root.attrs["notes"] == ["mask values read as classes: 0 -> 0, 255 -> 1"]
+
+
+def test_a_grey_level_image_given_as_mask_is_refused_by_name(tmp_path):
+    folder = _masked_png_folder(tmp_path)
+    Image.fromarray((np.arange(256).reshape(16, 16)).astype(np.uint8)).save(folder / "m3.png")
+    with pytest.raises(ValueError, match=r"m3.png: a mask with 256 distinct values \(at most 16"):
+        ingest(DataConfig(source=str(folder), image_size=16), tmp_path / "d.zarr")
+
+
+def test_without_a_subject_column_each_file_is_a_group_with_a_warning(tmp_path, caplog):
+    folder = _masked_png_folder(tmp_path, subjects=False, fg=1)
+    with caplog.at_level("WARNING", logger="motfm_core.data.ingest"):
+        root = open_store(ingest(DataConfig(source=str(folder), image_size=16), tmp_path / "d.zarr"))
+    (note,) = root.attrs["notes"]  # 0/1 masks: no mapping note
+    assert "no subject column" in note and "no subject column" in caplog.text
+    assert len(set(root["group"][:])) == 24
+
+
+def test_volumes_are_their_own_group_without_a_warning(nifti_folder, tmp_path):
+    df = pd.read_csv(nifti_folder / "labels.csv").drop(columns=["subject"])
+    df.to_csv(nifti_folder / "labels.csv", index=False)
+    root = open_store(ingest(DataConfig(source=str(nifti_folder), image_size=16), tmp_path / "d.zarr"))
+    assert root.attrs["notes"] == [] and len(set(root["group"][:])) == len(df)
+
+
+def test_every_class_reaches_train_val_and_test_or_is_refused_by_name(tmp_path):
+    """A split by subject that left one class out of val and test gave 'accuracy 1.000, AUROC nan, no clear
+    difference'; now a seeded split that spreads every class is chosen, or the class is named."""
+    labels = [0] * 16 + [1] * 8
+    folder = _masked_png_folder(tmp_path, labels=labels)
+    root = open_store(ingest(DataConfig(source=str(folder), image_size=16), tmp_path / "d.zarr"))
+    split, y = root["split"][:], root["labels"][:]
+    assert all(((split == s) & (y == c)).any() for s in (0, 1, 2) for c in (0, 1))
+    few = tmp_path / "few"
+    few.mkdir()
+    _masked_png_folder(few, labels=[0] * 20 + [1] * 4)  # class 1: two subjects, cannot reach three splits
+    with pytest.raises(ValueError, match=r"class '1' has no sample in the (train|val|test)(/\w+)? split \(2 "
+                                         r"subject\(s\) hold it"):
+        ingest(DataConfig(source=str(few), image_size=16), tmp_path / "d2.zarr")

@@ -29,3 +29,11 @@ def test_a_report_of_a_newer_schema_is_refused_by_name(tmp_path):
     path.write_text(json.dumps({"schema_version": REPORT_SCHEMA_VERSION + 1}))
     with pytest.raises(ValueError, match=r"report.json: report schema_version 3 is newer"):
         read_report(path)
+
+
+def test_an_arm_short_of_its_ratio_says_so():
+    """`real+synthetic 59 / 32` at ratio 1 read as a full arm; the report now says it fell short."""
+    from motfm_core.report import _shortfall
+
+    assert _shortfall(1.0, 59, 32) == " (**short**: ratio 1 asks for 59; sample more)"
+    assert _shortfall(1.0, 59, 59) == "" and _shortfall(float("inf"), 59, 32) == "" and _shortfall(None, 59, 3) == ""

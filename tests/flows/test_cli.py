@@ -44,14 +44,42 @@ def test_set_wins_over_named_defaults_and_a_contradiction_is_refused(capsys):
     assert e.value.code == 2 and "--set sample.nfe=0 contradicts --nfe 5" in capsys.readouterr().err
 
 
-def test_first_run_on_an_empty_prefect_home(tmp_path):
-    """A fresh PREFECT_HOME: the embedded server must start on the first try (it timed out while its database
-    migrated), and the run writes its report and config."""
+def _newcomer_folder(folder: Path, n: int = 36) -> Path:
+    """What a new user brings: PNG slices, binary masks saved as 0/255, labels.csv without a subject column."""
+    import numpy as np
+    import pandas as pd
+    from PIL import Image
+
+    rng = np.random.RandomState(0)
+    folder.mkdir()
+    rows = []
+    for i in range(n):
+        label = i % 2
+        yy, xx = np.mgrid[:32, :32]
+        blob = ((yy - 16) ** 2 + (xx - 10 - 12 * label) ** 2) < 30 + 4 * (i % 5)
+        image = (60 + 120 * blob + rng.rand(32, 32) * 40).astype(np.uint8)
+        Image.fromarray(image).save(folder / f"slice{i:02d}.png")
+        Image.fromarray((255 * blob).astype(np.uint8)).save(folder / f"slice{i:02d}_mask.png")
+        rows.append({"filename": f"slice{i:02d}.png", "label": ["left", "right"][label],
+                     "mask": f"slice{i:02d}_mask.png"})
+    pd.DataFrame(rows).to_csv(folder / "labels.csv", index=False)
+    return folder
+
+
+def test_first_run_of_a_newcomers_own_data_on_an_empty_prefect_home(tmp_path):
+    """A fresh PREFECT_HOME (the embedded server must start on the first try: it timed out while its database
+    migrated) and a newcomer's own folder: 0/255 PNG masks (they crashed the evaluation: 255 + 1 wrapped to 0
+    classes) and no subject column. The run reaches its report, which says how the masks and groups were read."""
     home = tmp_path / "prefect-home"
-    ok = _run([*TINY_ARGS, "--run-name", "t", "--output-root", str(tmp_path / "out")], home)
+    folder = _newcomer_folder(tmp_path / "mydata")
+    own = [str(folder) if a == "phantom:12" else a for a in TINY_ARGS]
+    ok = _run([*own, "--run-name", "t", "--output-root", str(tmp_path / "out")], home)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "Prefect database ready" in ok.stdout and (tmp_path / "out" / "t" / "report.md").exists()
     assert json.loads((tmp_path / "out" / "t" / "config.json").read_text())["sample"]["nfe"] == 2
+    report = (tmp_path / "out" / "t" / "report.md").read_text()
+    assert "mask values read as classes: 0 -> 0, 255 -> 1" in report and "no subject column" in report
+    assert "1 foreground classes" in report  # the segmenter ran on two classes
 
 
 def test_bad_input_fails_with_one_line_before_prefect_starts(tmp_path, capsys):
