@@ -1,8 +1,10 @@
-"""What the command-line entry points share: which errors are the user's, and a terminal without traceback walls.
+"""What the command-line entry points share: which errors are the user's, and a quiet terminal.
 
 A user error (bad input or settings) ends a CLI run with one line, `motfm: error: <what> — <fix>`, and exit code 2.
-Prefect still records the full traceback in the flow run's logs (the API log handler is untouched); only the
-terminal handler drops the traceback of records that carry one, unless `--debug`.
+Prefect still records the full traceback in the flow run's logs (the API log handler is untouched); on the
+terminal, unless `--debug`, progress goes to stdout, warnings and errors to stderr, tracebacks are dropped, and the
+failure reports of the task and the flow runs are left out (the error line says it once). Prefect's telemetry and
+Dask's start-up chatter are off unless `--verbose`.
 """
 
 from __future__ import annotations
@@ -10,11 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
 import time
 from collections.abc import Iterator
 
 # bad input or settings: the message names the file or key and the fix; a retry cannot help
-__all__ = ["prefect_ready", "quiet_console_tracebacks", "STARTUP_TIMEOUT_S", "USER_ERRORS"]
+__all__ = ["prefect_ready", "quiet_console", "quiet_libraries", "STARTUP_TIMEOUT_S", "USER_ERRORS"]
 
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
 
@@ -38,9 +42,31 @@ def _without_traceback(format_record):
     return format
 
 
-def quiet_console_tracebacks(debug: bool = False) -> None:
-    """Drop tracebacks from Prefect's terminal handlers, leaving each record and the run logs Prefect sends to its
-    API untouched; the error's message line stays."""
+def quiet_libraries(verbose: bool = False) -> None:
+    """Before Prefect or Dask start: no telemetry from the embedded server (offline it printed 'Failed to send
+    telemetry' or a 'database is locked' traceback on every run) and, unless `verbose`, Dask's start-up logs at
+    WARNING (about 40 lines per run), in this process and in the worker processes it spawns."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    if not verbose:
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+
+
+_RUN_LOGGERS = ("prefect.flow_runs", "prefect.task_runs", "prefect.flow_engine", "prefect.task_engine")
+
+
+def _not_a_failure_report(record: logging.LogRecord) -> bool:
+    """False for what a failing task or flow run prints about its failure (errors, and the 'Finished in state
+    Failed(...)' line that repeats the error): the CLI's error line says it once."""
+    if not record.name.startswith(_RUN_LOGGERS):
+        return True
+    return record.levelno < logging.ERROR and "Finished in state Failed" not in record.getMessage()
+
+
+def quiet_console(debug: bool = False) -> None:
+    """Prefect's terminal handlers: progress to stdout, warnings and errors to stderr, no tracebacks and no failure
+    reports of task and flow runs (each record still reaches the run logs Prefect sends to its API). `debug`
+    leaves them as Prefect made them."""
     if debug:
         return
     from prefect.logging.configuration import setup_logging
@@ -50,9 +76,27 @@ def quiet_console_tracebacks(debug: bool = False) -> None:
     for logger in [logging.getLogger(), *(logging.getLogger(n) for n in list(logging.root.manager.loggerDict))]:
         for handler in getattr(logger, "handlers", []):
             fmt = handler.formatter
-            ours = fmt is not None and hasattr(fmt.format, "motfm_quiet")
-            if isinstance(handler, PrefectConsoleHandler) and fmt is not None and not ours:
-                fmt.format = _without_traceback(fmt.format)  # wrap this handler only
+            if not isinstance(handler, PrefectConsoleHandler) or fmt is None or hasattr(fmt.format, "motfm_quiet"):
+                continue
+            fmt.format = _without_traceback(fmt.format)  # wrap this handler only
+            handler.addFilter(_not_a_failure_report)
+            handler.emit = _by_level(handler)  # type: ignore[method-assign]  # per-instance routing
+
+
+def _by_level(handler: logging.StreamHandler):
+    """`handler.emit` writing records below WARNING to stdout, the rest to stderr."""
+    emit = handler.emit
+
+    def routed(record: logging.LogRecord) -> None:
+        stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
+        if handler.stream is not stream:
+            handler.setStream(stream)
+            console = getattr(handler, "console", None)  # Prefect's handler prints through a rich Console
+            if console is not None:
+                console.file = stream
+        emit(record)
+
+    return routed
 
 
 @contextlib.contextmanager

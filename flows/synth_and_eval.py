@@ -8,10 +8,12 @@ Every stage is idempotent: re-running with the same parameters reuses finished s
 from __future__ import annotations
 
 import argparse
+import contextlib
 import inspect
 import json
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -19,7 +21,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.cli import USER_ERRORS, prefect_ready, quiet_console_tracebacks
+from flows.cli import USER_ERRORS, prefect_ready, quiet_console, quiet_libraries
 from motfm_core.config import (
     MODEL_SIZES,
     SOLVER_CHOICES,
@@ -188,17 +190,31 @@ def synth_and_eval(
                        mask_conditioning)
     enhance_cfgs = enhance_configs(enhance or [], overrides or {})
     run_dir = Path(output_root).resolve() / run_name
-    run_dir.mkdir(parents=True, exist_ok=True)
-    logger.info("synth-and-eval: outputs in %s", run_dir)
-
-    plan_task(cfg)  # refuses what cannot fit before the data is read
-    data_path = ingest_task(cfg.data, str(run_dir))
-    enhancements = [enhance_task(data_path, e, str(run_dir)) for e in enhance_cfgs]
-    generators = train_generators(cfg, data_path, run_dir)
-    report = sample_evaluate_report(run_name, cfg, data_path, generators, run_dir, enhancements)
-    write_config(run_dir, cfg.to_dict())
+    with kept_only_if_written(run_dir):
+        logger.info("synth-and-eval: outputs in %s", run_dir)
+        plan_task(cfg)  # refuses what cannot fit before the data is read
+        data_path = ingest_task(cfg.data, str(run_dir))
+        enhancements = [enhance_task(data_path, e, str(run_dir)) for e in enhance_cfgs]
+        generators = train_generators(cfg, data_path, run_dir)
+        report = sample_evaluate_report(run_name, cfg, data_path, generators, run_dir, enhancements)
+        write_config(run_dir, cfg.to_dict())
     logger.info("synth-and-eval: done; report at %s", report)
     return report
+
+
+@contextlib.contextmanager
+def kept_only_if_written(run_dir: Path) -> Iterator[None]:
+    """Create the run folder (and missing parents) for the block; a run that fails before writing anything
+    leaves no empty folders behind (they read as runs)."""
+    made = [p for p in (run_dir, *run_dir.parents) if not p.exists()]
+    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        yield
+    except BaseException:
+        for folder in made:  # innermost first; a folder that holds anything stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        raise
 
 
 def sample_evaluate_report(run_name: str, cfg: PipelineConfig, data_path: str,
@@ -248,6 +264,7 @@ def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
                    help="override any config value, e.g. --set train.lr=1e-3 --set model.channels=[32,64,64]")
     p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one error line")
+    p.add_argument("--verbose", action="store_true", help="show Prefect's and Dask's start-up logs too")
     a = p.parse_args(argv)
     overrides: dict[str, dict[str, Any]] = {k: dict(v) for k, v in PRESETS[a.preset].items()}
     explicit = {}
@@ -298,11 +315,12 @@ def check_before_start(enhance: list[str], overrides: dict[str, dict[str, Any]])
 
 def main(argv: list[str] | None = None) -> None:
     a, overrides = parse_cli(argv)
+    quiet_libraries(a.verbose)
     t0 = time.time()
     try:
         print(f"motfm: {check_before_start(a.enhance, overrides)}")
         with prefect_ready():
-            quiet_console_tracebacks(a.debug)  # after Prefect's set-up, which installs its terminal handlers
+            quiet_console(a.debug)  # after Prefect's set-up, which installs its terminal handlers
             report = synth_and_eval(run_name=a.run_name, output_root=a.output_root, enhance=a.enhance,
                                     overrides=overrides)
     except USER_ERRORS as e:
@@ -311,10 +329,10 @@ def main(argv: list[str] | None = None) -> None:
         print(f"motfm: error: {e}", file=sys.stderr)
         sys.exit(2)
     print(f"\nDone in {time.time() - t0:.0f}s. Outputs in {Path(report).parent}/:")
-    print(f"  report     {report}  (and report.json, samples.png, gains.png, closest_pairs.png)")
+    print(f"  report     {report}  (and report.json, samples.png, gains.png, training.png, closest_pairs.png)")
     print(f"  real data  {Path(report).parent / 'dataset.zarr'}")
     print(f"  synthetic  {Path(report).parent / 'synthetic' / 'latest'}  (-> the newest complete version)")
-    print(f"  model      {Path(report).parent / 'checkpoints' / 'model.pt'}")
+    print(f"  model      {Path(report).parent / 'checkpoints' / 'model.pt'}  (training.png: its loss curve)")
 
 
 if __name__ == "__main__":

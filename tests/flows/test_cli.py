@@ -180,3 +180,24 @@ def test_a_scheduler_the_worker_does_not_allow_is_refused_before_any_work(tmp_pa
     (line,) = _errors(capsys.readouterr().err)
     assert e.value.code == 2 and "sample.scheduler='tcp://10.0.0.9:8786' is not a Dask scheduler" in line
     assert not (tmp_path / "out").exists()
+
+
+def test_a_mistake_found_inside_the_flow_is_one_line_and_leaves_no_folder(tmp_path):
+    """An error the pre-check cannot see (a class that no split by subject can spread) is found by the ingest
+    task inside the flow: stderr holds at most three lines, the last the error, no traceback, no telemetry or
+    Dask noise, and no empty run folder stays behind."""
+    import pandas as pd
+
+    folder = _newcomer_folder(tmp_path / "mydata", n=24)
+    df = pd.read_csv(folder / "labels.csv")
+    df.loc[:1, "label"] = "rare"  # two files: no split puts the class in train, val and test
+    df.to_csv(folder / "labels.csv", index=False)
+    own = [str(folder) if a == "phantom:12" else a for a in TINY_ARGS]
+    bad = _run([*own, "--run-name", "t", "--output-root", str(tmp_path / "out")], tmp_path / "prefect-home")
+    lines = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(lines) <= 3, bad.stderr
+    assert lines[-1].startswith(f"motfm: error: {folder}: ")  # refused by the ingest task (the class is too rare)
+    assert "too small to train and evaluate" in lines[-1] or "has no sample in the" in lines[-1]
+    assert "Traceback" not in bad.stderr + bad.stdout and "telemetry" not in bad.stderr + bad.stdout
+    assert "distributed" not in bad.stderr
+    assert not (tmp_path / "out").exists()
