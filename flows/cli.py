@@ -80,7 +80,7 @@ def quiet_console(debug: bool = False) -> None:
                 continue
             fmt.format = _without_traceback(fmt.format)  # wrap this handler only
             handler.addFilter(_not_a_failure_report)
-            handler.emit = _by_level(handler)  # type: ignore[method-assign]  # per-instance routing
+            handler.emit = _by_level(handler)  # per-instance routing
 
 
 def _by_level(handler: logging.StreamHandler):

@@ -13,7 +13,7 @@ import inspect
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +22,7 @@ from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.cli import USER_ERRORS, prefect_ready, quiet_console, quiet_libraries
+from flows.presets import PRESETS
 from motfm_core.config import (
     MODEL_SIZES,
     SOLVER_CHOICES,
@@ -46,55 +47,6 @@ from tasks.report import report_task
 from tasks.sample import plan_sampling_task, publish_task, sample_shards_task
 from tasks.train import train_autoencoder_task, train_masks_task, train_task
 
-# Named budgets for the CLI (`--preset`); explicit arguments win over them. The defaults are the full budget
-# (benchmarks/novelty.py). "demo" is sized for `make demo` on a slow 2-core machine. Measured here (2 cores,
-# full-budget model at 1.2-1.84 s per step): 0.85-1.03 s per step at batch 16, 0.2 s per sampled image, ~11 s per
-# downstream arm and seed at 200/120 steps. At 200 training steps and 200/120 downstream steps the demo's flow took
-# 748 s and `make demo` from a fresh clone 924 s with the venv creation (2026-11-29): over 15 minutes, so the
-# demo now trains 180 steps, its downstream models 160/100 steps, and both generators sample on one Dask cluster:
-# measured flow 618 s, `make demo` from a fresh clone 781 s (0.87 s per training step); with the EMA warm-up
-# (2026-11-29) flow 645 s at 0.92 s per step, and its images new and near the real ones (fine SWD 91, real 90).
-PRESETS: dict[str, dict[str, dict[str, Any]]] = {
-    "full": {},
-    # benchmarks/novelty.py on a 2-core CPU (measured: 1.84 s per step, then 419 s per further mask variant): the
-    # full recipe at 800 steps for the all-data generator (no low-data share: its leak-free gain is measured by
-    # the demo and the full budget)
-    "bench": {"train": {"steps": 800}, "eval": {"real_fractions": [], "nfe_curve": [1, 4, 10]}},
-    "demo": {"train": {"steps": 180, "batch_size": 16, "warmup_steps": 20, "checkpoint_every": 60},
-             "sample": {"samples_per_class": 40},
-             "eval": {"ratios": [1.0], "real_fractions": [0.25], "nfe_curve": [1, 4, 10], "steps": 160,
-                      "seg_steps": 100}},
-    # `make demo-3d`: the DAG in 3D on sub-volume blocks of the bundled brains (32 x 32 x 8 voxels at 2 mm). A 3D
-    # step costs ~3 s at batch 8 with the small UNet here, so a narrower one without attention levels (1.0 s per
-    # step; MONAI's mid block still attends over its 8 x 8 x 2 bottleneck); no low-data generator (it would double
-    # the training)
-    "demo-3d": {"data": {"spatial_dims": 3, "image_size": 32, "depth": 8},
-                "model": {"channels": [16, 32, 32], "attention_levels": [False, False, False],
-                          "num_head_channels": 16},
-                "train": {"steps": 150, "batch_size": 8, "warmup_steps": 20, "checkpoint_every": 50},
-                "sample": {"samples_per_class": 20, "batch_size": 16},
-                "eval": {"seeds": [0, 1], "ratios": [1.0], "real_fractions": [], "nfe_curve": [1, 4],
-                         "nfe_curve_samples": 8, "steps": 120, "seg_steps": 80}},
-    # 2D at the bundled brains' native 1 mm: 192 x 192 axial slices, the size-aware network (five levels, attention
-    # at 12 x 12); short budgets so that the whole DAG fits 25 minutes on a 2-core CPU (figures in RESULTS.md)
-    "clinical-2d": {"data": {"image_size": 192},
-                    "train": {"steps": 200, "batch_size": 4, "warmup_steps": 20, "checkpoint_every": 50},
-                    "sample": {"samples_per_class": 16, "batch_size": 8},
-                    "eval": {"seeds": [0, 1], "ratios": [1.0], "real_fractions": [], "nfe_curve": [1, 4],
-                             "nfe_curve_samples": 4, "steps": 100, "seg_steps": 60, "batch_size": 16}},
-    # 3D at clinical size: 128^3 blocks at 1 mm (most of a brain; split by brain), flow matching in the latent space
-    # of a 4x autoencoder (4 x 32^3 latents); short budgets so that the whole DAG fits 40 minutes on a 2-core CPU
-    # (figures in RESULTS.md)
-    "clinical-3d": {"data": {"spatial_dims": 3, "image_size": 128, "depth": 128, "voxel_mm": 1},
-                    "model": {"space": "latent"},
-                    "autoencoder": {"steps": 800, "checkpoint_every": 100},
-                    "train": {"steps": 250, "batch_size": 4, "warmup_steps": 20, "checkpoint_every": 50},
-                    "sample": {"samples_per_class": 10, "batch_size": 4},
-                    "eval": {"seeds": [0, 1], "ratios": [1.0], "real_fractions": [], "nfe_curve": [1, 4],
-                             "nfe_curve_samples": 2, "steps": 45, "seg_steps": 30, "batch_size": 4,
-                             "downsample": 2}},
-}
-
 
 def build_config(dataset: str, image_size: int, train_steps: int | None, solver: str, nfe: int,
                  samples_per_class: int, seeds: list[int], overrides: dict[str, dict[str, Any]] | None,
@@ -116,7 +68,7 @@ def build_config(dataset: str, image_size: int, train_steps: int | None, solver:
     return cfg
 
 
-def enhance_configs(enhance: list[str], overrides: dict[str, dict[str, Any]]) -> list[EnhanceConfig]:
+def enhance_configs(enhance: Sequence[str], overrides: dict[str, dict[str, Any]]) -> list[EnhanceConfig]:
     """One EnhanceConfig per chosen enhancement task, with `overrides["enhance"]`; enhance settings without a task
     to apply them to are refused, not dropped."""
     settings = dict(overrides.get("enhance") or {})

@@ -160,8 +160,9 @@ class ModelConfig:
     image_size: int = 48
     depth: int = 16  # 3D only
     prediction: str = "velocity"  # "velocity": flow matching; "epsilon": the DDPM/DDIM baseline
-    mask_conditioning: str = "none"  # "concat" (one-hot mask channels), "controlnet" (MONAI ControlNet), or
-    # "auto" ("concat" when the dataset has masks, else "none"; resolved by `training.model_for_data`)
+    # "concat" (one-hot mask channels), "controlnet" (MONAI ControlNet), or "auto" ("concat" when the dataset has
+    # masks, else "none"; resolved by `training.model_for_data`)
+    mask_conditioning: str = "none"
     mask_classes: int = 0  # set from the dataset's mask_names when masks condition the model
     # recompute each residual block in backward: less memory, more compute (its forward runs twice). "auto": on when
     # the memory plan says a training step would not fit without it (motfm_core.memory); it never changes the result
@@ -328,9 +329,7 @@ class SampleConfig:
     max_redraws: int = 20
 
     def validate(self) -> None:
-        from motfm_core.solvers import METHODS
-
-        methods = (*METHODS, "ddpm", "ddim")
+        methods = SOLVER_CHOICES  # the `Solver` type's values (tests/core/test_config.py: the solvers' own names)
 
         _check(self.samples_per_class >= 1, "sample.samples_per_class must be >= 1")
         _check(self.shard_size >= 1, "sample.shard_size must be >= 1")
@@ -374,13 +373,15 @@ class EvalConfig:
     seg_channels: tuple[int, ...] = (8, 16, 32)
     nfe_curve: tuple[int, ...] = (1, 2, 4, 10, 20)  # Euler NFEs of the report's quality-vs-NFE curve (() = none)
     nfe_curve_samples: int = 32  # fresh samples per class at each NFE of the curve
-    subset_seed: int = 0  # picks the class-stratified real subset of each low-data arm (fixed across seeds); its
-    # generator is trained on exactly that subset (train.real_fraction / train.subset_seed)
+    # picks the class-stratified real subset of each low-data arm (fixed across seeds); its generator is trained on
+    # exactly that subset (train.real_fraction / train.subset_seed)
+    subset_seed: int = 0
     # the downstream models (and the quality metrics' feature extractor) see images average-pooled by this factor per
     # axis; a segmenter's masks are predicted back at native size (1 = native; 2 makes 128^3 volumes 8x cheaper)
     downsample: int = 1
-    memory_mb: int = 512  # an arm's synthetic images up to this size are loaded for its training; more are read
-    # from the store a batch at a time (same batches, same result), so memory stays flat however many there are
+    # an arm's synthetic images up to this size are loaded for its training; more are read from the store a batch at a
+    # time (same batches, same result), so memory stays flat however many there are
+    memory_mb: int = 512
 
     def validate(self) -> None:
         _check(len(self.seeds) >= 1, "eval.seeds must name at least one seed")

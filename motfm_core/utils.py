@@ -19,9 +19,10 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:  # torch loads where a function needs it: store tools (`motfm inspect`) run without it
+    import torch
 
 __all__ = ["atomic_path", "default_device", "figure_dpi", "file_sha256", "fsync_dir", "fsync_tree",
            "mmap_large_buffers", "save_atomic", "resumable", "sweep_leftovers", "temporary_name", "to_image_space",
@@ -34,6 +35,8 @@ M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter (malloc.h)
 
 def default_device(device: str | torch.device | None = None) -> torch.device:
     """`device` when given, else the first CUDA device when there is one, else the CPU."""
+    import torch
+
     if device:
         return torch.device(device)
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -160,6 +163,8 @@ def write_json_atomic(path: str | Path, obj: Any) -> Path:
 
 def save_atomic(obj: dict[str, Any], path: str | Path) -> None:
     """torch.save published whole: a reader never sees half a checkpoint."""
+    import torch
+
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -169,6 +174,8 @@ def resumable(path: str | Path, key: str, device: str | torch.device) -> dict[st
     interrupted stage resumes from it, a changed one starts afresh."""
     if not Path(path).exists():
         return None
+    import torch
+
     state = torch.load(path, map_location=device, weights_only=True)
     return state if state.get("run_key") == key else None
 

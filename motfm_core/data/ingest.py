@@ -198,7 +198,8 @@ def ingest(cfg: DataConfig, out_path: str | Path, progress: Callable[[str], None
                   "group_names": list(uniq)})
     check_sizes(cfg.source, arrays["labels"], arrays["split"])
     if cfg.source != "brain-mri" and not cfg.source.startswith("phantom"):  # users' data: the bundled sets are fixed
-        check_classes_in_splits(cfg.source, arrays["labels"], arrays["split"], attrs["class_names"], groups)
+        check_classes_in_splits(cfg.source, arrays["labels"], arrays["split"], attrs["class_names"],
+                                list(groups))
     path = write_dataset(out_path, arrays["images"], arrays["labels"], arrays["split"],
                          np.array([uniq[g] for g in groups]), attrs, masks=arrays["masks"],
                          keep_previous=cfg.keep_previous)

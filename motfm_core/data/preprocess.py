@@ -4,8 +4,6 @@ patient-level train/val/test split. Readers and the bundled sets (`brain`, `phan
 from __future__ import annotations
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 __all__ = ["NORMALISATION", "normalise", "patient_split", "resize"]
 
@@ -29,6 +27,9 @@ def resize(img: np.ndarray, shape: tuple[int, ...], nearest: bool = False) -> np
     for s in reversed(spatial):
         before = (side - s) // 2
         pads += [before, side - s - before]
+    import torch  # here, not at import: store tools (`motfm inspect`) load this package without torch
+    import torch.nn.functional as F
+
     x = F.pad(torch.from_numpy(np.ascontiguousarray(img, dtype=np.float32))[None], pads)
     if nearest:
         y = F.interpolate(x, size=shape, mode="nearest")

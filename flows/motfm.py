@@ -1,0 +1,66 @@
+"""The `motfm` command: `motfm run` (the synth-and-eval DAG, every option with `motfm run --help`), `motfm config`
+(every key with its type, default, choices and meaning; `--preset P` with a preset's values, `--markdown` for
+docs/parameters.md), `motfm inspect PATH` (what a store holds) and `motfm regenerate` (a new synthetic version from a
+finished run). Prefect and torch are imported only by the subcommands that run something, so `motfm --help`,
+`config` and `inspect` answer at once."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+__all__ = ["main"]
+
+COMMANDS = {
+    "run": "run the synth-and-eval DAG locally (Prefect's embedded mode); `motfm run --help` lists every option",
+    "config": "every config key with its type, default, choices and meaning (--preset P: that preset's values)",
+    "inspect": "what a dataset or synthetic store holds: versions, shards, counts per class, provenance",
+    "regenerate": "sample a new synthetic version from a finished run and re-evaluate (`motfm regenerate --help`)",
+}
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    p = argparse.ArgumentParser(prog="motfm", description="Synthetic medical images by flow matching, produced and "
+                                "proven by one Prefect DAG.")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, text in COMMANDS.items():
+        sub.add_parser(name, help=text, add_help=name in ("config", "inspect"))
+    config = sub.choices["config"]
+    config.add_argument("--preset", default=None, help="show this preset's values as the defaults")
+    config.add_argument("--markdown", action="store_true", help="markdown tables (docs/parameters.md)")
+    sub.choices["inspect"].add_argument("path", help="a dataset.zarr, a synthetic/vNNNN.zarr or a synthetic/ folder")
+    if argv and argv[0] in ("run", "regenerate"):  # their own parsers take the rest, --help included
+        if argv[0] == "run":
+            from flows.synth_and_eval import main as run
+        else:
+            from flows.regenerate import main as run
+        sys.argv = [f"motfm {argv[0]}", *argv[1:]]
+        run(argv[1:])
+        return
+    a = p.parse_args(argv)
+    try:
+        if a.command == "config":
+            print(config_reference(a.preset, a.markdown), end="")
+        else:
+            from motfm_core.data.describe import describe
+
+            print(describe(a.path))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"motfm: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+def config_reference(preset: str | None = None, markdown: bool = False) -> str:
+    """The parameter reference (with `preset`'s values as defaults), as text or markdown."""
+    from flows.presets import PRESETS
+    from motfm_core.reference import parameters, render_markdown, render_text
+
+    if preset is not None and preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+    rows = parameters(PRESETS.get(preset or "full"))
+    return render_markdown(rows) if markdown else render_text(rows)
+
+
+if __name__ == "__main__":
+    main()

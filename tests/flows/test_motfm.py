@@ -1,0 +1,71 @@
+"""The `motfm` command: lazy sub-commands, the generated parameter reference, and `motfm inspect`."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from flows.motfm import config_reference, main
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_help_config_and_inspect_do_not_start_prefect_or_torch():
+    """What makes `motfm --help` answer at once: no Prefect, torch or Dask import on these paths."""
+    code = ("import sys; from flows.motfm import main, config_reference; config_reference('demo');"
+            "from motfm_core.data.describe import describe;"
+            "print(sorted(m for m in ('prefect', 'torch', 'distributed', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_the_reference_lists_every_key_with_its_default_choices_and_meaning():
+    text = config_reference()
+    assert 'sample.solver = "euler"' in text and "train.steps = 1200  (int)" in text
+    assert 'model.space = "pixel"  (Space; one of "pixel", "latent")' in text
+    assert "data.keep_previous = 1  (int)  earlier builds of dataset.zarr" in text  # meaning: its line's comment
+    assert "sample.prune_grace_hours = 24.0  (float)  a version pruned away" in text  # meaning: the comment above
+    assert "train.steps = 180" in config_reference("demo") and "model.spatial_dims = 3" in config_reference("demo-3d")
+
+
+def test_the_generated_parameter_reference_is_not_stale():
+    committed = (ROOT / "docs" / "parameters.md").read_text()
+    assert committed == config_reference(markdown=True), "regenerate: motfm config --markdown > docs/parameters.md"
+
+
+def test_an_unknown_preset_or_path_is_one_line(capsys, tmp_path):
+    with pytest.raises(SystemExit) as e:
+        main(["config", "--preset", "tiny"])
+    assert e.value.code == 2 and capsys.readouterr().err.startswith("motfm: error: unknown preset 'tiny'")
+    with pytest.raises(SystemExit) as e:
+        main(["inspect", str(tmp_path)])
+    assert e.value.code == 2 and "neither a motfm store nor a folder of synthetic versions" in capsys.readouterr().err
+
+
+def test_inspect_shows_versions_shards_classes_and_provenance(tmp_path, capsys):
+    from motfm_core.data import create_synthetic_store, publish_latest, version_for, write_dataset, write_shard
+
+    rng = np.random.RandomState(0)
+    write_dataset(tmp_path / "dataset.zarr", rng.rand(10, 1, 8, 8).astype("f4"), np.arange(10) % 2,
+                  np.array([0] * 6 + [1] * 2 + [2] * 2), np.arange(10), {"class_names": ["a", "b"], "source": "x"})
+    main(["inspect", str(tmp_path / "dataset.zarr")])
+    real = capsys.readouterr().out
+    assert "real dataset, 10 samples" in real and "train: 6 (a: 3, b: 3)" in real
+    root = tmp_path / "synthetic"
+    attrs = {"class_names": ["a", "b"], "checkpoint": "model.pt", "checkpoint_sha256": "ab" * 32, "solver": "euler",
+             "nfe": 4, "guidance": 1.0, "sample_config": {"seed": 7}}
+    v1 = create_synthetic_store(version_for(root, "k1"), 8, (1, 8, 8), 4, {**attrs, "run_key": "k1"})
+    for i in range(2):
+        write_shard(v1, i, rng.rand(4, 1, 8, 8), np.array([0, 1, 1, 1]), np.arange(4 * i, 4 * i + 4),
+                    info={"rejected": 1, "redraws": 2})
+    publish_latest(v1)
+    v2 = create_synthetic_store(version_for(root, "k2"), 8, (1, 8, 8), 4, {**attrs, "run_key": "k2"})
+    write_shard(v2, 0, rng.rand(4, 1, 8, 8), np.zeros(4), np.arange(4))
+    main(["inspect", str(root)])
+    out = capsys.readouterr().out
+    assert "2 synthetic version(s)" in out and "v0001.zarr <- latest: complete, 2/2 shards" in out
+    assert "per class: a: 2, b: 6" in out and "solver euler, NFE 4" in out and "seed 7" in out
+    assert "2 samples redrawn as near-copies (4 redraws)" in out
+    assert "v0002.zarr: INCOMPLETE, 1/2 shards" in out and "missing shards: [1]" in out
