@@ -31,12 +31,19 @@ def main(argv: list[str] | None = None) -> None:
     config.add_argument("--markdown", action="store_true", help="markdown tables (docs/parameters.md)")
     sub.choices["inspect"].add_argument("path", help="a dataset.zarr, a synthetic/vNNNN.zarr or a synthetic/ folder")
     if argv and argv[0] in ("run", "regenerate"):  # their own parsers take the rest, --help included
-        if argv[0] == "run":
-            from flows.synth_and_eval import main as run
-        else:
-            from flows.regenerate import main as run
         sys.argv = [f"motfm {argv[0]}", *argv[1:]]
-        run(argv[1:])
+        if argv[0] == "run" and {"-h", "--help"} & set(argv[1:]):
+            from flows.arguments import parse_cli
+
+            parse_cli(argv[1:])  # prints the help (and exits) without importing Prefect
+        elif argv[0] == "run":
+            from flows.synth_and_eval import main as run
+
+            run(argv[1:])
+        else:
+            from flows.regenerate import main as regenerate
+
+            regenerate(argv[1:])
         return
     a = p.parse_args(argv)
     try:

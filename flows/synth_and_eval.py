@@ -7,10 +7,8 @@ Every stage is idempotent: re-running with the same parameters reuses finished s
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import inspect
-import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
@@ -21,14 +19,16 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
+from flows.arguments import FLOW_MASK_CONDITIONING, parse_cli
 from flows.cli import USER_ERRORS, prefect_ready, quiet_console, quiet_libraries
-from flows.presets import PRESETS
 from motfm_core.config import (
     MODEL_SIZES,
-    SOLVER_CHOICES,
+    DataConfig,
     EnhanceConfig,
     EnhanceTask,
+    EvalConfig,
     MaskConditioning,
+    ModelConfig,
     ModelSize,
     PipelineConfig,
     SampleConfig,
@@ -120,15 +120,15 @@ def write_config(run_dir: Path, c: dict[str, Any]) -> None:
 def synth_and_eval(
     run_name: str = "demo",
     output_root: str = "outputs",
-    dataset: str = "brain-mri",
-    image_size: int = 48,
-    model_size: ModelSize = "small",
-    mask_conditioning: MaskConditioning = "auto",
+    dataset: str = DataConfig.source,
+    image_size: int = DataConfig.image_size,
+    model_size: ModelSize = ModelConfig.size,
+    mask_conditioning: MaskConditioning = FLOW_MASK_CONDITIONING,
     train_steps: int | None = None,
-    solver: Solver = "euler",
-    nfe: int = 10,
-    samples_per_class: int = 80,  # 240 on the demo set: enough for the x2 ratio arm (114 real)
-    seeds: list[int] = [0, 1, 2],  # noqa: B006 (Prefect parameters are copied per run)
+    solver: Solver = SampleConfig.solver,
+    nfe: int = SampleConfig.nfe,
+    samples_per_class: int = SampleConfig.samples_per_class,
+    seeds: list[int] = list(EvalConfig.seeds),  # noqa: B006, B008 (Prefect copies parameters per run)
     enhance: list[EnhanceTask] | None = None,
     overrides: dict[str, dict[str, Any]] | None = None,
 ) -> str:
@@ -181,74 +181,6 @@ def sample_evaluate_report(run_name: str, cfg: PipelineConfig, data_path: str,
     evaluation = evaluate_task(data_path, stores[1.0], cfg.eval, str(run_dir), low)
     return report_task(run_name, cfg.to_dict(), data_path, generators[1.0][0], stores[1.0], evaluation, str(run_dir),
                        enhancements or [])
-
-
-# named CLI arguments and the config key each sets: given explicitly, they win over a preset; a --set of the same
-# key with another value is refused as ambiguous
-NAMED_KEYS = {"dataset": "data.source", "image_size": "data.image_size", "model_size": "model.size",
-              "mask_conditioning": "model.mask_conditioning", "train_steps": "train.steps", "solver": "sample.solver",
-              "nfe": "sample.nfe", "samples_per_class": "sample.samples_per_class", "seeds": "eval.seeds"}
-# a preset's own network: an explicit model size (--model-size, --set model.size) replaces it rather than being
-# ignored, since the preset's channels would otherwise win over the size
-PRESET_NETWORK = ("channels", "attention_levels", "num_head_channels")
-
-
-def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[str, dict[str, Any]]]:
-    """Arguments and the merged overrides: preset, then explicit named arguments, then --set values."""
-    p = argparse.ArgumentParser(description="Run the synth-and-eval DAG locally (Prefect embedded mode).")
-    p.add_argument("--run-name", default="demo")
-    p.add_argument("--output-root", default="outputs")
-    p.add_argument("--dataset", help="brain-mri (default), a MedMNIST .npz, or a folder with labels.csv")
-    p.add_argument("--image-size", type=int, help="default 48")
-    p.add_argument("--model-size", choices=sorted(MODEL_SIZES),
-                   help="network width (default small); the levels and attention follow the image size")
-    p.add_argument("--mask-conditioning", choices=["auto", "none", "concat", "controlnet"],
-                   help="condition on segmentation masks (default auto: when the dataset has them)")
-    p.add_argument("--train-steps", type=int)
-    p.add_argument("--solver", choices=SOLVER_CHOICES, help="default euler")
-    p.add_argument("--nfe", type=int, help="default 10")
-    p.add_argument("--samples-per-class", type=int, help="default 80")
-    p.add_argument("--seeds", type=int, nargs="+", help="default 0 1 2")
-    p.add_argument("--enhance", nargs="*", default=[], choices=["denoise", "superres"],
-                   help="also train and score image-enhancement flows on the real data")
-    p.add_argument("--preset", default="full", choices=sorted(PRESETS),
-                   help="a named budget (demo: fits 15 minutes on a 2-core CPU); explicit arguments win over it")
-    p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
-                   help="override any config value, e.g. --set train.lr=1e-3 --set model.channels=[32,64,64]")
-    p.add_argument("--debug", action="store_true", help="show full tracebacks instead of one error line")
-    p.add_argument("--verbose", action="store_true", help="show Prefect's and Dask's start-up logs too")
-    a = p.parse_args(argv)
-    overrides: dict[str, dict[str, Any]] = {k: dict(v) for k, v in PRESETS[a.preset].items()}
-    explicit = {}
-    for arg, key in NAMED_KEYS.items():
-        value = getattr(a, arg)
-        if value is not None:
-            section, name = key.split(".")
-            overrides.setdefault(section, {})[name] = value
-            explicit[key] = (arg, value)
-    for item in a.set:
-        key, _, value = item.partition("=")
-        section, _, name = key.partition(".")
-        if not name or not value:
-            p.error(f"--set {item!r}: use SECTION.KEY=VALUE, e.g. train.steps=100")
-        try:
-            parsed = json.loads(value)
-        except json.JSONDecodeError:
-            parsed = value
-        if key in explicit and explicit[key][1] != parsed:
-            arg, given = explicit[key]
-            p.error(f"--set {key}={value} contradicts --{arg.replace('_', '-')} {given}; give one of them")
-        overrides.setdefault(section, {})[name] = parsed
-        explicit.setdefault(key, ("set", parsed))
-    if "data.source" in explicit and explicit["data.source"][1] != "brain-mri" and "data.voxel_mm" not in explicit:
-        overrides.get("data", {}).pop("voxel_mm", None)  # a preset's bundled-brain grid: your data has its own
-    if "model.size" in explicit:
-        set_by_user = {k.split(".", 1)[1] for k, (arg, _) in explicit.items()
-                       if arg == "set" and k.startswith("model.")}
-        for name in PRESET_NETWORK:
-            if name not in set_by_user:
-                overrides.get("model", {}).pop(name, None)
-    return a, overrides
 
 
 def check_before_start(enhance: list[str], overrides: dict[str, dict[str, Any]]) -> str:

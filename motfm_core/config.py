@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import typing
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args
 
@@ -19,8 +20,8 @@ __all__ = ["auto_norm_groups", "AutoencoderConfig", "config_hash", "DataConfig",
            "GradientCheckpointing", "MaskConditioning", "MaskSource", "MODEL_SIZES", "ModelConfig", "ModelSize",
            "PipelineConfig", "SampleConfig", "Solver", "SOLVER_CHOICES", "Space", "TrainConfig"]
 
-# The choices of the flow parameters, as types: Prefect validates a run's parameters against them before it
-# starts, and the deployment's parameter schema lists them. `tests/core` checks they match what the code accepts.
+# Every choice, as a type: the config fields are typed with them, and `check_choices` (every validate()), the CLI's
+# argparse choices, Prefect's parameter schema and `motfm config` all read them from here.
 Solver = Literal["euler", "midpoint", "heun", "rk4", "dopri5", "ddpm", "ddim"]
 ModelSize = Literal["small", "medium", "large"]
 MaskConditioning = Literal["auto", "none", "concat", "controlnet"]
@@ -28,6 +29,12 @@ MaskSource = Literal["auto", "train", "deformed", "generated"]
 EnhanceTask = Literal["denoise", "superres"]
 GradientCheckpointing = Literal["auto", "on", "off"]
 Space = Literal["pixel", "latent"]
+SpatialDims = Literal[2, 3]
+Prediction = Literal["velocity", "epsilon"]
+TimeSampling = Literal["uniform", "logit_normal"]
+Coupling = Literal["independent", "ot", "sinkhorn"]
+Compression = Literal["zstd", "none"]
+Precision = Literal["auto", "bf16", "fp32"]
 SOLVER_CHOICES: tuple[str, ...] = get_args(Solver)
 
 class _Dataclass(Protocol):
@@ -93,13 +100,22 @@ def _check(cond: bool, msg: str) -> None:
         raise ValueError(msg)
 
 
+def check_choices(obj: Any, section: str) -> None:
+    """Refuse a field whose value is not one of its `Literal` type's choices, naming the key and the choices."""
+    hints = typing.get_type_hints(type(obj), globals())
+    for f in fields(obj):
+        tp = hints[f.name]
+        if typing.get_origin(tp) is Literal and getattr(obj, f.name) not in get_args(tp):
+            raise ValueError(f"{section}.{f.name} must be one of {list(get_args(tp))}, got {getattr(obj, f.name)!r}")
+
+
 @dataclass
 class DataConfig:
     """How the real dataset is built. `source` is `brain-mri` (bundled), a `.npz`, or a folder with labels.csv."""
 
     source: str = "brain-mri"
     image_size: int = 48
-    spatial_dims: int = 2
+    spatial_dims: SpatialDims = 2
     depth: int = 16  # 3D only: slices per crop along the last axis
     # brain-mri 3D only: voxel side in mm (0 = 2 mm); blocks too large for the 28 mm split slabs are split by brain
     voxel_mm: float = 0.0
@@ -114,7 +130,7 @@ class DataConfig:
         return (self.image_size,) * 2 if self.spatial_dims == 2 else (self.image_size, self.image_size, self.depth)
 
     def validate(self) -> None:
-        _check(self.spatial_dims in (2, 3), f"data.spatial_dims must be 2 or 3, got {self.spatial_dims}")
+        check_choices(self, "data")
         _check(8 <= self.image_size <= 512 and self.image_size % 8 == 0,
                f"data.image_size must be a multiple of 8 in [8, 512], got {self.image_size}")
         _check(self.depth % 4 == 0 and self.depth >= 4, f"data.depth must be a multiple of 4 >= 4, got {self.depth}")
@@ -147,10 +163,10 @@ class ModelConfig:
     Explicit `channels` / `attention_levels` win over the sizing. With space="latent" the geometry (`image_size`,
     `depth`, `in_channels`) is the autoencoder's latent grid, set from the data and `autoencoder` sections."""
 
-    spatial_dims: int = 2
+    spatial_dims: SpatialDims = 2
     in_channels: int = 1
     num_classes: int = 3
-    size: str = "small"  # small / medium / large: the first level's width (32 / 64 / 128 channels)
+    size: ModelSize = "small"  # small / medium / large: the first level's width (32 / 64 / 128 channels)
     channels: tuple[int, ...] = ()  # () = sized from `size` and the image (48 px small: 32, 64, 64)
     attention_levels: tuple[bool, ...] = ()  # () = at the deepest level if its tokens are within the limit
     max_attention_tokens: int = 0  # 0 = 1024 tokens in 2D, 512 in 3D; an attention level over it is refused
@@ -159,10 +175,10 @@ class ModelConfig:
     norm_num_groups: int = 0  # 0 = auto: every GroupNorm group holds >= 4 channels (see `auto_norm_groups`)
     image_size: int = 48
     depth: int = 16  # 3D only
-    prediction: str = "velocity"  # "velocity": flow matching; "epsilon": the DDPM/DDIM baseline
+    prediction: Prediction = "velocity"  # "velocity": flow matching; "epsilon": the DDPM/DDIM baseline
     # "concat" (one-hot mask channels), "controlnet" (MONAI ControlNet), or "auto" ("concat" when the dataset has
     # masks, else "none"; resolved by `training.model_for_data`)
-    mask_conditioning: str = "none"
+    mask_conditioning: MaskConditioning = "none"
     mask_classes: int = 0  # set from the dataset's mask_names when masks condition the model
     # recompute each residual block in backward: less memory, more compute (its forward runs twice). "auto": on when
     # the memory plan says a training step would not fit without it (motfm_core.memory); it never changes the result
@@ -192,18 +208,8 @@ class ModelConfig:
             self.norm_num_groups = auto_norm_groups(tuple(self.channels))
 
     def validate(self) -> None:
-        _check(self.spatial_dims in (2, 3), f"model.spatial_dims must be 2 or 3, got {self.spatial_dims}")
-        _check(self.size in WIDTHS, f"model.size must be one of {sorted(WIDTHS)}, got {self.size!r}")
-        _check(self.gradient_checkpointing in get_args(GradientCheckpointing),
-               f"model.gradient_checkpointing must be one of {list(get_args(GradientCheckpointing))}, got "
-               f"{self.gradient_checkpointing!r}")
-        _check(self.space in get_args(Space), f"model.space must be one of {list(get_args(Space))}, got {self.space!r}")
+        check_choices(self, "model")
         _check(self.max_attention_tokens >= 0, "model.max_attention_tokens must be >= 0 (0 = the default limit)")
-        _check(self.mask_conditioning in ("none", "concat", "controlnet", "auto"),
-               "model.mask_conditioning must be 'none', 'concat', 'controlnet' or 'auto', got "
-               f"{self.mask_conditioning!r}")
-        _check(self.prediction in ("velocity", "epsilon"),
-               f"model.prediction must be 'velocity' (flow matching) or 'epsilon' (DDPM), got {self.prediction!r}")
         _check(len(self.channels) == len(self.attention_levels),
                f"model.channels {self.channels} and model.attention_levels {self.attention_levels} differ in length")
         _check(self.norm_num_groups >= 1,
@@ -241,9 +247,9 @@ class TrainConfig:
     # is not mostly its random initial weights (0.995^150 = 47% of it after 150 steps); False: ema_decay from step 0
     ema_warmup: bool = True
     grad_clip: float = 1.0
-    time_sampling: str = "uniform"  # or "logit_normal"
+    time_sampling: TimeSampling = "uniform"  # or "logit_normal"
     time_shift: float = 1.0  # > 1 spends more training time near noise (SD3/MAISI resolution shift)
-    coupling: str = "independent"  # "ot" (minibatch exact OT, within class) or "sinkhorn" (entropic OT)
+    coupling: Coupling = "independent"  # "ot" (minibatch exact OT, within class) or "sinkhorn" (entropic OT)
     class_dropout: float = 0.1  # drop labels to the null class for classifier-free guidance
     checkpoint_every: int = 200
     seed: int = 0
@@ -264,6 +270,7 @@ class TrainConfig:
     memory_gb: float = 0.0
 
     def validate(self) -> None:
+        check_choices(self, "train")
         _check(self.steps >= 1 and self.batch_size >= 1, "train.steps and train.batch_size must be >= 1")
         _check(self.memory_gb >= 0,
                f"train.memory_gb must be >= 0 (0 = the device's free memory), got {self.memory_gb}")
@@ -272,10 +279,6 @@ class TrainConfig:
         _check(0 < self.real_fraction <= 1, f"train.real_fraction must lie in (0, 1], got {self.real_fraction}")
         _check(self.lr > 0, f"train.lr must be > 0, got {self.lr}")
         _check(self.reflow_pairs >= 1 and self.reflow_steps >= 1, "train.reflow_pairs and reflow_steps must be >= 1")
-        _check(self.time_sampling in ("uniform", "logit_normal"),
-               f"train.time_sampling must be 'uniform' or 'logit_normal', got {self.time_sampling!r}")
-        _check(self.coupling in ("independent", "ot", "sinkhorn"),
-               f"train.coupling must be 'independent', 'ot' or 'sinkhorn', got {self.coupling!r}")
         _check(self.time_shift > 0, f"train.time_shift must be > 0, got {self.time_shift}")
         _check(0.0 <= self.class_dropout < 1.0, "train.class_dropout must lie in [0, 1)")
         _check(0.0 <= self.ema_decay < 1.0, "train.ema_decay must lie in [0, 1)")
@@ -285,22 +288,22 @@ class TrainConfig:
 class SampleConfig:
     """Large-scale sampling into a sharded Zarr store."""
 
-    samples_per_class: int = 64
+    samples_per_class: int = 80  # 240 on the demo set: enough for the x2 ratio arm (114 real)
     shard_size: int = 32
     # the images' codec inside a shard: "zstd" (smaller stores) or "none" (with large shards the writer then runs
     # close to the disk's bandwidth); the figures are in benchmarks/RESULTS.md, writer options
-    compression: str = "zstd"
+    compression: Compression = "zstd"
     # flush each shard's data to disk before its completion record (a power cut then never leaves a record over
     # lost data); false writes faster where a lost run is simply re-run (benchmarks/RESULTS.md, writer options)
     fsync: bool = True
-    solver: str = "euler"  # flow models: euler/midpoint/heun/rk4/dopri5; DDPM models: ddpm (1000) or ddim
+    solver: Solver = "euler"  # flow models: euler/midpoint/heun/rk4/dopri5; DDPM models: ddpm (1000) or ddim
     nfe: int = 10  # solver steps: euler spends exactly this many evaluations (dopri5: adaptive, ignored)
     guidance: float = 1.0  # classifier-free guidance scale; 1.0 = plain conditional model
     rtol: float = 1e-5  # dopri5 only: error tolerances (the NFE it spends follows from them)
     atol: float = 1e-5
     batch_size: int = 64  # images per forward pass; on a GPU raise it until memory is full
     compile: bool = False  # torch.compile the network (pays off on a GPU for large runs)
-    precision: str = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on a CPU), "bf16" (autocast on any device), "fp32"
+    precision: Precision = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on a CPU), "bf16" (on any device), "fp32"
     workers: int = 0  # Dask workers of the local cluster (0 = one per GPU, or one on a CPU)
     scheduler: str = ""  # address of an existing Dask scheduler (or $MOTFM_DASK_SCHEDULER); "" = local cluster
     seed: int = 1234
@@ -312,11 +315,10 @@ class SampleConfig:
     # masks, cycling: copies), "deformed" (a training mask under a random affine + elastic deformation drawn
     # from the sample's seed), "generated" (a class-conditional flow model over masks, its own train stage), or
     # "auto" (AUTO_MASK_SOURCE when the model is mask-conditioned; nothing otherwise)
-    # The defaults (deformed masks at these strengths, with the copy guard) measured best on the bundled data
-    # (benchmarks/novelty.py --preset bench, 2026-11-29: 0% flagged, recall 0.47, MS-SSIM -22% of the real one,
-    # the best Dice gain of the new-image variants); twice these strengths made recall 0.58 but MS-SSIM -42%, a
-    # third of them 17.5% flagged copies without the guard.
-    mask_source: str = "auto"
+    # The defaults (deformed masks at these strengths, with the copy guard) measured best on the bundled data of
+    # the variants benchmarks/novelty.py compares (no near-copies, the best segmenter gain; stronger deformation
+    # covers more but makes same-class pairs less alike, weaker lets copies through): figures in RESULTS.md.
+    mask_source: MaskSource = "auto"
     deform_rotate: float = 7.5  # degrees, uniform in +-
     deform_scale: float = 0.075  # scale factor 1 +- this, per axis
     deform_translate: float = 0.03  # shift, fraction of the image side, per axis
@@ -329,23 +331,15 @@ class SampleConfig:
     max_redraws: int = 20
 
     def validate(self) -> None:
-        methods = SOLVER_CHOICES  # the `Solver` type's values (tests/core/test_config.py: the solvers' own names)
-
+        check_choices(self, "sample")
         _check(self.samples_per_class >= 1, "sample.samples_per_class must be >= 1")
         _check(self.shard_size >= 1, "sample.shard_size must be >= 1")
-        _check(self.compression in ("zstd", "none"),
-               f"sample.compression must be 'zstd' or 'none', got {self.compression!r}")
         _check(self.nfe >= 1, f"sample.nfe must be >= 1, got {self.nfe}")
-        _check(self.solver in methods, f"sample.solver must be one of {sorted(methods)}, got {self.solver!r}")
         _check(self.guidance >= 0.0, "sample.guidance must be >= 0")
         _check(self.rtol > 0 and self.atol > 0, "sample.rtol and sample.atol must be > 0")
         _check(self.workers >= 0, "sample.workers must be >= 0 (0 = one per GPU, or one on a CPU)")
-        _check(self.precision in ("auto", "bf16", "fp32"),
-               f"sample.precision must be 'auto', 'bf16' or 'fp32', got {self.precision!r}")
         _check(self.keep_versions >= 0, "sample.keep_versions must be >= 0 (0 keeps all)")
         _check(self.prune_grace_hours >= 0, "sample.prune_grace_hours must be >= 0")
-        _check(self.mask_source in ("auto", "train", "deformed", "generated"),
-               f"sample.mask_source must be 'auto', 'train', 'deformed' or 'generated', got {self.mask_source!r}")
         _check(0 <= self.deform_rotate <= 180 and 0 <= self.deform_scale < 1 and 0 <= self.deform_translate < 0.5,
                "sample.deform_rotate must lie in [0, 180] degrees, deform_scale in [0, 1), deform_translate in "
                "[0, 0.5)")
@@ -402,7 +396,7 @@ class EvalConfig:
 class EnhanceConfig:
     """One enhancement task and its training recipe."""
 
-    task: str = "denoise"  # or "superres"
+    task: EnhanceTask = "denoise"
     level: float = 0.0  # noise sigma (images in [0, 1]) or integer downsampling factor; 0 = the task's default
     source_noise: float = 0.02
     channels: tuple[int, ...] = (32, 64, 64)
@@ -417,7 +411,7 @@ class EnhanceConfig:
             self.level = 2.0 if self.task == "superres" else 0.1
 
     def validate(self) -> None:
-        _check(self.task in ("denoise", "superres"), f"enhance.task must be 'denoise' or 'superres', got {self.task!r}")
+        check_choices(self, "enhance")
         if self.task == "superres":
             _check(float(self.level).is_integer() and self.level >= 2,
                    "enhance.level for superres: integer factor >= 2")

@@ -13,15 +13,17 @@ Every source draws from per-sample seeds only, so any batch or shard layout give
 
 from __future__ import annotations
 
+from typing import get_args
+
 import numpy as np
 import torch
 
-from motfm_core.config import SampleConfig
+from motfm_core.config import MaskSource, SampleConfig
 
 __all__ = ["AUTO_MASK_SOURCE", "cycle_by_class", "deform", "deform_columns", "MASK_SEED_SALT", "mask_seeds",
            "MASK_SOURCES", "resolve_mask_source"]
 
-MASK_SOURCES = ("train", "deformed", "generated")
+MASK_SOURCES = tuple(s for s in get_args(MaskSource) if s != "auto")  # the sources "auto" can mean
 AUTO_MASK_SOURCE = "deformed"  # what sample.mask_source="auto" means: the source that measured best on the demo data
 
 

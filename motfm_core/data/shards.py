@@ -1,8 +1,8 @@
 """Writing one whole Zarr v3 shard as one file, encoded here instead of by zarr-python's codec pipeline.
 
-Through zarr-python's async codec pipeline (~0.16 ms of Python per chunk, metadata read per array) the sampler
-wrote the demo's 32-image shards at 4% of this machine's raw disk bandwidth; encoded here, 11% (2.7x; the rest is
-each shard's files and directories), and 94% with 1024-image uncompressed shards (benchmarks/writer_options.py).
+Why: zarr-python's async codec pipeline spends Python time per chunk and reads each array's metadata per write,
+which made it the sampler's bottleneck; encoded here the writer is several times faster, and still faster at the
+large shards the writer benchmark advises (benchmarks/writer_options.py; the figures are in RESULTS.md).
 A shard the sampler writes is always whole, and its layout is the one
 `create_synthetic_store` makes: the sharding codec with chunks along the first axis only, inner codecs `bytes`
 (little-endian) and optionally `zstd`, index `bytes` + `crc32c` at the end. For that layout the shard file is the

@@ -33,7 +33,7 @@ __all__ = ["CHUNK_BYTES", "StoreDamaged", "completed_shards", "create_synthetic_
            "incomplete_shards", "load_synthetic", "num_shards", "open_synthetic", "require_complete",
            "samples_per_chunk", "shard_bounds", "shard_complete", "sweep_store", "write_shard"]
 
-CHUNK_BYTES = 128 * 1024  # zarr-python spends ~0.3 ms per chunk: tiny chunks cap writes near 30 MB/s
+CHUNK_BYTES = 128 * 1024  # per-chunk overhead dominates below this (one-sample chunks capped the writer)
 
 
 class StoreDamaged(ValueError):

@@ -37,3 +37,51 @@ def test_choice_types_match_the_code():
         SampleConfig(solver="magic").validate()
     with pytest.raises(ValueError):
         EnhanceConfig(task="deblur").validate()
+
+
+def _literal_fields():
+    """(section, config class, field, choices) of every field typed with a Literal, read from the dataclasses."""
+    import dataclasses
+    import typing
+
+    from motfm_core import config
+
+    out = []
+    for section, cls in (("data", config.DataConfig), ("model", config.ModelConfig), ("train", config.TrainConfig),
+                         ("sample", config.SampleConfig), ("eval", config.EvalConfig),
+                         ("autoencoder", config.AutoencoderConfig), ("enhance", config.EnhanceConfig)):
+        hints = typing.get_type_hints(cls, vars(config))
+        out += [(section, cls, f.name, get_args(hints[f.name])) for f in dataclasses.fields(cls)
+                if typing.get_origin(hints[f.name]) is typing.Literal]
+    return out
+
+
+def test_every_choice_is_declared_once_as_a_type_and_checked_from_it():
+    """The choices live in the fields' Literal types; validate() refuses anything else with one message shape,
+    and from_dict (what --set and the flow's overrides go through) applies the same check."""
+    from motfm_core.config import from_dict
+
+    fields = _literal_fields()
+    assert {f"{s}.{n}" for s, _, n, _ in fields} >= {
+        "data.spatial_dims", "model.size", "model.mask_conditioning", "model.prediction", "model.space",
+        "train.time_sampling", "train.coupling", "sample.solver", "sample.compression", "sample.precision",
+        "sample.mask_source", "enhance.task"}
+    for section, cls, name, _ in fields:
+        with pytest.raises(ValueError, match=rf"^{section}\.{name} must be one of \[.*\], got 'bogus'$"):
+            from_dict(cls, {name: "bogus"}, section)
+
+
+def test_the_flow_parameters_default_to_the_config_defaults():
+    """Compared, not copied: each named flow parameter's default is its config field's (mask conditioning is the
+    one the flow sets itself: a run conditions on masks when the dataset has them)."""
+    import inspect
+
+    from flows.arguments import FLOW_MASK_CONDITIONING
+    from flows.synth_and_eval import synth_and_eval
+    from motfm_core.config import DataConfig, EvalConfig
+
+    defaults = {k: p.default for k, p in inspect.signature(synth_and_eval.fn).parameters.items()}
+    assert defaults["dataset"] == DataConfig().source and defaults["image_size"] == DataConfig().image_size
+    assert defaults["model_size"] == ModelConfig().size and defaults["solver"] == SampleConfig().solver
+    assert defaults["nfe"] == SampleConfig().nfe and defaults["samples_per_class"] == SampleConfig().samples_per_class
+    assert tuple(defaults["seeds"]) == EvalConfig().seeds and defaults["mask_conditioning"] == FLOW_MASK_CONDITIONING
