@@ -285,7 +285,7 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
             "rank_rows": [[rows.start, rows.stop] for rows in (ddp.rank_slice(batch, ddp.Rank(r, rank.world))
                                                                 for r in range(rank.world))]}
     t_start = time.time()
-    first_step, last_said = step, t_start
+    first_step, last_said, t_steady = step, t_start, t_start
     model.train()
     while step < cfg.steps:
         idx = torch.randint(0, n, (batch,), generator=gen, device=device)
@@ -295,13 +295,16 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
                           x0=x0, part=part, forward=forward)
         step += 1
         losses.append(float(rank.mean(loss.detach())))
+        if step == first_step + 1:  # the first step pays for allocation and kernel selection: not a rate to plan by
+            t_steady = time.time()
         saving = step % cfg.checkpoint_every == 0 or step == cfg.steps
         if saving and rank.main:
             save_atomic({**meta, "step": step, "losses": losses, "model": model.state_dict(),
                          "ema": ema.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state()}, last)
         now = time.time()
         if saving or now - last_said >= PROGRESS_SECONDS:  # a line at least every PROGRESS_SECONDS of work
-            per_step = (now - t_start) / (step - first_step)
+            steady = step - first_step - 1
+            per_step = (now - t_steady) / steady if steady else now - t_start
             say(f"train: step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.4f}, {per_step:.2f} s/step, "
                 f"ETA {per_step * (cfg.steps - step):.0f}s ({now - t_start:.0f}s)" + (", checkpoint" if saving else ""))
             last_said = now

@@ -27,7 +27,7 @@ def test_classical_gaussian_filter_removes_noise():
 def test_bad_enhance_config():
     with pytest.raises(ValueError, match="integer factor"):
         EnhanceConfig(task="superres", level=1.5).validate()
-    with pytest.raises(ValueError, match="'denoise' or 'superres'"):
+    with pytest.raises(ValueError, match=r"enhance.task must be one of \['denoise', 'superres'\], got 'deblur'"):
         EnhanceConfig(task="deblur").validate()
 
 
