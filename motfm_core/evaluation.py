@@ -98,7 +98,7 @@ def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalCon
         advance(1.0)
     q, base, g = result.quality.synthetic_vs_test, result.quality.train_vs_test, result.augmentation.gain["accuracy"]
     say(f"evaluate: in-domain FID synthetic-vs-test {q.fid:.3f} (real train-vs-test {base.fid:.3f}), precision "
-        f"{q.precision:.2f}, recall {q.recall:.2f}")
+        f"{q.precision:.2f}, recall {q.recall:.2f}, density {q.density:.2f}, coverage {q.coverage:.2f}")
     say(f"evaluate: accuracy gain {g.mean:+.3f} ± {g.std:.3f} over {g.n} seeds (95% CI {g.ci95_low:+.3f}.."
         f"{g.ci95_high:+.3f}); {100 * result.memorisation.fraction_flagged:.1f}% of synthetic images flagged as "
         "near-copies")

@@ -36,20 +36,23 @@ from motfm_core.sampling import Sampler
 from motfm_core.supervised import train_classifier
 from motfm_core.utils import default_device, to_model_space
 
-__all__ = ["Diversity", "diversity", "FeatureExtractor", "fid", "kid", "NfePoint", "nfe_curve", "precision_recall",
+__all__ = ["density_coverage", "Diversity", "diversity", "FeatureExtractor", "fid", "kid", "NfePoint", "nfe_curve",
+           "precision_recall",
            "Quality", "quality", "Scores", "swd", "synthetic_quality"]
 
 
 @dataclass(frozen=True)
 class Scores(Result):
-    """One set against the real test split: FID, KID and precision/recall on in-domain features; pixel-level
-    SWD per pyramid level (`level0` finest, `mean`) when images were given."""
+    """One set against the real test split: FID, KID, precision/recall and density/coverage on in-domain
+    features; pixel-level SWD per pyramid level (`level0` finest, `mean`) when images were given."""
 
     fid: float
     kid: float
     precision: float
     recall: float
     swd: dict[str, float] | None = optional()
+    density: float | None = optional()  # reports written before density/coverage lack them
+    coverage: float | None = optional()
 
 
 @dataclass(frozen=True)
@@ -166,6 +169,24 @@ def precision_recall(real: np.ndarray, fake: np.ndarray, k: int = 3, block: int 
     return {"precision": inside_real / len(fake), "recall": inside_fake / len(real)}
 
 
+def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 3, block: int = 1024) -> dict[str, float]:
+    """Density and coverage (Naeem et al. 2020), on the same k-NN balls around the real points as precision and
+    recall, so that one real outlier's large ball cannot vouch for many fakes. Density: how many real balls hold
+    each fake, over k (about 1 when the fakes follow the real distribution, (k + 1) / k for a copy of the real
+    set, above 1 where fakes crowd into dense real regions). Coverage: share of real points whose ball holds at
+    least one fake. Written here (numpy, blocked like precision_recall) rather than taken from the authors'
+    package, which computes full distance matrices."""
+    k = min(k, len(real) - 1, len(fake) - 1)
+    r_real = _knn_radius(real, k, block)
+    held = 0  # (fake, real ball) pairs with the fake inside the ball
+    covered = np.zeros(len(real), dtype=bool)
+    for _, d in _distance_blocks(fake, real, block):
+        inside = d <= r_real[None]
+        held += int(inside.sum())
+        covered |= inside.any(0)
+    return {"density": held / (k * len(fake)), "coverage": float(covered.mean())}
+
+
 def _laplacian_pyramid(x: torch.Tensor, levels: int) -> list[torch.Tensor]:
     """Band-pass levels, finest first, then the coarsest low-pass; x (B, C, H, W)."""
     out, cur = [], x
@@ -234,7 +255,7 @@ def quality(real_train: np.ndarray, real_test: np.ndarray, fake: np.ndarray,
     real_train/real_test/fake are features; `images` ({"train", "test", "fake"}) adds the pixel-level SWD.
     """
     def block(a: np.ndarray, b: np.ndarray, pixels: str) -> Scores:
-        return Scores(fid=fid(a, b), kid=kid(a, b), **precision_recall(a, b),
+        return Scores(fid=fid(a, b), kid=kid(a, b), **precision_recall(a, b), **density_coverage(a, b),
                       swd=None if images is None else swd(images["test"], images[pixels]))
 
     return Quality(synthetic_vs_test=block(real_test, fake, "fake"),

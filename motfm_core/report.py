@@ -184,7 +184,11 @@ def coverage_lines(report: Report) -> list[str]:
     if mem.copy_guard is not None and mem.copy_guard.enabled:
         out[-1] += f", after the copy guard redrew {mem.copy_guard.redrawn_samples} sample(s)"
     out[-1] += (f". Coverage of the real test distribution (recall): {syn.recall:.2f} (real train: "
-                f"{base.recall:.2f}; precision {syn.precision:.2f}).")
+                f"{base.recall:.2f}; precision {syn.precision:.2f})")
+    if syn.coverage is not None and base.coverage is not None:
+        out[-1] += (f"; robust to outliers (Naeem et al. 2020): coverage {syn.coverage:.2f}, density "
+                    f"{syn.density:.2f} (real train: {base.coverage:.2f}, {base.density:.2f})")
+    out[-1] += "."
     d = q.diversity
     if d:
         s_, r_ = d["synthetic"].ms_ssim, d["real_train"].ms_ssim
@@ -237,17 +241,20 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
     lines += _gains_table(evaluation)
     q = evaluation.quality
     if q:
-        lines += ["", f"Image quality against the real test split. FID/KID/precision/recall on in-domain features "
-                  f"({q.feature_dim}-d, from a classifier trained on the real train split: anatomy-sensitive, "
-                  "blind to blur); SWD (x1e3) on Laplacian-pyramid patches, finest level first (detail-sensitive). "
-                  "Lower FID/KID/SWD is better; precision = fidelity, recall = coverage.", "",
-                  "| compared with real test | FID | KID | precision | recall | SWD fine / mid / coarse |",
-                  "|---|---|---|---|---|---|"]
+        lines += ["", f"Image quality against the real test split. FID/KID/precision/recall/density/coverage on "
+                  f"in-domain features ({q.feature_dim}-d, from a classifier trained on the real train split: "
+                  "anatomy-sensitive, blind to blur); SWD (x1e3) on Laplacian-pyramid patches, finest level first "
+                  "(detail-sensitive). Lower FID/KID/SWD is better; precision = fidelity, recall = coverage, and "
+                  "density / coverage the same two questions asked so that outliers cannot inflate them (density "
+                  "about 1 when the synthetic images follow the real ones).", "",
+                  "| compared with real test | FID | KID | precision | recall | density | coverage | SWD fine / mid / "
+                  "coarse |", "|---|---|---|---|---|---|---|---|"]
         for name, row in (("synthetic", q.synthetic_vs_test), ("real train (baseline)", q.train_vs_test)):
             sw = row.swd or {}
             levels = " / ".join(f"{sw[k]:.0f}" for k in sorted(sw) if k.startswith("level")) or "n/a"
+            dc = " | ".join("n/a" if v is None else f"{v:.2f}" for v in (row.density, row.coverage))
             lines.append(f"| {name} | {row.fid:.3f} | {row.kid:.4f} | {row.precision:.2f} | {row.recall:.2f} | "
-                         f"{levels} |")
+                         f"{dc} | {levels} |")
     if q.reconstruction:
         r = q.reconstruction
         lines += ["", f"Latent model: its autoencoder reproduces {r.images} real test images at PSNR {r.psnr:.1f} dB, "

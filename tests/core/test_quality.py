@@ -148,3 +148,29 @@ def test_diversity_of_large_volumes_is_pooled_and_on_fewer_pairs():
     pooled = volumes.reshape(6, 1, 8, 2, 8, 2, 8, 2).mean((3, 5, 7))
     at_two = diversity(volumes, labels, pairs=40, downsample=2)
     assert abs(at_two.ms_ssim - diversity(pooled, labels, pairs=40).ms_ssim) < 1e-5
+
+
+def test_density_and_coverage_follow_the_published_formulas():
+    """Naeem et al. 2020, on cases with known answers: a copy of the real set (coverage 1, density exactly
+    (k + 1) / k: each fake lies in its own ball and its k neighbours'), a set far away (both 0), the all-pairs
+    definition on random sets (blocks of 7 rows), and a real outlier whose large ball makes precision vouch for
+    fakes that no dense real region holds (precision 1, density only 1 / k)."""
+    from motfm_core.quality import density_coverage
+
+    real = gauss(200, d=4)
+    assert density_coverage(real, real.copy(), k=5) == pytest.approx({"density": 6 / 5, "coverage": 1.0})
+    assert density_coverage(real, gauss(200, d=4, shift=20.0, seed=1), k=5) == {"density": 0.0, "coverage": 0.0}
+
+    rng = np.random.RandomState(0)
+    a, b = rng.randn(50, 8), rng.randn(37, 8) * 1.3 + 0.4
+    r = np.sort(np.sqrt(((a[:, None] - a[None]) ** 2).sum(-1)), axis=1)[:, 3]
+    inside = np.sqrt(((b[:, None] - a[None]) ** 2).sum(-1)) <= r[None]
+    want = {"density": inside.sum() / (3 * len(b)), "coverage": inside.any(0).mean()}
+    assert density_coverage(a, b, k=3, block=7) == pytest.approx(want, abs=1e-12)
+
+    cluster = rng.randn(100, 2) * 0.1
+    real = np.vstack([cluster, [[100.0, 0.0]]])  # one real outlier: its 3-NN ball reaches back to the cluster
+    fake = np.array([[50.0, y] for y in np.linspace(-1, 1, 20)])  # nowhere near the real data
+    assert precision_recall(real, fake, k=3)["precision"] == 1.0  # fooled: all inside the outlier's ball
+    dc = density_coverage(real, fake, k=3)
+    assert dc["density"] == pytest.approx(1 / 3) and dc["coverage"] == pytest.approx(1 / 101)
