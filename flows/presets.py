@@ -20,8 +20,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "bench": {"train": {"steps": 800}, "eval": {"real_fractions": [], "nfe_curve": [1, 4, 10]}},
     "demo": {"train": {"steps": 180, "batch_size": 16, "warmup_steps": 20, "checkpoint_every": 60},
              "sample": {"samples_per_class": 40},
-             "eval": {"ratios": [1.0], "real_fractions": [0.25], "nfe_curve": [1, 4, 10], "steps": 160,
-                      "seg_steps": 100}},
+             "eval": {"ratios": [1.0], "real_fractions": [0.25], "nfe_curve": [1, 4, 10], "nfe_arms": [1],
+                      "steps": 160, "seg_steps": 100}},
     # `make demo-3d`: the DAG in 3D on sub-volume blocks of the bundled brains (32 x 32 x 8 voxels at 2 mm). The
     # small UNet's 3D step is three times the cost of this narrower one without attention levels (MONAI's mid block
     # still attends over its 8 x 8 x 2 bottleneck); no low-data generator (it would double the training)

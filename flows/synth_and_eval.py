@@ -174,11 +174,16 @@ def sample_evaluate_report(run_name: str, cfg: PipelineConfig, data_path: str,
                            enhancements: list[str] | None = None) -> str:
     """The stages after training (shared with `regenerate-synthetic`): sample every generator, evaluate the
     arms (low-data arms on their own generators' stores), report; returns the report path."""
+    ckpt, masks, where = generators[1.0]
     with run_cluster(cfg.sample) as scheduler:  # one Dask cluster for every generator's sampling
-        stores = {f: synthesise(ckpt, cfg.sample, where, masks, scheduler)
-                  for f, (ckpt, masks, where) in generators.items()}
+        stores = {f: synthesise(c, cfg.sample, w, m, scheduler) for f, (c, m, w) in generators.items()}
+        # downstream value per NFE: the all-data generator sampled again at each other NFE, a version of its own
+        # (under nfe-arms/nfe-<n>/synthetic/, so `synthetic/latest` stays the main one)
+        by_nfe = {f"{n}": synthesise(ckpt, replace(cfg.sample, nfe=n), where / "nfe-arms" / f"nfe-{n}", masks,
+                                     scheduler)
+                  for n in sorted(set(cfg.eval.nfe_arms) - {cfg.sample.nfe})}
     low = {f"{f:g}": store for f, store in stores.items() if f != 1.0}
-    evaluation = evaluate_task(data_path, stores[1.0], cfg.eval, str(run_dir), low)
+    evaluation = evaluate_task(data_path, stores[1.0], cfg.eval, str(run_dir), low, by_nfe)
     return report_task(run_name, cfg.to_dict(), data_path, generators[1.0][0], stores[1.0], evaluation, str(run_dir),
                        enhancements or [])
 

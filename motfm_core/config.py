@@ -367,6 +367,10 @@ class EvalConfig:
     seg_channels: tuple[int, ...] = (8, 16, 32)
     nfe_curve: tuple[int, ...] = (1, 2, 4, 10, 20)  # Euler NFEs of the report's quality-vs-NFE curve (() = none)
     nfe_curve_samples: int = 32  # fresh samples per class at each NFE of the curve
+    # downstream value per NFE: for each of these Euler NFEs (other than sample.nfe, the main store's), a synthetic
+    # version of the same size sampled at that NFE and its own `real+synthetic` and `synthetic` arms over the same
+    # seeds, so the report can say which NFE is the cheapest whose gain matches the best one's (() = none)
+    nfe_arms: tuple[int, ...] = ()
     # picks the class-stratified real subset of each low-data arm (fixed across seeds); its generator is trained on
     # exactly that subset (train.real_fraction / train.subset_seed)
     subset_seed: int = 0
@@ -387,6 +391,7 @@ class EvalConfig:
         _check(len(self.seg_channels) >= 2, "eval.seg_channels needs at least two levels")
         _check(all(n >= 1 for n in self.nfe_curve) and self.nfe_curve_samples >= 1,
                "eval.nfe_curve values and eval.nfe_curve_samples must be >= 1")
+        _check(all(n >= 1 for n in self.nfe_arms), f"eval.nfe_arms values must be >= 1, got {self.nfe_arms}")
         _check(self.downsample >= 1, f"eval.downsample must be >= 1 (1 = native size), got {self.downsample}")
         _check(self.memory_mb >= 0, f"eval.memory_mb must be >= 0 (0: read every batch from the store), got "
                f"{self.memory_mb}")

@@ -59,16 +59,20 @@ def read_evaluation(path: str | Path) -> Evaluation:
 
 
 def evaluation_key(data_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig,
-                   low_data: Mapping[float, str | Path]) -> str:
+                   low_data: Mapping[float, str | Path], nfe_stores: Mapping[int, str | Path] | None = None) -> str:
     """What an evaluation depends on: real data fingerprint, synthetic versions' run keys, config, version."""
-    return config_hash(cfg, open_store(data_path).attrs["fingerprint"], open_store(synthetic_path).attrs["run_key"],
-                       __version__, sorted((f, open_store(p).attrs["run_key"]) for f, p in low_data.items()))
+    parts = [cfg, open_store(data_path).attrs["fingerprint"], open_store(synthetic_path).attrs["run_key"],
+             __version__, sorted((f, open_store(p).attrs["run_key"]) for f, p in low_data.items())]
+    if nfe_stores:  # (left out when empty: evaluations without NFE arms keep their keys)
+        parts.append(sorted((n, open_store(p).attrs["run_key"]) for n, p in nfe_stores.items()))
+    return config_hash(*parts)
 
 
 def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig, run_dir: str | Path,
                  low_data: Mapping[float, str | Path] | None = None,
                  progress: Callable[[str], None] | None = None,
-                 advance: Callable[[float], None] | None = None) -> Path:
+                 advance: Callable[[float], None] | None = None,
+                 nfe_stores: Mapping[int, str | Path] | None = None) -> Path:
     """`<run_dir>/evaluation.json`: classifier (and segmenter) arms over seeds, quality metrics and the memorisation
     audit; `low_data` maps each real fraction to the store of the generator trained on that subset only. An
     existing file with the same key is reused. Returns its path. `advance` gets the share done: the downstream
@@ -76,7 +80,8 @@ def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalCon
     say = progress or log.info
     out = Path(run_dir) / "evaluation.json"
     low = {float(f): p for f, p in (low_data or {}).items()}
-    key = evaluation_key(data_path, synthetic_path, cfg, low)
+    by_nfe = {int(n): p for n, p in (nfe_stores or {}).items()}
+    key = evaluation_key(data_path, synthetic_path, cfg, low, by_nfe)
     if out.exists() and json.loads(out.read_text()).get("key") == key:
         say(f"evaluate: {out} already holds this data, synthetic version and config (key {key}); reusing it")
         return out
@@ -84,11 +89,12 @@ def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalCon
     real = load_splits(data_path)
     checkpoint = open_store(synthetic_path).attrs.get("checkpoint")
     with contextlib.ExitStack() as leases:  # another run's pruning leaves the versions read here alone
-        for store in (synthetic_path, *low.values()):
+        for store in (synthetic_path, *low.values(), *by_nfe.values()):
             leases.enter_context(hold_version(store))
         result = Evaluation(
             augmentation=evaluate_augmentation(data_path, synthetic_path, cfg, progress=say, low_data=low, real=real,
-                                               advance=(lambda f: advance(0.9 * f)) if advance else None),
+                                               advance=(lambda f: advance(0.9 * f)) if advance else None,
+                                               nfe_stores=by_nfe),
             quality=synthetic_quality(data_path, synthetic_path, cfg, checkpoint=checkpoint, real=real),
             memorisation=audit_stores(data_path, synthetic_path, Path(run_dir) / "closest_pairs.png", real=real),
             low_data_memorisation={f"{f:g}": audit_stores(data_path, p, real=real) for f, p in sorted(low.items())},

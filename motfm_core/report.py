@@ -140,6 +140,44 @@ def _shortfall(ratio: float | None, real_train: int, synthetic: int | None) -> s
     return f" (**short**: ratio {ratio:g} asks for {wanted}; sample more)" if synthetic < wanted else ""
 
 
+def cheapest_nfe(gains: dict[int, Gain]) -> int | None:
+    """The smallest NFE whose gain's 95% CI overlaps the CI of the best mean gain (None without CIs): where fewer
+    steps stop costing measurable downstream value."""
+    ci = {n: (g.ci95_low, g.ci95_high) for n, g in gains.items()}
+    if not ci or any(lo is None or hi is None for lo, hi in ci.values()):
+        return None
+    lo_best, hi_best = ci[max(gains, key=lambda n: gains[n].mean)]
+    return min(n for n, (lo, hi) in ci.items() if lo <= hi_best and lo_best <= hi)  # type: ignore[operator]
+
+
+def nfe_lines(evaluation: Evaluation, main_nfe: int) -> list[str]:
+    """The report's downstream-value-per-NFE section: per NFE, quality (from the NFE curve, when it measured that
+    NFE) beside the gains of its `real+synthetic` and `synthetic` arms, and the cheapest NFE that matches the best."""
+    ev = evaluation.augmentation
+    nfes = sorted({main_nfe, *(a.nfe for a in ev.arms if a.nfe)})
+    if len(nfes) < 2:
+        return []
+    curve = {p.nfe: p for p in evaluation.quality.nfe_curve or []}
+
+    def arm(prefix: str, n: int) -> str:
+        return prefix if n == main_nfe else f"{prefix} NFE {n}"
+
+    lines = ["", "Downstream value per NFE (the same generator sampled at each NFE; the same arms and seeds; gains "
+             "over `real`, 95% bootstrap CI):", "",
+             "| NFE | FID | fine SWD | real+synthetic accuracy gain | synthetic-only accuracy gain |",
+             "|---|---|---|---|---|"]
+    for n in nfes:
+        q = curve.get(n)
+        quality = f"{q.fid:.3f} | {q.swd_fine:.0f}" if q else "n/a | n/a"
+        lines.append(f"| {n} | {quality} | {_signed(ev.gains[arm('real+synthetic', n)]['accuracy'])} | "
+                     f"{_signed(ev.gains[arm('synthetic', n)]['accuracy'])} |")
+    cheapest = cheapest_nfe({n: ev.gains[arm("real+synthetic", n)]["accuracy"] for n in nfes})
+    if cheapest is not None:
+        lines += ["", f"Cheapest NFE whose real+synthetic gain's CI overlaps the best one's: **{cheapest}** (fewer "
+                  "network evaluations per image beyond that cost downstream value measurably here)."]
+    return lines
+
+
 def _gains_table(evaluation: Evaluation) -> list[str]:
     """Every augmented arm against its baseline: sizes and gains with CIs (and the segmenter's, if any)."""
     ev = evaluation.augmentation
@@ -239,6 +277,7 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
     for arm, s in ev.summary.items():
         lines.append(f"| {arm} | {_fmt(s['accuracy'])} | {_fmt(s['macro_f1'])} | {_fmt(s['auroc'])} |")
     lines += _gains_table(evaluation)
+    lines += nfe_lines(evaluation, report.sampling.nfe)
     q = evaluation.quality
     if q:
         lines += ["", f"Image quality against the real test split. FID/KID/precision/recall/density/coverage on "

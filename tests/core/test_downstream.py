@@ -144,3 +144,42 @@ def test_bootstrap_gain_ci():
     half[::2] = wrong[::2]  # new arm right on half the images
     ci = bootstrap_gain(y, [wrong], [half], n_boot=500)
     assert 0.25 < ci["ci95_low"] < 0.5 < ci["ci95_high"] < 0.75
+
+
+def test_nfe_arms_train_on_their_own_store_with_the_same_seeds(phantom_store, tmp_path):
+    """eval.nfe_arms: a store per NFE gives `real+synthetic NFE n` and `synthetic NFE n` arms. Wiring check: an NFE
+    store holding the main store's images in the same order must score exactly as the main arms do, and one
+    holding other images must not."""
+    from motfm_core.downstream import plan_arms
+
+    assert [a.name for a in plan_arms(EvalConfig(ratios=(), real_fractions=()), nfes=(4, 1))] == [
+        "real", "real+synthetic", "synthetic", "real+synthetic NFE 1", "synthetic NFE 1", "real+synthetic NFE 4",
+        "synthetic NFE 4"]
+    train = load_split(phantom_store, "train")
+    n, shape = len(train["labels"]), train["images"].shape[1:]
+    stores = {}
+    for name, images in (("main", train["images"]), ("same", train["images"]), ("other", train["images"][::-1])):
+        stores[name] = create_synthetic_store(tmp_path / f"{name}.zarr", n, shape, n, {"run_key": name})
+        write_shard(stores[name], 0, images, train["labels"] if name != "other" else train["labels"][::-1],
+                    np.arange(n))
+    cfg = EvalConfig(seeds=(0,), steps=30, batch_size=16, channels=(8, 16), ratios=(), real_fractions=(),
+                     segmentation=False)
+    out = evaluate_augmentation(phantom_store, stores["main"], cfg, device="cpu",
+                                nfe_stores={1: stores["same"], 4: stores["other"]})
+    assert out.per_seed["real+synthetic NFE 1"] == out.per_seed["real+synthetic"]
+    assert out.per_seed["synthetic NFE 1"] == out.per_seed["synthetic"]
+    assert out.per_seed["synthetic NFE 4"] != out.per_seed["synthetic"]  # other images: another model
+    assert {"real+synthetic NFE 1", "synthetic NFE 4"} <= set(out.gains)
+
+
+def test_the_cheapest_nfe_is_the_fewest_steps_whose_gain_ci_overlaps_the_best():
+    from motfm_core.metrics import Gain
+    from motfm_core.report import cheapest_nfe
+
+    def g(mean, lo, hi):
+        return Gain(mean=mean, std=0.0, min=mean, max=mean, n=3, ci95_low=lo, ci95_high=hi, n_boot=1000)
+
+    assert cheapest_nfe({1: g(0.01, -0.05, 0.02), 4: g(0.05, 0.03, 0.08), 10: g(0.06, 0.04, 0.09)}) == 4
+    assert cheapest_nfe({1: g(0.05, 0.0, 0.1), 10: g(0.06, 0.01, 0.09)}) == 1
+    assert cheapest_nfe({1: g(-0.2, -0.3, -0.1), 10: g(0.06, 0.01, 0.09)}) == 10
+    assert cheapest_nfe({1: Gain(mean=0.1, std=0, min=0, max=0, n=1), 10: g(0.06, 0.01, 0.09)}) is None

@@ -73,13 +73,16 @@ def test_first_run_of_a_newcomers_own_data_on_an_empty_prefect_home(tmp_path):
     home = tmp_path / "prefect-home"
     folder = _newcomer_folder(tmp_path / "mydata")
     own = [str(folder) if a == "phantom:12" else a for a in TINY_ARGS]
-    ok = _run([*own, "--run-name", "t", "--output-root", str(tmp_path / "out")], home)
+    ok = _run([*own, "--run-name", "t", "--output-root", str(tmp_path / "out"), "--set", "eval.nfe_arms=[1]"], home)
     assert ok.returncode == 0, ok.stderr[-3000:]
     assert "Prefect database ready" in ok.stdout and (tmp_path / "out" / "t" / "report.md").exists()
     assert json.loads((tmp_path / "out" / "t" / "config.json").read_text())["sample"]["nfe"] == 2
     report = (tmp_path / "out" / "t" / "report.md").read_text()
     assert "mask values read as classes: 0 -> 0, 255 -> 1" in report and "no subject column" in report
     assert "1 foreground classes" in report  # the segmenter ran on two classes
+    # downstream value per NFE: the generator sampled again at NFE 1 (its own version), arms beside NFE 2's
+    assert "Downstream value per NFE" in report and "| 1 |" in report and "| 2 |" in report
+    assert (tmp_path / "out" / "t" / "nfe-arms" / "nfe-1" / "synthetic" / "latest").is_symlink()
 
 
 def test_bad_input_fails_with_one_line_before_prefect_starts(tmp_path, capsys):
