@@ -157,12 +157,14 @@ def test_report_has_quality_against_its_baseline_and_enhancement(harness, tmp_pa
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     q = report["evaluation"]["quality"]
     for block in ("synthetic_vs_test", "train_vs_test"):
-        assert set(q[block]) == {"fid", "kid", "precision", "recall", "swd"} and q[block]["fid"] >= 0
-        assert q[block]["swd"]["mean"] > 0
+        assert set(q[block]) == {"fid", "kid", "precision", "recall", "density", "coverage", "swd"}
+        assert q[block]["fid"] >= 0 and q[block]["swd"]["mean"] > 0
+        assert q[block]["density"] >= 0 and 0 <= q[block]["coverage"] <= 1
     assert [r["nfe"] for r in q["nfe_curve"]] == [1, 2] and all(r["fid"] >= 0 for r in q["nfe_curve"])
     assert (tmp_path / "q" / "gains.png").stat().st_size > 1000
     md = (tmp_path / "q" / "report.md").read_text()
     assert "real train (baseline)" in md and "Memorisation audit" in md and "95% CI" in md
+    assert "| density | coverage |" in md and "(Naeem et al. 2020): coverage" in md  # the table, the first screen
     mem = report["evaluation"]["memorisation"]
     assert 0 <= mem["fraction_flagged"] <= 1 and (tmp_path / "q" / "closest_pairs.png").exists()
     g = report["evaluation"]["gain"]["accuracy"]
