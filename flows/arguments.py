@@ -62,7 +62,7 @@ def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     p.add_argument("--enhance", nargs="*", default=[], choices=get_args(EnhanceTask),
                    help="also train and score image-enhancement flows on the real data")
     p.add_argument("--preset", default="full", choices=sorted(PRESETS),
-                   help="a named budget (default full; demo fits 15 minutes on a 2-core CPU); explicit arguments win "
+                   help="a named budget (default full; demo: the short budget of make demo); explicit arguments win "
                    "over it; its values: motfm config --preset NAME")
     p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=JSON",
                    help="override any config value, e.g. --set train.lr=1e-3 --set model.channels=[32,64,64]")

@@ -1,7 +1,8 @@
 """Named budgets for the CLI (`--preset`); explicit arguments win over them.
 
-"full" is the default budget (the benchmarks' recipe). "demo" is sized for `make demo` to fit 15 minutes on a
-slow 2-core CPU: short generators, one low-data share, one synthetic ratio, both generators sampling on one Dask
+"full" is the default budget (the benchmarks' recipe). "demo" is the short budget of `make demo` (its
+target: 15 minutes on a slow 2-core CPU, which RESULTS.md estimates it now misses there): short generators, one
+low-data share, one synthetic ratio, both generators sampling on one Dask
 cluster; the others trade budget for image size or dimensionality. The timings each was sized from are in
 benchmarks/RESULTS.md (demo and test timings, 3D, 2D at native resolution, 3D at clinical size). Pure data: the
 `motfm config --preset` reference reads it without starting Prefect.

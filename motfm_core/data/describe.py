@@ -11,7 +11,7 @@ import numpy as np
 import zarr
 
 from motfm_core.data.store import SPLITS, open_store
-from motfm_core.data.synthetic import completed_shards, damaged_shards
+from motfm_core.data.synthetic import shard_states
 from motfm_core.data.versions import versions
 
 __all__ = ["describe"]
@@ -39,8 +39,7 @@ def _real(path: Path) -> list[str]:
 def _version(path: Path, latest: Path | None) -> list[str]:
     root = zarr.open_group(str(path), mode="r", zarr_format=3)
     a = root.attrs
-    done, damaged = completed_shards(path), damaged_shards(path)
-    missing = [i for i in range(a["num_shards"]) if i not in done and i not in damaged]
+    done, damaged, missing = shard_states(path)
     state = "complete" if not missing and not damaged else "INCOMPLETE" if not damaged else "DAMAGED"
     tag = " <- latest" if latest is not None and path.resolve() == latest else ""
     lines = [f"{path.name}{tag}: {state}, {len(done)}/{a['num_shards']} shards of {a['shard_size']}, "

@@ -32,7 +32,7 @@ from numcodecs import Zstd
 
 from motfm_core.utils import temporary_name
 
-__all__ = ["encode_shard", "shard_file", "write_whole_shard"]
+__all__ = ["chunk_key", "encode_shard", "shard_file", "write_whole_shard"]
 
 log = logging.getLogger(__name__)
 
@@ -93,7 +93,7 @@ def encode_shard(meta: dict[str, Any], values: np.ndarray) -> bytes | None:
             or chunk_shape[1:] != shard_shape[1:] or shard_shape[0] % chunk_shape[0]
             or tuple(values.shape) != shard_shape):
         return None
-    if not isinstance(meta.get("data_type"), str) or _chunk_key(meta, (0,)) != "c/0":
+    if not isinstance(meta.get("data_type"), str) or chunk_key(meta, (0,)) != "c/0":
         return None
     dtype = np.dtype(meta["data_type"]).newbyteorder("<")
     fill = _fill(meta, dtype)
@@ -119,7 +119,7 @@ def encode_shard(meta: dict[str, Any], values: np.ndarray) -> bytes | None:
     return b"".join([*parts, index_bytes, np.uint32(google_crc32c.value(index_bytes)).astype("<u4").tobytes()])
 
 
-def _chunk_key(meta: dict[str, Any], coords: tuple[int, ...]) -> str:
+def chunk_key(meta: dict[str, Any], coords: tuple[int, ...]) -> str:
     """The key of the chunk (here: the shard) at `coords`, as zarr-python names it."""
     encoding = meta.get("chunk_key_encoding", {"name": "default"})
     if encoding["name"] == "v2":
@@ -132,7 +132,7 @@ def shard_file(array_dir: str | Path, shard: int) -> Path:
     array_dir = Path(array_dir)
     meta = json.loads((array_dir / "zarr.json").read_text())
     ndim = len(meta["shape"])
-    return array_dir / _chunk_key(meta, (shard, *[0] * (ndim - 1)))
+    return array_dir / chunk_key(meta, (shard, *[0] * (ndim - 1)))
 
 
 def _reads_back(array_dir: Path, meta: dict[str, Any], shard: int, values: np.ndarray) -> bool:

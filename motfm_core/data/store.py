@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from motfm_core.data.shards import chunk_key
 from motfm_core.utils import atomic_path, sweep_leftovers
 
 __all__ = ["SCHEMA_VERSION", "SPLITS", "Splits", "fingerprint_arrays", "load_split", "load_splits", "open_store",
@@ -92,16 +93,18 @@ def write_dataset(
     return path
 
 
-def _chunk_file(array_dir: Path, i: int, ndim: int) -> Path:
-    return array_dir / "/".join(["c", str(i), *["0"] * (ndim - 1)])  # default chunk keys: chunks split axis 0 only
+def _chunk_files(array_dir: Path) -> list[Path]:
+    """The path of each chunk along the first axis of an array written by `write_dataset` (its other axes are one
+    chunk), named as zarr names them."""
+    meta = json.loads((array_dir / "zarr.json").read_text())
+    n = -(-meta["shape"][0] // meta["chunk_grid"]["configuration"]["chunk_shape"][0])
+    rest = [0] * (len(meta["shape"]) - 1)
+    return [array_dir / chunk_key(meta, (i, *rest)) for i in range(n)]
 
 
 def _chunk_bytes(array_dir: Path) -> list[int]:
     """The size of each chunk file of an array written by `write_dataset` (0 where there is none)."""
-    meta = json.loads((array_dir / "zarr.json").read_text())
-    n = -(-meta["shape"][0] // meta["chunk_grid"]["configuration"]["chunk_shape"][0])
-    files = (_chunk_file(array_dir, i, len(meta["shape"])) for i in range(n))
-    return [f.stat().st_size if f.exists() else 0 for f in files]
+    return [f.stat().st_size if f.exists() else 0 for f in _chunk_files(array_dir)]
 
 
 _checked: set[tuple[str, float]] = set()  # stores whose chunk files held, by (path, metadata mtime)
@@ -116,8 +119,7 @@ def _check_chunks(path: Path, root: zarr.Group) -> None:
         sizes = root[name].attrs.get("chunk_bytes")
         if sizes is None:  # stores written before the sizes were recorded
             continue
-        for i, size in enumerate(sizes):
-            f = _chunk_file(path / name, i, root[name].ndim)
+        for f, size in zip(_chunk_files(path / name), sizes):
             actual = f.stat().st_size if f.exists() else 0
             if actual != size:
                 what = "is missing" if not actual else f"has {actual} bytes, {size} written"

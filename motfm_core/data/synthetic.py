@@ -31,7 +31,7 @@ from motfm_core.utils import atomic_path, fsync_dir, fsync_tree, sweep_leftovers
 
 __all__ = ["CHUNK_BYTES", "StoreDamaged", "completed_shards", "create_synthetic_store", "damaged_shards",
            "incomplete_shards", "load_synthetic", "num_shards", "open_synthetic", "require_complete",
-           "samples_per_chunk", "shard_bounds", "shard_complete", "sweep_store", "write_shard"]
+           "samples_per_chunk", "shard_bounds", "shard_complete", "shard_states", "sweep_store", "write_shard"]
 
 CHUNK_BYTES = 128 * 1024  # per-chunk overhead dominates below this (one-sample chunks capped the writer)
 
@@ -114,16 +114,6 @@ def shard_complete(path: str | Path, index: int) -> bool:
     return (_record_dir(Path(path), index) / "zarr.json").exists()
 
 
-def _records(path: Path) -> dict[int, dict[str, Any]]:
-    root = zarr.open_group(str(path), mode="r", zarr_format=3)
-    out = {}
-    for i in range(root.attrs["num_shards"]):
-        record = _record_dir(path, i) / "zarr.json"
-        if record.exists():
-            out[i] = json.loads(record.read_text())["attributes"]
-    return out
-
-
 def _file_problem(path: Path, files: dict[str, int]) -> str | None:
     """Why the files a record lists ({relative path: size in bytes; 0 = no file, all fill value}) do not hold
     the shard's data, or None when they do."""
@@ -139,41 +129,55 @@ def _file_problem(path: Path, files: dict[str, int]) -> str | None:
     return None
 
 
+def shard_states(path: str | Path) -> tuple[dict[int, dict[str, Any]], dict[int, str], list[int]]:
+    """One pass over a store's completion records: (complete {index: record attributes}, damaged {index: what is
+    wrong}, missing [indices without a record]). Complete = record present and every file it lists whole (records
+    written before file sizes were recorded list none)."""
+    path = Path(path)
+    num = zarr.open_group(str(path), mode="r", zarr_format=3).attrs["num_shards"]
+    done: dict[int, dict[str, Any]] = {}
+    damaged: dict[int, str] = {}
+    missing: list[int] = []
+    for i in range(num):
+        record = _record_dir(path, i) / "zarr.json"
+        if not record.exists():
+            missing.append(i)
+            continue
+        attrs = json.loads(record.read_text())["attributes"]
+        problem = _file_problem(path, attrs.get("files", {}))
+        if problem:
+            damaged[i] = problem
+        else:
+            done[i] = attrs
+    return done, damaged, missing
+
+
 def damaged_shards(path: str | Path) -> dict[int, str]:
     """{index: what is wrong} for shards whose record exists but whose data files are missing or truncated."""
-    path = Path(path)
-    out = {}
-    for i, record in _records(path).items():
-        problem = _file_problem(path, record.get("files", {}))  # stores written before sizes were recorded: none
-        if problem:
-            out[i] = problem
-    return out
+    return shard_states(path)[1]
 
 
 def completed_shards(path: str | Path) -> dict[int, dict[str, Any]]:
     """{index: completion-record attributes} of every complete shard (record present, files whole): the one
     definition every reader uses."""
-    path = Path(path)
-    return {i: r for i, r in _records(path).items() if _file_problem(path, r.get("files", {})) is None}
+    return shard_states(path)[0]
 
 
 def incomplete_shards(path: str | Path) -> list[int]:
     """Indices of shards that are not complete (see `completed_shards`): what a re-run of sampling writes."""
-    root = zarr.open_group(str(path), mode="r", zarr_format=3)
-    done = completed_shards(path)
-    return [i for i in range(root.attrs["num_shards"]) if i not in done]
+    _, damaged, missing = shard_states(path)
+    return sorted([*damaged, *missing])
 
 
 def require_complete(path: str | Path) -> None:
     """Raise StoreDamaged (naming the store, the shard and the fix) unless every shard of a synthetic store is
     complete with all of its files: a reader is never served a missing file as data."""
-    damaged = damaged_shards(path)
+    _, damaged, missing = shard_states(path)
     if damaged:
         i, why = next(iter(damaged.items()))
         more = f" (and {len(damaged) - 1} more shards)" if len(damaged) > 1 else ""
         raise StoreDamaged(f"{path}: shard {i} is damaged: {why}{more}; re-run the sample stage to rewrite it, or "
                            "read another version")
-    missing = incomplete_shards(path)
     if missing:
         raise StoreDamaged(f"{path}: shards {missing[:10]} are incomplete (a sampling run did not finish); re-run "
                            "the sample stage to finish them")
