@@ -11,6 +11,8 @@ samples and evaluates:
   and with the copy guard: nearer the real slices' alignment, so nearer their MS-SSIM, and nearer to copies;
 - `half+guard`: half that deformation (7.5 degrees, 7.5% scale, 3% shift, 1.5 px elastic) with the guard: the
   defaults now (`SampleConfig`), chosen by this benchmark;
+- `two-fifths+guard`: 0.4 of it (6 degrees, 6% scale, 2.4% shift, 1.2 px elastic) with the guard, between the
+  third (near its MS-SSIM target, too many copies unguarded) and the half (near its recall target);
 - `generated`: masks from a class-conditional flow model over masks (trained once, per share).
 
 Targets (issue 11): memorisation flagged <= 5%; recall >= 0.5; synthetic intra-class MS-SSIM within 20% of the
@@ -18,6 +20,7 @@ real one; the full-data and leak-free low-data gains with 95% CIs, whatever thei
 
     .venv/bin/python benchmarks/novelty.py                 # full budget (PipelineConfig defaults)
     .venv/bin/python benchmarks/novelty.py --preset demo   # the demo's budget (what `make demo` runs)
+    .venv/bin/python benchmarks/novelty.py --preset bench --real-fractions 0.25   # with a leak-free 25% generator
 
 Writes benchmarks/results/<date>-<machine>-novelty-<preset>.json and one RESULTS.md row per variant.
 """
@@ -36,9 +39,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from benchmarks.results_table import add_row
 from flows.cli import prefect_ready
-from flows.synth_and_eval import PRESETS, synth_and_eval
+from flows.presets import PRESETS
+from flows.synth_and_eval import synth_and_eval
 
 MILD = {"deform_rotate": 5.0, "deform_scale": 0.05, "deform_translate": 0.02, "deform_elastic": 1.0}
+TWO_FIFTHS = {"deform_rotate": 6.0, "deform_scale": 0.06, "deform_translate": 0.024, "deform_elastic": 1.2}
 HALF = {"deform_rotate": 7.5, "deform_scale": 0.075, "deform_translate": 0.03, "deform_elastic": 1.5}
 FULL = {"deform_rotate": 15.0, "deform_scale": 0.15, "deform_translate": 0.06, "deform_elastic": 2.0}
 VARIANTS: dict[str, dict] = {  # each names all its settings: `half+guard` is the default since 2026-11-29
@@ -48,6 +53,7 @@ VARIANTS: dict[str, dict] = {  # each names all its settings: `half+guard` is th
     "generated": {"mask_source": "generated", "reject_copies": False},
     "mild": {"mask_source": "deformed", **MILD, "reject_copies": False},
     "mild+guard": {"mask_source": "deformed", **MILD, "reject_copies": True},
+    "two-fifths+guard": {"mask_source": "deformed", **TWO_FIFTHS, "reject_copies": True},
     "half+guard": {"mask_source": "deformed", **HALF, "reject_copies": True},
 }
 COLUMNS = ["date", "machine", "command", "variant", "memorisation flagged", "recall", "MS-SSIM syn / real",
@@ -91,35 +97,43 @@ def main() -> None:
     p.add_argument("--preset", default="full", choices=sorted(PRESETS))
     p.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
     p.add_argument("--output-root", default="outputs/benchmarks")
+    p.add_argument("--real-fractions", nargs="*", type=float, default=None,
+                   help="low-data shares, each with its own generator trained at the preset's budget (replaces the "
+                        "preset's eval.real_fractions)")
     a = p.parse_args()
     machine = f"cpu{__import__('os').cpu_count()}-{platform.machine()}"
     date = time.strftime("%Y-%m-%d")
-    out = {"preset": a.preset, "overrides": PRESETS[a.preset], "machine": machine, "date": date, "variants": {}}
+    preset = {k: dict(v) for k, v in PRESETS[a.preset].items()}
+    name = a.preset
+    if a.real_fractions is not None:
+        preset.setdefault("eval", {})["real_fractions"] = a.real_fractions
+        name += "".join(f"-low{f:g}" for f in a.real_fractions)
+    out = {"preset": a.preset, "overrides": preset, "machine": machine, "date": date, "variants": {}}
     results = Path(__file__).resolve().parent / "results"
-    target = results / f"{date}-{machine}-novelty-{a.preset}.json"
+    target = results / f"{date}-{machine}-novelty-{name}.json"
     if target.exists():  # variants measured earlier the same day (same weights: the run folder is reused) stay
         out["variants"] = json.loads(target.read_text()).get("variants", {})
-    run_dir = Path(a.output_root) / f"novelty-{a.preset}"
+    run_dir = Path(a.output_root) / f"novelty-{name}"
     with prefect_ready():
-        for name in a.variants:
-            overrides = {k: dict(v) for k, v in PRESETS[a.preset].items()}
-            overrides.setdefault("sample", {}).update(VARIANTS[name])
+        for variant in a.variants:
+            overrides = {k: dict(v) for k, v in preset.items()}
+            overrides.setdefault("sample", {}).update(VARIANTS[variant])
             t0 = time.time()
             report_md = synth_and_eval(run_name=run_dir.name, output_root=str(run_dir.parent), overrides=overrides)
             report = json.loads((Path(report_md).parent / "report.json").read_text())
             for f in ("samples.png", "closest_pairs.png"):  # keep each variant's figures beside its report
-                shutil.copy(Path(report_md).parent / f, Path(report_md).parent / f"{name}-{f}")
+                shutil.copy(Path(report_md).parent / f, Path(report_md).parent / f"{variant}-{f}")
             row = targets(report)
             row["seconds"] = time.time() - t0
-            out["variants"][name] = row
+            out["variants"][variant] = row
             results.mkdir(exist_ok=True)
             target.write_text(json.dumps(out, indent=2))
-            print(json.dumps({name: row}, indent=1, default=str), flush=True)
+            print(json.dumps({variant: row}, indent=1, default=str), flush=True)
             holds = ", ".join(f"{k}: {'holds' if v else 'misses'}" for k, v in row["holds"].items())
             low = "; ".join(f"{arm} {_ci(g)}" for arm, g in row["gain_low"].items()) or "n/a"
             dice_low = "; ".join(f"{arm} {_ci(g)}" for arm, g in row["dice_gain_low"].items())
             add_row("Novelty and usefulness of the synthetic data (`benchmarks/novelty.py`)", COLUMNS, [
-                date, machine, f"`benchmarks/novelty.py --preset {a.preset}`", name,
+                date, machine, f"`benchmarks/novelty.py {' '.join(sys.argv[1:])}`", variant,
                 f"{row['memorisation_flagged']:.1%}", f"{row['recall']:.2f} (precision {row['precision']:.2f})",
                 f"{row['ms_ssim']['synthetic']:.3f} / {row['ms_ssim']['real']:.3f} ({row['ms_ssim']['relative']:+.0%})",
                 f"{row['swd_fine']['synthetic']:.0f} ({row['swd_fine']['real']:.0f}) / {row['fid']['synthetic']:.2f} "
