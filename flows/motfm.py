@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> None:
 
             parse_cli(argv[1:])  # prints the help (and exits) without importing Prefect
         elif argv[0] == "run":
-            from flows.synth_and_eval import main as run
+            from flows.run import main as run
 
             run(argv[1:])
         else:

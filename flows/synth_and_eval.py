@@ -8,9 +8,6 @@ Every stage is idempotent: re-running with the same parameters reuses finished s
 from __future__ import annotations
 
 import contextlib
-import inspect
-import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
@@ -19,8 +16,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 from prefect.task_runners import ThreadPoolTaskRunner
 
-from flows.arguments import FLOW_MASK_CONDITIONING, parse_cli
-from flows.cli import USER_ERRORS, prefect_ready, quiet_console, quiet_libraries
+from flows.arguments import FLOW_MASK_CONDITIONING
 from motfm_core.config import (
     MODEL_SIZES,
     DataConfig,
@@ -35,9 +31,7 @@ from motfm_core.config import (
     Solver,
     from_dict,
 )
-from motfm_core.data.ingest import check_source
 from motfm_core.distributed import check_scheduler, run_cluster
-from motfm_core.plan import plan_run
 from motfm_core.utils import write_json_atomic
 from tasks.enhance import enhance_task
 from tasks.evaluate import evaluate_task
@@ -48,11 +42,13 @@ from tasks.sample import plan_sampling_task, publish_task, sample_shards_task
 from tasks.train import train_autoencoder_task, train_masks_task, train_task
 
 
-def build_config(dataset: str, image_size: int, train_steps: int | None, solver: str, nfe: int,
-                 samples_per_class: int, seeds: list[int], overrides: dict[str, dict[str, Any]] | None,
-                 model_size: str = "small", mask_conditioning: str = "auto") -> PipelineConfig:
-    """Named parameters, then `overrides` per section, which win where both set a value; validates (types
-    included) before any work."""
+def build_config(dataset: str = DataConfig.source, image_size: int = DataConfig.image_size,
+                 train_steps: int | None = None, solver: str = SampleConfig.solver, nfe: int = SampleConfig.nfe,
+                 samples_per_class: int = SampleConfig.samples_per_class, seeds: Sequence[int] = EvalConfig.seeds,
+                 overrides: dict[str, dict[str, Any]] | None = None, model_size: str = ModelConfig.size,
+                 mask_conditioning: str = FLOW_MASK_CONDITIONING) -> PipelineConfig:
+    """Named parameters (the flow's, with its defaults), then `overrides` per section, which win where both set a
+    value; validates (types included) before any work."""
     if model_size not in MODEL_SIZES:
         raise ValueError(f"model_size must be one of {sorted(MODEL_SIZES)}, got {model_size!r}")
     named: dict[str, dict[str, Any]] = {
@@ -188,41 +184,8 @@ def sample_evaluate_report(run_name: str, cfg: PipelineConfig, data_path: str,
                        enhancements or [])
 
 
-def check_before_start(enhance: list[str], overrides: dict[str, dict[str, Any]]) -> str:
-    """The run's configuration (the flow's own defaults, then `overrides`), its data source and its memory plan,
-    checked before Prefect starts: a bad value fails in seconds, not after the embedded server's start-up. Returns
-    the plan's lines."""
-    defaults = {k: p.default for k, p in inspect.signature(synth_and_eval.fn).parameters.items()}
-    cfg = build_config(defaults["dataset"], defaults["image_size"], defaults["train_steps"], defaults["solver"],
-                       defaults["nfe"], defaults["samples_per_class"], defaults["seeds"], overrides,
-                       defaults["model_size"], defaults["mask_conditioning"])
-    for e in enhance_configs(enhance, overrides):
-        e.validate()
-    check_source(cfg.data.source)
-    return plan_run(cfg)
+if __name__ == "__main__":  # `python -m flows.synth_and_eval`: the `motfm run` command line (flows/run.py). Named,
+    # not imported: flows.run imports this module, and as __main__ this file is not that module, so no circle runs
+    import runpy
 
-
-def main(argv: list[str] | None = None) -> None:
-    a, overrides = parse_cli(argv)
-    quiet_libraries(a.verbose)
-    t0 = time.time()
-    try:
-        print(f"motfm: {check_before_start(a.enhance, overrides)}")
-        with prefect_ready():
-            quiet_console(a.debug)  # after Prefect's set-up, which installs its terminal handlers
-            report = synth_and_eval(run_name=a.run_name, output_root=a.output_root, enhance=a.enhance,
-                                    overrides=overrides)
-    except USER_ERRORS as e:
-        if a.debug:
-            raise
-        print(f"motfm: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    print(f"\nDone in {time.time() - t0:.0f}s. Outputs in {Path(report).parent}/:")
-    print(f"  report     {report}  (and report.json, samples.png, gains.png, training.png, closest_pairs.png)")
-    print(f"  real data  {Path(report).parent / 'dataset.zarr'}")
-    print(f"  synthetic  {Path(report).parent / 'synthetic' / 'latest'}  (-> the newest complete version)")
-    print(f"  model      {Path(report).parent / 'checkpoints' / 'model.pt'}  (training.png: its loss curve)")
-
-
-if __name__ == "__main__":
-    main()
+    runpy.run_module("flows.run", run_name="__main__", alter_sys=True)

@@ -77,10 +77,13 @@ def test_the_flow_parameters_default_to_the_config_defaults():
     import inspect
 
     from flows.arguments import FLOW_MASK_CONDITIONING
-    from flows.synth_and_eval import synth_and_eval
+    from flows.synth_and_eval import build_config, synth_and_eval
     from motfm_core.config import DataConfig, EvalConfig
 
     defaults = {k: p.default for k, p in inspect.signature(synth_and_eval.fn).parameters.items()}
+    checked = {k: p.default for k, p in inspect.signature(build_config).parameters.items()}  # `motfm run`'s check
+    assert all(tuple(checked[k]) == tuple(v) if k == "seeds" else checked[k] == v
+               for k, v in defaults.items() if k in checked and k != "overrides")
     assert defaults["dataset"] == DataConfig().source and defaults["image_size"] == DataConfig().image_size
     assert defaults["model_size"] == ModelConfig().size and defaults["solver"] == SampleConfig().solver
     assert defaults["nfe"] == SampleConfig().nfe and defaults["samples_per_class"] == SampleConfig().samples_per_class

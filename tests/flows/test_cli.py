@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.synth_and_eval import build_config, parse_cli
+from flows.arguments import parse_cli
+from flows.synth_and_eval import build_config
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY_ARGS = ["--dataset", "phantom:12", "--image-size", "16", "--train-steps", "8", "--nfe", "2",
@@ -89,7 +90,7 @@ def test_bad_input_fails_with_one_line_before_prefect_starts(tmp_path, capsys):
     """A bad value or a missing source: exit code 2 and one line, no traceback, nothing written, and before
     Prefect starts (no "Prefect database ready" line). In-process: `main` is what `python -m flows.synth_and_eval`
     runs, and nothing before these checks starts a server or a subprocess."""
-    from flows.synth_and_eval import main
+    from flows.run import main
 
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
@@ -121,7 +122,7 @@ def test_an_explicit_model_size_replaces_the_presets_network():
 
 def test_a_configuration_that_cannot_fit_is_refused_in_one_line_before_any_work(tmp_path, capsys):
     """The 128^3 case that asked for 48 GiB on its first training step and was retried: now refused by the plan."""
-    from flows.synth_and_eval import main
+    from flows.run import main
 
     out = tmp_path / "out"
     with pytest.raises(SystemExit) as e:
@@ -135,7 +136,7 @@ def test_a_configuration_that_cannot_fit_is_refused_in_one_line_before_any_work(
 
 
 def test_the_clinical_2d_preset_is_the_native_size_network_and_fits():
-    from flows.synth_and_eval import check_before_start
+    from flows.run import check_before_start
 
     a, overrides = parse_cli(["--preset", "clinical-2d"])
     cfg = build_config("brain-mri", 48, None, "euler", 10, 80, [0, 1, 2], overrides)
@@ -146,7 +147,7 @@ def test_the_clinical_2d_preset_is_the_native_size_network_and_fits():
 
 
 def test_the_clinical_3d_preset_is_latent_at_128_cubed_and_fits():
-    from flows.synth_and_eval import check_before_start
+    from flows.run import check_before_start
 
     a, overrides = parse_cli(["--preset", "clinical-3d"])
     cfg = build_config("brain-mri", 48, None, "euler", 10, 80, [0, 1, 2], overrides)
@@ -161,7 +162,8 @@ def test_the_clinical_3d_preset_is_latent_at_128_cubed_and_fits():
 
 def test_enhance_settings_without_an_enhancement_task_are_refused(tmp_path, capsys):
     """--set enhance.steps=10 without --enhance was dropped without a word."""
-    from flows.synth_and_eval import enhance_configs, main
+    from flows.run import main
+    from flows.synth_and_eval import enhance_configs
 
     with pytest.raises(SystemExit) as e:
         main(["--set", "enhance.steps=10", "--preset", "demo", "--output-root", str(tmp_path / "out")])
@@ -173,7 +175,7 @@ def test_enhance_settings_without_an_enhancement_task_are_refused(tmp_path, caps
 
 
 def test_a_scheduler_the_worker_does_not_allow_is_refused_before_any_work(tmp_path, capsys, monkeypatch):
-    from flows.synth_and_eval import main
+    from flows.run import main
 
     monkeypatch.delenv("MOTFM_DASK_SCHEDULER", raising=False)
     monkeypatch.delenv("MOTFM_DASK_SCHEDULERS_ALLOWED", raising=False)
