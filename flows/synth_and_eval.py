@@ -38,7 +38,7 @@ from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task
 from tasks.plan import plan_task
 from tasks.report import report_task
-from tasks.sample import plan_sampling_task, publish_task, sample_shards_task
+from tasks.sample import nfe_curve_task, plan_sampling_task, publish_task, sample_shards_task
 from tasks.train import train_autoencoder_task, train_masks_task, train_task
 
 
@@ -178,8 +178,11 @@ def sample_evaluate_report(run_name: str, cfg: PipelineConfig, data_path: str,
         by_nfe = {f"{n}": synthesise(ckpt, replace(cfg.sample, nfe=n), where / "nfe-arms" / f"nfe-{n}", masks,
                                      scheduler)
                   for n in sorted(set(cfg.eval.nfe_arms) - {cfg.sample.nfe})}
+    # the quality-vs-NFE curve's fresh samples (a few per class at each NFE, timed)
+    curve = (nfe_curve_task(stores[1.0], list(cfg.eval.nfe_curve), cfg.eval.nfe_curve_samples, str(where))
+             if cfg.eval.nfe_curve else None)
     low = {f"{f:g}": store for f, store in stores.items() if f != 1.0}
-    evaluation = evaluate_task(data_path, stores[1.0], cfg.eval, str(run_dir), low, by_nfe)
+    evaluation = evaluate_task(data_path, stores[1.0], cfg.eval, str(run_dir), low, by_nfe, curve)
     return report_task(run_name, cfg.to_dict(), data_path, generators[1.0][0], stores[1.0], evaluation, str(run_dir),
                        enhancements or [])
 

@@ -13,7 +13,6 @@ Always read them against the real-vs-real baseline (train split vs test split) r
 from __future__ import annotations
 
 import dataclasses
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,18 +26,17 @@ from scipy.spatial.distance import cdist
 from torch import nn
 
 from motfm_core.autoencoder import LatentCodec
-from motfm_core.config import EvalConfig, SampleConfig, from_dict
+from motfm_core.config import EvalConfig
 from motfm_core.data.rows import rows_per_batch, take_rows
 from motfm_core.data.store import Splits, load_split, load_splits, open_store
 from motfm_core.data.synthetic import open_synthetic
 from motfm_core.results import Result, optional
-from motfm_core.sampling import Sampler
 from motfm_core.supervised import train_classifier
 from motfm_core.utils import default_device, to_model_space
 
-__all__ = ["density_coverage", "Diversity", "diversity", "FeatureExtractor", "fid", "kid", "NfePoint", "nfe_curve",
+__all__ = ["density_coverage", "Diversity", "diversity", "FeatureExtractor", "fid", "kid", "NfePoint",
            "precision_recall",
-           "Quality", "quality", "Scores", "swd", "synthetic_quality"]
+           "Quality", "quality", "Scores", "score_nfe_curve", "swd", "synthetic_quality"]
 
 
 @dataclass(frozen=True)
@@ -262,37 +260,22 @@ def quality(real_train: np.ndarray, real_test: np.ndarray, fake: np.ndarray,
                    train_vs_test=block(real_test, real_train, "train"))
 
 
-def nfe_curve(checkpoint: str | Path, extractor: "FeatureExtractor", test: np.ndarray, test_feats: np.ndarray,
-              nfes: tuple[int, ...], samples_per_class: int, device: torch.device | str = "cpu",
-              sample_cfg: SampleConfig | None = None, mask_checkpoint: str | Path | None = None,
-              ) -> list[NfePoint]:
-    """FID and fine SWD against the real test split of `samples_per_class` fresh Euler samples per class at
-    each NFE (same noise seeds and masks at every NFE), with seconds per image: how far the step count can drop.
-    Masks come from `sample_cfg.mask_source` as in the synthetic store. Empty for a diffusion (epsilon) checkpoint:
-    the curve is of the flow's Euler steps."""
-    base = dataclasses.replace(sample_cfg or SampleConfig(), samples_per_class=samples_per_class, seed=99,
-                               solver="euler", compile=False, reject_copies=False)
-    sampler = Sampler(checkpoint, base, device, mask_checkpoint)
-    if sampler.model.cfg.prediction != "velocity":
-        return []
-    positions = np.arange(len(sampler.labels))
-    rows = []
-    for nfe in nfes:
-        sampler.cfg = dataclasses.replace(base, nfe=nfe)
-        t0 = time.perf_counter()
-        images, spent, _ = sampler.draw(positions, sampler.seeds)
-        sec = (time.perf_counter() - t0) / len(positions)
-        rows.append(NfePoint(nfe=spent, fid=fid(test_feats, extractor(images)), swd_fine=swd(test, images)["level0"],
-                             seconds_per_image=sec))
-    return rows
+def score_nfe_curve(path: str | Path, extractor: "FeatureExtractor", test: np.ndarray, test_feats: np.ndarray
+                    ) -> list[NfePoint]:
+    """FID and fine SWD against the real test split of each NFE's fresh samples in `path` (written by the sampling
+    stage, `motfm_core.sampling.sample_nfe_curve`), beside the seconds per image they took."""
+    with np.load(path) as curve:
+        return [NfePoint(nfe=int(n), fid=fid(test_feats, extractor(curve[f"images_{n}"])),
+                         swd_fine=swd(test, curve[f"images_{n}"])["level0"], seconds_per_image=float(sec))
+                for n, sec in zip(curve["nfes"], curve["seconds_per_image"])]
 
 
 def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig | None = None,
-                      device: torch.device | str | None = None, checkpoint: str | Path | None = None,
+                      device: torch.device | str | None = None, nfe_curve: str | Path | None = None,
                       real: Splits | None = None) -> Quality:
     """Train the in-domain extractor on the real train split and score the synthetic store against real test;
-    with the `checkpoint` and `cfg.nfe_curve`, also the quality-vs-NFE curve of fresh samples. `real`: the train
-    and test splits, when already loaded."""
+    with `nfe_curve` (the sampling stage's fresh samples per NFE), also the quality-vs-NFE curve. `real`: the
+    train and test splits, when already loaded."""
     device = default_device(device)
     real = real or load_splits(real_path)
     extractor = FeatureExtractor.train(real_path, cfg, device=device, data=real["train"])
@@ -300,12 +283,7 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
     fake, fake_labels = syn["images"], syn["labels"]
     images = {name: d["images"] for name, d in real.items()}
     feats = {name: extractor(x) for name, x in images.items()}
-    curve = None
-    if checkpoint is not None and cfg is not None and cfg.nfe_curve:
-        attrs = open_store(synthetic_path).attrs
-        sample_cfg = from_dict(SampleConfig, attrs.get("sample_config"), "sample")
-        curve = nfe_curve(checkpoint, extractor, images["test"], feats["test"], tuple(cfg.nfe_curve),
-                          cfg.nfe_curve_samples, device, sample_cfg, attrs.get("mask_checkpoint"))
+    curve = None if nfe_curve is None else score_nfe_curve(nfe_curve, extractor, images["test"], feats["test"])
     record = open_store(synthetic_path).attrs.get("autoencoder")
     factor = cfg.downsample if cfg is not None else 1
     return dataclasses.replace(

@@ -12,6 +12,7 @@ import logging
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -19,8 +20,8 @@ import torch
 from motfm_core import code_version
 from motfm_core.autoencoder import LatentCodec, latent_masks
 from motfm_core.baselines import diffusion_sample
-from motfm_core.config import SampleConfig, TrainConfig, config_hash
-from motfm_core.data.store import load_split
+from motfm_core.config import SampleConfig, TrainConfig, config_hash, from_dict
+from motfm_core.data.store import load_split, open_store
 from motfm_core.data.synthetic import (
     create_synthetic_store,
     incomplete_shards,
@@ -43,10 +44,10 @@ from motfm_core.privacy import nearest
 from motfm_core.results import Result, optional
 from motfm_core.solvers import solve
 from motfm_core.training import load_checkpoint, training_set
-from motfm_core.utils import default_device, file_sha256, to_image_space
+from motfm_core.utils import atomic_path, default_device, file_sha256, to_image_space
 
 __all__ = ["copy_threshold", "EXECUTION_ONLY", "generate", "generate_masks", "initial_noise", "prepare_version",
-           "REDRAW_STRIDE", "sample_plan", "sample_shard", "Sampler", "ShardResult"]
+           "REDRAW_STRIDE", "sample_nfe_curve", "sample_plan", "sample_shard", "Sampler", "ShardResult"]
 
 log = logging.getLogger(__name__)
 REDRAW_STRIDE = 1 << 40  # redraw k of a sample uses seed + k * REDRAW_STRIDE: never another sample's seed
@@ -298,3 +299,40 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
         compress=cfg.compression == "zstd"))
     sweep_store(store)  # a resumed version: what a crashed writer left goes before its shards are rewritten
     return store, incomplete_shards(store)
+
+
+def sample_nfe_curve(synthetic_path: str | Path, nfes: tuple[int, ...], samples_per_class: int, out: str | Path,
+                     device: str | torch.device | None = None) -> Path | None:
+    """Fresh Euler samples of a synthetic version's generator at each NFE, with the seconds per image each took:
+    `samples_per_class` per class, the same noise seeds and masks (`sample.mask_source`, as in the store) at every
+    NFE, so the quality stage's curve shows how far the step count can drop. Written to `out` (an .npz: `nfes`,
+    `seconds_per_image`, `labels`, `images_<nfe>`, `key`), reused when its key (the version's run key, the NFEs
+    and the count) matches. None for a diffusion (epsilon) checkpoint: the curve is of the flow's Euler steps."""
+    out = Path(out)
+    attrs = open_store(synthetic_path).attrs
+    key = config_hash(attrs["run_key"], tuple(nfes), samples_per_class)
+    if out.exists():
+        with np.load(out) as done:
+            if str(done["key"]) == key:
+                return out
+    stored = from_dict(SampleConfig, attrs.get("sample_config"), "sample")
+    base = replace(stored, samples_per_class=samples_per_class, seed=99, solver="euler", compile=False,
+                   reject_copies=False)
+    sampler = Sampler(attrs["checkpoint"], base, default_device(device), attrs.get("mask_checkpoint"))
+    if sampler.model.cfg.prediction != "velocity":
+        return None
+    positions = np.arange(len(sampler.labels))
+    arrays: dict[str, Any] = {}
+    spent, seconds = [], []
+    for nfe in nfes:
+        sampler.cfg = replace(base, nfe=nfe)
+        t0 = time.perf_counter()
+        images, used, _ = sampler.draw(positions, sampler.seeds)
+        seconds.append((time.perf_counter() - t0) / len(positions))
+        spent.append(used)
+        arrays[f"images_{used}"] = images
+    with atomic_path(out) as tmp, open(tmp, "wb") as f:
+        arrays.update(key=np.array(key), nfes=np.array(spent), seconds_per_image=np.array(seconds),
+                      labels=sampler.labels)
+        np.savez(f, **arrays)
+    return out

@@ -1,4 +1,5 @@
-"""Sampling tasks: plan the sharded synthetic store, fan its shards out over Dask, publish the version."""
+"""Sampling tasks: plan the sharded synthetic store, fan its shards out over Dask, publish the version; the
+quality-vs-NFE curve's fresh samples."""
 
 from __future__ import annotations
 
@@ -9,10 +10,10 @@ from prefect import get_run_logger, task
 from motfm_core.config import SampleConfig
 from motfm_core.data import open_store, publish_latest
 from motfm_core.distributed import dask_client, sample_shards
-from motfm_core.sampling import ShardResult, prepare_version
+from motfm_core.sampling import ShardResult, prepare_version, sample_nfe_curve
 from tasks import BACKOFF, GPU_TAG, progress_bar, transient
 
-__all__ = ["plan_sampling_task", "publish_task", "sample_shards_task"]
+__all__ = ["nfe_curve_task", "plan_sampling_task", "publish_task", "sample_shards_task"]
 
 @task(name="plan-sampling")
 def plan_sampling_task(checkpoint: str, cfg: SampleConfig, run_dir: str, mask_checkpoint: str | None = None
@@ -55,3 +56,14 @@ def publish_task(store: str, keep_versions: int = 0, grace_hours: float = 24.0) 
     latest = publish_latest(store, keep=keep_versions, grace=3600.0 * grace_hours)
     get_run_logger().info("sample: %s -> %s", latest, Path(store).name)
     return str(latest)
+
+
+@task(name="sample-nfe-curve", tags=[GPU_TAG], retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
+def nfe_curve_task(store: str, nfes: list[int], samples_per_class: int, run_dir: str) -> str | None:
+    """`<run_dir>/nfe-curve.npz`: the version's generator sampled afresh at each NFE (reused when its key
+    matches), for the quality-vs-NFE curve; None for a diffusion checkpoint."""
+    out = sample_nfe_curve(store, tuple(nfes), samples_per_class, Path(run_dir) / "nfe-curve.npz")
+    if out is not None:
+        get_run_logger().info("sample: %d fresh samples per class at NFE %s for the quality-vs-NFE curve -> %s",
+                              samples_per_class, ", ".join(map(str, nfes)), out)
+    return None if out is None else str(out)

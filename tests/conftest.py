@@ -34,6 +34,17 @@ def tiny_checkpoint(phantom_store, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def ddpm_checkpoint(phantom_store, tmp_path_factory):
+    """The same-backbone DDPM baseline (epsilon prediction), tiny."""
+    from motfm_core.config import ModelConfig, TrainConfig
+    from motfm_core.training import train_flow_matching
+
+    cfg = ModelConfig(image_size=16, num_classes=3, prediction="epsilon", **TINY_MODEL)
+    return train_flow_matching(phantom_store, cfg, TrainConfig(steps=20, batch_size=8, warmup_steps=5),
+                               tmp_path_factory.mktemp("ddpm"), device="cpu")
+
+
+@pytest.fixture(scope="session")
 def shared_dask_cluster():
     """One Dask LocalCluster (one worker) for the session, its address in $MOTFM_DASK_SCHEDULER while it lives, so
     that flows reach it the way they reach an external cluster: a LocalCluster costs ~10 s of worker start-up

@@ -3,18 +3,11 @@ import pytest
 import torch
 
 from motfm_core.baselines import ddpm_loss, diffusion_sample
-from motfm_core.config import ModelConfig, SampleConfig, TrainConfig
+from motfm_core.config import ModelConfig, SampleConfig
 from motfm_core.nets import build_model
 from motfm_core.sampling import generate, sample_plan
-from motfm_core.training import load_checkpoint, train_flow_matching
+from motfm_core.training import load_checkpoint
 from tests.conftest import TINY_MODEL
-
-
-@pytest.fixture(scope="module")
-def ddpm_checkpoint(phantom_store, tmp_path_factory):
-    cfg = ModelConfig(image_size=16, num_classes=3, prediction="epsilon", **TINY_MODEL)
-    return train_flow_matching(phantom_store, cfg, TrainConfig(steps=20, batch_size=8, warmup_steps=5),
-                               tmp_path_factory.mktemp("ddpm"), device="cpu")
 
 
 def test_ddpm_loss_of_the_true_noise_is_zero():
