@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -75,10 +75,19 @@ def enhance_configs(enhance: Sequence[str], overrides: dict[str, dict[str, Any]]
     return [from_dict(EnhanceConfig, {**settings, "task": name}, "enhance") for name in enhance]
 
 
-def train_generators(cfg: PipelineConfig, data_path: str, run_dir: Path
-                     ) -> dict[float, tuple[str, str | None, Path]]:
-    """The generators a run needs: {real fraction: (image checkpoint, mask generator or None, output folder)} for
-    the full train split (1.0) and, leak-free, for each low-data fraction's own subset (`low-data/real-<f>/`)."""
+@dataclass(frozen=True)
+class Generators:
+    """What a run trained: {real fraction: (image checkpoint, mask generator or None, output folder)} for the full
+    train split (1.0) and each low-data share, and the same-backbone DDPM baseline's checkpoint (eval.ddpm_arms)."""
+
+    by_fraction: dict[float, tuple[str, str | None, Path]]
+    ddpm: str | None = None
+
+
+def train_generators(cfg: PipelineConfig, data_path: str, run_dir: Path) -> Generators:
+    """The generators a run needs: for the full train split and, leak-free, for each low-data fraction's own subset
+    (`low-data/real-<f>/`); with eval.ddpm_arms also the DDPM baseline (`baseline-ddpm/`: the same network and
+    train settings with epsilon prediction, on the full train split)."""
     out = {}
     for f in (1.0, *cfg.eval.real_fractions):
         where = run_dir if f == 1.0 else run_dir / "low-data" / f"real-{f:g}"
@@ -91,7 +100,11 @@ def train_generators(cfg: PipelineConfig, data_path: str, run_dir: Path
         checkpoint = train_task(data_path, cfg.model, train, str(where), autoencoder,
                                 cfg.autoencoder if autoencoder else None)
         out[f] = (checkpoint, masks, where)
-    return out
+    ddpm = None
+    if cfg.eval.ddpm_arms:
+        ddpm = train_task(data_path, replace(cfg.model, prediction="epsilon"), cfg.train,
+                          str(run_dir / "baseline-ddpm"))
+    return Generators(out, ddpm)
 
 
 def synthesise(checkpoint: str, sample: SampleConfig, where: Path, mask_checkpoint: str | None,
@@ -165,25 +178,28 @@ def kept_only_if_written(run_dir: Path) -> Iterator[None]:
         raise
 
 
-def sample_evaluate_report(run_name: str, cfg: PipelineConfig, data_path: str,
-                           generators: dict[float, tuple[str, str | None, Path]], run_dir: Path,
-                           enhancements: list[str] | None = None) -> str:
+def sample_evaluate_report(run_name: str, cfg: PipelineConfig, data_path: str, generators: Generators,
+                           run_dir: Path, enhancements: list[str] | None = None) -> str:
     """The stages after training (shared with `regenerate-synthetic`): sample every generator, evaluate the
     arms (low-data arms on their own generators' stores), report; returns the report path."""
-    ckpt, masks, where = generators[1.0]
+    ckpt, masks, where = generators.by_fraction[1.0]
     with run_cluster(cfg.sample) as scheduler:  # one Dask cluster for every generator's sampling
-        stores = {f: synthesise(c, cfg.sample, w, m, scheduler) for f, (c, m, w) in generators.items()}
+        stores = {f: synthesise(c, cfg.sample, w, m, scheduler) for f, (c, m, w) in generators.by_fraction.items()}
         # downstream value per NFE: the all-data generator sampled again at each other NFE, a version of its own
         # (under nfe-arms/nfe-<n>/synthetic/, so `synthetic/latest` stays the main one)
         by_nfe = {f"{n}": synthesise(ckpt, replace(cfg.sample, nfe=n), where / "nfe-arms" / f"nfe-{n}", masks,
                                      scheduler)
                   for n in sorted(set(cfg.eval.nfe_arms) - {cfg.sample.nfe})}
+        # the DDPM baseline at each DDIM NFE, with the same conditioning masks' source and copy guard
+        ddpm = {f"{n}": synthesise(generators.ddpm, replace(cfg.sample, solver="ddim", nfe=n),
+                                   run_dir / "baseline-ddpm" / f"nfe-{n}", masks, scheduler)
+                for n in cfg.eval.ddpm_arms if generators.ddpm}
     # the quality-vs-NFE curve's fresh samples (a few per class at each NFE, timed)
     curve = (nfe_curve_task(stores[1.0], list(cfg.eval.nfe_curve), cfg.eval.nfe_curve_samples, str(where))
              if cfg.eval.nfe_curve else None)
     low = {f"{f:g}": store for f, store in stores.items() if f != 1.0}
-    evaluation = evaluate_task(data_path, stores[1.0], cfg.eval, str(run_dir), low, by_nfe, curve)
-    return report_task(run_name, cfg.to_dict(), data_path, generators[1.0][0], stores[1.0], evaluation, str(run_dir),
+    evaluation = evaluate_task(data_path, stores[1.0], cfg.eval, str(run_dir), low, by_nfe, curve, ddpm)
+    return report_task(run_name, cfg.to_dict(), data_path, ckpt, stores[1.0], evaluation, str(run_dir),
                        enhancements or [])
 
 

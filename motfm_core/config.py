@@ -371,6 +371,10 @@ class EvalConfig:
     # version of the same size sampled at that NFE and its own `real+synthetic` and `synthetic` arms over the same
     # seeds, so the report can say which NFE is the cheapest whose gain matches the best one's (() = none)
     nfe_arms: tuple[int, ...] = ()
+    # the same comparison against the same-backbone DDPM baseline (model.prediction=epsilon, trained with the run's
+    # train settings on the same data, its own train stage): for each of these DDIM NFEs a version of the same size
+    # and its `real+synthetic DDPM NFE n` and `synthetic DDPM NFE n` arms over the same seeds (() = none)
+    ddpm_arms: tuple[int, ...] = ()
     # picks the class-stratified real subset of each low-data arm (fixed across seeds); its generator is trained on
     # exactly that subset (train.real_fraction / train.subset_seed)
     subset_seed: int = 0
@@ -392,6 +396,7 @@ class EvalConfig:
         _check(all(n >= 1 for n in self.nfe_curve) and self.nfe_curve_samples >= 1,
                "eval.nfe_curve values and eval.nfe_curve_samples must be >= 1")
         _check(all(n >= 1 for n in self.nfe_arms), f"eval.nfe_arms values must be >= 1, got {self.nfe_arms}")
+        _check(all(n >= 1 for n in self.ddpm_arms), f"eval.ddpm_arms values must be >= 1, got {self.ddpm_arms}")
         _check(self.downsample >= 1, f"eval.downsample must be >= 1 (1 = native size), got {self.downsample}")
         _check(self.memory_mb >= 0, f"eval.memory_mb must be >= 0 (0: read every batch from the store), got "
                f"{self.memory_mb}")
@@ -532,6 +537,9 @@ class PipelineConfig:
                              "factor that divides every side (1 = native size)")
         if latent:
             out.check_latent()
+        if out.eval.ddpm_arms and out.model.prediction == "epsilon":
+            raise ValueError("eval.ddpm_arms compares the flow-matching generator with a DDPM baseline, but "
+                             "model.prediction='epsilon' makes the run's generator the DDPM; leave one of them unset")
         return out
 
     def check_latent(self) -> None:
@@ -544,6 +552,9 @@ class PipelineConfig:
                              "generator would train in pixel space); use 'deformed' or 'train'")
         if self.train.reflow_from:
             raise ValueError("train.reflow_from: reflow is not supported with model.space='latent'; leave it empty")
+        if self.eval.ddpm_arms:
+            raise ValueError("eval.ddpm_arms: the DDPM baseline trains in pixel space, not on the latents; leave it "
+                             "empty with model.space='latent'")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -49,6 +49,7 @@ class Arm(Result):
     baseline: str | None  # the arm its gain is measured against
     generator: float = 1.0  # the real fraction its synthetic images' generator was trained on
     nfe: int = 0  # > 0: its synthetic images come from the all-data generator's store sampled at this NFE
+    family: str = "flow"  # "ddpm": from the same-backbone DDPM baseline's store sampled (DDIM) at `nfe`
 
 
 # per arm, per seed ("0", "1", ...), per metric; per arm, per metric
@@ -95,11 +96,13 @@ class Augmentation(Result):
     segmentation: SegmentationResult | None = optional()
 
 
-def plan_arms(cfg: EvalConfig, low_data_generators: bool = True, nfes: tuple[int, ...] = ()) -> list[Arm]:
+def plan_arms(cfg: EvalConfig, low_data_generators: bool = True, nfes: tuple[int, ...] = (),
+              ddpm_nfes: tuple[int, ...] = ()) -> list[Arm]:
     """real; real+synthetic at every ratio (the headline one named plain `real+synthetic`); synthetic only; per
-    NFE n of `nfes` (stores sampled at other NFEs): `real+synthetic NFE n` and `synthetic NFE n`; and per low-data
-    fraction f: `real f%` and, when its own generator exists, `real f%+synthetic` (the headline number of
-    synthetic images from the generator trained on that subset)."""
+    NFE n of `nfes` (stores sampled at other NFEs): `real+synthetic NFE n` and `synthetic NFE n`; the same per
+    DDIM NFE of `ddpm_nfes` (the DDPM baseline's stores): `real+synthetic DDPM NFE n`, `synthetic DDPM NFE n`;
+    and per low-data fraction f: `real f%` and, when its own generator exists, `real f%+synthetic` (the headline
+    number of synthetic images from the generator trained on that subset)."""
     head = cfg.synthetic_ratio
     arms = [Arm("real", 1.0, 0.0, None)]
     for r in sorted({*cfg.ratios, head}):
@@ -108,6 +111,9 @@ def plan_arms(cfg: EvalConfig, low_data_generators: bool = True, nfes: tuple[int
     for n in sorted(nfes):
         arms += [Arm(f"real+synthetic NFE {n}", 1.0, head, "real", nfe=n),
                  Arm(f"synthetic NFE {n}", 0.0, float("inf"), "real", nfe=n)]
+    for n in sorted(ddpm_nfes):
+        arms += [Arm(f"real+synthetic DDPM NFE {n}", 1.0, head, "real", nfe=n, family="ddpm"),
+                 Arm(f"synthetic DDPM NFE {n}", 0.0, float("inf"), "real", nfe=n, family="ddpm")]
     for f in sorted(cfg.real_fractions, reverse=True):
         base = f"real {f:.0%}"
         arms.append(Arm(base, f, 0.0, None))
@@ -174,13 +180,15 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
                           progress: Callable[[str], None] | None = None,
                           low_data: dict[float, str | Path] | None = None, real: Splits | None = None,
                           advance: Callable[[float], None] | None = None,
-                          nfe_stores: dict[int, str | Path] | None = None) -> Augmentation:
+                          nfe_stores: dict[int, str | Path] | None = None,
+                          ddpm_stores: dict[int, str | Path] | None = None) -> Augmentation:
     """Per-arm, per-seed test metrics of a classifier (and a segmenter when both stores have masks) and the
     augmentation gain of every augmented arm over its baseline, with its spread and 95% bootstrap CI.
 
     `low_data` maps each of `cfg.real_fractions` to the synthetic store of a generator trained on that subset
     only; fractions without one get no `+synthetic` arm. `nfe_stores` maps NFEs to stores of the same generator
-    sampled at them (arms `real+synthetic NFE n`, `synthetic NFE n`). `real`: the train and test splits, when
+    sampled at them (arms `real+synthetic NFE n`, `synthetic NFE n`), `ddpm_stores` DDIM NFEs to the DDPM
+    baseline's stores (arms `... DDPM NFE n`). `real`: the train and test splits, when
     already loaded. `advance` gets the share of (seed, arm) trainings done."""
     device = default_device(device)
     say = progress or log.info
@@ -192,14 +200,16 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
         raise ValueError(f"eval.real_fractions {missing} have no low-data generator store; pass one per fraction")
     stores = {1.0: open_synthetic(synthetic_path), **low_data_stores(low_data, train["labels"], cfg)}
     by_nfe = {int(n): open_synthetic(p) for n, p in (nfe_stores or {}).items()}
+    ddpm = {int(n): open_synthetic(p) for n, p in (ddpm_stores or {}).items()}
     syn = stores[1.0]
     sy = syn["labels"]
     k = int(max(train["labels"].max(), test["labels"].max(), sy.max()) + 1)
     segment = cfg.segmentation and "masks" in train and all("masks" in s for s in [*stores.values(),
-                                                                                      *by_nfe.values()])
+                                                                                      *by_nfe.values(),
+                                                                                      *ddpm.values()])
     # int before + 1: a uint8 maximum of 255 + 1 wrapped to 0 classes (0/255 masks crashed the segmenter)
     mask_classes = max(int(train["masks"].max()), int(test["masks"].max())) + 1 if segment else 0
-    arms, n = plan_arms(cfg, bool(low_data), tuple(by_nfe)), len(train["labels"])
+    arms, n = plan_arms(cfg, bool(low_data), tuple(by_nfe), tuple(ddpm)), len(train["labels"])
     results: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in arms}
     seg_results: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in arms}
     probas: dict[str, list[np.ndarray]] = {a.name: [] for a in arms}
@@ -208,7 +218,7 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
     t0 = time.time()
     for seed in cfg.seeds:
         for arm in arms:
-            src = by_nfe[arm.nfe] if arm.nfe else stores[arm.generator]
+            src = (ddpm if arm.family == "ddpm" else by_nfe)[arm.nfe] if arm.nfe else stores[arm.generator]
             ri, si = _arm_indices(arm, train["labels"], len(src["labels"]), seed, cfg.subset_seed)
             sizes[arm.name] = {"real": int(len(ri)), "synthetic": int(len(si))}
             x = _training_rows(train["images"], ri, src["images"], si, cfg.memory_mb)

@@ -62,13 +62,15 @@ def read_evaluation(path: str | Path) -> Evaluation:
 
 def evaluation_key(data_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig,
                    low_data: Mapping[float, str | Path], nfe_stores: Mapping[int, str | Path] | None = None,
-                   nfe_curve: str | Path | None = None) -> str:
+                   nfe_curve: str | Path | None = None, ddpm_stores: Mapping[int, str | Path] | None = None) -> str:
     """What an evaluation depends on: real data fingerprint, synthetic versions' run keys, the NFE curve's
     samples, config, version."""
     parts = [cfg, open_store(data_path).attrs["fingerprint"], open_store(synthetic_path).attrs["run_key"],
              __version__, sorted((f, open_store(p).attrs["run_key"]) for f, p in low_data.items())]
     if nfe_stores:  # (left out when empty: evaluations without NFE arms keep their keys)
         parts.append(sorted((n, open_store(p).attrs["run_key"]) for n, p in nfe_stores.items()))
+    if ddpm_stores:
+        parts.append(("ddpm", sorted((n, open_store(p).attrs["run_key"]) for n, p in ddpm_stores.items())))
     if nfe_curve is not None:
         with np.load(nfe_curve) as curve:
             parts.append(("nfe-curve", str(curve["key"])))
@@ -79,31 +81,36 @@ def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalCon
                  low_data: Mapping[float, str | Path] | None = None,
                  progress: Callable[[str], None] | None = None,
                  advance: Callable[[float], None] | None = None,
-                 nfe_stores: Mapping[int, str | Path] | None = None, nfe_curve: str | Path | None = None) -> Path:
+                 nfe_stores: Mapping[int, str | Path] | None = None, nfe_curve: str | Path | None = None,
+                 ddpm_stores: Mapping[int, str | Path] | None = None) -> Path:
     """`<run_dir>/evaluation.json`: classifier (and segmenter) arms over seeds, quality metrics and the memorisation
     audit; `low_data` maps each real fraction to the store of the generator trained on that subset only,
     `nfe_stores` each NFE to the all-data generator's store sampled at it, `nfe_curve` the sampling stage's fresh
-    samples per NFE (`motfm_core.sampling.sample_nfe_curve`), scored into the quality-vs-NFE curve. An
+    samples per NFE (`motfm_core.sampling.sample_nfe_curve`), scored into the quality-vs-NFE curve, `ddpm_stores`
+    each DDIM NFE to the same-backbone DDPM baseline's store sampled at it. An
     existing file with the same key is reused. Returns its path. `advance` gets the share done: the downstream
     trainings count for 90% (they take most of the time), the quality metrics and audits for the rest."""
     say = progress or log.info
     out = Path(run_dir) / "evaluation.json"
     low = {float(f): p for f, p in (low_data or {}).items()}
     by_nfe = {int(n): p for n, p in (nfe_stores or {}).items()}
-    key = evaluation_key(data_path, synthetic_path, cfg, low, by_nfe, nfe_curve)
+    ddpm = {int(n): p for n, p in (ddpm_stores or {}).items()}
+    key = evaluation_key(data_path, synthetic_path, cfg, low, by_nfe, nfe_curve, ddpm)
     if out.exists() and json.loads(out.read_text()).get("key") == key:
         say(f"evaluate: {out} already holds this data, synthetic version and config (key {key}); reusing it")
         return out
     mmap_large_buffers()  # read batches freed go back to the system: memory stays flat however large the store
     real = load_splits(data_path)
     with contextlib.ExitStack() as leases:  # another run's pruning leaves the versions read here alone
-        for store in (synthetic_path, *low.values(), *by_nfe.values()):
+        for store in (synthetic_path, *low.values(), *by_nfe.values(), *ddpm.values()):
             leases.enter_context(hold_version(store))
         result = Evaluation(
             augmentation=evaluate_augmentation(data_path, synthetic_path, cfg, progress=say, low_data=low, real=real,
                                                advance=(lambda f: advance(0.9 * f)) if advance else None,
-                                               nfe_stores=by_nfe),
-            quality=synthetic_quality(data_path, synthetic_path, cfg, nfe_curve=nfe_curve, real=real),
+                                               nfe_stores=by_nfe, ddpm_stores=ddpm),
+            quality=synthetic_quality(data_path, synthetic_path, cfg, nfe_curve=nfe_curve, real=real,
+                                      arm_stores={**{f"NFE {n}": p for n, p in by_nfe.items()},
+                                                  **{f"DDPM NFE {n}": p for n, p in ddpm.items()}}),
             memorisation=audit_stores(data_path, synthetic_path, Path(run_dir) / "closest_pairs.png", real=real),
             low_data_memorisation={f"{f:g}": audit_stores(data_path, p, real=real) for f, p in sorted(low.items())},
             key=key)

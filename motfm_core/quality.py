@@ -34,7 +34,7 @@ from motfm_core.results import Result, optional
 from motfm_core.supervised import train_classifier
 from motfm_core.utils import default_device, to_model_space
 
-__all__ = ["density_coverage", "Diversity", "diversity", "FeatureExtractor", "fid", "kid", "NfePoint",
+__all__ = ["scores", "density_coverage", "Diversity", "diversity", "FeatureExtractor", "fid", "kid", "NfePoint",
            "precision_recall",
            "Quality", "quality", "Scores", "score_nfe_curve", "swd", "synthetic_quality"]
 
@@ -85,7 +85,8 @@ class Reconstruction(Result):
 @dataclass(frozen=True)
 class Quality(Result):
     """Synthetic vs real test beside real train vs real test (the baseline); for a store, also the feature size,
-    intra-class diversity (`synthetic`, `real_train`) and the quality-vs-NFE curve when measured."""
+    intra-class diversity (`synthetic`, `real_train`), the quality-vs-NFE curve when measured and the scores of
+    the other stores the downstream arms train on (`arm_stores`: "NFE 1", "DDPM NFE 10", ...)."""
 
     synthetic_vs_test: Scores
     train_vs_test: Scores
@@ -93,6 +94,7 @@ class Quality(Result):
     diversity: dict[str, Diversity] | None = optional()
     nfe_curve: list[NfePoint] | None = optional()
     reconstruction: Reconstruction | None = optional()  # latent models: the autoencoder on real test images
+    arm_stores: dict[str, Scores] | None = optional()
 
 
 class FeatureExtractor:
@@ -252,12 +254,16 @@ def quality(real_train: np.ndarray, real_test: np.ndarray, fake: np.ndarray,
 
     real_train/real_test/fake are features; `images` ({"train", "test", "fake"}) adds the pixel-level SWD.
     """
-    def block(a: np.ndarray, b: np.ndarray, pixels: str) -> Scores:
-        return Scores(fid=fid(a, b), kid=kid(a, b), **precision_recall(a, b), **density_coverage(a, b),
-                      swd=None if images is None else swd(images["test"], images[pixels]))
+    def block(b: np.ndarray, pixels: str) -> Scores:
+        return scores(real_test, b, None if images is None else (images["test"], images[pixels]))
 
-    return Quality(synthetic_vs_test=block(real_test, fake, "fake"),
-                   train_vs_test=block(real_test, real_train, "train"))
+    return Quality(synthetic_vs_test=block(fake, "fake"), train_vs_test=block(real_train, "train"))
+
+
+def scores(real: np.ndarray, fake: np.ndarray, pixels: tuple[Any, Any] | None = None) -> Scores:
+    """Every feature-space score of `fake` against `real` features; `pixels` (real, fake images) adds the SWD."""
+    return Scores(fid=fid(real, fake), kid=kid(real, fake), **precision_recall(real, fake),
+                  **density_coverage(real, fake), swd=None if pixels is None else swd(*pixels))
 
 
 def score_nfe_curve(path: str | Path, extractor: "FeatureExtractor", test: np.ndarray, test_feats: np.ndarray
@@ -272,10 +278,11 @@ def score_nfe_curve(path: str | Path, extractor: "FeatureExtractor", test: np.nd
 
 def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig | None = None,
                       device: torch.device | str | None = None, nfe_curve: str | Path | None = None,
-                      real: Splits | None = None) -> Quality:
+                      real: Splits | None = None, arm_stores: dict[str, str | Path] | None = None) -> Quality:
     """Train the in-domain extractor on the real train split and score the synthetic store against real test;
-    with `nfe_curve` (the sampling stage's fresh samples per NFE), also the quality-vs-NFE curve. `real`: the
-    train and test splits, when already loaded."""
+    with `nfe_curve` (the sampling stage's fresh samples per NFE), also the quality-vs-NFE curve; with
+    `arm_stores` (a name per store), the same scores of each. `real`: the train and test splits, when already
+    loaded."""
     device = default_device(device)
     real = real or load_splits(real_path)
     extractor = FeatureExtractor.train(real_path, cfg, device=device, data=real["train"])
@@ -289,6 +296,9 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
     return dataclasses.replace(
         quality(feats["train"], feats["test"], extractor(fake), {**images, "fake": fake}),
         feature_dim=int(feats["train"].shape[1]), nfe_curve=curve,
+        arm_stores={name: scores(feats["test"], extractor(x), (images["test"], x))
+                    for name, x in ((n, open_synthetic(p)["images"]) for n, p in arm_stores.items())}
+        if arm_stores else None,
         reconstruction=reconstruction(images["test"], record, device) if record else None,
         diversity={"synthetic": diversity(fake, fake_labels, downsample=factor),
                    "real_train": diversity(images["train"], real["train"]["labels"], downsample=factor)})

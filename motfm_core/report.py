@@ -151,36 +151,62 @@ def cheapest_nfe(gains: dict[int, Gain]) -> int | None:
 
 
 def nfe_lines(evaluation: Evaluation, main_nfe: int) -> list[str]:
-    """The report's downstream-value-per-NFE section: per NFE, quality (from the NFE curve, when it measured that
-    NFE) beside the gains of its `real+synthetic` and `synthetic` arms, and the cheapest NFE that matches the best."""
-    ev = evaluation.augmentation
-    nfes = sorted({main_nfe, *(a.nfe for a in ev.arms if a.nfe)})
-    if len(nfes) < 2:
+    """The report's downstream-value-per-NFE section: per NFE of the flow (and per DDIM NFE of the DDPM baseline,
+    when measured), the quality of the store the arms train on beside the gains of its `real+synthetic` and
+    `synthetic` arms, and the cheapest flow NFE that matches the best."""
+    ev, q = evaluation.augmentation, evaluation.quality
+    nfes = sorted({main_nfe, *(a.nfe for a in ev.arms if a.nfe and a.family == "flow")})
+    ddpm = sorted({a.nfe for a in ev.arms if a.family == "ddpm"})
+    if len(nfes) < 2 and not ddpm:
         return []
-    curve = {p.nfe: (p.fid, p.swd_fine) for p in evaluation.quality.nfe_curve or []}
-    main = evaluation.quality.synthetic_vs_test  # the main store itself, at its own NFE
-    curve[main_nfe] = (main.fid, (main.swd or {}).get("level0", float("nan")))
+    curve = {p.nfe: (p.fid, p.swd_fine) for p in q.nfe_curve or []}  # for evaluations made before arm_stores
+    stores = {name: (s.fid, (s.swd or {}).get("level0", float("nan"))) for name, s in (q.arm_stores or {}).items()}
+    main = q.synthetic_vs_test  # the main store itself, at its own NFE
+    stores["NFE " + str(main_nfe)] = (main.fid, (main.swd or {}).get("level0", float("nan")))
 
-    def arm(prefix: str, n: int) -> str:
+    def arm(prefix: str, n: int, family: str = "flow") -> str:
+        if family == "ddpm":
+            return f"{prefix} DDPM NFE {n}"
         return prefix if n == main_nfe else f"{prefix} NFE {n}"
 
-    lines = ["", "Downstream value per NFE (the same generator sampled at each NFE; the same arms and seeds; gains "
-             "over `real`, 95% bootstrap CI; FID and fine SWD of the NFE curve's fresh samples, or of the store "
-             "itself at the run's own NFE):", "",
-             "| NFE | FID | fine SWD | real+synthetic accuracy gain | synthetic-only accuracy gain |",
-             "|---|---|---|---|---|"]
-    for n in nfes:
-        q = curve.get(n)
-        quality = f"{q[0]:.3f} | {q[1]:.0f}" if q else "n/a | n/a"
-        lines.append(f"| {n} | {quality} | {_signed(ev.gains[arm('real+synthetic', n)]['accuracy'])} | "
-                     f"{_signed(ev.gains[arm('synthetic', n)]['accuracy'])} |")
+    def row(model: str, n: int, family: str, quality: tuple[float, float] | None) -> str:
+        cells = f"{quality[0]:.3f} | {quality[1]:.0f}" if quality else "n/a | n/a"
+        return (f"| {model} | {n} | {cells} | {_signed(ev.gains[arm('real+synthetic', n, family)]['accuracy'])} | "
+                f"{_signed(ev.gains[arm('synthetic', n, family)]['accuracy'])} |")
+
+    lines = ["", "Downstream value per NFE (each store sampled at that NFE, the same arms and seeds; gains over "
+             "`real`, 95% bootstrap CI; FID and fine SWD of the store the arms train on against real test):", "",
+             "| generator | NFE | FID | fine SWD | real+synthetic accuracy gain | synthetic-only accuracy gain |",
+             "|---|---|---|---|---|---|"]
+    lines += [row("flow matching (Euler)", n, "flow", stores.get(f"NFE {n}", curve.get(n))) for n in nfes]
+    lines += [row("DDPM baseline (DDIM)", n, "ddpm", stores.get(f"DDPM NFE {n}")) for n in ddpm]
     cheapest = cheapest_nfe({n: ev.gains[arm("real+synthetic", n)]["accuracy"] for n in nfes})
-    if cheapest is not None:
+    if cheapest is not None and len(nfes) > 1:
         fewer = ("fewer evaluations were not measured" if cheapest == nfes[0]
                  else "fewer evaluations cost downstream value measurably here")
         lines += ["", f"Cheapest NFE whose real+synthetic gain's CI overlaps the best one's: **{cheapest}** (no NFE "
                   f"in the table gains measurably more downstream; {fewer})."]
+    if ddpm:
+        lines += ["", ddpm_line(ev.gains, main_nfe, ddpm)]
     return lines
+
+
+def ddpm_line(gains: dict[str, dict[str, Gain]], main_nfe: int, ddpm: list[int]) -> str:
+    """Flow matching at the run's NFE against the DDPM baseline's best DDIM NFE, by real+synthetic accuracy gain:
+    which is ahead, and whether their 95% CIs separate them."""
+    fm = gains["real+synthetic"]["accuracy"]
+    n = max(ddpm, key=lambda k: gains[f"real+synthetic DDPM NFE {k}"]["accuracy"].mean)
+    base = gains[f"real+synthetic DDPM NFE {n}"]["accuracy"]
+    if None in (fm.ci95_low, fm.ci95_high, base.ci95_low, base.ci95_high):
+        verdict = "no CIs to compare"
+    elif fm.ci95_low > base.ci95_high:  # type: ignore[operator]
+        verdict = "flow matching's data helps more (the CIs do not overlap)"
+    elif base.ci95_low > fm.ci95_high:  # type: ignore[operator]
+        verdict = "the DDPM baseline's data helps more (the CIs do not overlap)"
+    else:
+        verdict = "no measurable difference (the CIs overlap)"
+    return (f"Flow matching at NFE {main_nfe} vs the DDPM baseline at its best DDIM NFE ({n}), same network and "
+            f"training budget: real+synthetic accuracy gain {fm.mean:+.3f} vs {base.mean:+.3f}: {verdict}.")
 
 
 def _gains_table(evaluation: Evaluation) -> list[str]:

@@ -152,9 +152,9 @@ def test_nfe_arms_train_on_their_own_store_with_the_same_seeds(phantom_store, tm
     holding other images must not."""
     from motfm_core.downstream import plan_arms
 
-    assert [a.name for a in plan_arms(EvalConfig(ratios=(), real_fractions=()), nfes=(4, 1))] == [
+    assert [a.name for a in plan_arms(EvalConfig(ratios=(), real_fractions=()), nfes=(4, 1), ddpm_nfes=(10,))] == [
         "real", "real+synthetic", "synthetic", "real+synthetic NFE 1", "synthetic NFE 1", "real+synthetic NFE 4",
-        "synthetic NFE 4"]
+        "synthetic NFE 4", "real+synthetic DDPM NFE 10", "synthetic DDPM NFE 10"]
     train = load_split(phantom_store, "train")
     n, shape = len(train["labels"]), train["images"].shape[1:]
     stores = {}
@@ -165,11 +165,31 @@ def test_nfe_arms_train_on_their_own_store_with_the_same_seeds(phantom_store, tm
     cfg = EvalConfig(seeds=(0,), steps=30, batch_size=16, channels=(8, 16), ratios=(), real_fractions=(),
                      segmentation=False)
     out = evaluate_augmentation(phantom_store, stores["main"], cfg, device="cpu",
-                                nfe_stores={1: stores["same"], 4: stores["other"]})
+                                nfe_stores={1: stores["same"], 4: stores["other"]},
+                                ddpm_stores={4: stores["same"]})  # the DDPM's NFE 4 is not the flow's NFE 4
     assert out.per_seed["real+synthetic NFE 1"] == out.per_seed["real+synthetic"]
+    assert out.per_seed["real+synthetic DDPM NFE 4"] == out.per_seed["real+synthetic"]
+    assert out.per_seed["synthetic DDPM NFE 4"] != out.per_seed["synthetic NFE 4"]
     assert out.per_seed["synthetic NFE 1"] == out.per_seed["synthetic"]
     assert out.per_seed["synthetic NFE 4"] != out.per_seed["synthetic"]  # other images: another model
     assert {"real+synthetic NFE 1", "synthetic NFE 4"} <= set(out.gains)
+
+
+def test_flow_matching_against_the_ddpm_baseline_is_judged_by_ci_overlap():
+    from motfm_core.metrics import Gain
+    from motfm_core.report import ddpm_line
+
+    def g(mean, lo, hi):
+        return {"accuracy": Gain(mean=mean, std=0.01, min=lo, max=hi, n=3, ci95_low=lo, ci95_high=hi)}
+
+    gains = {"real+synthetic": g(0.05, 0.03, 0.08), "real+synthetic DDPM NFE 10": g(0.00, -0.02, 0.02),
+             "real+synthetic DDPM NFE 50": g(0.01, -0.01, 0.025)}
+    line = ddpm_line(gains, 4, [10, 50])
+    assert "best DDIM NFE (50)" in line and "+0.050 vs +0.010" in line and "flow matching's data helps more" in line
+    gains["real+synthetic DDPM NFE 50"] = g(0.04, 0.02, 0.06)
+    assert "no measurable difference" in ddpm_line(gains, 4, [10, 50])
+    gains["real+synthetic DDPM NFE 50"] = g(0.12, 0.09, 0.15)
+    assert "the DDPM baseline's data helps more" in ddpm_line(gains, 4, [10, 50])
 
 
 def test_the_cheapest_nfe_is_the_fewest_steps_whose_gain_ci_overlaps_the_best():

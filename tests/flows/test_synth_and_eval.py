@@ -148,11 +148,12 @@ def test_mask_conditioned_run_stores_its_masks(harness, tmp_path, how, source):
 
 
 def test_report_has_quality_against_its_baseline_and_enhancement(harness, tmp_path):
-    """One run: the quality section beside its real-vs-real baseline, the audit, and the enhancement tasks asked
-    for through flow parameters (each at its default level)."""
+    """One run: the quality section beside its real-vs-real baseline, the audit, the DDPM baseline's arms and the
+    enhancement tasks asked for through flow parameters (each at its default level)."""
     params = {**TINY, "seeds": [0], "enhance": ["denoise", "superres"]}
     params["overrides"] = {**TINY["overrides"], "enhance": {"channels": [16, 16], "steps": 10, "nfe": 2},
-                           "eval": {**TINY["overrides"]["eval"], "real_fractions": []}}  # no low-data generator
+                           "eval": {**TINY["overrides"]["eval"], "real_fractions": [],  # no low-data generator
+                                    "ddpm_arms": [3]}}
     synth_and_eval(run_name="q", output_root=str(tmp_path), **params)
     report = json.loads((tmp_path / "q" / "report.json").read_text())
     q = report["evaluation"]["quality"]
@@ -169,6 +170,14 @@ def test_report_has_quality_against_its_baseline_and_enhancement(harness, tmp_pa
     assert 0 <= mem["fraction_flagged"] <= 1 and (tmp_path / "q" / "closest_pairs.png").exists()
     g = report["evaluation"]["gain"]["accuracy"]
     assert -1 <= g["ci95_low"] <= g["ci95_high"] <= 1 and g["n_boot"] > 0
+    # the DDPM baseline: trained beside the flow, sampled with DDIM into a version of its own, its arms evaluated
+    from motfm_core.data import open_store
+
+    ddpm = open_store(tmp_path / "q" / "baseline-ddpm" / "nfe-3" / "synthetic" / "latest").attrs
+    assert ddpm["solver"] == "ddim" and ddpm["nfe"] == 3 and ddpm["checkpoint"].endswith("baseline-ddpm/checkpoints/model.pt")
+    assert {"real+synthetic DDPM NFE 3", "synthetic DDPM NFE 3"} <= set(report["evaluation"]["gains"])
+    assert q["arm_stores"]["DDPM NFE 3"]["fid"] >= 0
+    assert "| DDPM baseline (DDIM) | 3 |" in md and "vs the DDPM baseline at its best DDIM NFE (3)" in md
 
     e, sr = report["enhancement"]
     assert e["config"]["task"] == "denoise" and e["nfe"] == 2 and "flow" in e
