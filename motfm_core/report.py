@@ -23,9 +23,10 @@ from motfm_core.data.synthetic import completed_shards
 from motfm_core.enhance import Enhancement
 from motfm_core.evaluation import Evaluation, read_evaluation
 from motfm_core.figures import gain_figure, loss_figure, sample_grid
-from motfm_core.metrics import Gain, Stat
+from motfm_core.metrics import Stat
 from motfm_core.results import Result, optional
 from motfm_core.utils import atomic_path
+from motfm_core.verdicts import nfe_lines, signed, verdict_of
 
 __all__ = ["coverage_lines", "DatasetInfo", "gain_rows", "gather", "publish_report", "read_report", "render_markdown",
            "Report", "REPORT_SCHEMA_VERSION", "SamplingInfo", "TrainingInfo", "write_report"]
@@ -107,19 +108,12 @@ def _fmt(s: Stat | None) -> str:
     return f"{s.mean:.3f} ± {s.std:.3f}"
 
 
-def _signed(g: Gain) -> str:
-    if math.isnan(g.mean):
-        return "n/a"
-    ci = f", 95% CI {g.ci95_low:+.3f}..{g.ci95_high:+.3f}" if g.ci95_low is not None else ""
-    return f"{g.mean:+.3f} ± {g.std:.3f}{ci}"
-
-
 def _more_verdicts(evaluation: Evaluation) -> str:
     """The segmenter's headline gain and the best ratio, for the first screen."""
     out, ev, mem = "", evaluation.augmentation, evaluation.memorisation
     if ev.segmentation is not None:
         g = ev.segmentation.gains["real+synthetic"]
-        out += f" Segmenter: Dice gain {_signed(g['dice'])}, HD95 change {_signed(g['hd95'])} px."
+        out += f" Segmenter: Dice gain {signed(g['dice'])}, HD95 change {signed(g['hd95'])} px."
     if mem.fraction_flagged > 0.1:
         out += (f" **Warning: {mem.fraction_flagged:.0%} of the synthetic images are near-copies of training "
                 "images** (memorisation audit below): gains may come from the real data copied back, not from new "
@@ -140,75 +134,6 @@ def _shortfall(ratio: float | None, real_train: int, synthetic: int | None) -> s
     return f" (**short**: ratio {ratio:g} asks for {wanted}; sample more)" if synthetic < wanted else ""
 
 
-def cheapest_nfe(gains: dict[int, Gain]) -> int | None:
-    """The smallest NFE whose gain's 95% CI overlaps the CI of the best mean gain (None without CIs): where fewer
-    steps stop costing measurable downstream value."""
-    ci = {n: (g.ci95_low, g.ci95_high) for n, g in gains.items()}
-    if not ci or any(lo is None or hi is None for lo, hi in ci.values()):
-        return None
-    lo_best, hi_best = ci[max(gains, key=lambda n: gains[n].mean)]
-    return min(n for n, (lo, hi) in ci.items() if lo <= hi_best and lo_best <= hi)  # type: ignore[operator]
-
-
-def nfe_lines(evaluation: Evaluation, main_nfe: int) -> list[str]:
-    """The report's downstream-value-per-NFE section: per NFE of the flow (and per DDIM NFE of the DDPM baseline,
-    when measured), the quality of the store the arms train on beside the gains of its `real+synthetic` and
-    `synthetic` arms, and the cheapest flow NFE that matches the best."""
-    ev, q = evaluation.augmentation, evaluation.quality
-    nfes = sorted({main_nfe, *(a.nfe for a in ev.arms if a.nfe and a.family == "flow")})
-    ddpm = sorted({a.nfe for a in ev.arms if a.family == "ddpm"})
-    if len(nfes) < 2 and not ddpm:
-        return []
-    curve = {p.nfe: (p.fid, p.swd_fine) for p in q.nfe_curve or []}  # for evaluations made before arm_stores
-    stores = {name: (s.fid, (s.swd or {}).get("level0", float("nan"))) for name, s in (q.arm_stores or {}).items()}
-    main = q.synthetic_vs_test  # the main store itself, at its own NFE
-    stores["NFE " + str(main_nfe)] = (main.fid, (main.swd or {}).get("level0", float("nan")))
-
-    def arm(prefix: str, n: int, family: str = "flow") -> str:
-        if family == "ddpm":
-            return f"{prefix} DDPM NFE {n}"
-        return prefix if n == main_nfe else f"{prefix} NFE {n}"
-
-    def row(model: str, n: int, family: str, quality: tuple[float, float] | None) -> str:
-        cells = f"{quality[0]:.3f} | {quality[1]:.0f}" if quality else "n/a | n/a"
-        return (f"| {model} | {n} | {cells} | {_signed(ev.gains[arm('real+synthetic', n, family)]['accuracy'])} | "
-                f"{_signed(ev.gains[arm('synthetic', n, family)]['accuracy'])} |")
-
-    lines = ["", "Downstream value per NFE (each store sampled at that NFE, the same arms and seeds; gains over "
-             "`real`, 95% bootstrap CI; FID and fine SWD of the store the arms train on against real test):", "",
-             "| generator | NFE | FID | fine SWD | real+synthetic accuracy gain | synthetic-only accuracy gain |",
-             "|---|---|---|---|---|---|"]
-    lines += [row("flow matching (Euler)", n, "flow", stores.get(f"NFE {n}", curve.get(n))) for n in nfes]
-    lines += [row("DDPM baseline (DDIM)", n, "ddpm", stores.get(f"DDPM NFE {n}")) for n in ddpm]
-    cheapest = cheapest_nfe({n: ev.gains[arm("real+synthetic", n)]["accuracy"] for n in nfes})
-    if cheapest is not None and len(nfes) > 1:
-        fewer = ("fewer evaluations were not measured" if cheapest == nfes[0]
-                 else "fewer evaluations cost downstream value measurably here")
-        lines += ["", f"Cheapest NFE whose real+synthetic gain's CI overlaps the best one's: **{cheapest}** (no NFE "
-                  f"in the table gains measurably more downstream; {fewer})."]
-    if ddpm:
-        lines += ["", ddpm_line(ev.gains, main_nfe, ddpm)]
-    return lines
-
-
-def ddpm_line(gains: dict[str, dict[str, Gain]], main_nfe: int, ddpm: list[int]) -> str:
-    """Flow matching at the run's NFE against the DDPM baseline's best DDIM NFE, by real+synthetic accuracy gain:
-    which is ahead, and whether their 95% CIs separate them."""
-    fm = gains["real+synthetic"]["accuracy"]
-    n = max(ddpm, key=lambda k: gains[f"real+synthetic DDPM NFE {k}"]["accuracy"].mean)
-    base = gains[f"real+synthetic DDPM NFE {n}"]["accuracy"]
-    if None in (fm.ci95_low, fm.ci95_high, base.ci95_low, base.ci95_high):
-        verdict = "no CIs to compare"
-    elif fm.ci95_low > base.ci95_high:  # type: ignore[operator]
-        verdict = "flow matching's data helps more (the CIs do not overlap)"
-    elif base.ci95_low > fm.ci95_high:  # type: ignore[operator]
-        verdict = "the DDPM baseline's data helps more (the CIs do not overlap)"
-    else:
-        verdict = "no measurable difference (the CIs overlap)"
-    return (f"Flow matching at NFE {main_nfe} vs the DDPM baseline at its best DDIM NFE ({n}), same network and "
-            f"training budget: real+synthetic accuracy gain {fm.mean:+.3f} vs {base.mean:+.3f}: {verdict}.")
-
-
 def _gains_table(evaluation: Evaluation) -> list[str]:
     """Every augmented arm against its baseline: sizes and gains with CIs (and the segmenter's, if any)."""
     ev = evaluation.augmentation
@@ -223,10 +148,10 @@ def _gains_table(evaluation: Evaluation) -> list[str]:
         size = ev.sizes.arms.get(arm, {})
         row = (f"| {arm} (vs {baselines.get(arm, 'real')}) | {size.get('real', '?')} / {size.get('synthetic', '?')}"
                f"{_shortfall(ratios.get(arm), ev.sizes.real_train, size.get('synthetic'))} | "
-               f"{_signed(g['accuracy'])} | {_signed(g['macro_f1'])} |")
+               f"{signed(g['accuracy'])} | {signed(g['macro_f1'])} |")
         if seg:
             sg = seg.gains[arm]
-            row += f" {_signed(sg['dice'])} | {_signed(sg['hd95'])} |"
+            row += f" {signed(sg['dice'])} | {signed(sg['hd95'])} |"
         lines.append(row)
     if seg:
         lines += ["", f"Segmenter (MONAI UNet, DiceCELoss; {seg.mask_classes - 1} foreground classes) on the real "
@@ -273,22 +198,6 @@ def coverage_lines(report: Report) -> list[str]:
     return ["", *out]
 
 
-def verdict_of(g: Gain, per_seed: list[float]) -> str:
-    """'helped' / 'hurt' only when the gain's 95% CI (bootstrap over test images) excludes 0 *and* every seed's
-    paired gain has that sign: the CI holds the trained models fixed, so a baseline seed that trained well (in 3D
-    the real arm's accuracy differed by 0.135 between two seeds) could make a 'hurt' of training noise alone."""
-    lo = g.mean - g.std if g.ci95_low is None else g.ci95_low
-    hi = g.mean + g.std if g.ci95_high is None else g.ci95_high
-    if lo <= 0 <= hi:
-        return "made no clear difference (the 95% CI of the accuracy gain includes 0)"
-    sign = "helped" if lo > 0 else "hurt"
-    if all(d > 0 for d in per_seed) if sign == "helped" else all(d < 0 for d in per_seed):
-        return sign
-    seeds = ", ".join(f"{d:+.3f}" for d in per_seed)
-    return (f"made no clear difference: the 95% CI over test images excludes 0, but the seeds disagree (per-seed "
-            f"gains {seeds}), so training noise is as large as the effect; add seeds (eval.seeds)")
-
-
 def render_markdown(report: Report, grid_name: str, gains_png: str | None = None, loss_png: str | None = None
                     ) -> str:
     """report.md: verdict first, then sizes, metrics per arm, timing, configuration."""
@@ -304,7 +213,7 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
         f"# motfm report: {report.run_name}",
         "",
         f"**Verdict:** adding synthetic images {verdict} on the held-out real test set: accuracy gain "
-        f"{_signed(g)}, macro-F1 gain {_signed(gain['macro_f1'])}, AUROC gain {_signed(gain['auroc'])} "
+        f"{signed(g)}, macro-F1 gain {signed(gain['macro_f1'])}, AUROC gain {signed(gain['auroc'])} "
         f"(mean ± std over {seeds} seeds; CI by bootstrap over test images)." + _more_verdicts(evaluation),
         *coverage_lines(report),
         "",

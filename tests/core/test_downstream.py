@@ -177,7 +177,7 @@ def test_nfe_arms_train_on_their_own_store_with_the_same_seeds(phantom_store, tm
 
 def test_flow_matching_against_the_ddpm_baseline_is_judged_by_ci_overlap():
     from motfm_core.metrics import Gain
-    from motfm_core.report import ddpm_line
+    from motfm_core.verdicts import ddpm_line
 
     def g(mean, lo, hi):
         return {"accuracy": Gain(mean=mean, std=0.01, min=lo, max=hi, n=3, ci95_low=lo, ci95_high=hi)}
@@ -194,7 +194,7 @@ def test_flow_matching_against_the_ddpm_baseline_is_judged_by_ci_overlap():
 
 def test_the_cheapest_nfe_is_the_fewest_steps_whose_gain_ci_overlaps_the_best():
     from motfm_core.metrics import Gain
-    from motfm_core.report import cheapest_nfe
+    from motfm_core.verdicts import cheapest_nfe
 
     def g(mean, lo, hi):
         return Gain(mean=mean, std=0.0, min=mean, max=mean, n=3, ci95_low=lo, ci95_high=hi, n_boot=1000)

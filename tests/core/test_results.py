@@ -43,7 +43,7 @@ def test_a_verdict_needs_the_ci_and_every_seed_to_agree():
     """The 3D demo said 'hurt' (CI -0.141..-0.026) on seeds whose paired gains were -0.167 and 0.000: the real
     arm's first seed had trained to 0.729, its second to 0.594. The CI over test images holds the models fixed."""
     from motfm_core.metrics import Gain
-    from motfm_core.report import verdict_of
+    from motfm_core.verdicts import verdict_of
 
     def g(mean, lo, hi):
         return Gain(mean=mean, std=0.1, min=lo, max=hi, n=2, ci95_low=lo, ci95_high=hi, n_boot=1000)

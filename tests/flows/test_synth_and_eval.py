@@ -174,7 +174,8 @@ def test_report_has_quality_against_its_baseline_and_enhancement(harness, tmp_pa
     from motfm_core.data import open_store
 
     ddpm = open_store(tmp_path / "q" / "baseline-ddpm" / "nfe-3" / "synthetic" / "latest").attrs
-    assert ddpm["solver"] == "ddim" and ddpm["nfe"] == 3 and ddpm["checkpoint"].endswith("baseline-ddpm/checkpoints/model.pt")
+    assert ddpm["solver"] == "ddim" and ddpm["nfe"] == 3
+    assert ddpm["checkpoint"].endswith("baseline-ddpm/checkpoints/model.pt")
     assert {"real+synthetic DDPM NFE 3", "synthetic DDPM NFE 3"} <= set(report["evaluation"]["gains"])
     assert q["arm_stores"]["DDPM NFE 3"]["fid"] >= 0
     assert "| DDPM baseline (DDIM) | 3 |" in md and "vs the DDPM baseline at its best DDIM NFE (3)" in md
