@@ -6,14 +6,12 @@ deployment parameter fails before any heavy work, naming the key and the valid o
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
-import typing
 from dataclasses import asdict, dataclass, field, fields
-from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args
+from typing import Any, Literal, get_args
 
 from motfm_core.sizing import WIDTHS, check_attention, sized_network
+from motfm_core.typed import check as _check
+from motfm_core.typed import check_choices, config_hash, from_dict
 
 __all__ = ["auto_norm_groups", "AutoencoderConfig", "config_hash", "DataConfig", "EnhanceConfig", "EnhanceTask",
            "EvalConfig", "from_dict",
@@ -36,78 +34,6 @@ Coupling = Literal["independent", "ot", "sinkhorn"]
 Compression = Literal["zstd", "none"]
 Precision = Literal["auto", "bf16", "fp32"]
 SOLVER_CHOICES: tuple[str, ...] = get_args(Solver)
-
-class _Dataclass(Protocol):
-    __dataclass_fields__: ClassVar[dict[str, Any]]
-
-
-T = TypeVar("T", bound=_Dataclass)
-
-
-_SCALARS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
-
-
-def _coerce(annotation: str, value: Any, key: str) -> Any:
-    """`value` as the field's declared type (int -> float allowed, JSON lists -> tuples), else a ValueError
-    naming the key, the type it needs and the value it got."""
-    def one(kind: str, v: Any) -> Any:
-        want = _SCALARS[kind]
-        if want is float and isinstance(v, int) and not isinstance(v, bool):
-            return float(v)
-        if isinstance(v, want) and not (want is not bool and isinstance(v, bool)):
-            return v
-        example = {"int": 10, "float": 0.5, "str": "x", "bool": "true"}[kind]
-        raise ValueError(f"{key} must be {'a' if kind != 'int' else 'an'} {kind}, got {v!r} "
-                         f"({type(v).__name__}); e.g. --set {key}={example}")
-
-    if annotation in _SCALARS:
-        return one(annotation, value)
-    if annotation.startswith("tuple[") and annotation.endswith(", ...]"):
-        kind = annotation[len("tuple["):-len(", ...]")]
-        if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key} must be a list of {kind}, got {value!r}; e.g. --set {key}=[1,2]")
-        return tuple(one(kind, v) for v in value)
-    return value  # other annotations are checked by the config's validate()
-
-
-def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
-    """Build dataclass `cls` from `values`, raising on keys it does not have and on values of the wrong type."""
-    values = dict(values or {})
-    names = {f.name for f in fields(cls)}
-    label = where or cls.__name__
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise ValueError(f"{label}: unknown parameter(s) {unknown}; valid ones are {sorted(names)}")
-    for f in fields(cls):
-        if f.name in values:
-            values[f.name] = _coerce(str(f.type), values[f.name], f"{label}.{f.name}")
-    obj = cls(**values)
-    validate = getattr(obj, "validate", None)
-    if validate is not None:
-        validate()
-    return obj
-
-
-def config_hash(*configs: Any) -> str:
-    """Stable short hash of one or more dataclass configs (used to key cached stages)."""
-    payload = json.dumps([asdict(c) if dataclasses.is_dataclass(c) and not isinstance(c, type) else c
-                          for c in configs], sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-def _check(cond: bool, msg: str) -> None:
-    if not cond:
-        raise ValueError(msg)
-
-
-def check_choices(obj: Any, section: str) -> None:
-    """Refuse a field whose value is not one of its `Literal` type's choices, naming the key and the choices."""
-    hints = typing.get_type_hints(type(obj), globals())
-    for f in fields(obj):
-        tp = hints[f.name]
-        if typing.get_origin(tp) is Literal and getattr(obj, f.name) not in get_args(tp):
-            raise ValueError(f"{section}.{f.name} must be one of {list(get_args(tp))}, got {getattr(obj, f.name)!r}")
-
 
 @dataclass
 class DataConfig:
