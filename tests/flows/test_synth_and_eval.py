@@ -163,6 +163,8 @@ def test_report_has_quality_against_its_baseline_and_enhancement(harness, tmp_pa
         assert q[block]["density"] >= 0 and 0 <= q[block]["coverage"] <= 1
     assert [r["nfe"] for r in q["nfe_curve"]] == [1, 2] and all(r["fid"] >= 0 for r in q["nfe_curve"])
     assert (tmp_path / "q" / "gains.png").stat().st_size > 1000
+    t = report["training"]  # a 20-step run's loss curve has every step (it was one point: a single dot)
+    assert t["loss_every"] == 1 and len(t["loss_curve"]) == t["steps"] == 20
     md = (tmp_path / "q" / "report.md").read_text()
     assert "real train (baseline)" in md and "Memorisation audit" in md and "95% CI" in md
     assert "| density | coverage |" in md and "(Naeem et al. 2020): coverage" in md  # the table, the first screen
