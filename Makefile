@@ -9,6 +9,9 @@ export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS ?= 180
 export PREFECT_LOGGING_EXTRA_LOGGERS ?= motfm_core
+# motfm_core also runs outside flows (the core tests, a notebook): its warnings then stay in the local log instead of
+# each adding Prefect's "no flow run id" warning
+export PREFECT_LOGGING_TO_API_WHEN_MISSING_FLOW ?= ignore
 
 .PHONY: demo demo-3d demo-clinical-2d demo-clinical-3d test lint venv data postgres browser clean
 
