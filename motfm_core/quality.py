@@ -34,9 +34,8 @@ from motfm_core.results import Result, optional
 from motfm_core.supervised import train_classifier
 from motfm_core.utils import default_device, to_model_space
 
-__all__ = ["scores", "density_coverage", "Diversity", "diversity", "FeatureExtractor", "fid", "kid", "NfePoint",
-           "precision_recall",
-           "Quality", "quality", "Scores", "score_nfe_curve", "swd", "synthetic_quality"]
+__all__ = ["density_coverage", "Diversity", "diversity", "FeatureExtractor", "fid", "kid", "NfePoint",
+           "precision_recall", "Quality", "quality", "score_nfe_curve", "scores", "Scores", "swd", "synthetic_quality"]
 
 
 @dataclass(frozen=True)
@@ -291,14 +290,16 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
     images = {name: d["images"] for name, d in real.items()}
     feats = {name: extractor(x) for name, x in images.items()}
     curve = None if nfe_curve is None else score_nfe_curve(nfe_curve, extractor, images["test"], feats["test"])
+    arm_scores = {}
+    for name, store in (arm_stores or {}).items():
+        x = open_synthetic(store)["images"]
+        arm_scores[name] = scores(feats["test"], extractor(x), (images["test"], x))
     record = open_store(synthetic_path).attrs.get("autoencoder")
     factor = cfg.downsample if cfg is not None else 1
     return dataclasses.replace(
         quality(feats["train"], feats["test"], extractor(fake), {**images, "fake": fake}),
         feature_dim=int(feats["train"].shape[1]), nfe_curve=curve,
-        arm_stores={name: scores(feats["test"], extractor(x), (images["test"], x))
-                    for name, x in ((n, open_synthetic(p)["images"]) for n, p in arm_stores.items())}
-        if arm_stores else None,
+        arm_stores=arm_scores or None,
         reconstruction=reconstruction(images["test"], record, device) if record else None,
         diversity={"synthetic": diversity(fake, fake_labels, downsample=factor),
                    "real_train": diversity(images["train"], real["train"]["labels"], downsample=factor)})
