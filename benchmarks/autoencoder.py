@@ -21,10 +21,11 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from motfm_core.autoencoder import LatentCodec, load_autoencoder, train_autoencoder
 from motfm_core.config import PipelineConfig
 from motfm_core.data.ingest import ingest
 from motfm_core.data.store import load_split
+from motfm_core.model.autoencoder import load_autoencoder, train_autoencoder
+from motfm_core.model.latents import LatentCodec
 
 
 def main() -> None:

@@ -33,7 +33,7 @@ from sampling_throughput import machine_name
 
 from motfm_core.config import DataConfig, ModelConfig, TrainConfig
 from motfm_core.data import ingest
-from motfm_core.training import train_flow_matching
+from motfm_core.model.training import train_flow_matching
 
 
 def main() -> None:

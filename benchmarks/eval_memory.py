@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/eval_memory.py            # 2D demo set: 1x, 10x, 50x the demo's 120 synthetic images
     .venv/bin/python benchmarks/eval_memory.py --3d       # and 3D stores of 0.5 and 5 GB in a 2 GB memory cgroup
 
-Each point runs `motfm_core.evaluation.evaluate_run` (downstream arms, quality metrics, memorisation audit) in a
-fresh child process; its peak RSS is the child's `ru_maxrss`. The synthetic stores are written directly (the
+Each point runs `motfm_core.evaluation.evaluate.evaluate_run` (downstream arms, quality metrics, memorisation audit)
+in a fresh child process; its peak RSS is the child's `ru_maxrss`. The synthetic stores are written directly (the
 demo's sample shape and shard layout; real training images plus noise, masks copied): memory and time depend on
 how many samples there are and their size, not on the network that drew them. Each 2D size runs twice: with the
 default `eval.memory_mb` (an arm's synthetic images up to that size are loaded, larger ones read per batch) and
@@ -66,7 +66,7 @@ def write_store(real_path: Path, out: Path, n: int, shard_size: int, seed: int =
 
 def child(args: argparse.Namespace) -> None:
     """Run one evaluation and print its peak RSS and seconds as one JSON line."""
-    from motfm_core.evaluation import evaluate_run
+    from motfm_core.evaluation.evaluate import evaluate_run
 
     cfg = EvalConfig(**json.loads(args.child))
     Path(args.run_dir).mkdir(parents=True, exist_ok=True)

@@ -40,9 +40,9 @@ from motfm_core.config import (
     TrainConfig,
 )
 from motfm_core.data import ingest, load_split
-from motfm_core.quality import FeatureExtractor, fid, kid, precision_recall, swd
-from motfm_core.sampling import generate, sample_plan
-from motfm_core.training import load_checkpoint, train_flow_matching
+from motfm_core.evaluation.quality import FeatureExtractor, fid, kid, precision_recall, swd
+from motfm_core.model.sampling import generate, sample_plan
+from motfm_core.model.training import load_checkpoint, train_flow_matching
 
 NFES = (1, 2, 4, 10, 20, 50)
 SECTION = "Flow matching vs diffusion (`benchmarks/fm_vs_diffusion.py`)"

@@ -24,7 +24,7 @@ Steps; each is timed and lands in the JSON, and a failing step is recorded (its 
    (zstd) and at 1024-image uncompressed shards, of 8192 demo-size images, flushed: images/s against the sampling
    step's, i.e. whether the sampler would wait on the writer there (benchmarks/writer_options.py measured here);
 9. sizes: the size-aware networks at the sizes users bring, 2D 256^2 (small and medium, batch 8) and 3D 128^3
-   (small, batch 2): the memory plan for the GPU (motfm_core.memory), then two training steps under bf16 autocast:
+   (small, batch 2): the memory plan for the GPU (motfm_core.model.memory), then two training steps under bf16 autocast:
    seconds per step, peak GPU memory against the planned (the CUDA overhead in the plan is an assumption until this
    measures it; the plan traces float32, so it should come out above the measured bf16 peak).
 `--cpu` runs the same code on tiny sizes (16 px, 16^3 volumes, a few steps, one worker; on a CPU-only machine
@@ -59,9 +59,9 @@ from sampling_throughput import forward_seconds_per_image, machine_name
 
 from motfm_core.config import DataConfig, ModelConfig, SampleConfig, TrainConfig
 from motfm_core.data import ingest
-from motfm_core.distributed import dask_client, default_workers, sample_shards
-from motfm_core.sampling import Sampler, prepare_version
-from motfm_core.training import train_flow_matching
+from motfm_core.model.distributed import dask_client, default_workers, sample_shards
+from motfm_core.model.sampling import Sampler, prepare_version
+from motfm_core.model.training import train_flow_matching
 
 TOLERANCE = {"mean_abs": 0.01, "max_abs": 0.25}
 
@@ -209,9 +209,9 @@ def sized_step(spec: tuple[int, int, int, int], size: str) -> dict[str, Any]:
     was allocated before the model (GPU: torch's allocator; the CPU dry run: peak RSS)."""
     from sizes import _status, model_config
 
-    from motfm_core.memory import plan_training
-    from motfm_core.nets import build_model
-    from motfm_core.step import train_step
+    from motfm_core.model.memory import plan_training
+    from motfm_core.model.nets import build_model
+    from motfm_core.model.step import train_step
 
     cfg, train = model_config(spec, size, False)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -248,10 +248,11 @@ def latent_volume(side: int, batch: int) -> dict[str, Any]:
     two training steps at `batch`, then one volume (10 Euler steps and the decoding), with the device's peak memory."""
     from latent import config
 
-    from motfm_core.autoencoder import LatentCodec, build_autoencoder
-    from motfm_core.nets import build_model, guided_velocity
-    from motfm_core.solvers import solve
-    from motfm_core.step import train_step
+    from motfm_core.model.autoencoder import build_autoencoder
+    from motfm_core.model.latents import LatentCodec
+    from motfm_core.model.nets import build_model, guided_velocity
+    from motfm_core.model.solvers import solve
+    from motfm_core.model.step import train_step
 
     cfg = config(side, batch)
     m = cfg.model

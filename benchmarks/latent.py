@@ -49,9 +49,9 @@ def rss_gb() -> float:
 def train_case(side: int, batch: int, steps: int) -> dict:
     import torch
 
-    from motfm_core.memory import trace_training
-    from motfm_core.nets import build_model
-    from motfm_core.step import train_step
+    from motfm_core.model.memory import trace_training
+    from motfm_core.model.nets import build_model
+    from motfm_core.model.step import train_step
 
     cfg = config(side, batch)
     m = cfg.model
@@ -73,9 +73,10 @@ def train_case(side: int, batch: int, steps: int) -> dict:
 def sample_case(side: int) -> dict:
     import torch
 
-    from motfm_core.autoencoder import LatentCodec, build_autoencoder
-    from motfm_core.nets import build_model, guided_velocity
-    from motfm_core.solvers import solve
+    from motfm_core.model.autoencoder import build_autoencoder
+    from motfm_core.model.latents import LatentCodec
+    from motfm_core.model.nets import build_model, guided_velocity
+    from motfm_core.model.solvers import solve
 
     cfg = config(side, 1)
     model = build_model(cfg.model).eval()

@@ -4,7 +4,7 @@
     .venv/bin/python benchmarks/peer_ratio.py --checkpoint outputs/demo/checkpoints/model.pt
 
 Three loops draw the same images (same labels, seeds, initial noise, guidance and velocity function):
-1. ours: `motfm_core.sampling.generate` (solver "euler"), the path every sampling shard takes;
+1. ours: `motfm_core.model.sampling.generate` (solver "euler"), the path every sampling shard takes;
 2. MONAI: `RFlowScheduler` (continuous timesteps, 1000 training steps) with its documented inference loop:
    `set_timesteps(nfe)`, then `step(v, t, x, next_t)`; MONAI's time runs from 1000 (noise) to 0 (data), ours from 0
    to 1, so the network is called at t = 1 - t_monai / 1000;
@@ -36,10 +36,11 @@ from results_table import add_row
 from sampling_throughput import machine_name, timing_checkpoint
 
 from motfm_core.config import SampleConfig
-from motfm_core.nets import guided_velocity
-from motfm_core.sampling import generate, initial_noise
-from motfm_core.training import load_checkpoint
-from motfm_core.utils import default_device, to_image_space
+from motfm_core.device import default_device
+from motfm_core.model.nets import guided_velocity
+from motfm_core.model.sampling import generate, initial_noise
+from motfm_core.model.training import load_checkpoint
+from motfm_core.scale import to_image_space
 
 
 @torch.inference_mode()

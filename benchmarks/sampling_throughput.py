@@ -5,7 +5,7 @@
 
 Measures, on one machine and one run:
 1. the forward-pass bound: NFE x the time of one network evaluation per image (batch `--batch`);
-2. end-to-end sampling images/s through `motfm_core.distributed` (LocalCluster, warm workers, shards written to
+2. end-to-end sampling images/s through `motfm_core.model.distributed` (LocalCluster, warm workers, shards written to
    a sharded Zarr v3 store) at 1 and 2 single-threaded workers (scaling efficiency = rate(2) / (2 x rate(1))),
    and 1 worker using every core; on a GPU machine, one worker per GPU;
 3. Zarr write throughput (the synthetic store's layout, per codec) against a raw sequential write of the same
@@ -38,11 +38,11 @@ from results_table import add_row
 
 from motfm_core.config import DataConfig, ModelConfig, SampleConfig, TrainConfig
 from motfm_core.data import create_synthetic_store, ingest, write_shard
-from motfm_core.distributed import dask_client, sample_shards
-from motfm_core.nets import guided_velocity
-from motfm_core.sampling import prepare_version
-from motfm_core.training import load_checkpoint, train_flow_matching
-from motfm_core.utils import default_device
+from motfm_core.device import default_device
+from motfm_core.model.distributed import dask_client, sample_shards
+from motfm_core.model.nets import guided_velocity
+from motfm_core.model.sampling import prepare_version
+from motfm_core.model.training import load_checkpoint, train_flow_matching
 
 
 def machine_name() -> str:

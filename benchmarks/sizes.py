@@ -5,9 +5,9 @@ seconds per training step, for 2D 64/128/256/512 px and 3D 64^3/96^3/128^3.
     .venv/bin/python benchmarks/sizes.py --cases 2d-256 --sizes medium
     .venv/bin/python benchmarks/sizes.py --old                # today's three-level networks, for comparison
 
-Each case runs in a fresh process: the memory plan (motfm_core.memory, the traced peak of a training step times the
-CPU overhead) and then two real training steps (the first warms up and creates AdamW's state); measured peak = peak
-RSS during them above the RSS before the model was built, the figure the plan estimates. Cases whose plan exceeds
+Each case runs in a fresh process: the memory plan (motfm_core.model.memory, the traced peak of a training step times
+the CPU overhead) and then two real training steps (the first warms up and creates AdamW's state); measured peak =
+peak RSS during them above the RSS before the model was built, the figure the plan estimates. Cases whose plan exceeds
 this machine's free memory are listed as not run. `--old` builds the network every model size had before the
 sizing rule (three levels, attention at the last one) with the token limit lifted. The GPU column is an ESTIMATE:
 the traced FLOPs of a step at 40% of an H200's dense bf16 FLOP/s. Each finished case is appended to
@@ -68,9 +68,9 @@ def measure(case: str, spec: tuple[int, int, int, int], size: str, old: bool, st
     """This process: plan, then `steps` + 1 real training steps (none when the plan's FLOPs are over `max_tflop`)."""
     import torch
 
-    from motfm_core.memory import GB, MemoryPlanError, plan_training, trace_training
-    from motfm_core.nets import build_model
-    from motfm_core.step import train_step
+    from motfm_core.model.memory import GB, MemoryPlanError, plan_training, trace_training
+    from motfm_core.model.nets import build_model
+    from motfm_core.model.step import train_step
 
     cfg, train = model_config(spec, size, old)
     row = {"case": case, "size": size, "old": old, "channels": list(cfg.channels),
@@ -106,7 +106,7 @@ def measure(case: str, spec: tuple[int, int, int, int], size: str, old: bool, st
 
 
 def fit(rows: list[dict]) -> tuple[float, float]:
-    """Least-squares (a, b) of measured = a x small + b x large over the measured rows: motfm_core.memory.OVERHEAD."""
+    """Least-squares (a, b) of measured = a x small + b x large over the measured rows: model.memory's OVERHEAD."""
     import numpy as np
 
     done = [r for r in rows if "measured_gb" in r and "traced_small_gb" in r]

@@ -27,12 +27,12 @@ from results_table import add_row
 
 from motfm_core.config import EvalConfig, SampleConfig, TrainConfig
 from motfm_core.data import load_split
-from motfm_core.metrics import straightness
-from motfm_core.nets import guided_velocity
-from motfm_core.quality import FeatureExtractor, fid
-from motfm_core.sampling import generate, initial_noise, sample_plan
-from motfm_core.training import load_checkpoint, train_flow_matching
-from motfm_core.utils import default_device
+from motfm_core.device import default_device
+from motfm_core.evaluation.metrics import straightness
+from motfm_core.evaluation.quality import FeatureExtractor, fid
+from motfm_core.model.nets import guided_velocity
+from motfm_core.model.sampling import generate, initial_noise, sample_plan
+from motfm_core.model.training import load_checkpoint, train_flow_matching
 
 PER_STEP = {"euler": 1, "midpoint": 2, "heun": 2, "rk4": 4}
 

@@ -51,8 +51,8 @@ def measure(net: str, side: int, steps: int) -> dict:
     from torch.utils.flop_counter import FlopCounterMode
 
     from motfm_core.config import ModelConfig, TrainConfig
-    from motfm_core.nets import build_model
-    from motfm_core.training import flow_matching_loss
+    from motfm_core.model.nets import build_model
+    from motfm_core.model.training import flow_matching_loss
 
     cfg = ModelConfig(spatial_dims=3, image_size=side, depth=side, num_classes=3, **NETS[net])
     model = build_model(cfg)

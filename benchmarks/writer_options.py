@@ -41,7 +41,7 @@ from sampling_throughput import _flushed_write, machine_name, recreate_images
 
 from motfm_core.config import ModelConfig
 from motfm_core.data import create_synthetic_store, write_shard
-from motfm_core.nets import build_model
+from motfm_core.model.nets import build_model
 
 H200_BF16_FLOPS = 989e12  # dense bf16, NVIDIA's H200 SXM figure
 ASSUMED_MFU = 0.4
@@ -84,10 +84,10 @@ def write_store(path: Path, images: np.ndarray, shard: int, direct: bool = True,
 @contextlib.contextmanager
 def without_fsync():
     """The writer as it was before shard data and records were flushed to disk one by one (for the comparison)."""
-    from motfm_core import utils
+    from motfm_core import files
     from motfm_core.data import synthetic
 
-    saved = [(m, name, getattr(m, name)) for m in (utils, synthetic) for name in ("fsync_tree", "fsync_dir")]
+    saved = [(m, name, getattr(m, name)) for m in (files, synthetic) for name in ("fsync_tree", "fsync_dir")]
     for m, name, _ in saved:
         setattr(m, name, lambda *args: None)
     try:

@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
 def config_reference(preset: str | None = None, markdown: bool = False) -> str:
     """The parameter reference (with `preset`'s values as defaults), as text or markdown."""
     from flows.presets import PRESETS
-    from motfm_core.reference import parameters, render_markdown, render_text
+    from motfm_core.config.reference import parameters, render_markdown, render_text
 
     if preset is not None and preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")

@@ -29,23 +29,21 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "demo-3d": {"data": {"spatial_dims": 3, "image_size": 32, "depth": 8},
                 "model": {"channels": [16, 32, 32], "attention_levels": [False, False, False],
                           "num_head_channels": 16},
-                # 450 steps: at 150 the blocks were visibly noisy (fine SWD 183 against the real 68; 68 at 450); five
-                # seeds: the real arm's accuracy alone spans 0.52-0.73 across seeds, so two made a verdict of noise
-                # (figures in RESULTS.md, "Why the 3D demo said hurt")
+                # 450 steps: at 150 the blocks were visibly noisy; five seeds: the real arm's accuracy alone varies
+                # widely across seeds, so two made a verdict of noise (RESULTS.md, "Why the 3D demo said hurt")
                 "train": {"steps": 450, "batch_size": 8, "warmup_steps": 20, "checkpoint_every": 150},
                 "sample": {"samples_per_class": 20, "batch_size": 16},
                 "eval": {"seeds": [0, 1, 2, 3, 4], "ratios": [1.0], "real_fractions": [], "nfe_curve": [1, 4],
                          "nfe_curve_samples": 8, "steps": 120, "seg_steps": 80}},
     # 2D at the bundled brains' native 1 mm: 192 x 192 axial slices, the size-aware network (five levels, attention
-    # at 12 x 12); short budgets so that the whole DAG fits 25 minutes on a 2-core CPU (figures in RESULTS.md)
+    # at 12 x 12); short budgets for a 2-core CPU (its timings in RESULTS.md)
     "clinical-2d": {"data": {"image_size": 192},
                     "train": {"steps": 200, "batch_size": 4, "warmup_steps": 20, "checkpoint_every": 50},
                     "sample": {"samples_per_class": 16, "batch_size": 8},
                     "eval": {"seeds": [0, 1], "ratios": [1.0], "real_fractions": [], "nfe_curve": [1, 4],
                              "nfe_curve_samples": 4, "steps": 100, "seg_steps": 60, "batch_size": 16}},
     # 3D at clinical size: 128^3 blocks at 1 mm (most of a brain; split by brain), flow matching in the latent space
-    # of a 4x autoencoder (4 x 32^3 latents); short budgets so that the whole DAG fits 40 minutes on a 2-core CPU
-    # (figures in RESULTS.md)
+    # of a 4x autoencoder (4 x 32^3 latents); short budgets for a 2-core CPU (its timings in RESULTS.md)
     "clinical-3d": {"data": {"spatial_dims": 3, "image_size": 128, "depth": 128, "voxel_mm": 1},
                     "model": {"space": "latent"},
                     "autoencoder": {"steps": 800, "checkpoint_every": 100},

@@ -13,7 +13,7 @@ from flows.arguments import parse_cli
 from flows.cli import USER_ERRORS, prefect_ready, quiet_console, quiet_libraries
 from flows.synth_and_eval import build_config, enhance_configs, synth_and_eval
 from motfm_core.data.ingest import check_source
-from motfm_core.plan import plan_run
+from motfm_core.model.memory import plan_run
 
 __all__ = ["check_before_start", "main"]
 

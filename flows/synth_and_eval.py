@@ -31,8 +31,8 @@ from motfm_core.config import (
     Solver,
     from_dict,
 )
-from motfm_core.distributed import check_scheduler, run_cluster
-from motfm_core.utils import write_json_atomic
+from motfm_core.files import write_json_atomic
+from motfm_core.model.distributed import check_scheduler, run_cluster
 from tasks.enhance import enhance_task
 from tasks.evaluate import evaluate_task
 from tasks.ingest import ingest_task

@@ -1,10 +1,14 @@
 """motfm_core: optimal-transport flow matching for medical images, usable without Prefect.
 
-Modules: `config` (typed configs), `utils` (device, model-space scale, atomic writes), `paths` (x_t and target),
-`couplings` (noise/data pairing), `nets` (MONAI UNet velocity field), `solvers` (ODE integration with exact NFE),
-`baselines` (DDPM/DDIM), `training`, `masks` (conditioning masks), `sampling`, `distributed` (Dask fan-out),
-`data` (readers, demo sets, Zarr stores), `supervised` / `segmentation` (downstream models), `downstream` (the
-augmentation arms), `quality`, `privacy`, `metrics`, `evaluation` (the evaluate stage), `report`, `enhance`.
+Three wings, each importing only those below it (the contracts in pyproject.toml check it):
+- `evaluation/`: everything that judges the synthetic data and writes the report;
+- `model/`: the generative model (paths, couplings, networks, solvers, training, sampling) and its memory plan;
+- `data/`: readers of users' formats, the bundled demo sets, the real and synthetic Zarr stores and their versions.
+
+Shared conventions, used by every wing and using none: `config` (typed settings, one dataclass per section),
+`typed` (dicts to dataclasses, config hashes), `results` (the stages' typed results), `files` (files published whole
+and durably, content hashes), `device`, `scale` (the model-space intensity scale) and `allocator` (how freed buffers
+go back to the system).
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from motfm_core.config import EnhanceConfig
-from motfm_core.enhance import run_enhancement
+from motfm_core.model.enhance import run_enhancement
 from tasks import BACKOFF, GPU_TAG, transient
 
 __all__ = ["enhance_task"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from motfm_core.config import EvalConfig
-from motfm_core.evaluation import evaluate_run
+from motfm_core.evaluation.evaluate import evaluate_run
 from tasks import BACKOFF, GPU_TAG, progress_bar, transient
 
 __all__ = ["evaluate_task"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 from prefect import get_run_logger, task
 
 from motfm_core.config import PipelineConfig
-from motfm_core.plan import plan_run
+from motfm_core.model.memory import plan_run
 
 __all__ = ["plan_task"]
 

@@ -7,8 +7,8 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from motfm_core.figures import inline_figures
-from motfm_core.report import gain_rows, publish_report
+from motfm_core.evaluation.figures import inline_figures
+from motfm_core.evaluation.report import gain_rows, publish_report
 
 __all__ = ["report_task"]
 

@@ -9,8 +9,8 @@ from prefect import get_run_logger, task
 
 from motfm_core.config import SampleConfig
 from motfm_core.data import open_store, publish_latest
-from motfm_core.distributed import dask_client, sample_shards
-from motfm_core.sampling import ShardResult, prepare_version, sample_nfe_curve
+from motfm_core.model.distributed import sample_on_cluster
+from motfm_core.model.sampling import ShardResult, prepare_version, sample_nfe_curve
 from tasks import BACKOFF, GPU_TAG, progress_bar, transient
 
 __all__ = ["nfe_curve_task", "plan_sampling_task", "publish_task", "sample_shards_task"]
@@ -30,23 +30,8 @@ def plan_sampling_task(checkpoint: str, cfg: SampleConfig, run_dir: str, mask_ch
 def sample_shards_task(checkpoint: str, store: str, shards: list[int], cfg: SampleConfig) -> list[ShardResult]:
     """Write the given shards on a Dask cluster (`sample.scheduler` / $MOTFM_DASK_SCHEDULER, else a local
     one with `sample.workers` workers); finished shards are skipped."""
-    logger = get_run_logger()
-    if not shards:
-        return []
-    done = []
-    advance = progress_bar(f"sampling: {len(shards)} shard(s) of {store}")
-
-    def report(r: ShardResult) -> None:
-        done.append(r)
-        advance(len(done) / len(shards))
-        if not r.skipped:
-            logger.info("sample: shard %d on %s: %d images, NFE %d, %.2fs, %d redrawn as near-copies (%d/%d)",
-                        r.shard, r.device, r.count, r.nfe, r.seconds, r.rejected, len(done), len(shards))
-
-    with dask_client(cfg.scheduler or None, cfg.workers or None) as client:
-        logger.info("sample: %d shard(s) on Dask %s (%d worker(s))", len(shards), client.scheduler.address,
-                    len(client.scheduler_info()["workers"]))
-        return sample_shards(checkpoint, store, shards, cfg, client, progress=report)
+    return sample_on_cluster(checkpoint, store, shards, cfg, say=get_run_logger().info,
+                             advance=progress_bar(f"sampling: {len(shards)} shard(s) of {store}"))
 
 
 @task(name="publish-synthetic")

@@ -6,9 +6,9 @@ from pathlib import Path
 
 from prefect import get_run_logger, task
 
-from motfm_core.autoencoder import train_autoencoder
 from motfm_core.config import AutoencoderConfig, ModelConfig, TrainConfig
-from motfm_core.training import train_flow_matching, train_mask_generator
+from motfm_core.model.autoencoder import train_autoencoder
+from motfm_core.model.training import train_flow_matching, train_mask_generator
 from tasks import BACKOFF, GPU_TAG, progress_bar, transient
 
 __all__ = ["train_autoencoder_task", "train_masks_task", "train_task"]

@@ -26,7 +26,7 @@ def phantom_store(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_checkpoint(phantom_store, tmp_path_factory):
     from motfm_core.config import ModelConfig, TrainConfig
-    from motfm_core.training import train_flow_matching
+    from motfm_core.model.training import train_flow_matching
 
     model = ModelConfig(image_size=16, num_classes=3, **TINY_MODEL)
     train = TrainConfig(steps=30, batch_size=8, warmup_steps=5, checkpoint_every=10)
@@ -37,7 +37,7 @@ def tiny_checkpoint(phantom_store, tmp_path_factory):
 def ddpm_checkpoint(phantom_store, tmp_path_factory):
     """The same-backbone DDPM baseline (epsilon prediction), tiny."""
     from motfm_core.config import ModelConfig, TrainConfig
-    from motfm_core.training import train_flow_matching
+    from motfm_core.model.training import train_flow_matching
 
     cfg = ModelConfig(image_size=16, num_classes=3, prediction="epsilon", **TINY_MODEL)
     return train_flow_matching(phantom_store, cfg, TrainConfig(steps=20, batch_size=8, warmup_steps=5),
@@ -50,7 +50,7 @@ def shared_dask_cluster():
     that flows reach it the way they reach an external cluster: a LocalCluster costs ~10 s of worker start-up
     (the worker imports torch and MONAI), and the flow tests run ~20 sampling stages. The per-stage LocalCluster is
     exercised by tests/core/test_distributed.py and tests/deployments."""
-    from motfm_core.distributed import SCHEDULER_ENV, dask_client
+    from motfm_core.model.distributed import SCHEDULER_ENV, dask_client
 
     with dask_client(workers=1) as client:
         before = os.environ.get(SCHEDULER_ENV)

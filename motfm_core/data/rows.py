@@ -25,8 +25,8 @@ def rows_per_batch(array: Any, most: int = 256, budget: int = 2**25) -> int:
 def take_rows(array: Any, idx: np.ndarray) -> np.ndarray:
     """`array[idx]` for integer row indices in any order and with repeats, for a numpy or a Zarr array. From Zarr,
     the sorted distinct rows are read with plain slices of whole chunks, at most `rows_per_batch` rows (plus a
-    chunk) at a time, each chunk once. Not zarr's `oindex`: on a sharded array it held ~40x the rows' size in
-    memory (4 GB to read 100 MB of masks, zarr 3)."""
+    chunk) at a time, each chunk once. Not zarr's `oindex`: on a sharded array it held many times the rows' size
+    in memory (RESULTS.md, "Evaluation memory")."""
     idx = np.asarray(idx, dtype=np.int64)
     if isinstance(array, np.ndarray):
         return array[idx]

@@ -30,7 +30,7 @@ import numpy as np
 import zarr
 from numcodecs import Zstd
 
-from motfm_core.utils import temporary_name
+from motfm_core.files import temporary_name
 
 __all__ = ["chunk_key", "encode_shard", "shard_file", "write_whole_shard"]
 

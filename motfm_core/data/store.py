@@ -27,7 +27,7 @@ import numpy as np
 import zarr
 
 from motfm_core.data.shards import chunk_key
-from motfm_core.utils import atomic_path, sweep_leftovers
+from motfm_core.files import atomic_path, sweep_leftovers
 
 __all__ = ["SCHEMA_VERSION", "SPLITS", "Splits", "fingerprint_arrays", "load_split", "load_splits", "open_store",
            "stratified_subset", "write_dataset"]

@@ -27,7 +27,7 @@ import zarr
 
 from motfm_core.data.shards import shard_file, write_whole_shard
 from motfm_core.data.store import SCHEMA_VERSION
-from motfm_core.utils import atomic_path, fsync_dir, fsync_tree, sweep_leftovers, temporary_name
+from motfm_core.files import atomic_path, fsync_dir, fsync_tree, sweep_leftovers, temporary_name
 
 __all__ = ["CHUNK_BYTES", "StoreDamaged", "completed_shards", "create_synthetic_store", "damaged_shards",
            "incomplete_shards", "load_synthetic", "num_shards", "open_synthetic", "require_complete",

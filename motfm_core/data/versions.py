@@ -29,7 +29,7 @@ from pathlib import Path
 import zarr
 
 from motfm_core.data.synthetic import require_complete
-from motfm_core.utils import atomic_path, fsync_dir, sweep_leftovers, temporary_name
+from motfm_core.files import atomic_path, fsync_dir, sweep_leftovers, temporary_name
 
 __all__ = ["create_version", "hold_version", "live_leases", "prune_versions", "publish_latest", "version_for",
            "versions"]

@@ -16,8 +16,8 @@ from motfm_core.config import (
     SampleConfig,
     Solver,
 )
-from motfm_core.masks import MASK_SOURCES
-from motfm_core.solvers import METHODS
+from motfm_core.model.masks import MASK_SOURCES
+from motfm_core.model.solvers import METHODS
 
 
 def test_choice_types_match_the_code():

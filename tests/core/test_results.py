@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from motfm_core.privacy import Audit, ClosePair, CopyGuard
-from motfm_core.report import REPORT_SCHEMA_VERSION, read_report
+from motfm_core.evaluation.privacy import Audit, ClosePair, CopyGuard
+from motfm_core.evaluation.report import REPORT_SCHEMA_VERSION, read_report
 
 
 def _audit(**kw):
@@ -33,7 +33,7 @@ def test_a_report_of_a_newer_schema_is_refused_by_name(tmp_path):
 
 def test_an_arm_short_of_its_ratio_says_so():
     """`real+synthetic 59 / 32` at ratio 1 read as a full arm; the report now says it fell short."""
-    from motfm_core.report import _shortfall
+    from motfm_core.evaluation.report import _shortfall
 
     assert _shortfall(1.0, 59, 32) == " (**short**: ratio 1 asks for 59; sample more)"
     assert _shortfall(1.0, 59, 59) == "" and _shortfall(float("inf"), 59, 32) == "" and _shortfall(None, 59, 3) == ""
@@ -42,8 +42,8 @@ def test_an_arm_short_of_its_ratio_says_so():
 def test_a_verdict_needs_the_ci_and_every_seed_to_agree():
     """The 3D demo said 'hurt' (CI -0.141..-0.026) on seeds whose paired gains were -0.167 and 0.000: the real
     arm's first seed had trained to 0.729, its second to 0.594. The CI over test images holds the models fixed."""
-    from motfm_core.metrics import Gain
-    from motfm_core.verdicts import verdict_of
+    from motfm_core.evaluation.metrics import Gain
+    from motfm_core.evaluation.verdicts import verdict_of
 
     def g(mean, lo, hi):
         return Gain(mean=mean, std=0.1, min=lo, max=hi, n=2, ci95_low=lo, ci95_high=hi, n_boot=1000)

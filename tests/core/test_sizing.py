@@ -3,7 +3,7 @@
 import pytest
 
 from motfm_core.config import MODEL_SIZES, ModelConfig, PipelineConfig
-from motfm_core.sizing import attention_tokens, level_sides, sized_network
+from motfm_core.config.sizing import attention_tokens, level_sides, sized_network
 
 
 @pytest.mark.parametrize("shape,levels,bottleneck", [

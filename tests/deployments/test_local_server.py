@@ -24,7 +24,7 @@ import zarr
 
 from motfm_core.config import SampleConfig, from_dict
 from motfm_core.data import shard_complete
-from motfm_core.sampling import Sampler, sample_plan
+from motfm_core.model.sampling import Sampler, sample_plan
 from tests.conftest import TINY_MODEL
 from tests.deployments.browser import Browser, find_chromium
 

@@ -9,7 +9,7 @@ from prefect.exceptions import ParameterTypeError
 from prefect.testing.utilities import prefect_test_harness
 
 from flows.synth_and_eval import synth_and_eval
-from motfm_core.report import read_report
+from motfm_core.evaluation.report import read_report
 from tests.conftest import TINY_MODEL
 
 TINY = dict(dataset="phantom:12", image_size=16, train_steps=20, nfe=2, samples_per_class=5, seeds=[0, 1, 2],

@@ -1,0 +1,115 @@
+"""Typed configuration for every stage; each config is saved with the artifact it produced.
+
+Defaults run on a 2-core CPU in minutes. `from_dict` refuses unknown keys so a typo in a
+deployment parameter fails before any heavy work, naming the key and the valid ones.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+from motfm_core.config.choices import (
+    SOLVER_CHOICES,
+    Compression,
+    Coupling,
+    EnhanceTask,
+    GradientCheckpointing,
+    MaskConditioning,
+    MaskSource,
+    ModelSize,
+    Precision,
+    Prediction,
+    Solver,
+    Space,
+    SpatialDims,
+    TimeSampling,
+)
+from motfm_core.config.model import MODEL_SIZES, AutoencoderConfig, ModelConfig, auto_norm_groups
+from motfm_core.config.stages import DataConfig, EnhanceConfig, EvalConfig, SampleConfig, TrainConfig
+from motfm_core.typed import config_hash, from_dict
+
+__all__ = ["auto_norm_groups", "AutoencoderConfig", "Compression", "config_hash", "Coupling", "DataConfig",
+           "EnhanceConfig", "EnhanceTask", "EvalConfig", "from_dict", "GradientCheckpointing", "MaskConditioning",
+           "MaskSource", "MODEL_SIZES", "ModelConfig", "ModelSize", "PipelineConfig", "Precision", "Prediction",
+           "SampleConfig", "Solver", "SOLVER_CHOICES", "Space", "SpatialDims", "TimeSampling", "TrainConfig"]
+
+
+def _latent_geometry(data: DataConfig, ae: AutoencoderConfig) -> dict[str, int]:
+    """The latent flow's geometry: the data's sides divided by the autoencoder's downsampling, and its channels."""
+    f, out = ae.factor, {"in_channels": ae.latent_channels}
+    for key, side in (("image_size", data.image_size), ("depth", data.depth))[:data.spatial_dims - 1]:
+        if side % f:
+            raise ValueError(f"data.{key}={side} is not divisible by the autoencoder's downsampling {f} "
+                             f"(autoencoder.channels has {len(ae.channels)} levels); use data.{key}="
+                             f"{max(f, side // f * f)} or {(side // f + 1) * f}, or fewer autoencoder levels")
+        out[key] = side // f
+    if data.spatial_dims == 2:
+        out["depth"] = data.depth
+    return out
+
+
+@dataclass
+class PipelineConfig:
+    """Everything one run of the DAG needs; saved in the report."""
+
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)  # used when model.space = "latent"
+
+    @classmethod
+    def from_overrides(cls, overrides: dict[str, dict[str, Any]] | None) -> "PipelineConfig":
+        """Defaults with per-section overrides, e.g. {"train": {"steps": 50}}; unknown keys raise."""
+        overrides = dict(overrides or {})
+        sections = {f.name: f.type for f in fields(cls)}
+        unknown = sorted(set(overrides) - set(sections))
+        if unknown:
+            raise ValueError(f"unknown config section(s) {unknown}; valid ones are {sorted(sections)}")
+        kinds = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig,
+                 "eval": EvalConfig, "autoencoder": AutoencoderConfig}
+        data = from_dict(DataConfig, overrides.get("data"), where="data")
+        autoencoder = from_dict(AutoencoderConfig, overrides.get("autoencoder"), where="autoencoder")
+        # the model's geometry is the data's (latent: the autoencoder's grid): another value is a contradiction
+        model = dict(overrides.get("model") or {})
+        latent = model.get("space", "pixel") == "latent"
+        geometry = {"spatial_dims": data.spatial_dims, "image_size": data.image_size, "depth": data.depth}
+        if latent:
+            geometry.update(_latent_geometry(data, autoencoder))
+        for key, value in geometry.items():
+            if key in model and model[key] != value:
+                raise ValueError(f"model.{key}={model[key]!r} contradicts data.{key}={getattr(data, key)!r}: the "
+                                 f"network takes the data's geometry; set data.{key} instead")
+            model[key] = value
+        built: dict[str, Any] = {name: from_dict(kind, model if name == "model" else overrides.get(name), where=name)
+                                 for name, kind in kinds.items() if name not in ("data", "autoencoder")}
+        out = cls(data=data, autoencoder=autoencoder, **built)
+        f = out.eval.downsample
+        if any(side % f for side in data.spatial_shape):
+            raise ValueError(f"eval.downsample={f} does not divide the images' sides {data.spatial_shape}; use a "
+                             "factor that divides every side (1 = native size)")
+        if latent:
+            out.check_latent()
+        if out.eval.ddpm_arms and out.model.prediction == "epsilon":
+            raise ValueError("eval.ddpm_arms compares the flow-matching generator with a DDPM baseline, but "
+                             "model.prediction='epsilon' makes the run's generator the DDPM; leave one of them unset")
+        return out
+
+    def check_latent(self) -> None:
+        """Refuse the settings the latent path cannot apply (before any work), naming the key and the fix."""
+        if self.model.mask_conditioning == "controlnet":
+            raise ValueError("model.mask_conditioning='controlnet' is not supported with model.space='latent' (the "
+                             "masks condition the latent flow on its own grid); use 'concat' or 'auto'")
+        if self.sample.mask_source == "generated":
+            raise ValueError("sample.mask_source='generated' is not supported with model.space='latent' (the mask "
+                             "generator would train in pixel space); use 'deformed' or 'train'")
+        if self.train.reflow_from:
+            raise ValueError("train.reflow_from: reflow is not supported with model.space='latent'; leave it empty")
+        if self.eval.ddpm_arms:
+            raise ValueError("eval.ddpm_arms: the DDPM baseline trains in pixel space, not on the latents; leave it "
+                             "empty with model.space='latent'")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,133 @@
+"""Files published whole and durably: built under a temporary sibling name, flushed (fsync), then renamed over the
+target, so a reader sees the old object or the whole new one; the leftovers of crashed writers are swept by name.
+Content hashes of files live here too, as every stage keys its outputs on them."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import shutil
+import socket
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+__all__ = ["atomic_path", "file_sha256", "fsync_dir", "fsync_tree", "sweep_leftovers", "temporary_name",
+           "write_json_atomic"]
+
+
+def temporary_name(path: str | Path) -> Path:
+    """A hidden sibling of `path` for building it: `.<name>.tmp-<random>-<pid>@<host>`, so that a later run can
+    tell the leftovers of a crashed writer (`sweep_leftovers`) from those of one still running."""
+    path = Path(path)
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}")
+
+
+_LEFTOVER = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(?:-(\d+)@(.+))?$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def sweep_leftovers(folder: str | Path, older_than: float = 24 * 3600) -> list[Path]:
+    """Remove what crashed writers left in `folder` (not below it): temporary names (`temporary_name`) of a
+    process on this host that is gone, or of any host when older than `older_than` seconds (another host's
+    processes cannot be asked). A writer that is still running keeps its files. Returns what was removed."""
+    folder = Path(folder)
+    removed = []
+    for p in folder.iterdir() if folder.is_dir() else ():
+        m = _LEFTOVER.match(p.name)
+        if not m:
+            continue
+        pid, host = m.groups()
+        mine_and_dead = pid is not None and host == socket.gethostname() and not _pid_alive(int(pid))
+        try:
+            stale = time.time() - p.lstat().st_mtime > older_than
+        except FileNotFoundError:
+            continue
+        if mine_and_dead or stale:
+            if p.is_dir() and not p.is_symlink():
+                shutil.rmtree(p, ignore_errors=True)
+            else:
+                p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed
+
+
+def fsync_dir(path: str | Path) -> None:
+    """Make a folder's entries (a rename into it, a new file) durable; a no-op where folders cannot be opened."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some file systems refuse fsync on a folder
+        pass
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(path: str | Path) -> None:
+    """fsync every file under `path` (or `path` itself, a file), then its folders: its data on disk before a
+    rename publishes it."""
+    path = Path(path)
+    if path.is_symlink():
+        return
+    if path.is_file():
+        with open(path, "rb") as f:
+            os.fsync(f.fileno())
+        return
+    for folder, _, files in os.walk(path, topdown=False):
+        for name in files:
+            with open(os.path.join(folder, name), "rb") as f:
+                os.fsync(f.fileno())
+        fsync_dir(folder)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | Path) -> Iterator[Path]:
+    """Build a file, folder or link under the yielded temporary sibling name; on success its data is flushed to
+    disk (fsync), it replaces `path` in one rename (a reader sees the old object or the whole new one, never half
+    of it) and the rename itself is made durable; on failure it is removed. A folder can only replace a missing
+    `path` (or an empty folder)."""
+    path = Path(path)
+    tmp = temporary_name(path)
+    try:
+        yield tmp
+        fsync_tree(tmp)
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
+        elif tmp.exists() or tmp.is_symlink():
+            tmp.unlink()
+
+
+def write_json_atomic(path: str | Path, obj: Any) -> Path:
+    """`obj` as indented JSON at `path`, published whole."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2))
+    return Path(path)
+
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file's bytes, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

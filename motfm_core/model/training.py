@@ -1,0 +1,339 @@
+"""Training (flow matching, or the same-backbone DDPM baseline): loss, EMA, warmup, grad clipping, bf16 on CUDA,
+atomic resumable checkpoints.
+
+Checkpoints hold only tensors and plain Python values, so `torch.load(..., weights_only=True)` reads
+them. `model.pt` (the product) = EMA weights + model/train config + data fingerprint + class names;
+`last.pt` adds the raw weights, optimizer, step and RNG state to resume an interrupted run.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import time
+from dataclasses import asdict, replace
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import zarr
+from torch.nn.parallel import DistributedDataParallel
+
+from motfm_core import __version__
+from motfm_core.config import AutoencoderConfig, ModelConfig, TrainConfig, config_hash
+from motfm_core.data.store import load_split, open_store, stratified_subset
+from motfm_core.device import default_device
+from motfm_core.files import file_sha256
+from motfm_core.model import ddp
+from motfm_core.model.checkpoints import resumable, save_atomic
+from motfm_core.model.latents import encode_train_split
+from motfm_core.model.memory import is_out_of_memory, out_of_memory, plan_training
+from motfm_core.model.nets import VelocityUNet, build_model
+from motfm_core.model.step import ema_decay, flow_matching_loss, train_step
+from motfm_core.scale import to_model_space
+
+__all__ = ["ema_decay", "flow_matching_loss", "load_checkpoint", "model_for_data", "PROGRESS_SECONDS", "reflow_pairs",
+           "TARGETS", "train_flow_matching", "train_mask_generator", "train_step", "training_bytes",
+           "training_set"]
+
+log = logging.getLogger(__name__)
+PROGRESS_SECONDS = 30.0  # training says where it is at least this often
+
+
+@torch.no_grad()
+def reflow_pairs(teacher: VelocityUNet, y: torch.Tensor, masks: torch.Tensor | None, cfg: TrainConfig,
+                 device: torch.device) -> dict[str, torch.Tensor]:
+    """cfg.reflow_pairs (x0, x1 = teacher ODE(x0)) couplings in model space, labels (and masks) cycling over
+    the training set so classes keep their proportions."""
+    from motfm_core.model.nets import guided_velocity
+    from motfm_core.model.solvers import solve
+
+    idx = torch.arange(cfg.reflow_pairs, device=y.device) % len(y)
+    g = torch.Generator(device="cpu").manual_seed(cfg.seed + 7919)
+    m = teacher.cfg
+    shape = m.sample_shape
+    out: dict[str, list[torch.Tensor]] = {"x0": [], "x1": []}
+    for i in range(0, len(idx), 64):
+        part = idx[i:i + 64]
+        x0 = torch.randn((len(part), *shape), generator=g).to(device)
+        mk = None if masks is None else masks[part]
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            x1, _ = solve(guided_velocity(teacher, y[part], 1.0, mk), x0, cfg.reflow_steps, "midpoint")
+        out["x0"].append(x0)
+        out["x1"].append(x1.float().clamp(-1, 1))
+    pairs = {k: torch.cat(v) for k, v in out.items()}
+    pairs["y"] = y[idx]
+    if masks is not None:
+        pairs["masks"] = masks[idx]
+    return pairs
+
+
+TARGETS = ("images", "masks")
+
+
+def model_for_data(cfg: ModelConfig, data_path: str | Path, target: str = "images") -> ModelConfig:
+    """`cfg` with the geometry of the dataset at `data_path` filled in: input channels, classes, mask classes,
+    and `mask_conditioning="auto"` resolved ("concat" when the store has masks, else "none").
+
+    target="masks" configures the class-conditional mask generator: one input channel per mask class (one-hot),
+    no mask conditioning."""
+    if target not in TARGETS:
+        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+    root = open_store(data_path)
+    has_masks = "masks" in root.array_keys()
+    mask_classes = (len(root.attrs.get("mask_names", [])) or int(root["masks"][:].max()) + 1) if has_masks else 0
+    values = asdict(cfg)
+    values["num_classes"] = len(root.attrs["class_names"])
+    if target == "masks":
+        if not has_masks:
+            raise ValueError(f"{data_path}: sample.mask_source='generated' needs a dataset with masks; this one has "
+                             "none")
+        values.update(in_channels=mask_classes, mask_conditioning="none", mask_classes=0)
+    else:
+        if cfg.space == "pixel":  # latent: the autoencoder's latent channels, set from the config
+            values["in_channels"] = int(root["images"].shape[1])
+        mode = values["mask_conditioning"]
+        if mode == "auto":
+            mode = "concat" if has_masks else "none"
+        if mode != "none" and not has_masks:
+            raise ValueError(f"{data_path}: model.mask_conditioning={mode!r} needs a dataset with masks, and this one "
+                             "has none; use model.mask_conditioning='none' (or 'auto')")
+        values.update(mask_conditioning=mode, mask_classes=mask_classes if mode != "none" else 0)
+    out = ModelConfig(**values)
+    out.validate()
+    return out
+
+
+def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images",
+                 latents: str | Path | None = None) -> dict[str, np.ndarray]:
+    """The examples a generator trains on: the train split, or its class-stratified `cfg.real_fraction` share
+    (`stratified_subset`, seeded by `cfg.subset_seed`), with `indices` into the train split. target="masks"
+    gives the one-hot masks as images; `latents` (`encode_train_split`'s store of the train split) gives the
+    images' latents and masks on the latent grid instead."""
+    if latents is not None:
+        z = zarr.open_group(str(latents), mode="r", zarr_format=3)
+        data = {name: np.asarray(z[name][:]) for name in z.array_keys()}
+    else:
+        data = load_split(data_path, "train")
+    idx = stratified_subset(data["labels"], cfg.real_fraction, cfg.subset_seed)
+    out = {k: v[idx] for k, v in data.items()}
+    out["indices"] = idx
+    if target == "masks":
+        if "masks" not in out:
+            raise ValueError(f"{data_path}: a mask generator needs a dataset with masks; this one has none")
+        k = int(data["masks"].max()) + 1
+        out["images"] = np.moveaxis(np.eye(k, dtype=np.float32)[out["masks"][:, 0]], -1, 1)
+        out.pop("masks")
+    return out
+
+
+def train_mask_generator(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, mask_source: str,
+                         out_dir: str | Path, device: str | torch.device | None = None,
+                         progress: Callable[[str], None] | None = None,
+                         advance: Callable[[float], None] | None = None) -> Path | None:
+    """The class-conditional mask generator that `sample.mask_source="generated"` needs (same backbone settings
+    and training recipe as the image model, on one-hot masks of the same real subset); None when the image model
+    is not mask-conditioned or masks come from elsewhere. Run before the image model's training, it also refuses
+    a mask source that cannot apply before any training starts."""
+    from motfm_core.model.masks import resolve_mask_source
+
+    masked = model_for_data(model_cfg, data_path).mask_conditioning != "none"
+    if resolve_mask_source(mask_source, masked) != "generated":
+        return None
+    return train_flow_matching(data_path, model_cfg, cfg, out_dir, device, progress, target="masks", advance=advance)
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VelocityUNet, dict[str, Any]]:
+    """EMA model (eval mode) and the checkpoint's metadata; needs no other file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: no checkpoint; run the train stage first")
+    ckpt = torch.load(path, map_location=device, weights_only=True)
+    stored: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()}
+    cfg = ModelConfig(**stored)
+    model = build_model(cfg).to(device)
+    model.load_state_dict(ckpt["ema"])
+    model.eval()
+    return model, {k: v for k, v in ckpt.items() if k not in ("ema", "model", "optimizer", "rng")}
+
+
+def train_flow_matching(
+    data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: str | Path,
+    device: str | torch.device | None = None, progress: Callable[[str], None] | None = None,
+    target: str = "images", advance: Callable[[float], None] | None = None,
+    autoencoder: str | Path | None = None, autoencoder_cfg: AutoencoderConfig | None = None,
+) -> Path:
+    """Train on the store's train split (or its `cfg.real_fraction` share); returns `out_dir/model.pt`. Resumes
+    from `last.pt`; skips if done. `model_cfg` geometry is filled from the store (`model_for_data`); with
+    target="masks" the model learns the class-conditional distribution of one-hot masks instead of images.
+    `progress` gets a log line at least every PROGRESS_SECONDS, `advance` the share of steps done (a progress bar).
+    `cfg.devices` > 1 trains data-parallel in that many spawned processes (`motfm_core.model.ddp`; `device` is then
+    one GPU per rank, or the CPU), with the same result as one process up to float rounding. A model_cfg.space
+    "latent" model trains on the latents of `autoencoder` (the train-autoencoder stage's checkpoint; its
+    `autoencoder_cfg` gives the encoding window), encoded once (`encode_train_split`)."""
+    if (model_cfg.space == "latent") != (autoencoder is not None):
+        raise ValueError("model.space='latent' trains on an autoencoder's latents: give the train-autoencoder "
+                         "stage's checkpoint (the flow does), and only then")
+    model_cfg = model_for_data(model_cfg, data_path, target)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    say = progress or log.info
+    fingerprint = open_store(data_path).attrs["fingerprint"]
+    teacher_sha = file_sha256(cfg.reflow_from) if cfg.reflow_from else ""
+    if cfg.reflow_from and model_cfg.prediction != "velocity":
+        raise ValueError("train.reflow_from: reflow applies to flow-matching (velocity) models only")
+    # neither the device count, the memory budget nor gradient checkpointing changes the result: not in the key,
+    # so a run resumes on another machine or with another plan
+    recipe = {k: v for k, v in asdict(cfg).items() if k not in ("devices", "memory_gb")}
+    ae_sha = file_sha256(autoencoder) if autoencoder is not None else ""
+    key = config_hash(replace(model_cfg, gradient_checkpointing="auto"), recipe, fingerprint, __version__,
+                      teacher_sha, target, *([ae_sha] if ae_sha else []))
+    final = out_dir / "model.pt"
+    if final.exists() and torch.load(final, weights_only=True, map_location="cpu").get("run_key") == key:
+        say(f"train: {final} already trained with this data and config (key {key}); reusing it")
+        return final
+    dev = default_device(device)
+    latents = None
+    if autoencoder is not None:
+        latents = encode_train_split(data_path, autoencoder, autoencoder_cfg or AutoencoderConfig(), dev, say)
+    plan = plan_training(model_cfg, cfg, dev, training_bytes(data_path, cfg, model_cfg, target))
+    say(f"train: plan: {plan.line()}")
+    model_cfg = replace(model_cfg, gradient_checkpointing="on" if plan.gradient_checkpointing else "off")
+    args = (data_path, model_cfg, cfg, out_dir, key, teacher_sha, target, latents)
+    try:
+        if cfg.devices > 1:
+            say(f"train: data-parallel over {cfg.devices} processes "
+                f"({'one GPU each' if torch.cuda.is_available() else 'CPU, gloo'})")
+            ddp.spawn(_fit, args, cfg.devices, say, advance)
+        else:
+            _fit(*args, rank=ddp.Rank(device=dev), say=say, advance=advance)
+    except Exception as e:
+        if is_out_of_memory(e):
+            raise out_of_memory("train", plan.line(), e, "use a smaller train.batch_size, "
+                                "model.gradient_checkpointing=on or a smaller model.size") from None
+        raise
+    return final
+
+
+def training_bytes(data_path: str | Path, cfg: TrainConfig, model_cfg: ModelConfig, target: str = "images") -> int:
+    """Bytes of the training set as `_fit` holds it on the device: float32 images (one-hot masks for the mask
+    generator) and, for a mask-conditioned model, the uint8 masks."""
+    root = open_store(data_path)
+    split = np.asarray(root["split"][:])
+    n = len(stratified_subset(np.asarray(root["labels"][:])[split == 0], cfg.real_fraction, cfg.subset_seed))
+    if cfg.reflow_from:
+        n = 2 * cfg.reflow_pairs  # the teacher's (x0, x1) couplings
+    per = 4 * math.prod(model_cfg.sample_shape)
+    if model_cfg.mask_conditioning != "none":
+        per += math.prod(model_cfg.spatial_shape)
+    return n * per
+
+
+def _reflow_from_teacher(model: VelocityUNet, y_all: torch.Tensor, m_all: torch.Tensor | None, cfg: TrainConfig,
+                         say: Callable[[str], None]) -> dict[str, torch.Tensor]:
+    """The teacher's (noise, sample) couplings that reflow trains on; `model` starts from the teacher's weights.
+    The teacher must have `model`'s architecture."""
+    device = next(model.parameters()).device
+    teacher, _ = load_checkpoint(cfg.reflow_from, device)
+    same = [asdict(replace(c, gradient_checkpointing="auto")) for c in (teacher.cfg, model.cfg)]
+    if same[0] != same[1]:  # checkpointing is how a step runs, not the architecture
+        raise ValueError(f"{cfg.reflow_from}: the reflow teacher's model config differs from this one; reflow "
+                         "keeps the architecture (use the teacher run's model settings)")
+    say(f"train: reflow: generating {cfg.reflow_pairs} couplings with {cfg.reflow_from} "
+        f"({cfg.reflow_steps} midpoint steps)")
+    pairs = reflow_pairs(teacher, y_all, m_all, cfg, device)
+    model.load_state_dict(teacher.state_dict())
+    return pairs
+
+
+def _resume(last: Path, key: str, model: torch.nn.Module, ema: torch.nn.Module, opt: torch.optim.Optimizer,
+            gen: torch.Generator, say: Callable[[str], None], steps: int) -> tuple[int, list[float]]:
+    """(step, losses) to continue from: `last.pt` of this run loaded into the model, EMA, optimizer and generator,
+    else (0, [])."""
+    device = gen.device
+    state = resumable(last, key, device)
+    if state is None:
+        return 0, []
+    model.load_state_dict(state["model"])
+    ema.load_state_dict(state["ema"])
+    opt.load_state_dict(state["optimizer"])
+    gen.set_state(state["rng"].cpu() if device.type == "cpu" else state["rng"])
+    say(f"train: resuming from {last} at step {state['step']}/{steps}")
+    return state["step"], list(state["losses"])
+
+
+def _rank_record(seed: int, batch: int, world: int) -> dict[str, Any]:
+    """What a checkpoint records of data-parallel training: every rank draws the global batch from seed `seed` and
+    trains on its rows (`ddp.rank_slice`)."""
+    return {"world_size": world, "rank_seeds": [seed] * world,
+            "rank_rows": [[rows.start, rows.stop] for rows in (ddp.rank_slice(batch, ddp.Rank(r, world))
+                                                                for r in range(world))]}
+
+
+def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: Path, key: str,
+         teacher_sha: str, target: str, latents: Path | None, rank: ddp.Rank, say: Callable[[str], None],
+         advance: Callable[[float], None] | None) -> None:
+    """The training loop of `train_flow_matching` as one rank (`rank.world` == 1: the only process); rank 0
+    writes `last.pt` every cfg.checkpoint_every steps and `model.pt` at the end."""
+    device, last = rank.device, out_dir / "last.pt"
+    attrs = dict(open_store(data_path).attrs)
+    data = training_set(data_path, cfg, target, latents)
+    x_all = torch.from_numpy(data["images"])
+    x_all = (x_all if latents is not None else to_model_space(x_all)).to(device)  # latents: already unit variance
+    y_all = torch.from_numpy(data["labels"]).long().to(device)
+    m_all = torch.from_numpy(data["masks"]).to(device) if model_cfg.mask_conditioning != "none" else None
+    torch.manual_seed(cfg.seed)
+    model = build_model(model_cfg).to(device)
+    pairs = None
+    if cfg.reflow_from:
+        pairs = _reflow_from_teacher(model, y_all, m_all, cfg, say)
+        y_all, m_all = pairs["y"], pairs.get("masks")
+    ema = copy.deepcopy(model).requires_grad_(False)
+    forward = model if rank.world == 1 else DistributedDataParallel(model)
+    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    gen = torch.Generator(device=device).manual_seed(cfg.seed)  # the same stream on every rank
+    step, losses = _resume(last, key, model, ema, opt, gen, say, cfg.steps)
+    n = len(y_all)  # with reflow: the number of teacher couplings
+    batch = min(cfg.batch_size, n)
+    if batch % rank.world:
+        raise ValueError(f"train.batch_size={batch} (capped at the {n} training examples) is not divisible by "
+                         f"train.devices={rank.world}; every rank trains on an equal share")
+    part = ddp.rank_slice(batch, rank)
+    meta = {"model_config": asdict(model_cfg), "train_config": asdict(cfg), "run_key": key,
+            "data_fingerprint": attrs["fingerprint"], "data_path": str(data_path),
+            "class_names": list(attrs["class_names"]), "num_train": int(len(data["labels"])), "device": str(device),
+            "reflow_teacher_sha256": teacher_sha, "target": target, "train_indices": data["indices"].tolist(),
+            # a latent model's autoencoder and latent statistics: what its samples are decoded with
+            "autoencoder": None if latents is None else dict(zarr.open_group(str(latents), mode="r").attrs["record"]),
+            **_rank_record(cfg.seed, batch, rank.world)}
+    t_start = time.time()
+    first_step, last_said, t_steady = step, t_start, t_start
+    model.train()
+    while step < cfg.steps:
+        idx = torch.randint(0, n, (batch,), generator=gen, device=device)
+        x0 = None if pairs is None else pairs["x0"][idx]
+        x1 = x_all[idx] if pairs is None else pairs["x1"][idx]
+        loss = train_step(model, ema, opt, x1, y_all[idx], None if m_all is None else m_all[idx], cfg, gen, step,
+                          x0=x0, part=part, forward=forward)
+        step += 1
+        losses.append(float(rank.mean(loss.detach())))
+        if step == first_step + 1:  # the first step pays for allocation and kernel selection: not a rate to plan by
+            t_steady = time.time()
+        saving = step % cfg.checkpoint_every == 0 or step == cfg.steps
+        if saving and rank.main:
+            save_atomic({**meta, "step": step, "losses": losses, "model": model.state_dict(),
+                         "ema": ema.state_dict(), "optimizer": opt.state_dict(), "rng": gen.get_state()}, last)
+        now = time.time()
+        if saving or now - last_said >= PROGRESS_SECONDS:  # a line at least every PROGRESS_SECONDS of work
+            steady = step - first_step - 1
+            per_step = (now - t_steady) / steady if steady else now - t_start
+            say(f"train: step {step}/{cfg.steps} loss {np.mean(losses[-50:]):.4f}, {per_step:.2f} s/step, "
+                f"ETA {per_step * (cfg.steps - step):.0f}s ({now - t_start:.0f}s)" + (", checkpoint" if saving else ""))
+            last_said = now
+            if advance:
+                advance(step / cfg.steps)
+    if rank.main:
+        save_atomic({**meta, "step": step, "losses": losses, "ema": ema.state_dict(),
+                     "train_seconds": time.time() - t_start}, out_dir / "model.pt")
