@@ -5,9 +5,9 @@ features are the spatial average of its last convolutional stage (channels[-1] n
 or 3D). On those: FID (MONAI `FIDMetric`), KID (unbiased polynomial-kernel MMD^2, Binkowski et al. 2018)
 and improved precision/recall (k-NN manifolds, Kynkaanniemi et al. 2019).
 Detail: a classifier of anatomical level is blind to blur and noise (a sigma-1 blur barely moves its FID:
-benchmarks/RESULTS.md, "Figures once kept in code comments"), so `swd` adds the sliced Wasserstein distance between 7x7 patches of Laplacian
-pyramid levels (Karras et al. 2018), which needs no weights and ranks blur and noise correctly.
-Always read them against the real-vs-real baseline (train split vs test split) reported beside them.
+benchmarks/RESULTS.md, "Figures once kept in code comments"), so `swd` adds the sliced Wasserstein distance
+between 7x7 patches of Laplacian pyramid levels (Karras et al. 2018), which needs no weights and ranks blur and
+noise correctly. Always read them against the real-vs-real baseline (train split vs test split) reported beside them.
 """
 
 from __future__ import annotations
