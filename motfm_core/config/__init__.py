@@ -14,6 +14,7 @@ from motfm_core.config.choices import (
     Compression,
     Coupling,
     EnhanceTask,
+    Fit,
     GradientCheckpointing,
     MaskConditioning,
     MaskSource,
@@ -30,9 +31,10 @@ from motfm_core.config.stages import DataConfig, EnhanceConfig, EvalConfig, Samp
 from motfm_core.typed import config_hash, from_dict
 
 __all__ = ["auto_norm_groups", "AutoencoderConfig", "Compression", "config_hash", "Coupling", "DataConfig",
-           "EnhanceConfig", "EnhanceTask", "EvalConfig", "from_dict", "GradientCheckpointing", "MaskConditioning",
-           "MaskSource", "MODEL_SIZES", "ModelConfig", "ModelSize", "PipelineConfig", "Precision", "Prediction",
-           "SampleConfig", "Solver", "SOLVER_CHOICES", "Space", "SpatialDims", "TimeSampling", "TrainConfig"]
+           "EnhanceConfig", "EnhanceTask", "EvalConfig", "Fit", "from_dict", "GradientCheckpointing",
+           "MaskConditioning", "MaskSource", "MODEL_SIZES", "ModelConfig", "ModelSize", "PipelineConfig", "Precision",
+           "Prediction", "SampleConfig", "Solver", "SOLVER_CHOICES", "Space", "SpatialDims", "TimeSampling",
+           "TrainConfig"]
 
 
 def _latent_geometry(data: DataConfig, ae: AutoencoderConfig) -> dict[str, int]:

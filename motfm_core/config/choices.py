@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["Coupling", "Compression", "EnhanceTask", "GradientCheckpointing", "MaskConditioning", "MaskSource",
+__all__ = ["Coupling", "Compression", "EnhanceTask", "Fit", "GradientCheckpointing", "MaskConditioning", "MaskSource",
            "ModelSize", "Precision", "Prediction", "Solver", "SOLVER_CHOICES", "Space", "SpatialDims", "TimeSampling"]
 
 Solver = Literal["euler", "midpoint", "heun", "rk4", "dopri5", "ddpm", "ddim"]
@@ -15,6 +15,7 @@ MaskSource = Literal["auto", "train", "deformed", "generated"]
 EnhanceTask = Literal["denoise", "superres"]
 GradientCheckpointing = Literal["auto", "on", "off"]
 Space = Literal["pixel", "latent"]
+Fit = Literal["auto", "fov", "crop", "resize"]
 SpatialDims = Literal[2, 3]
 Prediction = Literal["velocity", "epsilon"]
 TimeSampling = Literal["uniform", "logit_normal"]

@@ -9,6 +9,7 @@ from motfm_core.config.choices import (
     Compression,
     Coupling,
     EnhanceTask,
+    Fit,
     MaskSource,
     Precision,
     Solver,
@@ -35,6 +36,12 @@ class DataConfig:
     test_fraction: float = 0.15
     seed: int = 0
     keep_previous: int = 1  # earlier builds of dataset.zarr kept beside it when the data changes (0 = none)
+    # how a volume reaches the stored shape, after reorientation to RAS: "fov" (crop to the foreground, pad to the
+    # target's aspect in mm, resample: one isotropic spacing), "crop" (resample to data.spacing_mm, then crop or pad
+    # around the foreground's centre), "resize" (pad to a cube in voxels, resize); "auto": "fov" for volumes that
+    # record their geometry (NIfTI, positioned DICOM series) in a 3D run, "resize" for everything else
+    fit: Fit = "auto"
+    spacing_mm: float = 0.0  # data.fit="crop" only: the voxel side in mm the volumes are resampled to
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -53,6 +60,12 @@ class DataConfig:
         _check(0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5,
                "data.val_fraction and data.test_fraction must lie in (0, 0.5)")
         _check(self.keep_previous >= 0, "data.keep_previous must be >= 0 (0 keeps no earlier build)")
+        _check(self.fit in ("auto", "resize") or self.spatial_dims == 3,
+               f"data.fit={self.fit!r} places volumes in millimetres, in 3D runs; use data.spatial_dims=3, or "
+               "data.fit=auto (2D slices of volumes are resized in-plane)")
+        _check((self.fit == "crop") == (self.spacing_mm > 0),
+               f"data.fit='crop' needs data.spacing_mm > 0 (the voxel side to resample to) and only it uses it; got "
+               f"data.fit={self.fit!r}, data.spacing_mm={self.spacing_mm:g}")
 
 
 @dataclass

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Callable
@@ -12,13 +13,14 @@ import numpy as np
 from motfm_core import __version__
 from motfm_core.config import DataConfig, config_hash
 from motfm_core.data.brain import MRICRON, build_brain_mri
+from motfm_core.data.geometry import fit_volume, spacing_of
 from motfm_core.data.phantom import build_phantom
 from motfm_core.data.preprocess import NORMALISATION, normalise, patient_split, resize
 from motfm_core.data.readers import MAX_MASK_VALUES, RawSet, read_folder, read_medmnist
 from motfm_core.data.store import SCHEMA_VERSION, SPLITS, open_store, write_dataset
 
 __all__ = [
-    "MIN_TEST", "MIN_TRAIN_PER_CLASS", "MIN_VAL", "check_sizes", "check_source", "ingest", "load_source",
+    "MIN_TEST", "MIN_TRAIN_PER_CLASS", "MIN_VAL", "check_sizes", "check_source", "ingest", "load_source", "prepare",
     "source_signature",
 ]
 
@@ -35,12 +37,35 @@ def mask_classes(raw: RawSet) -> dict[int, int]:
     return {int(v): k for k, v in enumerate(values)}
 
 
-def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
-    """Normalise, slice volumes for 2D, resize, and stack a RawSet; masks become classes 0..K-1."""
+def _source_affine(raw: RawSet, k: int, nd: int) -> np.ndarray | None:
+    """Where sample `k`'s voxels are (RAS mm): the reader's affine, else a volume's spacing alone (a DICOM file or
+    series that records no position: its axes are taken as stored), else None (2D images, MedMNIST)."""
+    affine = raw.affines[k] if k < len(raw.affines) else None
+    spacing = raw.spacings[k] if k < len(raw.spacings) else None
+    if affine is None and nd == 3 and spacing is not None and len(spacing) == 3:
+        affine = np.diag([*spacing, 1.0])
+    return affine
+
+
+def _fit_of(cfg: DataConfig, affine: np.ndarray | None, nd: int, name: str) -> str:
+    """data.fit for one sample: "auto" is "fov" for a volume with a known geometry in a 3D run, else "resize"; an
+    explicit "fov"/"crop" on a file that records no geometry is refused by name."""
+    if cfg.fit == "auto":
+        return "fov" if affine is not None and nd == 3 and cfg.spatial_dims == 3 else "resize"
+    if cfg.fit != "resize" and (affine is None or nd != 3):
+        raise ValueError(f"{name}: data.fit={cfg.fit!r} places volumes by their spacing, which this file does not "
+                         "record (2D images and MedMNIST have none); use data.fit=resize or data.fit=auto")
+    return cfg.fit
+
+
+def prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
+    """A RawSet as the store holds it: volumes placed by `data.fit` (or slices for 2D), normalised, resized,
+    stacked (`images`, `labels`, `masks`, `split`, `affine` where volumes were placed); masks become classes 0..K-1."""
     target = cfg.spatial_shape
     classes = mask_classes(raw)
     lookup = np.array(list(classes), dtype=np.int64)  # sorted values: np.searchsorted maps each to its class
-    imgs, labels, masks, groups, split = [], [], [], [], []
+    imgs, labels, masks, groups, split, fits = [], [], [], [], [], []
+    stored: list[np.ndarray | None] = []
     for k, (img, lab, mask, grp) in enumerate(zip(raw.images, raw.labels, raw.masks, raw.groups)):
         name = raw.files[k] if k < len(raw.files) else f"{raw.origin} sample {k}"
         nd = img.ndim - 1
@@ -51,7 +76,11 @@ def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
             raise ValueError(f"{name}: is 2D but data.spatial_dims=3; use data.spatial_dims=2")
         if float(img.max()) <= float(img.min()):
             raise ValueError(f"{name}: image is blank (every pixel is {float(img.min()):g}); remove its row")
-        img = normalise(img)
+        affine = _source_affine(raw, k, nd)
+        fit = _fit_of(cfg, affine, nd, name)
+        fits.append(fit)
+        if fit == "resize":  # a volume placed in millimetres is normalised on its stored grid, after the fit
+            img = normalise(img)
         if mask is not None:
             mask = np.searchsorted(lookup, mask).astype(np.uint8)
         if nd == 3 and cfg.spatial_dims == 2:  # a volume in 2D mode: its axial slices with enough foreground
@@ -63,8 +92,15 @@ def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
             raise ValueError(f"{name}: contributed no sample (no axial slice has >= 5% of its pixels above 5% of the "
                              "intensity range); check the file or remove its row")
         for im, mk in pieces:
-            imgs.append(resize(im, target))
-            masks.append(None if mk is None else resize(mk, target, nearest=True).astype(np.uint8))
+            if fit == "resize":
+                imgs.append(resize(im, target))
+                masks.append(None if mk is None else resize(mk, target, nearest=True).astype(np.uint8))
+                stored.append(None)
+            else:  # the whole volume, placed in millimetres (affine is known)
+                im, mk, grid = fit_volume(im, mk, affine, target, fit, cfg.spacing_mm)  # type: ignore[arg-type]
+                imgs.append(normalise(im))
+                masks.append(None if mk is None else mk.astype(np.uint8))
+                stored.append(grid)
             labels.append(lab)
             groups.append(grp)
             split.append(raw.split[k] if raw.split is not None else -1)
@@ -73,7 +109,10 @@ def _prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
     has_masks = [m is not None for m in masks]
     if any(has_masks) and not all(has_masks):
         raise ValueError(f"{raw.origin}: some samples have masks and some do not; give a mask for every row or none")
-    out = {"images": np.stack(imgs), "labels": np.array(labels), "group_names": groups, "mask_values": classes}
+    out = {"images": np.stack(imgs), "labels": np.array(labels), "group_names": groups, "mask_values": classes,
+           "fits": fits}
+    if any(g is not None for g in stored):
+        out["affine"] = np.stack([np.full((4, 4), np.nan) if g is None else g for g in stored])
     out["masks"] = np.stack([m for m in masks if m is not None]) if all(has_masks) else None
     out["split"] = (np.array(split, dtype=np.uint8) if raw.split is not None
                     else patient_split(groups, cfg.val_fraction, cfg.test_fraction, cfg.seed, labels))
@@ -134,20 +173,55 @@ def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     check_source(src)
     path = Path(src)
     raw = read_medmnist(path) if path.suffix == ".npz" else read_folder(path)
-    arrays = _prepare(raw, cfg)
+    arrays = prepare(raw, cfg)
+    fits = arrays.pop("fits")
     attrs: dict[str, Any] = {"source": str(path), "class_names": raw.class_names, "normalisation": NORMALISATION,
-                             "spacing": "resampled to image_size (source spacing per file where known: source_spacing)",
-                             "notes": source_notes(raw, arrays.pop("mask_values"))}
+                             "spacing": _spacing_text(fits, arrays.get("affine")),
+                             "notes": source_notes(raw, arrays.pop("mask_values"), fits, arrays.get("affine"))}
     known = {str(Path(f).relative_to(path)): list(sp) for f, sp in zip(raw.files, raw.spacings) if sp is not None}
-    if known:  # DICOM records its spacing (mm per axis); resizing changes it, so the source's is kept beside
+    if known:  # the files' own spacing (mm per axis, RAS order for reoriented volumes), kept beside the stored grid's
         attrs["source_spacing"] = known
+    codes = {str(Path(f).relative_to(path)): o for f, o in zip(raw.files, raw.orientations) if o is not None}
+    if codes:
+        attrs["source_orientation"] = codes
     return arrays, attrs
 
 
-def source_notes(raw: RawSet, mask_values: dict[int, int]) -> list[str]:
-    """What a user should know about how their files were read (logged, stored and shown in the report): masks
-    whose values were mapped to classes, and a folder without a subject column."""
+def _spacing_text(fits: list[str], affine: np.ndarray | None) -> str:
+    """How the stored grid relates to the files' (store attribute `spacing`)."""
+    if affine is None:
+        return "resampled to image_size (source spacing per file where known: source_spacing)"
+    return ("volumes reoriented to RAS and placed by their spacing (data.fit: " + ", ".join(sorted(set(fits))) +
+            "); the stored grid's affine per sample in the `affine` array, the files' spacing in source_spacing")
+
+
+def _geometry_notes(raw: RawSet, fits: list[str], affine: np.ndarray | None) -> list[str]:
+    """What was done to the volumes' geometry: how many were reoriented and from what, and the spacings they were
+    resampled from and to."""
     notes = []
+    codes = [o for o in raw.orientations if o is not None]
+    turned = Counter(o for o in codes if o != "RAS")
+    if turned:
+        froms = ", ".join(f"{n} from {o}" for o, n in turned.most_common())
+        notes.append(f"{sum(turned.values())} of {len(codes)} volumes reoriented to RAS ({froms})")
+    if affine is not None:
+        placed = [i for i, f in enumerate(fits) if f != "resize"]
+        source = Counter(" x ".join(f"{s:g}" for s in np.round(np.asarray(sp), 2)) for sp in
+                         (raw.spacings[i] for i in placed) if sp is not None)
+        grids = np.array([spacing_of(a) for a in affine if np.isfinite(a).all()])
+        to = f"{grids.min():.2f}-{grids.max():.2f}" if grids.max() - grids.min() > 0.005 else f"{grids.min():.2f}"
+        how = "fov: each volume's foreground in view" if "fov" in fits else "crop: a fixed spacing"
+        notes.append(f"{len(placed)} volumes resampled from " + ", ".join(f"{s} mm ({n})" for s, n in
+                                                                           source.most_common())
+                     + f" to {to} mm isotropic ({how})")
+    return notes
+
+
+def source_notes(raw: RawSet, mask_values: dict[int, int], fits: list[str] | None = None,
+                 affine: np.ndarray | None = None) -> list[str]:
+    """What a user should know about how their files were read (logged, stored and shown in the report): masks
+    whose values were mapped to classes, a folder without a subject column, and the volumes' geometry."""
+    notes = _geometry_notes(raw, fits or [], affine)
     if mask_values and list(mask_values) != list(range(len(mask_values))):
         pairs = ", ".join(f"{v} -> {c}" for v, c in mask_values.items())
         notes.append(f"mask values read as classes: {pairs}")
@@ -202,7 +276,8 @@ def ingest(cfg: DataConfig, out_path: str | Path, progress: Callable[[str], None
                                 list(groups))
     path = write_dataset(out_path, arrays["images"], arrays["labels"], arrays["split"],
                          np.array([uniq[g] for g in groups]), attrs, masks=arrays["masks"],
-                         keep_previous=cfg.keep_previous)
+                         keep_previous=cfg.keep_previous,
+                         extra={"affine": arrays["affine"]} if "affine" in arrays else None)
     counts = {n: int((arrays["split"] == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))}
     say(f"ingest: {cfg.source} -> {path} ({len(arrays['labels'])} samples {counts}, shape "
         f"{arrays['images'].shape[1:]}, fingerprint {open_store(path).attrs['fingerprint'][:12]})")

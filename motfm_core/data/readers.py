@@ -1,8 +1,9 @@
 """Readers for the formats users bring: NIfTI, DICOM or PNG/JPEG folders with a labels CSV, MedMNIST `.npz`.
 
 Every reader returns a `RawSet`: images at their native size (C, *spatial) with labels, optional
-masks, a group (patient) id and, where the format records it, the voxel spacing per sample. Errors name the
-file and the fix.
+masks, a group (patient) id and, where the format records it, the voxel spacing per sample. Volumes whose format
+records where their voxels are (NIfTI's affine, a DICOM series' position and orientation) are reoriented to RAS as
+they are read, and keep the affine of the array returned (`Image`). Errors name the file and the fix.
 
 labels.csv columns: `filename` (relative to the folder), `label` (int or name), optional `mask`
 (a file of the same shape), optional `subject` (patient id; defaults to the filename). A DICOM `filename` is a
@@ -18,8 +19,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "NIFTI_SUFFIXES", "RawSet", "read_dicom", "read_folder", "read_image",
-           "read_medmnist", "read_nifti"]
+__all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "Image", "NIFTI_SUFFIXES", "RawSet", "read_any", "read_dicom",
+           "read_folder", "read_image", "read_medmnist", "read_nifti"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -39,17 +40,54 @@ class RawSet:
     origin: str = ""
     files: list[str] = field(default_factory=list)  # where each sample came from (errors name it)
     spacings: list[tuple[float, ...] | None] = field(default_factory=list)  # mm per axis of the image, if known
+    affines: list[np.ndarray | None] = field(default_factory=list)  # voxel -> RAS mm of each volume, if known
+    orientations: list[str | None] = field(default_factory=list)  # each volume's axis codes in its file ("LPS")
     subject_column: bool = True  # False: a folder without a `subject` column (each file is its own group)
+
+
+@dataclass(frozen=True)
+class Image:
+    """A file as read: its pixels and, where the format records them, its spacing (mm per array axis), the affine
+    of `pixels` (voxel index -> RAS mm; volumes, after reorientation to RAS) and the file's own axis codes."""
+
+    pixels: np.ndarray
+    spacing: tuple[float, ...] | None = None
+    affine: np.ndarray | None = None
+    orientation: str | None = None
+
+
+def _canonical(pixels: np.ndarray, affine: np.ndarray, path: Path) -> Image:
+    """A volume and its affine reoriented to RAS (nibabel's closest canonical orientation: axis flips and
+    permutations only, no resampling), with the file's axis codes; refuses an affine that cannot place voxels."""
+    import nibabel as nib
+
+    from motfm_core.data.geometry import axis_codes, check_affine, spacing_of
+
+    check_affine(affine, str(path))
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(pixels, affine))
+    out = np.asarray(canonical.dataobj, dtype=np.float32)
+    return Image(out, spacing_of(canonical.affine), np.asarray(canonical.affine, float), axis_codes(affine))
 
 
 MAX_MASK_VALUES = 16  # distinct values a mask file may hold: a label image, not a grey-level picture
 
 
-def read_mask(path: Path, shape: tuple[int, ...], image: Path) -> np.ndarray:
+def _mm(spacing: tuple[float, ...] | None) -> str:
+    return " x ".join(f"{s:g}" for s in np.round(spacing or (), 3))
+
+
+def read_mask(path: Path, like: Image, image: Path) -> np.ndarray:
     """A mask file as a label image (1, *spatial) of its integer values (rounded, any range: 0/255 and 16-bit
-    label maps too); refused, naming the file, when its shape is not the image's or it holds more than
-    MAX_MASK_VALUES distinct values (a grey-level image, or a JPEG's ringing, is not a mask)."""
-    mask = _read_any(path)[0]
+    label maps too); refused, naming the file, when it is not on the grid of its image `like` (shape, and affine
+    where both record one) or holds more than MAX_MASK_VALUES distinct values (a grey-level image, or a JPEG's
+    ringing, is not a mask)."""
+    read = read_any(path)
+    mask, shape = read.pixels, like.pixels.shape
+    if read.affine is not None and like.affine is not None and not np.allclose(read.affine, like.affine, atol=1e-3):
+        raise ValueError(f"{path}: label map on another grid than its image {image} (affines differ: voxel sizes "
+                         f"{_mm(read.spacing)} vs {_mm(like.spacing)} mm, "
+                         "or another origin or orientation); resample the label map onto the image's grid "
+                         "(nearest neighbour)")
     if mask.shape != shape:
         raise ValueError(f"{path}: mask shape {mask.shape} != image shape {shape} of {image}; resample the mask "
                          "onto the image grid")
@@ -106,19 +144,42 @@ def _check_unlisted(folder: Path, listed: set[str], suffixes: tuple[str, ...], c
             raise ValueError(f"{f}: image has no row in {folder / 'labels.csv'}; add it with its label or move it out")
 
 
-def read_nifti(path: Path) -> np.ndarray:
-    """Float32 array of a NIfTI file, with a clear error for corrupt or non-finite files."""
+def read_nifti(path: Path) -> Image:
+    """A NIfTI file as float32: a volume reoriented to RAS with its affine and spacing, a 2D image as it is
+    stored (with its in-plane spacing); a clear error for corrupt or non-finite files and unusable affines."""
     import nibabel as nib
 
     try:
-        arr = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
+        nii = nib.load(str(path))
+        arr = np.asarray(nii.get_fdata(dtype=np.float32))
+        affine = np.asarray(nii.affine, dtype=float)
     except Exception as exc:  # nibabel raises many types for corrupt files
         if _system_error(exc):
             raise
         raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); re-export or remove it") from exc
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: contains NaN/inf values; fix or remove the file")
-    return np.squeeze(arr)
+    if arr.ndim == 3 and min(arr.shape) > 1:
+        _check_pixdim(path, nii.header)
+        return _canonical(arr, affine, path)
+    zooms = tuple(float(z) for z, n in zip(nii.header.get_zooms(), arr.shape) if n > 1)
+    return Image(np.squeeze(arr), zooms[:2] if np.squeeze(arr).ndim == 2 else None)
+
+
+def _check_pixdim(path: Path, header: Any) -> None:
+    """Refuse a volume placed by a pixdim of 0 (no sform): nibabel reads that 0 as 1 mm with a warning, which would
+    place the voxels where the file does not say they are."""
+    from nibabel import Nifti1Header
+    from nibabel.openers import ImageOpener
+
+    if int(header["sform_code"]) > 0:
+        return
+    with ImageOpener(str(path)) as f:
+        raw = Nifti1Header.from_fileobj(f, check=False)
+    zeros = [axis for axis, z in zip("xyz", raw["pixdim"][1:4]) if float(z) == 0.0]
+    if zeros:
+        raise ValueError(f"{path}: its affine is singular (pixdim {'/'.join(zeros)} = 0 mm and no sform to place "
+                         "the voxels); set the voxel spacing in the header (pixdim) and re-export it")
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -170,9 +231,10 @@ def _in_plane_spacing(ds: Any) -> tuple[float, float]:
     return float(spacing[0]), float(spacing[1])
 
 
-def _series(folder: Path) -> tuple[np.ndarray, tuple[float, ...]]:
+def _series(folder: Path) -> Image:
     """A folder of single-frame DICOM slices of one series -> (H, W, slices), ordered by position along the slice
-    normal (else by InstanceNumber), and its spacing; mixed series or slice shapes are refused by file."""
+    normal (else by InstanceNumber), and its spacing; reoriented to RAS where the slices record their position and
+    orientation. Mixed series or slice shapes are refused by file."""
     import pydicom
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
@@ -212,17 +274,34 @@ def _series(folder: Path) -> tuple[np.ndarray, tuple[float, ...]]:
         raise ValueError(f"{slices[order[i + 1]][0]}: same position as {slices[order[i]][0].name}; a series folder "
                          "holds each slice once")
     volume = np.stack([_dicom_pixels(slices[i][1], slices[i][0]) for i in order], axis=-1)
-    through = float(np.median(np.abs(gaps))) if len(gaps) and "ImagePositionPatient" in first else float(
+    positioned = len(gaps) and "ImagePositionPatient" in first
+    through = float(np.median(np.abs(gaps))) if positioned else float(
         first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
-    return volume, (*_in_plane_spacing(first), through)
+    spacing = (*_in_plane_spacing(first), through)
+    if not positioned or volume.shape[-1] < 2:
+        return Image(volume, spacing)
+    # DICOM's patient space is LPS: a row index moves along the column direction cosines (IOP[3:]), a column index
+    # along the row's (IOP[:3]), a slice along the normal; RAS flips the first two axes
+    orient = np.asarray(first.ImageOrientationPatient, dtype=float)
+    lps = np.eye(4)
+    lps[:3, 0], lps[:3, 1] = orient[3:] * spacing[0], orient[:3] * spacing[1]
+    lps[:3, 2] = np.cross(orient[:3], orient[3:]) * through
+    lps[:3, 3] = np.asarray(slices[order[0]][1].ImagePositionPatient, dtype=float)
+    return _canonical(volume, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, folder)
 
 
 def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
     """Float32 pixels (modality units) and spacing (mm per axis) of a DICOM image: one file (H, W), a
-    multi-frame file (H, W, frames), or a folder of one series (H, W, slices) ordered by slice position."""
+    multi-frame file (H, W, frames), or a folder of one series (H, W, slices) ordered by slice position (and
+    reoriented to RAS where its slices record position and orientation)."""
+    image = _dicom(Path(path))
+    return image.pixels, image.spacing or ()
+
+
+def _dicom(path: Path) -> Image:
+    """A DICOM file or series folder as read by `read_dicom`, with the affine of a positioned series."""
     import pydicom
 
-    path = Path(path)
     if path.is_dir():
         return _series(path)
     try:
@@ -240,18 +319,18 @@ def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
             ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0))
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: contains NaN/inf values; fix or remove the file")
-    return arr, spacing
+    return Image(arr, spacing)
 
 
-def _read_any(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None]:
-    """Pixels and spacing (None where the format keeps none) of an image or mask listed in labels.csv."""
+def read_any(path: Path) -> Image:
+    """An image or mask listed in labels.csv, by its suffix (a folder: a DICOM series)."""
     name = path.name.lower()
     if path.is_dir() or name.endswith(DICOM_SUFFIXES):
-        return read_dicom(path)
+        return _dicom(path)
     if name.endswith(NIFTI_SUFFIXES):
-        return read_nifti(path), None
+        return read_nifti(path)
     if name.endswith(IMAGE_SUFFIXES):
-        return read_image(path), None
+        return Image(read_image(path))
     raise ValueError(f"{path}: unsupported file type; use {NIFTI_SUFFIXES + DICOM_SUFFIXES + IMAGE_SUFFIXES} or a "
                      "folder holding one DICOM series")
 
@@ -267,16 +346,18 @@ def read_folder(folder: str | Path) -> RawSet:
         f = folder / str(row["filename"])
         if not f.exists():
             raise FileNotFoundError(f"{f}: listed in {folder / 'labels.csv'} but missing; fix the row or add the file")
-        img, spacing = _read_any(f)
+        img = read_any(f)
         mask = None
         if "mask" in df.columns and isinstance(row["mask"], str) and row["mask"]:
             mf = folder / row["mask"]
             if not mf.exists():
                 raise FileNotFoundError(f"{mf}: mask of {f.name} is missing")
-            mask = read_mask(mf, img.shape, f)
-        out.images.append(img[None])
+            mask = read_mask(mf, img, f)
+        out.images.append(img.pixels[None])
         out.files.append(str(f))
-        out.spacings.append(spacing)
+        out.spacings.append(img.spacing)
+        out.affines.append(img.affine)
+        out.orientations.append(img.orientation)
         out.masks.append(mask)
         out.labels.append(cmap[row["label"]])
         subject = row["subject"] if "subject" in df.columns and pd.notna(row.get("subject")) else row["filename"]

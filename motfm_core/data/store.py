@@ -55,10 +55,12 @@ def write_dataset(
     attrs: dict[str, Any],
     masks: np.ndarray | None = None,
     keep_previous: int = 1,
+    extra: dict[str, np.ndarray] | None = None,
 ) -> Path:
     """Write the real dataset store atomically. An existing store at `path` is moved aside as
     `<path>.old-<time>-<id>` (a unique name) and, once the new one is in place, only the newest `keep_previous`
-    such copies are kept; what crashed writers left beside `path` is removed first."""
+    such copies are kept; what crashed writers left beside `path` is removed first. `extra` arrays of one row per
+    sample (the stored grid's `affine`) are written beside the images, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(path.parent)
@@ -70,6 +72,9 @@ def write_dataset(
             raise ValueError(f"{path}: {name} shape {arr.shape} != ({n},)")
     if masks is not None and masks.shape[0] != n:
         raise ValueError(f"{path}: masks have {masks.shape[0]} samples, images {n}")
+    for name, arr in (extra or {}).items():
+        if arr.shape[0] != n:
+            raise ValueError(f"{path}: {name} has {arr.shape[0]} rows, images {n}")
     if not np.isfinite(images).all():
         raise ValueError(f"{path}: images contain NaN/inf; fix the source files before ingesting")
     with atomic_path(path) as tmp:
@@ -81,6 +86,8 @@ def write_dataset(
         root.create_array("group", data=group.astype(np.int32), chunks=(n,))
         if masks is not None:
             root.create_array("masks", data=masks.astype(np.uint8), chunks=(1, *masks.shape[1:]))
+        for name, arr in (extra or {}).items():
+            root.create_array(name, data=arr, chunks=arr.shape)
         fp = fingerprint_arrays(images.astype(np.float32), labels.astype(np.int64), split.astype(np.uint8))
         root.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "fingerprint": fp, "num_samples": n,
                            "split_codes": SPLITS, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

@@ -50,7 +50,7 @@ def _literal_fields():
     for section, cls in (("data", config.DataConfig), ("model", config.ModelConfig), ("train", config.TrainConfig),
                          ("sample", config.SampleConfig), ("eval", config.EvalConfig),
                          ("autoencoder", config.AutoencoderConfig), ("enhance", config.EnhanceConfig)):
-        hints = typing.get_type_hints(cls, vars(config))
+        hints = typing.get_type_hints(cls)  # in the module that declares it
         out += [(section, cls, f.name, get_args(hints[f.name])) for f in dataclasses.fields(cls)
                 if typing.get_origin(hints[f.name]) is typing.Literal]
     return out

@@ -61,7 +61,10 @@ def test_real_ct_and_mr_files_are_read_in_modality_units_with_their_spacing(tmp_
 def test_a_series_folder_is_ordered_by_position_and_equals_its_nifti(tmp_path):
     rng = np.random.RandomState(0)
     volume = rng.randint(0, 400, (12, 10, 6)).astype(np.float32) * 2 - 100  # values the rescale can represent
-    nib.save(nib.Nifti1Image(volume, np.diag([0.5, 0.7, 2.5, 1.0])), tmp_path / "vol.nii.gz")
+    # the series' own geometry (`_slice`: rows along +y at 0.5 mm, columns along +x at 0.7 mm, slices along +z at 2.5
+    # mm from (10, -5, -30) in DICOM's LPS), written as a RAS affine: the same voxels in the same places
+    lps = np.array([[0, 0.7, 0, 10.0], [0.5, 0, 0, -5.0], [0, 0, 2.5, -30.0], [0, 0, 0, 1]])
+    nib.save(nib.Nifti1Image(volume, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps), tmp_path / "vol.nii.gz")
     series, uid = tmp_path / "series", generate_uid()
     series.mkdir()
     names = rng.permutation(6)  # file names and instance numbers both disagree with the slice order
@@ -69,9 +72,12 @@ def test_a_series_folder_is_ordered_by_position_and_equals_its_nifti(tmp_path):
         _slice(series / f"IM{names[k]:04d}", volume[:, :, k], z=-30.0 + 2.5 * k, series=uid, instance=6 - k)
     (tmp_path / "labels.csv").write_text("filename,label\nseries,a\nvol.nii.gz,b\n")
     raw = read_folder(tmp_path)
-    assert raw.images[0].shape == (1, 12, 10, 6)
-    np.testing.assert_array_equal(raw.images[0][0], read_nifti(tmp_path / "vol.nii.gz"))
-    assert raw.spacings[0] == pytest.approx((0.5, 0.7, 2.5)) and raw.spacings[1] is None
+    assert raw.images[0].shape == (1, 10, 12, 6)  # reoriented to RAS: the column (x) axis first
+    nifti = read_nifti(tmp_path / "vol.nii.gz")
+    np.testing.assert_array_equal(raw.images[0][0], nifti.pixels)
+    np.testing.assert_allclose(raw.affines[0], nifti.affine, atol=1e-6)
+    assert raw.orientations == ["PLS", "PLS"] and nib.aff2axcodes(raw.affines[0]) == ("R", "A", "S")
+    assert raw.spacings[0] == pytest.approx((0.7, 0.5, 2.5)) and raw.spacings[1] == pytest.approx((0.7, 0.5, 2.5))
 
     _slice(series / "odd", np.zeros((8, 10), np.float32), z=100.0, series=uid, instance=7)  # another shape
     with pytest.raises(ValueError, match=r"series/odd: slice of 8x10 pixels in a series of 12x10"):

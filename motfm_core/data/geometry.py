@@ -1,0 +1,106 @@
+"""Where a volume's voxels are: its orientation and spacing, and how it is brought to the store's grid.
+
+Volumes are read as the field reads them: reoriented to RAS (nibabel's closest canonical orientation), so the same
+anatomy stored flipped (its affine saying so) reads as the same array, and resampled by its spacing in millimetres
+(MONAI's transforms, which carry the affine along), so an anisotropic volume is not squashed along its coarse axis.
+`data.fit` chooses how a volume reaches the target shape:
+- `fov`: crop to the foreground's bounding box, pad it to the target's aspect in millimetres, resample to the target
+  shape: one isotropic spacing, the whole foreground in view (the default for volumes);
+- `crop`: resample to `data.spacing_mm`, then crop or pad around the foreground's centre to the target shape
+  (MAISI-style pipelines: a fixed physical scale, the field of view set by the shape);
+- `resize`: zero-pad to a cube in voxels and resize (2D photos, MedMNIST, and what the project did before).
+Masks follow their image's crop and resampling with nearest-neighbour interpolation.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+__all__ = ["axis_codes", "check_affine", "fit_volume", "spacing_of"]
+
+SHEAR_TOLERANCE = 1e-3  # |cos| between two voxel axes above which an affine is sheared, not merely oblique-rounded
+
+
+def spacing_of(affine: np.ndarray) -> tuple[float, ...]:
+    """mm per voxel along each array axis: the lengths of the affine's first three columns."""
+    return tuple(float(v) for v in np.linalg.norm(np.asarray(affine, float)[:3, :3], axis=0))
+
+
+def axis_codes(affine: np.ndarray) -> str:
+    """The orientation an affine stores, as three letters ("RAS", "LPS", ...)."""
+    import nibabel as nib
+
+    return "".join(nib.aff2axcodes(np.asarray(affine, float)))
+
+
+def check_affine(affine: np.ndarray, where: str) -> None:
+    """Refuse an affine that cannot place voxels: a zero spacing (singular) or axes sheared beyond
+    SHEAR_TOLERANCE, naming `where` and the fix."""
+    m = np.asarray(affine, float)[:3, :3]
+    spacing = np.linalg.norm(m, axis=0)
+    if not np.all(np.isfinite(m)) or np.any(spacing < 1e-6) or abs(np.linalg.det(m)) < 1e-9:
+        raise ValueError(f"{where}: its affine is singular (voxel spacing {tuple(np.round(spacing, 4))} mm); fix the "
+                         "header's pixdim / sform (a spacing of 0 places no voxel) and re-export it")
+    unit = m / spacing
+    cos = np.abs(unit.T @ unit - np.eye(3))
+    if cos.max() > SHEAR_TOLERANCE:
+        raise ValueError(f"{where}: its affine is sheared (voxel axes at cos {cos.max():.3f} from square); "
+                         "resample it onto a rectilinear grid first (e.g. SimpleITK's ResampleImageFilter)")
+
+
+def _bounding_box(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of the voxels above 0 in any channel of (C, *S); the whole volume when none is."""
+    from monai.transforms import CropForeground
+
+    if not (image > 0).any():
+        return np.zeros(image.ndim - 1, int), np.array(image.shape[1:])
+    start, end = CropForeground(select_fn=lambda v: v > 0, margin=0).compute_bounding_box(image)
+    return np.asarray(start), np.asarray(end)
+
+
+def fit_volume(image: np.ndarray, mask: np.ndarray | None, affine: np.ndarray, target: tuple[int, ...], fit: str,
+               spacing_mm: float = 0.0) -> tuple[np.ndarray, np.ndarray | None, np.ndarray]:
+    """`image` (C, *S) (foreground above 0) and its `mask` (1, *S) brought to `target` by `fit` ("fov" or "crop"),
+    with the affine of the stored grid (its voxels' positions in RAS mm). `affine` is the image's. Intensities are
+    resampled as they are: normalising after the fit compares volumes of any spacing on one grid."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import GaussianSmooth, Resize, ResizeWithPadOrCrop, Spacing, SpatialCrop
+
+    start, end = _bounding_box(image)
+    x = MetaTensor(torch.from_numpy(np.ascontiguousarray(image, np.float32)), affine=torch.as_tensor(affine))
+    m = None if mask is None else MetaTensor(torch.from_numpy(np.ascontiguousarray(mask)).float(),
+                                             affine=torch.as_tensor(affine))
+    spacing = np.array(spacing_of(affine))
+    mode = "bilinear" if len(target) == 2 else "trilinear"
+    if fit == "fov":
+        crop = SpatialCrop(roi_start=start, roi_end=end)
+        x = crop(x)
+        m = None if m is None else crop(m)
+        extent = np.array(x.shape[1:]) * spacing
+        side = float(np.max(extent / np.array(target)))  # one spacing for every axis: the largest that fits
+        size = tuple(int(min(t, max(1, round(e / side)))) for e, t in zip(extent, target))
+        x = Resize(size, mode=mode, anti_aliasing=True)(x)
+        m = None if m is None else Resize(size, mode="nearest")(m)
+    elif fit == "crop":
+        if spacing_mm <= 0:
+            raise ValueError("data.fit='crop' needs data.spacing_mm > 0 (the voxel side in mm to resample to)")
+        centre = (start + end) / 2.0
+        half = np.array(target) * spacing_mm / spacing / 2.0 + 1  # the target's half-extent in source voxels
+        crop = SpatialCrop(roi_start=np.maximum(np.floor(centre - half), 0).astype(int),
+                           roi_end=np.minimum(np.ceil(centre + half), image.shape[1:]).astype(int))
+        x = crop(x)
+        m = None if m is None else crop(m)
+        # Spacing's grid is exact; it does not smooth, so axes it shrinks are smoothed first as Resize would
+        sigma = np.maximum((spacing_mm / spacing - 1.0) / 2.0, 0.0)
+        if sigma.any():
+            x = GaussianSmooth(sigma=tuple(float(s) for s in sigma))(x)
+        x = Spacing(pixdim=(spacing_mm,) * len(target), mode=mode)(x)
+        m = None if m is None else Spacing(pixdim=(spacing_mm,) * len(target), mode="nearest")(m)
+    else:
+        raise ValueError(f"fit_volume: fit must be 'fov' or 'crop', got {fit!r}")
+    pad = ResizeWithPadOrCrop(target)
+    x = pad(x)
+    m = None if m is None else pad(m)
+    out_mask = None if m is None else np.rint(m.numpy()).astype(mask.dtype if mask is not None else np.uint8)
+    return x.numpy().astype(np.float32), out_mask, np.asarray(x.affine, dtype=np.float64)
