@@ -16,6 +16,7 @@ from motfm_core.config.choices import (
     EnhanceTask,
     Fit,
     GradientCheckpointing,
+    Intensity,
     MaskConditioning,
     MaskSource,
     ModelSize,
@@ -31,7 +32,7 @@ from motfm_core.config.stages import DataConfig, EnhanceConfig, EvalConfig, Samp
 from motfm_core.typed import config_hash, from_dict
 
 __all__ = ["auto_norm_groups", "AutoencoderConfig", "Compression", "config_hash", "Coupling", "DataConfig",
-           "EnhanceConfig", "EnhanceTask", "EvalConfig", "Fit", "from_dict", "GradientCheckpointing",
+           "EnhanceConfig", "EnhanceTask", "EvalConfig", "Fit", "from_dict", "GradientCheckpointing", "Intensity",
            "MaskConditioning", "MaskSource", "MODEL_SIZES", "ModelConfig", "ModelSize", "PipelineConfig", "Precision",
            "Prediction", "SampleConfig", "Solver", "SOLVER_CHOICES", "Space", "SpatialDims", "TimeSampling",
            "TrainConfig"]

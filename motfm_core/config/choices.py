@@ -5,8 +5,9 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["Coupling", "Compression", "EnhanceTask", "Fit", "GradientCheckpointing", "MaskConditioning", "MaskSource",
-           "ModelSize", "Precision", "Prediction", "Solver", "SOLVER_CHOICES", "Space", "SpatialDims", "TimeSampling"]
+__all__ = ["Coupling", "Compression", "EnhanceTask", "Fit", "GradientCheckpointing", "Intensity", "MaskConditioning",
+           "MaskSource", "ModelSize", "Precision", "Prediction", "Solver", "SOLVER_CHOICES", "Space", "SpatialDims",
+           "TimeSampling"]
 
 Solver = Literal["euler", "midpoint", "heun", "rk4", "dopri5", "ddpm", "ddim"]
 ModelSize = Literal["small", "medium", "large"]
@@ -16,6 +17,7 @@ EnhanceTask = Literal["denoise", "superres"]
 GradientCheckpointing = Literal["auto", "on", "off"]
 Space = Literal["pixel", "latent"]
 Fit = Literal["auto", "fov", "crop", "resize"]
+Intensity = Literal["auto", "percentile", "ct"]
 SpatialDims = Literal[2, 3]
 Prediction = Literal["velocity", "epsilon"]
 TimeSampling = Literal["uniform", "logit_normal"]

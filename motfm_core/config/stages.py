@@ -10,6 +10,7 @@ from motfm_core.config.choices import (
     Coupling,
     EnhanceTask,
     Fit,
+    Intensity,
     MaskSource,
     Precision,
     Solver,
@@ -42,6 +43,11 @@ class DataConfig:
     # record their geometry (NIfTI, positioned DICOM series) in a 3D run, "resize" for everything else
     fit: Fit = "auto"
     spacing_mm: float = 0.0  # data.fit="crop" only: the voxel side in mm the volumes are resampled to
+    # how intensities become [0, 1], per channel: "percentile" (the image's foreground percentiles 0.5 / 99.5, for
+    # MR and photos), "ct" (Hounsfield units clipped to data.ct_window); "auto": "ct" for a DICOM whose Modality is
+    # CT, else "percentile". The window of every sample is stored, so images can be written back in its units
+    intensity: Intensity = "auto"
+    ct_window: tuple[float, ...] = (-1000.0, 1000.0)  # data.intensity="ct": the HU range mapped to [0, 1]
 
     @property
     def spatial_shape(self) -> tuple[int, ...]:
@@ -63,6 +69,8 @@ class DataConfig:
         _check(self.fit in ("auto", "resize") or self.spatial_dims == 3,
                f"data.fit={self.fit!r} places volumes in millimetres, in 3D runs; use data.spatial_dims=3, or "
                "data.fit=auto (2D slices of volumes are resized in-plane)")
+        _check(len(self.ct_window) == 2 and self.ct_window[0] < self.ct_window[1],
+               f"data.ct_window must be [low, high] Hounsfield units with low < high, got {list(self.ct_window)}")
         _check((self.fit == "crop") == (self.spacing_mm > 0),
                f"data.fit='crop' needs data.spacing_mm > 0 (the voxel side to resample to) and only it uses it; got "
                f"data.fit={self.fit!r}, data.spacing_mm={self.spacing_mm:g}")

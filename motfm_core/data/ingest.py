@@ -15,7 +15,7 @@ from motfm_core.config import DataConfig, config_hash
 from motfm_core.data.brain import MRICRON, build_brain_mri
 from motfm_core.data.geometry import fit_volume, spacing_of
 from motfm_core.data.phantom import build_phantom
-from motfm_core.data.preprocess import NORMALISATION, normalise, patient_split, resize
+from motfm_core.data.preprocess import NORMALISATION, patient_split, percentile_window, resize, to_unit
 from motfm_core.data.readers import MAX_MASK_VALUES, RawSet, read_folder, read_medmnist
 from motfm_core.data.store import SCHEMA_VERSION, SPLITS, open_store, write_dataset
 
@@ -58,14 +58,53 @@ def _fit_of(cfg: DataConfig, affine: np.ndarray | None, nd: int, name: str) -> s
     return cfg.fit
 
 
+CT_PLAUSIBLE = (100.0, -500.0)  # a CT volume in HU reaches above 100 (tissue, bone) and below -500 (air)
+
+
+def _intensity_of(cfg: DataConfig, raw: RawSet, k: int, img: np.ndarray, name: str) -> str:
+    """data.intensity for sample `k`: "auto" is "ct" for a DICOM whose Modality is CT, else "percentile"; "ct" on
+    values that cannot be Hounsfield units is refused by name."""
+    modality = raw.modalities[k] if k < len(raw.modalities) else None
+    mode = cfg.intensity if cfg.intensity != "auto" else "ct" if modality == "CT" else "percentile"
+    if mode == "ct" and (float(img.max()) < CT_PLAUSIBLE[0] or float(img.min()) > CT_PLAUSIBLE[1]):
+        raise ValueError(f"{name}: data.intensity='ct' but its values ({float(img.min()):g}..{float(img.max()):g}) "
+                         f"cannot be Hounsfield units (CT reaches above {CT_PLAUSIBLE[0]:g} and below "
+                         f"{CT_PLAUSIBLE[1]:g}); use data.intensity=percentile for MR and photos")
+    return mode
+
+
+def _to_unit(img: np.ndarray, mode: str, cfg: DataConfig) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """(C, *S) mapped to [0, 1] per channel, with each channel's window (lo, hi): source units = lo + x (hi - lo)
+    inside it. "ct": the fixed HU window data.ct_window; "percentile": the channel's foreground percentiles."""
+    windows = [(float(cfg.ct_window[0]), float(cfg.ct_window[1])) if mode == "ct" else percentile_window(c)
+               for c in img]
+    return np.stack([to_unit(c, lo, hi) for c, (lo, hi) in zip(img, windows)]), [
+        (float(lo), float(hi)) for lo, hi in windows]
+
+
+def _pieces(img: np.ndarray, mask: np.ndarray | None, volume_in_2d: bool, name: str
+            ) -> list[tuple[np.ndarray, np.ndarray | None]]:
+    """What one sample contributes: the image itself, or for a volume in a 2D run its axial slices with enough
+    foreground (>= 5% of the pixels above 0.05)."""
+    if not volume_in_2d:
+        return [(img, mask)]
+    keep = [z for z in range(img.shape[-1]) if (img[..., z] > 0.05).mean() >= 0.05]
+    if not keep:
+        raise ValueError(f"{name}: contributed no sample (no axial slice has >= 5% of its pixels above 5% of the "
+                         "intensity range); check the file or remove its row")
+    return [(img[..., z], None if mask is None else mask[..., z]) for z in keep]
+
+
 def prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
-    """A RawSet as the store holds it: volumes placed by `data.fit` (or slices for 2D), normalised, resized,
-    stacked (`images`, `labels`, `masks`, `split`, `affine` where volumes were placed); masks become classes 0..K-1."""
+    """A RawSet as the store holds it: intensities mapped to [0, 1] (`data.intensity`), volumes placed by
+    `data.fit` (or sliced for 2D), resized and stacked: `images`, `labels`, `masks`, `split`, `intensity` (N, C, 2)
+    the window each channel was mapped from, `affine` where volumes were placed; masks become classes 0..K-1."""
     target = cfg.spatial_shape
     classes = mask_classes(raw)
     lookup = np.array(list(classes), dtype=np.int64)  # sorted values: np.searchsorted maps each to its class
-    imgs, labels, masks, groups, split, fits = [], [], [], [], [], []
+    imgs, labels, masks, groups, split, fits, modes = [], [], [], [], [], [], []
     stored: list[np.ndarray | None] = []
+    windows: list[list[tuple[float, float]]] = []
     for k, (img, lab, mask, grp) in enumerate(zip(raw.images, raw.labels, raw.masks, raw.groups)):
         name = raw.files[k] if k < len(raw.files) else f"{raw.origin} sample {k}"
         nd = img.ndim - 1
@@ -78,29 +117,29 @@ def prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
             raise ValueError(f"{name}: image is blank (every pixel is {float(img.min()):g}); remove its row")
         affine = _source_affine(raw, k, nd)
         fit = _fit_of(cfg, affine, nd, name)
+        mode = _intensity_of(cfg, raw, k, img, name)
         fits.append(fit)
-        if fit == "resize":  # a volume placed in millimetres is normalised on its stored grid, after the fit
-            img = normalise(img)
+        modes.append(mode)
+        window: list[tuple[float, float]] = []
+        # a fixed window maps first (the fit then finds the body above air); percentiles are taken on the stored
+        # grid, after the fit, so volumes of any spacing are normalised alike
+        if mode == "ct" or fit == "resize":
+            img, window = _to_unit(img, mode, cfg)
         if mask is not None:
             mask = np.searchsorted(lookup, mask).astype(np.uint8)
-        if nd == 3 and cfg.spatial_dims == 2:  # a volume in 2D mode: its axial slices with enough foreground
-            keep = [z for z in range(img.shape[-1]) if (img[..., z] > 0.05).mean() >= 0.05]
-            pieces = [(img[..., z], None if mask is None else mask[..., z]) for z in keep]
-        else:
-            pieces = [(img, mask)]
-        if not pieces:
-            raise ValueError(f"{name}: contributed no sample (no axial slice has >= 5% of its pixels above 5% of the "
-                             "intensity range); check the file or remove its row")
-        for im, mk in pieces:
+        for im, mk in _pieces(img, mask, nd == 3 and cfg.spatial_dims == 2, name):
+            grid = None
             if fit == "resize":
-                imgs.append(resize(im, target))
-                masks.append(None if mk is None else resize(mk, target, nearest=True).astype(np.uint8))
-                stored.append(None)
-            else:  # the whole volume, placed in millimetres (affine is known)
+                im = resize(im, target)
+                mk = None if mk is None else resize(mk, target, nearest=True)
+            else:  # the whole volume, placed in millimetres (its affine is known)
                 im, mk, grid = fit_volume(im, mk, affine, target, fit, cfg.spacing_mm)  # type: ignore[arg-type]
-                imgs.append(normalise(im))
-                masks.append(None if mk is None else mk.astype(np.uint8))
-                stored.append(grid)
+                if not window:
+                    im, window = _to_unit(im, mode, cfg)
+            imgs.append(im)
+            masks.append(None if mk is None else mk.astype(np.uint8))
+            stored.append(grid)
+            windows.append(window)
             labels.append(lab)
             groups.append(grp)
             split.append(raw.split[k] if raw.split is not None else -1)
@@ -110,7 +149,7 @@ def prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
     if any(has_masks) and not all(has_masks):
         raise ValueError(f"{raw.origin}: some samples have masks and some do not; give a mask for every row or none")
     out = {"images": np.stack(imgs), "labels": np.array(labels), "group_names": groups, "mask_values": classes,
-           "fits": fits}
+           "fits": fits, "modes": modes, "intensity": np.array(windows, dtype=np.float64)}
     if any(g is not None for g in stored):
         out["affine"] = np.stack([np.full((4, 4), np.nan) if g is None else g for g in stored])
     out["masks"] = np.stack([m for m in masks if m is not None]) if all(has_masks) else None
@@ -174,10 +213,12 @@ def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     path = Path(src)
     raw = read_medmnist(path) if path.suffix == ".npz" else read_folder(path)
     arrays = prepare(raw, cfg)
-    fits = arrays.pop("fits")
-    attrs: dict[str, Any] = {"source": str(path), "class_names": raw.class_names, "normalisation": NORMALISATION,
+    fits, modes = arrays.pop("fits"), arrays.pop("modes")
+    attrs: dict[str, Any] = {"source": str(path), "class_names": raw.class_names,
+                             "normalisation": _normalisation_text(modes, cfg),
                              "spacing": _spacing_text(fits, arrays.get("affine")),
-                             "notes": source_notes(raw, arrays.pop("mask_values"), fits, arrays.get("affine"))}
+                             "notes": source_notes(raw, arrays.pop("mask_values"), fits, arrays.get("affine"), modes,
+                                                   cfg)}
     known = {str(Path(f).relative_to(path)): list(sp) for f, sp in zip(raw.files, raw.spacings) if sp is not None}
     if known:  # the files' own spacing (mm per axis, RAS order for reoriented volumes), kept beside the stored grid's
         attrs["source_spacing"] = known
@@ -185,6 +226,15 @@ def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     if codes:
         attrs["source_orientation"] = codes
     return arrays, attrs
+
+
+def _normalisation_text(modes: list[str], cfg: DataConfig) -> str:
+    """How intensities were mapped to [0, 1] (store attribute `normalisation`); each sample's window is in the
+    `intensity` array."""
+    ct = f"CT: Hounsfield units {cfg.ct_window[0]:g}..{cfg.ct_window[1]:g} -> [0, 1], clipped"
+    if all(m == "ct" for m in modes):
+        return ct
+    return NORMALISATION if "ct" not in modes else f"{ct}; others {NORMALISATION}"
 
 
 def _spacing_text(fits: list[str], affine: np.ndarray | None) -> str:
@@ -218,10 +268,18 @@ def _geometry_notes(raw: RawSet, fits: list[str], affine: np.ndarray | None) -> 
 
 
 def source_notes(raw: RawSet, mask_values: dict[int, int], fits: list[str] | None = None,
-                 affine: np.ndarray | None = None) -> list[str]:
+                 affine: np.ndarray | None = None, modes: list[str] | None = None,
+                 cfg: DataConfig | None = None) -> list[str]:
     """What a user should know about how their files were read (logged, stored and shown in the report): masks
-    whose values were mapped to classes, a folder without a subject column, and the volumes' geometry."""
+    whose values were mapped to classes, a folder without a subject column, the volumes' geometry and CT read in
+    Hounsfield units."""
     notes = _geometry_notes(raw, fits or [], affine)
+    ct = (modes or []).count("ct")
+    if ct and cfg is not None:
+        why = "their DICOM Modality is CT" if cfg.intensity == "auto" else "data.intensity=ct"
+        notes.append(f"{ct} of {len(modes or [])} images read as CT ({why}): Hounsfield units "
+                     f"{cfg.ct_window[0]:g}..{cfg.ct_window[1]:g} mapped to [0, 1] (data.ct_window), so synthetic "
+                     "images can be written back in HU")
     if mask_values and list(mask_values) != list(range(len(mask_values))):
         pairs = ", ".join(f"{v} -> {c}" for v, c in mask_values.items())
         notes.append(f"mask values read as classes: {pairs}")
@@ -277,7 +335,7 @@ def ingest(cfg: DataConfig, out_path: str | Path, progress: Callable[[str], None
     path = write_dataset(out_path, arrays["images"], arrays["labels"], arrays["split"],
                          np.array([uniq[g] for g in groups]), attrs, masks=arrays["masks"],
                          keep_previous=cfg.keep_previous,
-                         extra={"affine": arrays["affine"]} if "affine" in arrays else None)
+                         extra={k: arrays[k] for k in ("affine", "intensity") if k in arrays})
     counts = {n: int((arrays["split"] == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))}
     say(f"ingest: {cfg.source} -> {path} ({len(arrays['labels'])} samples {counts}, shape "
         f"{arrays['images'].shape[1:]}, fingerprint {open_store(path).attrs['fingerprint'][:12]})")

@@ -5,18 +5,29 @@ from __future__ import annotations
 
 import numpy as np
 
-__all__ = ["NORMALISATION", "normalise", "patient_split", "resize"]
+__all__ = ["NORMALISATION", "normalise", "patient_split", "percentile_window", "resize", "to_unit"]
 
 NORMALISATION = "per image/volume: percentiles [0.5, 99.5] of foreground (>0) -> [0, 1], clipped"
 
 
-def normalise(img: np.ndarray) -> np.ndarray:
-    """Scale intensities to [0, 1] by robust percentiles of the foreground (all voxels if none is > 0)."""
+def percentile_window(img: np.ndarray) -> tuple[float, float]:
+    """(lo, hi): the 0.5 and 99.5 percentiles of the foreground (values > 0; all values if none is), as float64
+    scalars: the arithmetic of `to_unit` then runs in float64, as it always has (the stored images depend on it)."""
     fg = img[img > 0] if (img > 0).any() else img.ravel()
     lo, hi = np.percentile(fg, [0.5, 99.5])
+    return lo, hi
+
+
+def to_unit(img: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """`img` mapped linearly from [lo, hi] to [0, 1], clipped (float32); all zeros when the window is empty."""
     if hi <= lo:
         return np.zeros_like(img, dtype=np.float32)
     return np.clip((img - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+
+
+def normalise(img: np.ndarray) -> np.ndarray:
+    """Scale intensities to [0, 1] by robust percentiles of the foreground (all voxels if none is > 0)."""
+    return to_unit(img, *percentile_window(img))
 
 
 def resize(img: np.ndarray, shape: tuple[int, ...], nearest: bool = False) -> np.ndarray:

@@ -41,6 +41,7 @@ class RawSet:
     files: list[str] = field(default_factory=list)  # where each sample came from (errors name it)
     spacings: list[tuple[float, ...] | None] = field(default_factory=list)  # mm per axis of the image, if known
     affines: list[np.ndarray | None] = field(default_factory=list)  # voxel -> RAS mm of each volume, if known
+    modalities: list[str | None] = field(default_factory=list)  # DICOM's Modality of each sample, if recorded
     orientations: list[str | None] = field(default_factory=list)  # each volume's axis codes in its file ("LPS")
     subject_column: bool = True  # False: a folder without a `subject` column (each file is its own group)
 
@@ -48,15 +49,17 @@ class RawSet:
 @dataclass(frozen=True)
 class Image:
     """A file as read: its pixels and, where the format records them, its spacing (mm per array axis), the affine
-    of `pixels` (voxel index -> RAS mm; volumes, after reorientation to RAS) and the file's own axis codes."""
+    of `pixels` (voxel index -> RAS mm; volumes, after reorientation to RAS), the file's own axis codes and its
+    modality."""
 
     pixels: np.ndarray
     spacing: tuple[float, ...] | None = None
     affine: np.ndarray | None = None
     orientation: str | None = None
+    modality: str | None = None  # DICOM's Modality ("CT", "MR", ...), where the file records it
 
 
-def _canonical(pixels: np.ndarray, affine: np.ndarray, path: Path) -> Image:
+def _canonical(pixels: np.ndarray, affine: np.ndarray, path: Path, modality: str | None = None) -> Image:
     """A volume and its affine reoriented to RAS (nibabel's closest canonical orientation: axis flips and
     permutations only, no resampling), with the file's axis codes; refuses an affine that cannot place voxels."""
     import nibabel as nib
@@ -66,7 +69,8 @@ def _canonical(pixels: np.ndarray, affine: np.ndarray, path: Path) -> Image:
     check_affine(affine, str(path))
     canonical = nib.as_closest_canonical(nib.Nifti1Image(pixels, affine))
     out = np.asarray(canonical.dataobj, dtype=np.float32)
-    return Image(out, spacing_of(canonical.affine), np.asarray(canonical.affine, float), axis_codes(affine))
+    return Image(out, spacing_of(canonical.affine), np.asarray(canonical.affine, float), axis_codes(affine),
+                 modality)
 
 
 MAX_MASK_VALUES = 16  # distinct values a mask file may hold: a label image, not a grey-level picture
@@ -278,8 +282,9 @@ def _series(folder: Path) -> Image:
     through = float(np.median(np.abs(gaps))) if positioned else float(
         first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
     spacing = (*_in_plane_spacing(first), through)
+    modality = str(first.get("Modality", "")) or None
     if not positioned or volume.shape[-1] < 2:
-        return Image(volume, spacing)
+        return Image(volume, spacing, modality=modality)
     # DICOM's patient space is LPS: a row index moves along the column direction cosines (IOP[3:]), a column index
     # along the row's (IOP[:3]), a slice along the normal; RAS flips the first two axes
     orient = np.asarray(first.ImageOrientationPatient, dtype=float)
@@ -287,7 +292,7 @@ def _series(folder: Path) -> Image:
     lps[:3, 0], lps[:3, 1] = orient[3:] * spacing[0], orient[:3] * spacing[1]
     lps[:3, 2] = np.cross(orient[:3], orient[3:]) * through
     lps[:3, 3] = np.asarray(slices[order[0]][1].ImagePositionPatient, dtype=float)
-    return _canonical(volume, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, folder)
+    return _canonical(volume, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, folder, modality)
 
 
 def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
@@ -319,7 +324,7 @@ def _dicom(path: Path) -> Image:
             ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0))
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: contains NaN/inf values; fix or remove the file")
-    return Image(arr, spacing)
+    return Image(arr, spacing, modality=str(ds.get("Modality", "")) or None)
 
 
 def read_any(path: Path) -> Image:
@@ -358,6 +363,7 @@ def read_folder(folder: str | Path) -> RawSet:
         out.spacings.append(img.spacing)
         out.affines.append(img.affine)
         out.orientations.append(img.orientation)
+        out.modalities.append(img.modality)
         out.masks.append(mask)
         out.labels.append(cmap[row["label"]])
         subject = row["subject"] if "subject" in df.columns and pd.notna(row.get("subject")) else row["filename"]
