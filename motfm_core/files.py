@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "file_sha256", "fsync_dir", "fsync_tree", "sweep_leftovers", "temporary_name",
-           "write_json_atomic"]
+__all__ = ["atomic_path", "file_sha256", "fsync_dir", "fsync_tree", "sweep_leftovers", "system_error",
+           "temporary_name", "write_json_atomic"]
 
 
 def temporary_name(path: str | Path) -> Path:
@@ -131,3 +131,10 @@ def file_sha256(path: str | Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+def system_error(exc: BaseException) -> bool:
+    """An OSError the operating system raised (it has an errno: a network file system's EIO, a missing file),
+    which a retry or the user's path fixes: passed on as it is, not turned into a bad-file ValueError. Decoders'
+    own OSErrors (PIL's "image file is truncated") carry no errno."""
+    return isinstance(exc, OSError) and exc.errno is not None

@@ -14,11 +14,27 @@ Masks follow their image's crop and resampling with nearest-neighbour interpolat
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from pathlib import Path
+
 import numpy as np
 
-__all__ = ["axis_codes", "check_affine", "fit_volume", "spacing_of"]
+__all__ = ["axis_codes", "canonical", "check_affine", "fit_volume", "Image", "spacing_of"]
 
 SHEAR_TOLERANCE = 1e-3  # |cos| between two voxel axes above which an affine is sheared, not merely oblique-rounded
+
+
+@dataclass(frozen=True)
+class Image:
+    """A file as read: its pixels and, where the format records them, its spacing (mm per array axis), the affine
+    of `pixels` (voxel index -> RAS mm; volumes, after reorientation to RAS), the file's own axis codes and its
+    modality."""
+
+    pixels: np.ndarray
+    spacing: tuple[float, ...] | None = None
+    affine: np.ndarray | None = None
+    orientation: str | None = None
+    modality: str | None = None  # DICOM's Modality ("CT", "MR", ...), where the file records it
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, ...]:
@@ -46,6 +62,18 @@ def check_affine(affine: np.ndarray, where: str) -> None:
     if cos.max() > SHEAR_TOLERANCE:
         raise ValueError(f"{where}: its affine is sheared (voxel axes at cos {cos.max():.3f} from square); "
                          "resample it onto a rectilinear grid first (e.g. SimpleITK's ResampleImageFilter)")
+
+
+def canonical(pixels: np.ndarray, affine: np.ndarray, path: Path, modality: str | None = None) -> Image:
+    """A volume and its affine reoriented to RAS (nibabel's closest canonical orientation: axis flips and
+    permutations only, no resampling), with the file's axis codes; refuses an affine that cannot place voxels."""
+    import nibabel as nib
+
+    check_affine(affine, str(path))
+    canonical = nib.as_closest_canonical(nib.Nifti1Image(pixels, affine))
+    out = np.asarray(canonical.dataobj, dtype=np.float32)
+    return Image(out, spacing_of(canonical.affine), np.asarray(canonical.affine, float), axis_codes(affine),
+                 modality)
 
 
 def _bounding_box(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -19,12 +19,16 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from motfm_core.data.dicom import DICOM_SUFFIXES, read_dicom, read_dicom_image
+from motfm_core.data.geometry import Image, canonical
+from motfm_core.files import system_error
+
 __all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "Image", "NIFTI_SUFFIXES", "RawSet", "read_any", "read_dicom",
            "read_folder", "read_image", "read_medmnist", "read_nifti"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
-DICOM_SUFFIXES = (".dcm", ".dicom")
+MAX_MASK_VALUES = 16  # distinct values a mask file may hold: a label image, not a grey-level picture
 
 
 @dataclass
@@ -44,36 +48,6 @@ class RawSet:
     modalities: list[str | None] = field(default_factory=list)  # DICOM's Modality of each sample, if recorded
     orientations: list[str | None] = field(default_factory=list)  # each volume's axis codes in its file ("LPS")
     subject_column: bool = True  # False: a folder without a `subject` column (each file is its own group)
-
-
-@dataclass(frozen=True)
-class Image:
-    """A file as read: its pixels and, where the format records them, its spacing (mm per array axis), the affine
-    of `pixels` (voxel index -> RAS mm; volumes, after reorientation to RAS), the file's own axis codes and its
-    modality."""
-
-    pixels: np.ndarray
-    spacing: tuple[float, ...] | None = None
-    affine: np.ndarray | None = None
-    orientation: str | None = None
-    modality: str | None = None  # DICOM's Modality ("CT", "MR", ...), where the file records it
-
-
-def _canonical(pixels: np.ndarray, affine: np.ndarray, path: Path, modality: str | None = None) -> Image:
-    """A volume and its affine reoriented to RAS (nibabel's closest canonical orientation: axis flips and
-    permutations only, no resampling), with the file's axis codes; refuses an affine that cannot place voxels."""
-    import nibabel as nib
-
-    from motfm_core.data.geometry import axis_codes, check_affine, spacing_of
-
-    check_affine(affine, str(path))
-    canonical = nib.as_closest_canonical(nib.Nifti1Image(pixels, affine))
-    out = np.asarray(canonical.dataobj, dtype=np.float32)
-    return Image(out, spacing_of(canonical.affine), np.asarray(canonical.affine, float), axis_codes(affine),
-                 modality)
-
-
-MAX_MASK_VALUES = 16  # distinct values a mask file may hold: a label image, not a grey-level picture
 
 
 def _mm(spacing: tuple[float, ...] | None) -> str:
@@ -101,13 +75,6 @@ def read_mask(path: Path, like: Image, image: Path) -> np.ndarray:
         raise ValueError(f"{path}: a mask with {len(values)} distinct values (at most {MAX_MASK_VALUES}: one per "
                          "class); save label masks losslessly (PNG, NIfTI) with one value per class")
     return mask[None]
-
-
-def _system_error(exc: BaseException) -> bool:
-    """An OSError the operating system raised (it has an errno: a network file system's EIO, a missing file),
-    which a retry or the user's path fixes: passed on as it is, not turned into a bad-file ValueError. Decoders'
-    own OSErrors (PIL's "image file is truncated") carry no errno."""
-    return isinstance(exc, OSError) and exc.errno is not None
 
 
 def _read_labels_csv(folder: Path) -> pd.DataFrame:
@@ -158,14 +125,14 @@ def read_nifti(path: Path) -> Image:
         arr = np.asarray(nii.get_fdata(dtype=np.float32))
         affine = np.asarray(nii.affine, dtype=float)
     except Exception as exc:  # nibabel raises many types for corrupt files
-        if _system_error(exc):
+        if system_error(exc):
             raise
         raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); re-export or remove it") from exc
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: contains NaN/inf values; fix or remove the file")
     if arr.ndim == 3 and min(arr.shape) > 1:
         _check_pixdim(path, nii.header)
-        return _canonical(arr, affine, path)
+        return canonical(arr, affine, path)
     zooms = tuple(float(z) for z, n in zip(nii.header.get_zooms(), arr.shape) if n > 1)
     return Image(np.squeeze(arr), zooms[:2] if np.squeeze(arr).ndim == 2 else None)
 
@@ -198,140 +165,17 @@ def read_image(path: Path) -> np.ndarray:
             else:
                 arr = np.asarray(im.convert("L"), dtype=np.float32)
     except (UnidentifiedImageError, OSError) as exc:
-        if _system_error(exc):
+        if system_error(exc):
             raise
         raise ValueError(f"{path}: cannot read image ({exc}); re-export or remove it") from exc
     return arr
-
-
-def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
-    """One DICOM dataset's pixels in modality units (rescale slope/intercept or modality LUT applied), colour as
-    luminance, MONOCHROME1 inverted so that higher is brighter; frames last: (H, W) or (H, W, frames)."""
-    from pydicom.pixels import apply_modality_lut
-
-    if "PixelData" not in ds:
-        raise ValueError(f"{path}: DICOM file without pixel data (a report or structure set?); list image files only")
-    try:
-        arr = ds.pixel_array
-    except Exception as exc:  # pydicom raises several types for compressed data it has no decoder for
-        if _system_error(exc):
-            raise
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # its message lists every plugin
-        raise ValueError(f"{path}: cannot decode DICOM pixels ({ds.file_meta.get('TransferSyntaxUID', '?')}: "
-                         f"{reason}); export it uncompressed or install a decoder (pylibjpeg)") from exc
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if int(ds.get("SamplesPerPixel", 1)) == 3:  # RGB after pydicom's colour conversion: luminance, as for PNG
-        arr = arr @ np.array([0.299, 0.587, 0.114])
-    else:
-        arr = apply_modality_lut(arr, ds)
-    arr = np.asarray(arr, dtype=np.float32)
-    if ds.get("PhotometricInterpretation") == "MONOCHROME1":
-        arr = arr.max() + arr.min() - arr
-    return np.moveaxis(arr, 0, -1) if frames > 1 else arr
-
-
-def _in_plane_spacing(ds: Any) -> tuple[float, float]:
-    spacing = ds.get("PixelSpacing") or ds.get("ImagerPixelSpacing") or (1.0, 1.0)
-    return float(spacing[0]), float(spacing[1])
-
-
-def _series(folder: Path) -> Image:
-    """A folder of single-frame DICOM slices of one series -> (H, W, slices), ordered by position along the slice
-    normal (else by InstanceNumber), and its spacing; reoriented to RAS where the slices record their position and
-    orientation. Mixed series or slice shapes are refused by file."""
-    import pydicom
-
-    files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
-    if not files:
-        raise ValueError(f"{folder}: empty DICOM series folder; list a folder holding the series' slice files")
-    slices = []
-    for f in files:
-        try:
-            slices.append((f, pydicom.dcmread(f)))
-        except Exception as exc:  # pydicom's InvalidDicomError and the errors of truncated files
-            if _system_error(exc):
-                raise
-            raise ValueError(f"{f}: not a readable DICOM file ({type(exc).__name__}: {exc}); remove it from the "
-                             "series folder") from exc
-    uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
-    if len(uids) > 1:
-        raise ValueError(f"{folder}: holds {len(uids)} series ({sorted(uids)}); put one series per folder")
-    first_file, first = slices[0]
-    shape = (int(first.Rows), int(first.Columns))
-    for f, ds in slices:
-        if (int(ds.Rows), int(ds.Columns)) != shape:
-            raise ValueError(f"{f}: slice of {int(ds.Rows)}x{int(ds.Columns)} pixels in a series of {shape[0]}x"
-                             f"{shape[1]} ({first_file.name}); one series per folder, one shape per series")
-    if all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in slices):
-        orient = np.asarray(first.ImageOrientationPatient, dtype=float)
-        normal = np.cross(orient[:3], orient[3:])
-        where = np.array([float(np.dot(np.asarray(ds.ImagePositionPatient, float), normal)) for _, ds in slices])
-    elif all("InstanceNumber" in ds for _, ds in slices):
-        where = np.array([float(ds.InstanceNumber) for _, ds in slices])
-    else:
-        raise ValueError(f"{folder}: cannot order the slices (no ImagePositionPatient/ImageOrientationPatient or "
-                         "InstanceNumber); export the series with positions")
-    order = np.argsort(where, kind="stable")
-    gaps = np.diff(where[order])
-    if len(gaps) and np.min(np.abs(gaps)) < 1e-6:
-        i = int(np.argmin(np.abs(gaps)))
-        raise ValueError(f"{slices[order[i + 1]][0]}: same position as {slices[order[i]][0].name}; a series folder "
-                         "holds each slice once")
-    volume = np.stack([_dicom_pixels(slices[i][1], slices[i][0]) for i in order], axis=-1)
-    positioned = len(gaps) and "ImagePositionPatient" in first
-    through = float(np.median(np.abs(gaps))) if positioned else float(
-        first.get("SpacingBetweenSlices") or first.get("SliceThickness") or 1.0)
-    spacing = (*_in_plane_spacing(first), through)
-    modality = str(first.get("Modality", "")) or None
-    if not positioned or volume.shape[-1] < 2:
-        return Image(volume, spacing, modality=modality)
-    # DICOM's patient space is LPS: a row index moves along the column direction cosines (IOP[3:]), a column index
-    # along the row's (IOP[:3]), a slice along the normal; RAS flips the first two axes
-    orient = np.asarray(first.ImageOrientationPatient, dtype=float)
-    lps = np.eye(4)
-    lps[:3, 0], lps[:3, 1] = orient[3:] * spacing[0], orient[:3] * spacing[1]
-    lps[:3, 2] = np.cross(orient[:3], orient[3:]) * through
-    lps[:3, 3] = np.asarray(slices[order[0]][1].ImagePositionPatient, dtype=float)
-    return _canonical(volume, np.diag([-1.0, -1.0, 1.0, 1.0]) @ lps, folder, modality)
-
-
-def read_dicom(path: Path) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Float32 pixels (modality units) and spacing (mm per axis) of a DICOM image: one file (H, W), a
-    multi-frame file (H, W, frames), or a folder of one series (H, W, slices) ordered by slice position (and
-    reoriented to RAS where its slices record position and orientation)."""
-    image = _dicom(Path(path))
-    return image.pixels, image.spacing or ()
-
-
-def _dicom(path: Path) -> Image:
-    """A DICOM file or series folder as read by `read_dicom`, with the affine of a positioned series."""
-    import pydicom
-
-    if path.is_dir():
-        return _series(path)
-    try:
-        ds = pydicom.dcmread(path)
-    except Exception as exc:  # pydicom's InvalidDicomError and the errors of truncated files
-        if _system_error(exc):
-            raise
-        raise ValueError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc}); re-export or remove "
-                         "it") from exc
-    arr = _dicom_pixels(ds, path)
-    spacing: tuple[float, ...] = _in_plane_spacing(ds)
-    if arr.ndim == 3:  # multi-frame: the frame offsets (RT dose grids) or the slice spacing
-        offsets = np.asarray(ds.get("GridFrameOffsetVector") or [], dtype=float)
-        spacing = (*spacing, float(np.median(np.abs(np.diff(offsets)))) if len(offsets) > 1 else float(
-            ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0))
-    if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: contains NaN/inf values; fix or remove the file")
-    return Image(arr, spacing, modality=str(ds.get("Modality", "")) or None)
 
 
 def read_any(path: Path) -> Image:
     """An image or mask listed in labels.csv, by its suffix (a folder: a DICOM series)."""
     name = path.name.lower()
     if path.is_dir() or name.endswith(DICOM_SUFFIXES):
-        return _dicom(path)
+        return read_dicom_image(path)
     if name.endswith(NIFTI_SUFFIXES):
         return read_nifti(path)
     if name.endswith(IMAGE_SUFFIXES):
@@ -378,7 +222,7 @@ def read_medmnist(path: str | Path) -> RawSet:
     try:
         data = np.load(path)
     except Exception as exc:
-        if _system_error(exc):
+        if system_error(exc):
             raise
         raise ValueError(f"{path}: cannot read .npz ({exc}); download the file again") from exc
     split: list[int] = []
