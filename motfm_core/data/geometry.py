@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["axis_codes", "canonical", "check_affine", "fit_volume", "Image", "spacing_of"]
+__all__ = ["axis_codes", "canonical", "check_affine", "fit_volume", "Image", "spacing_of", "stack_channels"]
 
 SHEAR_TOLERANCE = 1e-3  # |cos| between two voxel axes above which an affine is sheared, not merely oblique-rounded
 
@@ -30,11 +30,17 @@ class Image:
     of `pixels` (voxel index -> RAS mm; volumes, after reorientation to RAS), the file's own axis codes and its
     modality."""
 
-    pixels: np.ndarray
+    pixels: np.ndarray  # (*S), or (C, *S) with channel_first (a 4-D NIfTI's sequences)
     spacing: tuple[float, ...] | None = None
     affine: np.ndarray | None = None
     orientation: str | None = None
     modality: str | None = None  # DICOM's Modality ("CT", "MR", ...), where the file records it
+    channel_first: bool = False
+
+    @property
+    def channels(self) -> np.ndarray:
+        """The pixels as (C, *S)."""
+        return self.pixels if self.channel_first else self.pixels[None]
 
 
 def spacing_of(affine: np.ndarray) -> tuple[float, ...]:
@@ -65,15 +71,71 @@ def check_affine(affine: np.ndarray, where: str) -> None:
 
 
 def canonical(pixels: np.ndarray, affine: np.ndarray, path: Path, modality: str | None = None) -> Image:
-    """A volume and its affine reoriented to RAS (nibabel's closest canonical orientation: axis flips and
-    permutations only, no resampling), with the file's axis codes; refuses an affine that cannot place voxels."""
+    """A volume (X, Y, Z[, C]) and its affine reoriented to RAS (nibabel's closest canonical orientation: axis flips
+    and permutations only, no resampling), with the file's axis codes; refuses an affine that cannot place voxels.
+    A 4-D volume's last axis is its channels (returned first)."""
     import nibabel as nib
 
     check_affine(affine, str(path))
-    canonical = nib.as_closest_canonical(nib.Nifti1Image(pixels, affine))
-    out = np.asarray(canonical.dataobj, dtype=np.float32)
-    return Image(out, spacing_of(canonical.affine), np.asarray(canonical.affine, float), axis_codes(affine),
-                 modality)
+    turned = nib.as_closest_canonical(nib.Nifti1Image(pixels, affine))
+    out = np.asarray(turned.dataobj, dtype=np.float32)
+    if out.ndim == 4:
+        out = np.ascontiguousarray(np.moveaxis(out, -1, 0))
+    return Image(out, spacing_of(turned.affine), np.asarray(turned.affine, float), axis_codes(affine), modality,
+                 channel_first=out.ndim == 4)
+
+
+def _corners(shape: tuple[int, ...], affine: np.ndarray) -> np.ndarray:
+    """The RAS mm positions of a grid's eight corner voxels."""
+    grid = np.array(np.meshgrid(*[(0, s - 1) for s in shape], indexing="ij")).reshape(3, -1)
+    return (affine @ np.vstack([grid, np.ones(grid.shape[1])]))[:3]
+
+
+def _same_grid(a: Image, b: Image) -> bool:
+    if a.pixels.shape != b.pixels.shape:
+        return False
+    if a.affine is None or b.affine is None:
+        return a.affine is None and b.affine is None
+    return bool(np.allclose(a.affine, b.affine, atol=1e-3))
+
+
+def stack_channels(images: list[Image], names: list[str], where: str) -> Image:
+    """One sample's sequences as one (C, *S) image on the first one's grid: volumes on the same grid are stacked;
+    volumes whose grids differ but cover the same field of view (corners within 1.5 voxels) are resampled onto the
+    first's (MONAI `SpatialResample`, linear); other fields of view are refused, naming `where` and the sequences."""
+    first = images[0]
+    shape = first.pixels.shape
+    if any(im.channel_first for im in images):
+        raise ValueError(f"{where}: a 4-D file among its image_* columns; give one volume per image_* column, or "
+                         "one 4-D file in a filename column")
+    if all(_same_grid(im, first) for im in images):
+        return Image(np.stack([im.pixels for im in images]), first.spacing, first.affine, first.orientation,
+                     first.modality, channel_first=True)
+    if first.affine is None or any(im.affine is None for im in images):
+        sizes = ", ".join(f"{n} {'x'.join(map(str, im.pixels.shape))}" for n, im in zip(names, images))
+        raise ValueError(f"{where}: its sequences have different shapes ({sizes}) and record no geometry to align "
+                         "them; resample them onto one grid")
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import SpatialResample
+
+    tolerance = 1.5 * max(first.spacing or (1.0,))
+    out = []
+    for name, im in zip(names, images):
+        assert im.affine is not None and first.affine is not None
+        gap = float(np.abs(_corners(im.pixels.shape, im.affine) - _corners(shape, first.affine)).max())
+        if gap > tolerance:
+            raise ValueError(f"{where}: sequence {name} covers another field of view than {names[0]} (corners up to "
+                             f"{gap:.1f} mm apart); register the sequences to one another (or crop them to one "
+                             "field of view) before ingest")
+        if _same_grid(im, first):
+            out.append(im.pixels)
+            continue
+        moved = SpatialResample(mode="bilinear")(MetaTensor(torch.from_numpy(im.pixels[None]),
+                                                            affine=torch.as_tensor(im.affine)),
+                                                 dst_affine=torch.as_tensor(first.affine), spatial_size=shape)
+        out.append(np.asarray(moved[0], dtype=np.float32))
+    return Image(np.stack(out), first.spacing, first.affine, first.orientation, first.modality, channel_first=True)
 
 
 def _bounding_box(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

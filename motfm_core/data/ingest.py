@@ -214,7 +214,7 @@ def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     raw = read_medmnist(path) if path.suffix == ".npz" else read_folder(path)
     arrays = prepare(raw, cfg)
     fits, modes = arrays.pop("fits"), arrays.pop("modes")
-    attrs: dict[str, Any] = {"source": str(path), "class_names": raw.class_names,
+    attrs: dict[str, Any] = {"source": str(path), "class_names": raw.class_names, "channel_names": raw.channel_names,
                              "normalisation": _normalisation_text(modes, cfg),
                              "spacing": _spacing_text(fits, arrays.get("affine")),
                              "notes": source_notes(raw, arrays.pop("mask_values"), fits, arrays.get("affine"), modes,

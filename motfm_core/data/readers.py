@@ -8,6 +8,8 @@ they are read, and keep the affine of the array returned (`Image`). Errors name 
 labels.csv columns: `filename` (relative to the folder), `label` (int or name), optional `mask`
 (a file of the same shape), optional `subject` (patient id; defaults to the filename). A DICOM `filename` is a
 `.dcm` file (a 2D image, or a multi-frame volume) or a folder holding one series (one file per slice, any names).
+Several sequences per sample: columns `image_<name>` (e.g. `image_t1,image_t2,image_flair`) instead of `filename`,
+one file each, stacked as channels in column order; or a 4-D NIfTI whose last axis holds the sequences.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ import numpy as np
 import pandas as pd
 
 from motfm_core.data.dicom import DICOM_SUFFIXES, read_dicom, read_dicom_image
-from motfm_core.data.geometry import Image, canonical
+from motfm_core.data.geometry import Image, canonical, stack_channels
 from motfm_core.files import system_error
 
 __all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "Image", "NIFTI_SUFFIXES", "RawSet", "read_any", "read_dicom",
@@ -28,6 +30,7 @@ __all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "Image", "NIFTI_SUFFIXES", "RawSe
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
+MAX_SEQUENCES = 8  # a 4-D NIfTI's last axis up to this many is sequences (channels); more is a time series
 MAX_MASK_VALUES = 16  # distinct values a mask file may hold: a label image, not a grey-level picture
 
 
@@ -48,6 +51,7 @@ class RawSet:
     modalities: list[str | None] = field(default_factory=list)  # DICOM's Modality of each sample, if recorded
     orientations: list[str | None] = field(default_factory=list)  # each volume's axis codes in its file ("LPS")
     subject_column: bool = True  # False: a folder without a `subject` column (each file is its own group)
+    channel_names: list[str] = field(default_factory=lambda: ["image"])  # one per channel of every sample
 
 
 def _mm(spacing: tuple[float, ...] | None) -> str:
@@ -60,7 +64,7 @@ def read_mask(path: Path, like: Image, image: Path) -> np.ndarray:
     where both record one) or holds more than MAX_MASK_VALUES distinct values (a grey-level image, or a JPEG's
     ringing, is not a mask)."""
     read = read_any(path)
-    mask, shape = read.pixels, like.pixels.shape
+    mask, shape = read.pixels, like.channels.shape[1:]
     if read.affine is not None and like.affine is not None and not np.allclose(read.affine, like.affine, atol=1e-3):
         raise ValueError(f"{path}: label map on another grid than its image {image} (affines differ: voxel sizes "
                          f"{_mm(read.spacing)} vs {_mm(like.spacing)} mm, "
@@ -87,16 +91,29 @@ def _read_labels_csv(folder: Path) -> pd.DataFrame:
         raise ValueError(f"{csv}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ValueError(f"{csv}: cannot parse as CSV ({exc}); needs a header filename,label[,mask][,subject]") from exc
-    missing = {"filename", "label"} - set(df.columns)
+    columns = image_columns(df)
+    missing = {"label"} - set(df.columns) | ({"filename"} - set(df.columns) if columns == ["filename"] else set())
     if missing:
-        raise ValueError(f"{csv}: missing column(s) {sorted(missing)}; needs filename,label[,mask][,subject]")
+        raise ValueError(f"{csv}: missing column(s) {sorted(missing)}; needs filename,label[,mask][,subject] (or "
+                         "image_<sequence> columns for several sequences per sample)")
     if df["label"].isna().any():
-        bad = df.loc[df["label"].isna(), "filename"].tolist()[:5]
+        bad = df.loc[df["label"].isna(), columns[0]].tolist()[:5]
         raise ValueError(f"{csv}: empty label for {bad}; give every row a label")
-    if df["filename"].duplicated().any():
-        dupes = df.loc[df["filename"].duplicated(), "filename"].tolist()[:5]
-        raise ValueError(f"{csv}: duplicated filename(s) {dupes}")
+    for column in columns:
+        empty = df[column].isna() | (df[column].astype(str).str.strip() == "")
+        if empty.any():
+            who = (df.loc[empty, "subject"] if "subject" in df.columns else df.index[empty]).tolist()[:5]
+            raise ValueError(f"{csv}: no {column} file for {who}; every row needs a file in each of "
+                             f"{', '.join(columns)}")
+        if df[column].duplicated().any():
+            dupes = df.loc[df[column].duplicated(), column].tolist()[:5]
+            raise ValueError(f"{csv}: duplicated {column} file(s) {dupes}")
     return df
+
+
+def image_columns(df: pd.DataFrame) -> list[str]:
+    """labels.csv's image columns: every `image_*` column in order (one sequence each), else `filename`."""
+    return [c for c in df.columns if str(c).startswith("image_")] or ["filename"]
 
 
 def _class_map(labels: pd.Series) -> tuple[dict, list[str]]:
@@ -130,6 +147,15 @@ def read_nifti(path: Path) -> Image:
         raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); re-export or remove it") from exc
     if not np.isfinite(arr).all():
         raise ValueError(f"{path}: contains NaN/inf values; fix or remove the file")
+    if arr.ndim == 4 and arr.shape[-1] == 1:
+        arr = arr[..., 0]
+    if arr.ndim == 4:
+        if arr.shape[-1] > MAX_SEQUENCES:
+            raise ValueError(f"{path}: a 4-D volume with {arr.shape[-1]} frames on its last axis: a time series, not "
+                             f"sequences (at most {MAX_SEQUENCES}); list one volume per file, or its sequences as "
+                             "image_* columns")
+        _check_pixdim(path, nii.header)
+        return canonical(arr, affine, path)
     if arr.ndim == 3 and min(arr.shape) > 1:
         _check_pixdim(path, nii.header)
         return canonical(arr, affine, path)
@@ -190,19 +216,32 @@ def read_folder(folder: str | Path) -> RawSet:
     folder = Path(folder)
     df = _read_labels_csv(folder)
     cmap, names = _class_map(df["label"])
-    out = RawSet(class_names=names, origin=str(folder), subject_column="subject" in df.columns)
+    columns = image_columns(df)
+    out = RawSet(class_names=names, origin=str(folder), subject_column="subject" in df.columns,
+                 channel_names=[c[len("image_"):] for c in columns] if columns != ["filename"] else ["image"])
     for _, row in df.iterrows():
-        f = folder / str(row["filename"])
-        if not f.exists():
-            raise FileNotFoundError(f"{f}: listed in {folder / 'labels.csv'} but missing; fix the row or add the file")
-        img = read_any(f)
+        paths = [folder / str(row[c]) for c in columns]
+        for f in paths:
+            if not f.exists():
+                raise FileNotFoundError(f"{f}: listed in {folder / 'labels.csv'} but missing; fix the row or add "
+                                        "the file")
+        f = paths[0]
+        subject = row["subject"] if "subject" in df.columns and pd.notna(row.get("subject")) else row[columns[0]]
+        reads = [read_any(path) for path in paths]
+        img = reads[0] if len(reads) == 1 else stack_channels(reads, out.channel_names, f"subject {subject}")
+        count = img.channels.shape[0]
+        if not out.images and len(reads) == 1 and count > 1:  # a 4-D file: its sequences have no names
+            out.channel_names = [f"channel{i}" for i in range(count)]
+        if count != len(out.channel_names):
+            raise ValueError(f"{f}: {count} sequence(s), the samples before it {len(out.channel_names)}; every "
+                             "sample needs the same sequences (a 4-D NIfTI: on its last axis)")
         mask = None
         if "mask" in df.columns and isinstance(row["mask"], str) and row["mask"]:
             mf = folder / row["mask"]
             if not mf.exists():
                 raise FileNotFoundError(f"{mf}: mask of {f.name} is missing")
             mask = read_mask(mf, img, f)
-        out.images.append(img.pixels[None])
+        out.images.append(img.channels)
         out.files.append(str(f))
         out.spacings.append(img.spacing)
         out.affines.append(img.affine)
@@ -210,9 +249,9 @@ def read_folder(folder: str | Path) -> RawSet:
         out.modalities.append(img.modality)
         out.masks.append(mask)
         out.labels.append(cmap[row["label"]])
-        subject = row["subject"] if "subject" in df.columns and pd.notna(row.get("subject")) else row["filename"]
         out.groups.append(str(subject))
-    _check_unlisted(folder, set(df["filename"].astype(str)), NIFTI_SUFFIXES + DICOM_SUFFIXES + IMAGE_SUFFIXES, df)
+    listed = {str(v) for c in columns for v in df[c]}
+    _check_unlisted(folder, listed, NIFTI_SUFFIXES + DICOM_SUFFIXES + IMAGE_SUFFIXES, df)
     return out
 
 

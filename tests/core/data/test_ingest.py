@@ -184,9 +184,14 @@ def test_blank_image_and_file_without_usable_slices_are_named(tmp_path):
 
 
 def test_4d_volume_error_names_the_file_not_the_subject(nifti_folder, tmp_path):
+    """A 4-D NIfTI is a sample's sequences; among single-sequence files it is refused by name, and so is a time
+    series (more frames than sequences can be)."""
     _nifti(nifti_folder / "s4.nii.gz", np.random.rand(20, 24, 6, 3) + 0.2)
-    _nifti(nifti_folder / "s4_mask.nii.gz", np.zeros((20, 24, 6, 3)))  # the CSV has a subject column too
-    with pytest.raises(ValueError, match=r"s4.nii.gz: has 4 spatial dims"):
+    _nifti(nifti_folder / "s4_mask.nii.gz", np.zeros((20, 24, 6)))  # the CSV has a subject column too
+    with pytest.raises(ValueError, match=r"s4.nii.gz: 3 sequence\(s\), the samples before it 1"):
+        ingest(DataConfig(source=str(nifti_folder), image_size=16), tmp_path / "d.zarr")
+    _nifti(nifti_folder / "s4.nii.gz", np.random.rand(20, 24, 6, 20) + 0.2)
+    with pytest.raises(ValueError, match=r"s4.nii.gz: a 4-D volume with 20 frames on its last axis: a time series"):
         ingest(DataConfig(source=str(nifti_folder), image_size=16), tmp_path / "d.zarr")
 
 
