@@ -21,6 +21,9 @@ $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -e '.[test]'
+	@# nnunetv2 (a test extra) pulls batchgenerators -> unittest2 -> the PyPI 'argparse' 1.4 backport, which shadows
+	@# the standard library's and breaks Prefect's server (no BooleanOptionalAction): the standard one is kept
+	$(PY) -m pip uninstall -q -y argparse 2>/dev/null || true
 	touch $@
 
 # Debian's mricron-data gives the second real brain (Colin27 + AAL); installed when we can (root + apt).

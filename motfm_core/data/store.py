@@ -29,8 +29,8 @@ import zarr
 from motfm_core.data.shards import chunk_key
 from motfm_core.files import atomic_path, sweep_leftovers
 
-__all__ = ["SCHEMA_VERSION", "SPLITS", "Splits", "fingerprint_arrays", "load_split", "load_splits", "open_store",
-           "stratified_subset", "write_dataset"]
+__all__ = ["SCHEMA_VERSION", "SPLITS", "Splits", "channel_names", "fingerprint_arrays", "load_split", "load_splits",
+           "open_store", "stratified_subset", "write_dataset"]
 
 SCHEMA_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -144,6 +144,14 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
     keep = [rng.choice(idx, max(1, int(round(fraction * len(idx)))), replace=False)
             for idx in (np.nonzero(labels == c)[0] for c in np.unique(labels))]
     return np.sort(np.concatenate(keep))
+
+
+def channel_names(attrs: Any, channels: int) -> list[str]:
+    """A store's channel names (its `channel_names` attribute), else `image` for one channel or `channel<i>`."""
+    names = list(attrs.get("channel_names") or [])
+    if len(names) == channels:
+        return [str(n) for n in names]
+    return ["image"] if channels == 1 else [f"channel{i}" for i in range(channels)]
 
 
 def open_store(path: str | Path) -> zarr.Group:

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from motfm_core.data.store import load_split
+from motfm_core.data.store import channel_names, load_split
 from motfm_core.evaluation.downstream import Augmentation
 from motfm_core.evaluation.quality import Quality
 
@@ -24,14 +24,15 @@ def figure_dpi(image_px: int, cell_inches: float, least: int = 80) -> int:
     return max(least, math.ceil(image_px / cell_inches))
 
 
-def _middle(img: np.ndarray) -> np.ndarray:
-    """A 2D view of (C, H, W[, D]): first channel, middle slice for 3D."""
-    img = img[0]
+def _middle(img: np.ndarray, channel: int = 0) -> np.ndarray:
+    """A 2D view of (C, H, W[, D]): one channel, middle slice for 3D."""
+    img = img[channel]
     return img[..., img.shape[-1] // 2] if img.ndim == 3 else img
 
 
 def sample_grid(real_path: str | Path, synthetic_path: str | Path, out_png: str | Path, per_class: int = 8) -> Path:
-    """PNG with, per class, one row of real training images and one row of synthetic images."""
+    """PNG with, per class, one row of real training images and one row of synthetic images (a row per channel of
+    each, for images of several channels)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,7 +44,9 @@ def sample_grid(real_path: str | Path, synthetic_path: str | Path, out_png: str 
     smasks = root["masks"] if "masks" in root.array_keys() else None  # overlay the conditioning masks
     names = list(root.attrs.get("class_names", []))
     k = int(max(real["labels"].max(), sy.max()) + 1)
-    fig, axes = plt.subplots(2 * k, per_class, figsize=(per_class * 1.1, 2 * k * 1.2), squeeze=False)
+    channels = channel_names(root.attrs, int(sx.shape[1])) if sx.shape[1] > 1 else [""]
+    per = 2 * len(channels)  # rows per class
+    fig, axes = plt.subplots(k * per, per_class, figsize=(per_class * 1.1, k * per * 1.2), squeeze=False)
     for c in range(k):
         ri = np.nonzero(real["labels"] == c)[0][:per_class]
         si = np.nonzero(sy == c)[0][:per_class]
@@ -51,16 +54,19 @@ def sample_grid(real_path: str | Path, synthetic_path: str | Path, out_png: str 
                  [real["masks"][i] for i in ri] if smasks is not None and "masks" in real else []),
                 ("synthetic", [sx[int(i)] for i in si], [smasks[int(i)] for i in si] if smasks is not None else []))
         for row, (kind, imgs, masks) in enumerate(rows):
-            for j in range(per_class):
-                ax = axes[2 * c + row, j]
-                ax.axis("off")
-                if j < len(imgs):
-                    ax.imshow(_middle(imgs[j]), cmap="gray", vmin=0, vmax=1)
-                if j < len(masks) and _middle(masks[j]).max() > 0:
-                    mask = _middle(masks[j])
-                    ax.contour(mask, levels=np.arange(0.5, mask.max()), linewidths=0.3, alpha=0.5, cmap="autumn")
-            name = names[c] if c < len(names) else str(c)
-            axes[2 * c + row, 0].set_title(f"{kind}: {name}", fontsize=7, loc="left")
+            for ch, channel in enumerate(channels):
+                line = per * c + row * len(channels) + ch
+                for j in range(per_class):
+                    ax = axes[line, j]
+                    ax.axis("off")
+                    if j < len(imgs):
+                        ax.imshow(_middle(imgs[j], ch), cmap="gray", vmin=0, vmax=1)
+                    if j < len(masks) and _middle(masks[j]).max() > 0:
+                        mask = _middle(masks[j])
+                        ax.contour(mask, levels=np.arange(0.5, mask.max()), linewidths=0.3, alpha=0.5, cmap="autumn")
+                name = names[c] if c < len(names) else str(c)
+                axes[line, 0].set_title(f"{kind}: {name}" + (f" ({channel})" if channel else ""), fontsize=7,
+                                        loc="left")
     fig.tight_layout()
     out_png = Path(out_png)
     fig.savefig(out_png, dpi=figure_dpi(max(real["images"].shape[2:4]), 1.1))  # each image at its own size or more

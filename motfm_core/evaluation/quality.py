@@ -27,7 +27,7 @@ from torch import nn
 
 from motfm_core.config import EvalConfig
 from motfm_core.data.rows import rows_per_batch, take_rows
-from motfm_core.data.store import Splits, load_split, load_splits, open_store
+from motfm_core.data.store import Splits, channel_names, load_split, load_splits, open_store
 from motfm_core.data.synthetic import open_synthetic
 from motfm_core.device import default_device
 from motfm_core.evaluation.supervised import train_classifier
@@ -51,6 +51,7 @@ class Scores(Result):
     swd: dict[str, float] | None = optional()
     density: float | None = optional()  # reports written before density/coverage lack them
     coverage: float | None = optional()
+    swd_channels: dict[str, float] | None = optional()  # fine SWD of each channel alone, for multi-channel images
 
 
 @dataclass(frozen=True)
@@ -205,35 +206,38 @@ def _patches(x: torch.Tensor, n: int, size: int, g: torch.Generator) -> torch.Te
     return windows[torch.arange(b)[:, None].expand(b, n), :, i, j].reshape(b * n, -1)
 
 
-def _slices_2d(images: Any, most: int, seed: int) -> torch.Tensor:
-    """(n, C, H, W) float64: the images (3D: their middle slice along the last axis), `most` of them at random when
-    there are more; read a batch at a time, so a large store never sits in memory whole."""
+def _slices_2d(images: Any, most: int, seed: int, channel: int | None = None) -> torch.Tensor:
+    """(n, C, H, W) float64: the images (3D: their middle slice along the last axis; one `channel` when given),
+    `most` of them at random when there are more; read a batch at a time, so a large store never sits in memory
+    whole."""
     n = images.shape[0]
     idx = np.arange(n) if n <= most else np.sort(np.random.RandomState(seed).choice(n, most, replace=False))
     step = rows_per_batch(images)
     parts = []
     for i in range(0, len(idx), step):
         block = take_rows(images, idx[i:i + step])
+        if channel is not None:
+            block = block[:, channel:channel + 1]
         parts.append(np.asarray(block[..., block.shape[-1] // 2] if block.ndim == 5 else block, dtype=np.float64))
     return torch.from_numpy(np.concatenate(parts))
 
 
 def swd(real: Any, fake: Any, levels: int = 3, patches_per_image: int = 64, size: int = 7,
-        projections: int = 256, seed: int = 0, most: int = 2000) -> dict[str, float]:
+        projections: int = 256, seed: int = 0, most: int = 2000, channel: int | None = None) -> dict[str, float]:
     """Sliced Wasserstein distance (x 1e3) between Laplacian-pyramid patches, per level and averaged.
 
     Images (N, C, H, W[, D]) in [0, 1] (numpy or Zarr); 3D volumes are scored on their middle slice along the last
     axis; a set of more than `most` images is scored on `most` of them at random (patches are matched in number
     between the sets anyway). Level 0 is the finest detail; fewer levels are used when the image is too small;
-    lower is better.
+    lower is better. Patches hold every channel; `channel` scores one alone.
     """
     g = torch.Generator().manual_seed(seed)
     side = min(real.shape[2:4])
     size = min(size, side)
     levels = max(1, min(levels, int(np.log2(side / size)) + 1))  # the coarsest level still holds a patch
     out = {}
-    pyramids = zip(_laplacian_pyramid(_slices_2d(real, most, seed), levels),
-                   _laplacian_pyramid(_slices_2d(fake, most, seed), levels), strict=True)
+    pyramids = zip(_laplacian_pyramid(_slices_2d(real, most, seed, channel), levels),
+                   _laplacian_pyramid(_slices_2d(fake, most, seed, channel), levels), strict=True)
     for lvl, (la, lb) in enumerate(pyramids):
         pa, pb = _patches(la, patches_per_image, size, g), _patches(lb, patches_per_image, size, g)
         m = min(len(pa), len(pb))
@@ -249,21 +253,29 @@ def swd(real: Any, fake: Any, levels: int = 3, patches_per_image: int = 64, size
 
 
 def quality(real_train: np.ndarray, real_test: np.ndarray, fake: np.ndarray,
-            images: dict[str, np.ndarray] | None = None) -> Quality:
+            images: dict[str, np.ndarray] | None = None, channel_names: list[str] | None = None) -> Quality:
     """Synthetic vs real test, beside the real-vs-real baseline (real train vs real test).
 
-    real_train/real_test/fake are features; `images` ({"train", "test", "fake"}) adds the pixel-level SWD.
+    real_train/real_test/fake are features; `images` ({"train", "test", "fake"}) adds the pixel-level SWD (per
+    channel too, for several channels).
     """
     def block(b: np.ndarray, pixels: str) -> Scores:
-        return scores(real_test, b, None if images is None else (images["test"], images[pixels]))
+        return scores(real_test, b, None if images is None else (images["test"], images[pixels]), channel_names)
 
     return Quality(synthetic_vs_test=block(fake, "fake"), train_vs_test=block(real_train, "train"))
 
 
-def scores(real: np.ndarray, fake: np.ndarray, pixels: tuple[Any, Any] | None = None) -> Scores:
-    """Every feature-space score of `fake` against `real` features; `pixels` (real, fake images) adds the SWD."""
+def scores(real: np.ndarray, fake: np.ndarray, pixels: tuple[Any, Any] | None = None,
+           channel_names: list[str] | None = None) -> Scores:
+    """Every feature-space score of `fake` against `real` features; `pixels` (real, fake images) adds the SWD, and
+    for images of several channels (named by `channel_names`) the fine SWD of each channel alone."""
+    per_channel = None
+    if pixels is not None and pixels[0].shape[1] > 1:
+        names = channel_names or [f"channel{c}" for c in range(pixels[0].shape[1])]
+        per_channel = {name: swd(*pixels, channel=c)["level0"] for c, name in enumerate(names)}
     return Scores(fid=fid(real, fake), kid=kid(real, fake), **precision_recall(real, fake),
-                  **density_coverage(real, fake), swd=None if pixels is None else swd(*pixels))
+                  **density_coverage(real, fake), swd=None if pixels is None else swd(*pixels),
+                  swd_channels=per_channel)
 
 
 def score_nfe_curve(path: str | Path, extractor: "FeatureExtractor", test: np.ndarray, test_feats: np.ndarray
@@ -292,13 +304,14 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
     feats = {name: extractor(x) for name, x in images.items()}
     curve = None if nfe_curve is None else score_nfe_curve(nfe_curve, extractor, images["test"], feats["test"])
     arm_scores = {}
+    names = channel_names(open_store(real_path).attrs, int(fake.shape[1]))
     for name, store in (arm_stores or {}).items():
         x = open_synthetic(store)["images"]
-        arm_scores[name] = scores(feats["test"], extractor(x), (images["test"], x))
+        arm_scores[name] = scores(feats["test"], extractor(x), (images["test"], x), names)
     record = open_store(synthetic_path).attrs.get("autoencoder")
     factor = cfg.downsample if cfg is not None else 1
     return dataclasses.replace(
-        quality(feats["train"], feats["test"], extractor(fake), {**images, "fake": fake}),
+        quality(feats["train"], feats["test"], extractor(fake), {**images, "fake": fake}, names),
         feature_dim=int(feats["train"].shape[1]), nfe_curve=curve,
         arm_stores=arm_scores or None,
         reconstruction=reconstruction(images["test"], record, device) if record else None,

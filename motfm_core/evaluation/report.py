@@ -18,7 +18,7 @@ import torch
 import zarr
 
 from motfm_core import code_version
-from motfm_core.data.store import open_store
+from motfm_core.data.store import channel_names, open_store
 from motfm_core.data.synthetic import completed_shards
 from motfm_core.evaluation.evaluate import Evaluation, read_evaluation
 from motfm_core.evaluation.figures import gain_figure, loss_figure, sample_grid
@@ -47,6 +47,7 @@ class DatasetInfo(Result):
     sample_shape: list[int]
     sizes: dict[str, int]
     notes: list[str] = dataclasses.field(default_factory=list)  # how the files were read (ingest's warnings)
+    channel_names: list[str] | None = optional()  # images of several channels (sequences): their names
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,11 @@ def _quality_lines(q: Quality) -> list[str]:
             dc = " | ".join("n/a" if v is None else f"{v:.2f}" for v in (row.density, row.coverage))
             lines.append(f"| {name} | {row.fid:.3f} | {row.kid:.4f} | {row.precision:.2f} | {row.recall:.2f} | "
                          f"{dc} | {levels} |")
+        syn, base = q.synthetic_vs_test.swd_channels, q.train_vs_test.swd_channels
+        if syn and base:
+            lines += ["", "Fine SWD of each channel alone (synthetic / real train, against real test; the table's "
+                      "SWD takes the channels together): " + ", ".join(
+                          f"{name} {syn[name]:.0f} / {base.get(name, float('nan')):.0f}" for name in syn) + "."]
     if q.reconstruction:
         r = q.reconstruction
         lines += ["", f"Latent model: its autoencoder reproduces {r.images} real test images at PSNR {r.psnr:.1f} dB, "
@@ -279,7 +285,8 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
         *coverage_lines(report),
         "",
         f"- dataset: {data.source} — train {ev.sizes.real_train}, val {data.sizes['val']}, test "
-        f"{ev.sizes.real_test} real images, {data.sample_shape} each; classes {data.class_names}",
+        f"{ev.sizes.real_test} real images, {data.sample_shape} each; classes {data.class_names}"
+        + (f"; channels {data.channel_names}" if data.channel_names else ""),
         *(f"- **data note:** {note}" for note in data.notes),
         f"- synthetic: {sampling.num_samples} images, solver {sampling.solver}, NFE {sampling.nfe}, "
         f"{sampling.seconds_per_image * 1e3:.1f} ms per image on {sampling.device}; {ev.sizes.synthetic_added} "
@@ -342,7 +349,9 @@ def gather(run_name: str, config: dict[str, Any], data_path: str, checkpoint: st
         dataset=DatasetInfo(path=data_path, source=data.attrs["source"], fingerprint=data.attrs["fingerprint"],
                             class_names=data.attrs["class_names"], sample_shape=list(data["images"].shape[1:]),
                             sizes={n: int((split == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))},
-                            notes=list(data.attrs.get("notes", []))),
+                            notes=list(data.attrs.get("notes", [])),
+                            channel_names=channel_names(data.attrs, int(data["images"].shape[1]))
+                            if data["images"].shape[1] > 1 else None),
         training=TrainingInfo(checkpoint=checkpoint, steps=ckpt["step"], final_loss=float(np.mean(losses[-50:])),
                               loss_curve=[float(np.mean(losses[i:i + every])) for i in range(0, len(losses), every)],
                               seconds=ckpt.get("train_seconds", float("nan")), device=ckpt["device"],

@@ -272,7 +272,7 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
              "class_names": meta["class_names"], "source_fingerprint": meta["data_fingerprint"],
              "code_version": code_version(), "train_indices": meta.get("train_indices"),
              "train_config": meta.get("train_config"), "autoencoder": meta.get("autoencoder"),
-             "mask_source": source}
+             "mask_source": source, "channel_names": meta.get("channel_names")}
     content = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_ONLY}
     if not masked:  # mask settings cannot change an unconditioned model's samples
         content = {k: v for k, v in content.items() if not k.startswith(("mask_", "deform_"))}

@@ -23,7 +23,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from motfm_core import __version__
 from motfm_core.config import AutoencoderConfig, ModelConfig, TrainConfig, config_hash
-from motfm_core.data.store import load_split, open_store, stratified_subset
+from motfm_core.data.store import channel_names, load_split, open_store, stratified_subset
 from motfm_core.device import default_device
 from motfm_core.files import file_sha256
 from motfm_core.model import ddp
@@ -304,6 +304,8 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
     meta = {"model_config": asdict(model_cfg), "train_config": asdict(cfg), "run_key": key,
             "data_fingerprint": attrs["fingerprint"], "data_path": str(data_path),
             "class_names": list(attrs["class_names"]), "num_train": int(len(data["labels"])), "device": str(device),
+            "channel_names": channel_names(attrs, int(open_store(data_path)["images"].shape[1]))
+            if target == "images" else None,
             "reflow_teacher_sha256": teacher_sha, "target": target, "train_indices": data["indices"].tolist(),
             # a latent model's autoencoder and latent statistics: what its samples are decoded with
             "autoencoder": None if latents is None else dict(zarr.open_group(str(latents), mode="r").attrs["record"]),
