@@ -1,8 +1,9 @@
 """The `motfm` command: `motfm run` (the synth-and-eval DAG, every option with `motfm run --help`), `motfm config`
 (every key with its type, default, choices and meaning; `--preset P` with a preset's values, `--markdown` for
 docs/parameters.md), `motfm inspect PATH` (what a store holds) and `motfm regenerate` (a new synthetic version from a
-finished run). Prefect and torch are imported only by the subcommands that run something, so `motfm --help`,
-`config` and `inspect` answer at once."""
+finished run) and `motfm export RUN --to nifti|nnunet DIR` (a run's images as NIfTI or an nnU-Net raw dataset). Prefect
+and torch are imported only by the subcommands that run something, so `motfm --help`, `config` and `inspect` answer
+at once."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ COMMANDS = {
     "config": "every config key with its type, default, choices and meaning (--preset P: that preset's values)",
     "inspect": "what a dataset or synthetic store holds: versions, shards, counts per class, provenance",
     "regenerate": "sample a new synthetic version from a finished run and re-evaluate (`motfm regenerate --help`)",
+    "export": "a run's synthetic (and real) images as NIfTI, or an nnU-Net raw dataset (`motfm export --help`)",
 }
 
 
@@ -25,11 +27,21 @@ def main(argv: list[str] | None = None) -> None:
                                 "proven by one Prefect DAG.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in COMMANDS.items():
-        sub.add_parser(name, help=text, add_help=name in ("config", "inspect"))
+        sub.add_parser(name, help=text, add_help=name in ("config", "inspect", "export"))
     config = sub.choices["config"]
     config.add_argument("--preset", default=None, help="show this preset's values as the defaults")
     config.add_argument("--markdown", action="store_true", help="markdown tables (docs/parameters.md)")
     sub.choices["inspect"].add_argument("path", help="a dataset.zarr, a synthetic/vNNNN.zarr or a synthetic/ folder")
+    out = sub.choices["export"]
+    out.add_argument("run", help="a run folder (outputs/<run-name>): its dataset.zarr and synthetic/ versions")
+    out.add_argument("--to", required=True, choices=("nifti", "nnunet"), dest="fmt",
+                        help="nifti: one file per channel and a labels.csv `motfm run` reads; nnunet: a raw dataset")
+    out.add_argument("out", help="the folder to write into (nifti: created; nnunet: Dataset<ID>_<name> inside)")
+    out.add_argument("--version", default="latest", help="the synthetic version (vNNNN, default the latest)")
+    out.add_argument("--real", action="store_true", help="nifti: also the real train, val and test splits")
+    out.add_argument("--dataset-id", type=int, default=None, help="nnunet: the dataset id, 1..999 (required)")
+    out.add_argument("--synthetic-ratio", type=float, default=1.0,
+                        help="nnunet: synthetic cases per real training case (0: the real train split alone)")
     if argv and argv[0] in ("run", "regenerate"):  # their own parsers take the rest, --help included
         sys.argv = [f"motfm {argv[0]}", *argv[1:]]
         if argv[0] == "run" and {"-h", "--help"} & set(argv[1:]):
@@ -49,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     try:
         if a.command == "config":
             print(config_reference(a.preset, a.markdown), end="")
+        elif a.command == "export":
+            print(export_run(a))
         else:
             from motfm_core.data.describe import describe
 
@@ -56,6 +70,27 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, FileNotFoundError) as e:
         print(f"motfm: error: {e}", file=sys.stderr)
         sys.exit(2)
+
+
+def export_run(a: argparse.Namespace) -> str:
+    """`motfm export`: the run folder's store and synthetic version written as asked; returns what was written."""
+    from pathlib import Path
+
+    from motfm_core.data.export import export_nifti, export_nnunet
+
+    run = Path(a.run)
+    data = run / "dataset.zarr"
+    version = run / "synthetic" / (a.version if a.version == "latest" or a.version.endswith(".zarr")
+                                   else f"{a.version}.zarr")
+    if not data.exists() or not version.exists():
+        raise FileNotFoundError(f"{run}: not a finished run folder (needs dataset.zarr and synthetic/{version.name}); "
+                                "give outputs/<run-name> of a run that reached sampling")
+    if a.fmt == "nifti":
+        return f"motfm: exported to {export_nifti(data, version, a.out, real=a.real)}"
+    if a.dataset_id is None:
+        raise ValueError("--to nnunet needs --dataset-id N (1..999), the id nnU-Net's commands take")
+    out = export_nnunet(data, version, a.out, a.dataset_id, run.resolve().name, a.synthetic_ratio)
+    return f"motfm: exported to {out} (nnU-Net raw dataset)"
 
 
 def config_reference(preset: str | None = None, markdown: bool = False) -> str:

@@ -217,8 +217,11 @@ def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:
     attrs: dict[str, Any] = {"source": str(path), "class_names": raw.class_names, "channel_names": raw.channel_names,
                              "normalisation": _normalisation_text(modes, cfg),
                              "spacing": _spacing_text(fits, arrays.get("affine")),
-                             "notes": source_notes(raw, arrays.pop("mask_values"), fits, arrays.get("affine"), modes,
+                             "notes": source_notes(raw, arrays["mask_values"], fits, arrays.get("affine"), modes,
                                                    cfg)}
+    values = arrays.pop("mask_values")
+    if values:  # the label files' own values, in class order (class k was value values[k])
+        attrs["mask_values"] = [int(v) for v in values]
     known = {str(Path(f).relative_to(path)): list(sp) for f, sp in zip(raw.files, raw.spacings) if sp is not None}
     if known:  # the files' own spacing (mm per axis, RAS order for reoriented volumes), kept beside the stored grid's
         attrs["source_spacing"] = known
