@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
+from benchmarks.geometry import write_variants
 from motfm_core.config import DataConfig
 from motfm_core.data.brain import volumes
 from motfm_core.data.geometry import fit_volume, spacing_of
@@ -31,16 +32,7 @@ def brain(tmp_path_factory):
     and with 3 mm slices (each the mean of three 1 mm slices, as a thick acquisition integrates them)."""
     t1, _, aff = volumes()["mni152"]
     out = tmp_path_factory.mktemp("brain")
-    nib.save(nib.Nifti1Image(t1, aff), out / "ras.nii.gz")
-    flip = np.diag([-1.0, -1.0, 1.0, 1.0])
-    flip[:2, 3] = np.array(t1.shape[:2]) - 1
-    nib.save(nib.Nifti1Image(np.ascontiguousarray(t1[::-1, ::-1]), aff @ flip), out / "lps.nii.gz")
-    n = t1.shape[2] // 3 * 3
-    thick = t1[:, :, :n].reshape(*t1.shape[:2], n // 3, 3).mean(-1)
-    a3 = aff.copy()
-    a3[:3, 2] *= 3
-    a3[:3, 3] += aff[:3, 2]  # the centre of its first three 1 mm slices
-    nib.save(nib.Nifti1Image(thick.astype(np.float32), a3), out / "z3.nii.gz")
+    write_variants(t1, aff, out)  # the benchmark's own three files
     return out
 
 

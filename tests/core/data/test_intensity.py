@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
+from pydicom.uid import generate_uid
 
 from motfm_core.config import DataConfig
 from motfm_core.data.ingest import prepare
 from motfm_core.data.readers import read_folder
+from tests.core.data.test_readers import _slice
 
 
 def ct_series(folder, hu: np.ndarray, spacing=(0.8, 0.8), thickness=2.0) -> None:
@@ -19,20 +19,8 @@ def ct_series(folder, hu: np.ndarray, spacing=(0.8, 0.8), thickness=2.0) -> None
     folder.mkdir(parents=True)
     uid = generate_uid()
     for k in range(hu.shape[-1]):
-        meta = FileMetaDataset()
-        meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = CTImageStorage, generate_uid()
-        meta.TransferSyntaxUID = ExplicitVRLittleEndian
-        ds = Dataset()
-        ds.file_meta = meta
-        ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.Modality = CTImageStorage, generate_uid(), uid, "CT"
-        ds.Rows, ds.Columns = hu.shape[:2]
-        ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
-        ds.PixelSpacing = list(spacing)
-        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [0.0, 0.0, thickness * k]
-        ds.InstanceNumber, ds.RescaleSlope, ds.RescaleIntercept = k + 1, 1, -1024
-        ds.PixelData = (hu[..., k] + 1024).astype(np.uint16).tobytes()
-        ds.save_as(folder / f"IM{k:03d}", enforce_file_format=True)
+        _slice(folder / f"IM{k:03d}", hu[..., k].astype(np.float64), thickness * k, uid, k + 1, slope=1.0,
+               intercept=-1024.0, spacing=spacing, modality="CT")
 
 
 def phantom_hu(seed: int, shape=(20, 20, 6)) -> np.ndarray:

@@ -9,21 +9,22 @@ import pydicom
 import pytest
 from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from motfm_core.config import DataConfig
 from motfm_core.data.ingest import load_source
 from motfm_core.data.readers import read_dicom, read_folder, read_nifti
 
 
-def _slice(path, pixels, z, series, instance, slope=2.0, intercept=-100.0, spacing=(0.5, 0.7)):
-    """One single-frame MR slice whose stored values rescale (slope, intercept) to `pixels`."""
+def _slice(path, pixels, z, series, instance, slope=2.0, intercept=-100.0, spacing=(0.5, 0.7), modality="MR"):
+    """One single-frame slice (MR, or CT) whose stored values rescale (slope, intercept) to `pixels`."""
+    sop = CTImageStorage if modality == "CT" else MRImageStorage
     meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = MRImageStorage, generate_uid()
+    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = sop, generate_uid()
     meta.TransferSyntaxUID = ExplicitVRLittleEndian
     ds = Dataset()
     ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.Modality = MRImageStorage, generate_uid(), series, "MR"
+    ds.SOPClassUID, ds.SOPInstanceUID, ds.SeriesInstanceUID, ds.Modality = sop, generate_uid(), series, modality
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
