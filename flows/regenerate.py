@@ -26,6 +26,7 @@ from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.synth_and_eval import sample_evaluate_report, train_generators
 from motfm_core.config import SOLVER_CHOICES, PipelineConfig, Solver
+from motfm_core.files import hold_folder
 
 __all__ = ["main", "regenerate_synthetic", "regeneration_seed"]
 
@@ -79,10 +80,11 @@ def regenerate_synthetic(
     data_path, checkpoint = run_dir / "dataset.zarr", run_dir / "checkpoints" / "model.pt"
     if not retrain and not checkpoint.exists():
         raise FileNotFoundError(f"{checkpoint}: no trained model; run synth-and-eval first or pass retrain=True")
-    # the train stages are keyed: unchanged generators (the low-data ones too) are reused, not retrained
-    generators = train_generators(cfg, str(data_path), run_dir)
-    logger.info("regenerate-synthetic: %s, sampling seed %d", run_dir, cfg.sample.seed)
-    report = sample_evaluate_report(run_name, cfg, str(data_path), generators, run_dir)
+    with hold_folder(run_dir):  # one run at a time in a run folder
+        # the train stages are keyed: unchanged generators (the low-data ones too) are reused, not retrained
+        generators = train_generators(cfg, str(data_path), run_dir)
+        logger.info("regenerate-synthetic: %s, sampling seed %d", run_dir, cfg.sample.seed)
+        report = sample_evaluate_report(run_name, cfg, str(data_path), generators, run_dir)
     logger.info("regenerate-synthetic: done; report at %s", report)
     return report
 

@@ -13,15 +13,20 @@ from flows.arguments import parse_cli
 from flows.cli import USER_ERRORS, prefect_ready, quiet_console, quiet_libraries
 from flows.synth_and_eval import build_config, enhance_configs, synth_and_eval
 from motfm_core.data.ingest import check_source
+from motfm_core.files import FolderBusy, folder_holder
 from motfm_core.model.memory import plan_run
 
 __all__ = ["check_before_start", "main"]
 
 
-def check_before_start(enhance: list[str], overrides: dict[str, dict[str, Any]]) -> str:
-    """The run's configuration (the flow's defaults, which are build_config's, then `overrides`), its data source
-    and its memory plan, checked before Prefect starts: a bad value fails in seconds, not after the embedded
-    server's start-up. Returns the plan's lines."""
+def check_before_start(enhance: list[str], overrides: dict[str, dict[str, Any]], run_dir: Path | None = None) -> str:
+    """The run's configuration (the flow's defaults, which are build_config's, then `overrides`), its data source,
+    its memory plan and whether another run holds `run_dir`, checked before Prefect starts: a bad value fails in
+    seconds, not after the embedded server's start-up. Returns the plan's lines."""
+    holder = None if run_dir is None else folder_holder(run_dir)
+    if holder:
+        raise FolderBusy(f"{run_dir}: in use by another run ({holder}); wait for it to end, or give this one "
+                         "another --run-name")
     cfg = build_config(overrides=overrides)
     for e in enhance_configs(enhance, overrides):
         e.validate()
@@ -34,7 +39,8 @@ def main(argv: list[str] | None = None) -> None:
     quiet_libraries(a.verbose)
     t0 = time.time()
     try:
-        print(f"motfm: {check_before_start(a.enhance, overrides)}")
+        run_dir = Path(a.output_root).resolve() / a.run_name
+        print(f"motfm: {check_before_start(a.enhance, overrides, run_dir)}")
         with prefect_ready():
             quiet_console(a.debug)  # after Prefect's set-up, which installs its terminal handlers
             report = synth_and_eval(run_name=a.run_name, output_root=a.output_root, enhance=a.enhance,

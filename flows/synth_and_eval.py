@@ -31,7 +31,7 @@ from motfm_core.config import (
     Solver,
     from_dict,
 )
-from motfm_core.files import write_json_atomic
+from motfm_core.files import HOLD_FILE, hold_folder, write_json_atomic
 from motfm_core.model.distributed import check_scheduler, run_cluster
 from tasks.enhance import enhance_task
 from tasks.evaluate import evaluate_task
@@ -151,7 +151,7 @@ def synth_and_eval(
                        mask_conditioning)
     enhance_cfgs = enhance_configs(enhance or [], overrides or {})
     run_dir = Path(output_root).resolve() / run_name
-    with kept_only_if_written(run_dir):
+    with kept_only_if_written(run_dir), hold_folder(run_dir):  # one run at a time in a run folder
         logger.info("synth-and-eval: outputs in %s", run_dir)
         plan_task(cfg)  # refuses what cannot fit before the data is read
         data_path = ingest_task(cfg.data, str(run_dir))
@@ -172,6 +172,8 @@ def kept_only_if_written(run_dir: Path) -> Iterator[None]:
     try:
         yield
     except BaseException:
+        if made and [p.name for p in run_dir.iterdir()] == [HOLD_FILE]:  # only the run's own hold: nothing written
+            (run_dir / HOLD_FILE).unlink()
         for folder in made:  # innermost first; a folder that holds anything stays
             with contextlib.suppress(OSError):
                 folder.rmdir()

@@ -17,8 +17,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_path", "file_sha256", "fsync_dir", "fsync_tree", "sweep_leftovers", "system_error",
-           "temporary_name", "write_json_atomic"]
+__all__ = ["FolderBusy", "atomic_path", "file_sha256", "folder_holder", "fsync_dir", "fsync_tree", "hold_folder",
+           "HOLD_FILE", "sweep_leftovers", "system_error", "temporary_name", "write_json_atomic"]
 
 
 def temporary_name(path: str | Path) -> Path:
@@ -138,3 +138,56 @@ def system_error(exc: BaseException) -> bool:
     which a retry or the user's path fixes: passed on as it is, not turned into a bad-file ValueError. Decoders'
     own OSErrors (PIL's "image file is truncated") carry no errno."""
     return isinstance(exc, OSError) and exc.errno is not None
+
+
+HOLD_FILE = ".motfm-hold"  # the lock a run holds on its folder; its text names the holder
+
+
+class FolderBusy(ValueError):
+    """A folder another process holds (`hold_folder`): bad timing, not a failure to retry."""
+
+
+def _try_lock(fd: int) -> bool:
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+def folder_holder(folder: str | Path) -> str | None:
+    """Who holds `folder` (`hold_folder`'s text: pid, host, since when), or None when nobody does."""
+    lock = Path(folder) / HOLD_FILE
+    try:
+        fd = os.open(lock, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        if _try_lock(fd):
+            return None
+        return lock.read_text().strip() or "another process"
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def hold_folder(folder: str | Path, what: str = "run") -> Iterator[Path]:
+    """Hold `folder` for the block: an exclusive flock on `<folder>/.motfm-hold`, which the kernel releases when this
+    process ends however it ends (kill -9 included), so a holder's death never leaves the folder held. A folder
+    already held is refused (FolderBusy) naming the holder. flock is local to one machine on some network file
+    systems: docs/operations.md says what a shared folder must provide."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / HOLD_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not _try_lock(fd):
+            holder = (folder / HOLD_FILE).read_text().strip() or "another process"
+            raise FolderBusy(f"{folder}: in use by another {what} ({holder}); wait for it to end, or give this one "
+                             "another --run-name")
+        os.ftruncate(fd, 0)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        yield folder
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race a process opening it)

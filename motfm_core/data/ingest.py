@@ -304,7 +304,7 @@ def source_signature(source: str) -> list:
     if source.startswith("phantom") or not path.exists():
         return []
     files = [path] if path.is_file() else sorted(  # not our own outputs (a store written inside the folder)
-        p for p in path.rglob("*") if p.is_file() and not any(part.endswith(".zarr") or part.startswith(".")
+        p for p in path.rglob("*") if p.is_file() and not any(".zarr" in part or part.startswith(".")
                                                                 for part in p.relative_to(path).parts))
     return [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size, f.stat().st_mtime_ns)
             for f in files]

@@ -1,5 +1,7 @@
-"""The ingested real dataset, a Zarr v3 store (`dataset.zarr`, written once, atomically: built under a temporary
-name, flushed to disk, then renamed):
+"""The ingested real dataset, a Zarr v3 store. `dataset.zarr` is a link to the current build,
+`dataset.zarr.v<time>-<id>` (built under a temporary name, flushed to disk, renamed whole), and a re-ingest replaces
+the link in one rename: a reader or a second run always finds the old build or the new one, never none (a crash at
+any step leaves one). Earlier builds are kept beside it (`data.keep_previous`). A store is:
     images  float32 (N, C, H, W[, D]) in [0, 1], one chunk per sample
     labels  int64   (N,)
     masks   uint8   (N, 1, H, W[, D])            optional
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 import uuid
@@ -27,10 +30,10 @@ import numpy as np
 import zarr
 
 from motfm_core.data.shards import chunk_key
-from motfm_core.files import atomic_path, sweep_leftovers
+from motfm_core.files import atomic_path, fsync_dir, sweep_leftovers, temporary_name
 
-__all__ = ["SCHEMA_VERSION", "SPLITS", "Splits", "channel_names", "fingerprint_arrays", "load_split", "load_splits",
-           "open_store", "stratified_subset", "write_dataset"]
+__all__ = ["SCHEMA_VERSION", "SPLITS", "Splits", "builds", "channel_names", "fingerprint_arrays", "load_split",
+           "load_splits", "open_store", "stratified_subset", "write_dataset"]
 
 SCHEMA_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -46,6 +49,14 @@ def fingerprint_arrays(*arrays: np.ndarray) -> str:
     return h.hexdigest()
 
 
+def builds(path: str | Path) -> list[Path]:
+    """Every build of the store at `path` (`<name>.v<time>-<id>`, and `<name>.old-*` of the layout before links), oldest
+    first; the current one is what `path` links to."""
+    path = Path(path)
+    found = [*path.parent.glob(f"{path.name}.v*-*"), *path.parent.glob(f"{path.name}.old-*")]
+    return sorted((p for p in found if p.is_dir() and not p.is_symlink()), key=lambda p: p.stat().st_mtime)
+
+
 def write_dataset(
     path: str | Path,
     images: np.ndarray,
@@ -57,10 +68,9 @@ def write_dataset(
     keep_previous: int = 1,
     extra: dict[str, np.ndarray] | None = None,
 ) -> Path:
-    """Write the real dataset store atomically. An existing store at `path` is moved aside as
-    `<path>.old-<time>-<id>` (a unique name) and, once the new one is in place, only the newest `keep_previous`
-    such copies are kept; what crashed writers left beside `path` is removed first. `extra` arrays of one row per
-    sample (the stored grid's `affine`) are written beside the images, whole."""
+    """Write the real dataset store: a new build beside `path`, published by replacing the link `path` in one rename,
+    then only the newest `keep_previous` earlier builds are kept; what crashed writers left beside `path` is removed
+    first. `extra` arrays of one row per sample (the stored grid's `affine`) are written beside the images, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(path.parent)
@@ -77,7 +87,18 @@ def write_dataset(
             raise ValueError(f"{path}: {name} has {arr.shape[0]} rows, images {n}")
     if not np.isfinite(images).all():
         raise ValueError(f"{path}: images contain NaN/inf; fix the source files before ingesting")
-    with atomic_path(path) as tmp:
+    build = path.with_name(f"{path.name}.v{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
+    _write_build(build, images, labels, split, group, attrs, masks, extra)
+    _publish(path, build)
+    _prune(path, keep_previous)
+    return path
+
+
+def _write_build(build: Path, images: np.ndarray, labels: np.ndarray, split: np.ndarray, group: np.ndarray,
+                 attrs: dict[str, Any], masks: np.ndarray | None, extra: dict[str, np.ndarray] | None) -> None:
+    """One build of the store at `build`, appearing whole (built under a temporary name, flushed, renamed)."""
+    n = len(images)
+    with atomic_path(build) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         sample_chunk = (1, *images.shape[1:])
         root.create_array("images", data=images.astype(np.float32), chunks=sample_chunk)
@@ -93,11 +114,26 @@ def write_dataset(
                            "split_codes": SPLITS, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         for name in root.array_keys():
             root[name].attrs["chunk_bytes"] = _chunk_bytes(tmp / name)
-        if path.exists():
-            path.rename(path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"))
-    for old in sorted(path.parent.glob(f"{path.name}.old-*"), key=lambda p: p.stat().st_mtime)[:-keep_previous or None]:
+
+
+def _publish(path: Path, build: Path) -> None:
+    """Point the link `path` at `build` in one rename (made durable). A store of the layout before links (a
+    folder at `path`) is first moved aside as `<name>.old-*`: the one step, once per such store, with no store at
+    `path`."""
+    if path.exists() and not path.is_symlink():
+        path.rename(path.with_name(f"{path.name}.old-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"))
+    link = temporary_name(path)
+    os.symlink(build.name, link)
+    os.replace(link, path)
+    fsync_dir(path.parent)
+
+
+def _prune(path: Path, keep_previous: int) -> None:
+    """Remove all but the newest `keep_previous` builds that `path` does not link to."""
+    current = path.resolve()
+    earlier = [b for b in builds(path) if b.resolve() != current]
+    for old in earlier[:-keep_previous or None]:
         shutil.rmtree(old, ignore_errors=True)
-    return path
 
 
 def _chunk_files(array_dir: Path) -> list[Path]:
@@ -159,7 +195,8 @@ def open_store(path: str | Path) -> zarr.Group:
     path = Path(path)
     if not (path / "zarr.json").exists():
         raise FileNotFoundError(f"{path}: no Zarr v3 store here; run the ingest (or sample) stage first")
-    root = zarr.open_group(str(path), mode="r", zarr_format=3)
+    # the link resolved once: a long reader keeps reading the build it opened when a re-ingest moves the link
+    root = zarr.open_group(str(path.resolve()), mode="r", zarr_format=3)
     if "schema_version" not in root.attrs:
         raise ValueError(f"{path}: not a motfm store (no schema_version attribute)")
     _check_chunks(path, root)

@@ -132,8 +132,10 @@ class Sampler:
     copy guard's reference), the mask generator when masks are generated, and the sample config."""
 
     def __init__(self, checkpoint: str | Path, cfg: SampleConfig, device: str | torch.device = "cpu",
-                 mask_checkpoint: str | Path | None = None, copy_threshold: float | None = None) -> None:
-        self.model, self.meta = load_checkpoint(checkpoint, device)
+                 mask_checkpoint: str | Path | None = None, copy_threshold: float | None = None,
+                 sha256: dict[str, str] | None = None) -> None:
+        sha256 = sha256 or {}  # the checkpoints' hashes the version records: what is loaded must be those bytes
+        self.model, self.meta = load_checkpoint(checkpoint, device, sha256.get("checkpoint"))
         record = self.meta.get("autoencoder")
         self.codec = None if not record else LatentCodec.load(record, device)
         plan = plan_sampling(self.model.cfg, cfg, device)  # the batch that fits (samples do not depend on it)
@@ -154,7 +156,7 @@ class Sampler:
             if mask_checkpoint is None:
                 raise ValueError("sample.mask_source='generated' needs the mask generator's checkpoint (the "
                                  "train-masks stage)")
-            self.mask_model, _ = load_checkpoint(mask_checkpoint, device)
+            self.mask_model, _ = load_checkpoint(mask_checkpoint, device, sha256.get("mask_checkpoint"))
         self.source_index = cycle_by_class(self.labels, self.pool["labels"]) if self.masked else None
 
     def conditioning(self, positions: np.ndarray, seeds: np.ndarray) -> dict[str, np.ndarray]:
@@ -206,7 +208,8 @@ _SAMPLERS: dict[tuple, Sampler] = {}
 
 def _sampler_for(checkpoint: str, stamp: tuple, store: str, cfg: SampleConfig, device: str) -> Sampler:
     """One loaded sampler per worker process, store and config, reused by its shards (the last two are kept);
-    `stamp` (mtime, size of the checkpoint) makes a rewritten checkpoint load afresh."""
+    `stamp` (mtime, size of the checkpoint) makes a rewritten checkpoint load afresh, and what is loaded must be the
+    checkpoint the store records (its sha256), else every shard of the version is refused."""
     import zarr
 
     key = (checkpoint, stamp, store, json.dumps(asdict(cfg), sort_keys=True), device)
@@ -214,8 +217,9 @@ def _sampler_for(checkpoint: str, stamp: tuple, store: str, cfg: SampleConfig, d
         attrs = zarr.open_group(store, mode="r", zarr_format=3).attrs
         while len(_SAMPLERS) >= 2:
             _SAMPLERS.pop(next(iter(_SAMPLERS)))
+        hashes = {k: attrs[f"{k}_sha256"] for k in ("checkpoint", "mask_checkpoint") if attrs.get(f"{k}_sha256")}
         _SAMPLERS[key] = Sampler(checkpoint, cfg, device, attrs.get("mask_checkpoint") or None,
-                                 attrs.get("copy_threshold"))
+                                 attrs.get("copy_threshold"), hashes)
     return _SAMPLERS[key]
 
 

@@ -9,6 +9,8 @@ them. `model.pt` (the product) = EMA weights + model/train config + data fingerp
 from __future__ import annotations
 
 import copy
+import hashlib
+import io
 import logging
 import math
 import time
@@ -145,12 +147,23 @@ def train_mask_generator(data_path: str | Path, model_cfg: ModelConfig, cfg: Tra
     return train_flow_matching(data_path, model_cfg, cfg, out_dir, device, progress, target="masks", advance=advance)
 
 
-def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> tuple[VelocityUNet, dict[str, Any]]:
-    """EMA model (eval mode) and the checkpoint's metadata; needs no other file."""
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", sha256: str | None = None
+                    ) -> tuple[VelocityUNet, dict[str, Any]]:
+    """EMA model (eval mode) and the checkpoint's metadata; needs no other file. With `sha256`, the bytes loaded
+    are those the hash names (read once, hashed, then loaded), or a ValueError says the file changed."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"{path}: no checkpoint; run the train stage first")
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    if sha256 is None:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    else:
+        data = path.read_bytes()
+        found = hashlib.sha256(data).hexdigest()
+        if found != sha256:
+            raise ValueError(f"{path}: not the checkpoint this synthetic version records (sha256 {found[:12]}, "
+                             f"recorded {sha256[:12]}): it was replaced, e.g. by another run into the same folder; "
+                             "run the sampling stage again (it plans a version for the checkpoint there now)")
+        ckpt = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     stored: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()}
     cfg = ModelConfig(**stored)
     model = build_model(cfg).to(device)

@@ -206,3 +206,32 @@ def test_a_mistake_found_inside_the_flow_is_one_line_and_leaves_no_folder(tmp_pa
     assert "Traceback" not in bad.stderr + bad.stdout and "telemetry" not in bad.stderr + bad.stdout
     assert "distributed" not in bad.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_second_run_into_a_held_run_folder_is_refused_before_prefect_starts(tmp_path, capsys):
+    """Two runs into one run folder trained into the same checkpoints/ and moved each other's dataset aside; now
+    the folder is held by the run in it (a lock the kernel drops with the process) and a second one is refused."""
+    import signal
+    import textwrap
+
+    from flows.run import main
+
+    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent("""
+        import sys, time
+        from motfm_core.files import hold_folder
+        with hold_folder(sys.argv[1]):
+            print("held", flush=True)
+            time.sleep(600)
+    """), str(tmp_path / "out" / "t")], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(SystemExit) as e:
+            main([*TINY_ARGS, "--run-name", "t", "--output-root", str(tmp_path / "out")])
+        err = capsys.readouterr()
+        assert e.value.code == 2 and "Prefect database ready" not in err.out
+        errors = _errors(err.err)
+        assert len(errors) == 1 and errors[0].startswith(
+            f"motfm: error: {tmp_path / 'out' / 't'}: in use by another run (pid {holder.pid} on ")
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

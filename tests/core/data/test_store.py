@@ -13,6 +13,7 @@ from motfm_core.data import (
     write_dataset,
     write_shard,
 )
+from motfm_core.data.store import builds
 
 
 def _arrays(n=10, dims=2):
@@ -46,7 +47,7 @@ def test_rewrite_keeps_previous_store_and_rejects_nan(tmp_path):
         write_dataset(path, bad, labels, split, group, {})
     assert open_store(path).attrs["fingerprint"] == first  # untouched by the failed write
     write_dataset(path, images * 0.5, labels, split, group, {"class_names": ["a"]})
-    olds = list(tmp_path.glob("d.zarr.old-*"))
+    olds = [b for b in builds(path) if b.resolve() != path.resolve()]
     assert len(olds) == 1 and open_store(olds[0]).attrs["fingerprint"] == first
     assert not list(tmp_path.glob("*.tmp-*"))
 
@@ -212,11 +213,11 @@ def test_reingesting_within_a_second_keeps_one_previous_copy_and_sweeps_crash_le
     running.mkdir()
     for k in range(4):
         write_dataset(tmp_path / "d.zarr", images * (k + 1) / 4, labels, split, group, {"class_names": ["a"]})
-    olds = list(tmp_path.glob("d.zarr.old-*"))
+    olds = [b for b in builds(tmp_path / "d.zarr") if b.resolve() != (tmp_path / "d.zarr").resolve()]
     assert len(olds) == 1 and np.allclose(open_store(olds[0])["images"][:], images * 3 / 4)
     assert not crashed.exists() and running.exists()
     write_dataset(tmp_path / "d.zarr", images, labels, split, group, {"class_names": ["a"]}, keep_previous=0)
-    assert not list(tmp_path.glob("d.zarr.old-*"))
+    assert builds(tmp_path / "d.zarr") == [(tmp_path / "d.zarr").resolve()]
 
 
 def test_a_shard_written_twice_leaves_no_staging_folder(tmp_path):
@@ -273,3 +274,52 @@ def test_shard_data_reaches_the_disk_before_its_record(tmp_path, monkeypatch):
     events.clear()
     write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4), durable=False)
     assert all(kind == "rename" for kind, _ in events)
+
+
+@pytest.mark.parametrize("step", ["_write_build", "_publish", "_prune"])
+def test_a_reingest_that_fails_at_any_step_leaves_the_old_or_the_new_store(tmp_path, monkeypatch, step):
+    """The store is a link to a build: a failure while the new build is written, while the link is replaced or
+    while old builds are pruned leaves `d.zarr` readable, holding the old data or the new, never neither (it moved
+    the old store aside before renaming the new one in, and a second run found no store)."""
+    from motfm_core.data import store as store_module
+
+    images, labels, split, group = _arrays()
+    path = write_dataset(tmp_path / "d.zarr", images, labels, split, group, {"class_names": ["a"]})
+    old = open_store(path).attrs["fingerprint"]
+    real = getattr(store_module, step)
+
+    def fails_after(*args, **kwargs):
+        real(*args, **kwargs)
+        raise OSError(5, "Input/output error (injected)")
+
+    monkeypatch.setattr(store_module, step, fails_after)
+    with pytest.raises(OSError, match="injected"):
+        write_dataset(path, images * 0.5, labels, split, group, {"class_names": ["a"]})
+    now = open_store(path).attrs["fingerprint"]
+    assert now == old if step == "_write_build" else now != old  # the link moved in one step, or not at all
+    assert np.allclose(open_store(path)["images"][:], images * (1.0 if now == old else 0.5))
+    monkeypatch.setattr(store_module, step, real)
+    write_dataset(path, images * 0.25, labels, split, group, {"class_names": ["a"]})  # the next run recovers
+    assert np.allclose(open_store(path)["images"][:], images * 0.25) and len(builds(path)) == 2
+    assert not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_a_reader_keeps_the_build_it_opened_when_a_reingest_moves_the_link(tmp_path):
+    images, labels, split, group = _arrays()
+    path = write_dataset(tmp_path / "d.zarr", images, labels, split, group, {"class_names": ["a"]})
+    reader = open_store(path)
+    write_dataset(path, images * 0.5, labels, split, group, {"class_names": ["a"]})
+    assert np.allclose(reader["images"][:], images)  # not a mix of two builds
+    assert np.allclose(open_store(path)["images"][:], images * 0.5)
+
+
+def test_a_store_of_the_layout_before_links_is_moved_aside_and_kept(tmp_path):
+    images, labels, split, group = _arrays()
+    path = write_dataset(tmp_path / "d.zarr", images, labels, split, group, {"class_names": ["a"]})
+    legacy = path.resolve()
+    path.unlink()
+    legacy.rename(path)  # a dataset.zarr folder, as runs before this change wrote it
+    write_dataset(path, images * 0.5, labels, split, group, {"class_names": ["a"]})
+    assert path.is_symlink() and np.allclose(open_store(path)["images"][:], images * 0.5)
+    kept = [b for b in builds(path) if b.name.startswith("d.zarr.old-")]
+    assert len(kept) == 1 and np.allclose(open_store(kept[0])["images"][:], images)

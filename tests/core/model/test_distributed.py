@@ -193,3 +193,27 @@ def test_a_run_may_only_name_a_scheduler_its_worker_allows(monkeypatch):
     check_scheduler("tls://own:8786")
     with pytest.raises(ValueError, match="not a Dask scheduler"):
         check_scheduler("tcp://evil:8786")
+
+
+def test_a_version_samples_only_from_the_checkpoint_it_records(tiny_checkpoint, tmp_path):
+    """Two runs into one folder: the second replaced model.pt while the first's version was being sampled, and its
+    shards came from the replaced file under the first file's sha256. Now a shard loads the bytes the version's
+    hash names or refuses in one line."""
+    import shutil
+
+    import torch
+
+    from motfm_core.model.sampling import sample_shard
+
+    ckpt = tmp_path / "checkpoints" / "model.pt"
+    ckpt.parent.mkdir()
+    shutil.copy(tiny_checkpoint, ckpt)
+    cfg = SampleConfig(samples_per_class=2, shard_size=2, nfe=2, batch_size=2, reject_copies=False)
+    store, todo = prepare_version(ckpt, cfg, tmp_path / "synthetic")
+    assert sample_shard(ckpt, store, todo[0], cfg).count == 2  # the recorded checkpoint samples
+    other = torch.load(ckpt, weights_only=True)
+    other["ema"] = {k: v + 0.01 if v.is_floating_point() else v for k, v in other["ema"].items()}
+    torch.save(other, ckpt)  # another run's training replaced it
+    with pytest.raises(ValueError, match=r"model.pt: not the checkpoint this synthetic version records") as e:
+        sample_shard(ckpt, store, todo[1], cfg)
+    assert "\n" not in str(e.value)
