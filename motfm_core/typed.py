@@ -82,6 +82,8 @@ def check_choices(obj: Any, section: str) -> None:
     """Refuse a field whose value is not one of its `Literal` type's choices, naming the key and the choices."""
     hints = typing.get_type_hints(type(obj))  # resolved in the class's own module
     for f in fields(obj):
-        tp = hints[f.name]
-        if typing.get_origin(tp) is Literal and getattr(obj, f.name) not in get_args(tp):
-            raise ValueError(f"{section}.{f.name} must be one of {list(get_args(tp))}, got {getattr(obj, f.name)!r}")
+        tp, value = hints[f.name], getattr(obj, f.name)
+        # of the same type too: 3.0 == 3 would pass as a choice of [2, 3] and fail later as a float
+        if typing.get_origin(tp) is Literal and not any(value == c and type(value) is type(c) for c in get_args(tp)):
+            kind = f" ({type(value).__name__})" if value in get_args(tp) else ""
+            raise ValueError(f"{section}.{f.name} must be one of {list(get_args(tp))}, got {value!r}{kind}")

@@ -95,6 +95,12 @@ class PipelineConfig:
                              "factor that divides every side (1 = native size)")
         if latent:
             out.check_latent()
+        diffusion = out.sample.solver in ("ddpm", "ddim")
+        if diffusion != (out.model.prediction == "epsilon"):  # refused here, not after the whole training
+            fix = ("a flow-matching solver (euler, midpoint, heun, rk4, dopri5), or model.prediction='epsilon' for "
+                   "the DDPM baseline" if diffusion else "sample.solver 'ddpm' or 'ddim' for an epsilon model")
+            raise ValueError(f"sample.solver={out.sample.solver!r} cannot sample a model with model.prediction="
+                             f"{out.model.prediction!r}; use {fix}")
         if out.eval.ddpm_arms and out.model.prediction == "epsilon":
             raise ValueError("eval.ddpm_arms compares the flow-matching generator with a DDPM baseline, but "
                              "model.prediction='epsilon' makes the run's generator the DDPM; leave one of them unset")

@@ -37,7 +37,13 @@ CHUNK_BYTES = 128 * 1024  # per-chunk overhead dominates below this (one-sample 
 
 
 class StoreDamaged(ValueError):
-    """A synthetic store whose shards are unfinished, or whose recorded files are missing or truncated."""
+    """A synthetic store whose shards are unfinished, or whose recorded files are missing or truncated; or one read
+    under a lease that lapsed, or read after it was pruned."""
+
+
+# versions whose reader's lease lapsed (resolved path -> why), recorded by `versions.hold_version`: every read of
+# one fails loudly, since pruning may have deleted it under the reader
+LAPSED: dict[str, str] = {}
 
 
 def samples_per_chunk(sample_bytes: int, shard_size: int) -> int:
@@ -171,7 +177,19 @@ def incomplete_shards(path: str | Path) -> list[int]:
 
 def require_complete(path: str | Path) -> None:
     """Raise StoreDamaged (naming the store, the shard and the fix) unless every shard of a synthetic store is
-    complete with all of its files: a reader is never served a missing file as data."""
+    complete with all of its files: a reader is never served a missing file as data. A version read under a lease
+    that lapsed, or pruned, is refused saying so."""
+    lapsed = LAPSED.get(str(Path(path).resolve()))
+    if lapsed:
+        raise StoreDamaged(f"{path}: the lease held on it lapsed ({lapsed}), so pruning may have deleted it under "
+                           "this reader; open it again under a new hold_version, or read synthetic/latest")
+    if not (Path(path) / "zarr.json").exists():
+        pruned = Path(path).parent / ".pruned" / Path(path).name
+        if pruned.exists():
+            raise StoreDamaged(f"{path}: this version was pruned at {pruned.read_text().strip()} "
+                               "(sample.keep_versions keeps only the newest); read synthetic/latest, or hold a lease "
+                               "(hold_version) on a version while you read it")
+        raise FileNotFoundError(f"{path}: no synthetic store here; run the sample stage first")
     _, damaged, missing = shard_states(path)
     if damaged:
         i, why = next(iter(damaged.items()))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
 import shutil
 import socket
@@ -28,13 +29,16 @@ from pathlib import Path
 
 import zarr
 
-from motfm_core.data.synthetic import require_complete
+from motfm_core.data.synthetic import LAPSED, require_complete
 from motfm_core.files import atomic_path, fsync_dir, sweep_leftovers, temporary_name
 
-__all__ = ["create_version", "hold_version", "live_leases", "prune_versions", "publish_latest", "version_for",
-           "versions"]
+__all__ = ["create_version", "hold_version", "live_leases", "prune_versions", "publish_latest", "sweep_leases",
+           "version_for", "versions"]
+
+log = logging.getLogger(__name__)
 
 LEASE_SECONDS = 600.0  # a lease not renewed for this long (its process is gone) no longer protects its version
+RENEW_RETRIES = (0.5, 1.0, 2.0, 4.0)  # seconds before each retry of a failed renewal (a stale NFS handle, EIO)
 
 
 def versions(root: str | Path) -> list[Path]:
@@ -111,9 +115,28 @@ def hold_version(version: str | Path, seconds: float = LEASE_SECONDS) -> Iterato
             tmp.write_text(json.dumps({"expires": time.time() + seconds, "pid": os.getpid(),
                                        "host": socket.gethostname()}))
 
+    renewed = [time.time()]
+
+    def renew_or_retry() -> None:
+        """Renew, retrying a failure; a lease that could not be renewed before it expired is a lapse: recorded, so
+        every read of the version fails loudly from then on, and logged (never a silent end of the thread)."""
+        for wait in (0.0, *RENEW_RETRIES):
+            if wait and stop.wait(min(wait, seconds / 3)):
+                return
+            try:
+                renew()
+                renewed[0] = time.time()
+                return
+            except OSError as e:
+                error = e
+        log.error("lease on %s: renewal failed (%s); retrying", version, error)
+        if time.time() - renewed[0] >= seconds:
+            LAPSED[str(version)] = f"renewals failed for {time.time() - renewed[0]:.0f} s: {error}"
+            log.error("lease on %s lapsed: %s", version, LAPSED[str(version)])
+
     def keep_renewing() -> None:
         while not stop.wait(seconds / 3):
-            renew()
+            renew_or_retry()
 
     renew()
     thread = threading.Thread(target=keep_renewing, name=f"lease-{version.name}", daemon=True)
@@ -124,6 +147,7 @@ def hold_version(version: str | Path, seconds: float = LEASE_SECONDS) -> Iterato
         stop.set()
         thread.join()
         lease.unlink(missing_ok=True)
+        LAPSED.pop(str(version), None)  # the next hold starts a fresh lease
 
 
 def _retired_since(version: Path) -> float:
@@ -155,8 +179,26 @@ def prune_versions(root: str | Path, keep: int, grace: float = 24 * 3600.0) -> l
         fsync_dir(root)
         shutil.rmtree(doomed, ignore_errors=True)
         (root / ".retired" / old.name).unlink(missing_ok=True)
+        (root / ".pruned").mkdir(exist_ok=True)  # so a late reader is told which version went, and why
+        (root / ".pruned" / old.name).write_text(time.strftime("%Y-%m-%d %H:%M:%S"))
         deleted.append(old)
+    sweep_leases(root)
     return deleted
+
+
+def sweep_leases(root: str | Path, older_than: float = LEASE_SECONDS) -> list[Path]:
+    """Remove lease files expired for more than `older_than` seconds (their holders died without removing them);
+    returns what was removed."""
+    now, removed = time.time(), []
+    for lease in (Path(root) / ".leases").glob("*.json"):
+        try:
+            expires = float(json.loads(lease.read_text())["expires"])
+        except (OSError, ValueError, KeyError):
+            continue  # being written or removed right now
+        if now - expires > older_than:
+            lease.unlink(missing_ok=True)
+            removed.append(lease)
+    return removed
 
 
 def _number(version: Path) -> int:

@@ -315,8 +315,15 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
         feature_dim=int(feats["train"].shape[1]), nfe_curve=curve,
         arm_stores=arm_scores or None,
         reconstruction=reconstruction(images["test"], record, device) if record else None,
-        diversity={"synthetic": diversity(fake, fake_labels, downsample=factor),
-                   "real_train": diversity(images["train"], real["train"]["labels"], downsample=factor)})
+        diversity=_both(diversity(fake, fake_labels, downsample=factor),
+                        diversity(images["train"], real["train"]["labels"], downsample=factor)))
+
+
+def _both(synthetic: Diversity | None, real_train: Diversity | None) -> dict[str, Diversity] | None:
+    """The diversity pair the report compares, or None when either set has no two images of one class."""
+    if synthetic is None or real_train is None:
+        return None
+    return {"synthetic": synthetic, "real_train": real_train}
 
 
 def reconstruction(test: np.ndarray, record: dict[str, Any], device: torch.device | str = "cpu",
@@ -336,8 +343,9 @@ def reconstruction(test: np.ndarray, record: dict[str, Any], device: torch.devic
 
 
 def diversity(images: Any, labels: np.ndarray, pairs: int = 300, seed: int = 0, downsample: int = 1,
-              voxels: int = 2 ** 26) -> Diversity:
-    """Mean MS-SSIM over random same-class pairs (MONAI `MultiScaleSSIMMetric`); higher = less diverse.
+              voxels: int = 2 ** 26) -> Diversity | None:
+    """Mean MS-SSIM over random same-class pairs (MONAI `MultiScaleSSIMMetric`); higher = less diverse. None when no
+    class has two images (one sample per class: not enough samples to say).
 
     Up to three scales; the Gaussian window (odd, 3..7) and the number of scales shrink to fit small images
     (MONAI needs every side > (window - 1) * 2**(scales - 1), e.g. 8-slice volumes). Compare the synthetic
@@ -367,6 +375,8 @@ def diversity(images: Any, labels: np.ndarray, pairs: int = 300, seed: int = 0, 
         keep = i != j
         first.append(i[keep])
         second.append(j[keep])
+    if not first or not sum(len(i) for i in first):  # no class has two images: nothing to compare (a tiny run)
+        return None
     ia, ib = np.concatenate(first), np.concatenate(second)
     step = max(1, rows_per_batch(images) // 2)
     pool = (F.avg_pool2d if len(spatial) == 2 else F.avg_pool3d) if downsample > 1 else None

@@ -191,6 +191,8 @@ def coverage_lines(report: Report) -> list[str]:
         s_, r_ = d["synthetic"].ms_ssim, d["real_train"].ms_ssim
         out[-1] += (f" Intra-class similarity (mean MS-SSIM of same-class pairs, lower = more diverse): synthetic "
                     f"{s_:.3f} vs real {r_:.3f} ({(s_ - r_) / r_:+.0%}).")
+    else:
+        out[-1] += " Intra-class similarity: not enough samples (no class has two images to compare)."
     if syn.swd and base.swd:
         out[-1] += f" Fine-detail SWD {syn.swd['level0']:.0f} (real train vs test {base.swd['level0']:.0f});"
     out[-1] += (f" FID {syn.fid:.3f} (real train vs test {base.fid:.3f}; in-domain features: blind to "

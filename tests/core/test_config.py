@@ -88,3 +88,19 @@ def test_the_flow_parameters_default_to_the_config_defaults():
     assert defaults["model_size"] == ModelConfig().size and defaults["solver"] == SampleConfig().solver
     assert defaults["nfe"] == SampleConfig().nfe and defaults["samples_per_class"] == SampleConfig().samples_per_class
     assert tuple(defaults["seeds"]) == EvalConfig().seeds and defaults["mask_conditioning"] == FLOW_MASK_CONDITIONING
+
+
+def test_settings_a_later_stage_would_refuse_are_refused_at_load():
+    """A flow-matching run with a diffusion sampler was refused in the sampling stage, after the whole training;
+    spatial_dims=3.0 passed the choice check (3.0 == 3) and failed later as a float."""
+    from motfm_core.config import PipelineConfig
+
+    with pytest.raises(ValueError, match=r"sample.solver='ddim' cannot sample a model with model.prediction="
+                                         r"'velocity'; use a flow-matching solver"):
+        PipelineConfig.from_overrides({"sample": {"solver": "ddim"}})
+    with pytest.raises(ValueError, match=r"sample.solver='euler' cannot sample .*'epsilon'; use sample.solver "
+                                         r"'ddpm' or 'ddim'"):
+        PipelineConfig.from_overrides({"model": {"prediction": "epsilon"}})
+    assert PipelineConfig.from_overrides({"model": {"prediction": "epsilon"}, "sample": {"solver": "ddim"}})
+    with pytest.raises(ValueError, match=r"data.spatial_dims must be one of \[2, 3\], got 3.0 \(float\)"):
+        PipelineConfig.from_overrides({"data": {"spatial_dims": 3.0}})

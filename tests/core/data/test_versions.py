@@ -72,3 +72,51 @@ def test_a_lease_is_renewed_while_held_and_expires_when_its_holder_is_gone(tmp_p
     stale = root / ".leases" / "v0001.zarr.dead-1@elsewhere.json"
     stale.write_text(json.dumps({"expires": time.time() - 1}))
     assert not live_leases(v1)
+
+
+def test_a_lease_whose_renewals_fail_is_retried_and_a_lapse_fails_the_next_read_loudly(tmp_path, monkeypatch,
+                                                                                         caplog):
+    """One failed renewal (a stale NFS handle) ended the renewal thread silently; the lease expired while held and
+    prune_versions(keep=1, grace=0) deleted the version under its reader. Now failures are retried and logged, and
+    a lease that lapses anyway makes every read of the version fail, saying so."""
+    import pytest
+
+    from motfm_core.data import versions as versions_module
+    from motfm_core.data.synthetic import StoreDamaged, open_synthetic
+
+    root = tmp_path / "synthetic"
+    old = _version(root, "old")
+    real_atomic = versions_module.atomic_path
+    failing = {"on": False, "calls": 0}
+
+    def flaky(path):
+        if failing["on"] and str(path).endswith(".json"):
+            failing["calls"] += 1
+            raise OSError(116, "Stale file handle (injected)")
+        return real_atomic(path)
+
+    monkeypatch.setattr(versions_module, "RENEW_RETRIES", (0.01, 0.01))
+    monkeypatch.setattr(versions_module, "atomic_path", flaky)
+    with caplog.at_level("ERROR", logger="motfm_core.data.versions"):
+        with hold_version(old, seconds=0.3) as held:
+            failing["on"] = True
+            time.sleep(0.8)  # renewals every 0.1 s fail: the 0.3 s lease lapses
+            assert failing["calls"] >= 3  # retried, not given up after one failure
+            publish_latest(_version(root, "new"), keep=1, grace=0.0)  # the lapsed lease no longer protects it
+            with pytest.raises(StoreDamaged, match=r"the lease held on it lapsed \(renewals failed"):
+                open_synthetic(held)
+    assert "renewal failed" in caplog.text and "lapsed" in caplog.text
+    with pytest.raises(StoreDamaged, match=r"v0001.zarr: this version was pruned at .*\(sample.keep_versions"):
+        open_synthetic(old)  # a later reader is told which version went, and why (it used to be KeyError: 'images')
+
+
+def test_expired_leases_of_dead_readers_are_swept(tmp_path):
+    from motfm_core.data.versions import sweep_leases
+
+    root = tmp_path / "synthetic"
+    v = _version(root, "a")
+    (root / ".leases").mkdir(exist_ok=True)
+    dead = root / ".leases" / f"{v.name}.deadbeef-1@host.json"
+    dead.write_text(json.dumps({"expires": time.time() - 3600, "pid": 1, "host": "host"}))
+    with hold_version(v):
+        assert sweep_leases(root) == [dead] and len(live_leases(v)) == 1  # a live lease stays

@@ -174,3 +174,12 @@ def test_density_and_coverage_follow_the_published_formulas():
     assert precision_recall(real, fake, k=3)["precision"] == 1.0  # fooled: all inside the outlier's ball
     dc = density_coverage(real, fake, k=3)
     assert dc["density"] == pytest.approx(1 / 3) and dc["coverage"] == pytest.approx(1 / 101)
+
+
+def test_diversity_with_one_image_per_class_says_there_is_nothing_to_compare():
+    """A run with one sample per class ended in 'need at least one array to concatenate' after its training."""
+    from motfm_core.evaluation.quality import diversity
+
+    images = np.random.RandomState(0).rand(3, 1, 16, 16).astype(np.float32)
+    assert diversity(images, np.array([0, 1, 2])) is None
+    assert diversity(images, np.array([0, 0, 1])) is not None
