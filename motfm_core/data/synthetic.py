@@ -247,6 +247,7 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
         target = shard_file(path / name, index)
         if target.exists():
             sync_file(target)  # the data on disk before the record that says it is there
+            sync_dir(target.parent)  # and the rename that put it there
             files[target.relative_to(path).as_posix()] = target.stat().st_size
         else:  # all fill value: zarr stores no file
             files[target.relative_to(path).as_posix()] = 0

@@ -78,7 +78,22 @@ def create_version(root: str | Path, run_key: str, create: Callable[[Path], Path
     root = Path(root)
     with _locked(root):
         sweep_leftovers(root)
-        return create(version_for(root, run_key))
+        version = version_for(root, run_key)
+        return create(version if version.exists() else _reserve(version))
+
+
+def _reserve(version: Path) -> Path:
+    """`version`'s number, or the next free one, taken by an exclusive mkdir of `.numbers/vNNNN` (atomic on NFS,
+    where the folder's flock may be local to each machine): two runs never build the same version."""
+    numbers = version.parent / ".numbers"
+    numbers.mkdir(exist_ok=True)
+    number = _number(version)
+    while True:
+        try:
+            os.mkdir(numbers / f"v{number:04d}")
+            return version.parent / f"v{number:04d}.zarr"
+        except FileExistsError:
+            number += 1
 
 
 def _lease_dir(version: Path) -> Path:

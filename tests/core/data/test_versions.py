@@ -120,3 +120,14 @@ def test_expired_leases_of_dead_readers_are_swept(tmp_path):
     dead.write_text(json.dumps({"expires": time.time() - 3600, "pid": 1, "host": "host"}))
     with hold_version(v):
         assert sweep_leases(root) == [dead] and len(live_leases(v)) == 1  # a live lease stays
+
+
+def test_a_version_number_taken_elsewhere_is_never_built_twice(tmp_path):
+    """Numbers are taken by an exclusive mkdir (atomic on NFS, where another machine's flock may not be seen): a
+    number another run took (even one that crashed before building it) is skipped."""
+    root = tmp_path / "synthetic"
+    (root / ".numbers").mkdir(parents=True)
+    (root / ".numbers" / "v0001").mkdir()  # another machine's run took v0001 and has not built it yet
+    first = _version(root, "a")
+    assert first.name == "v0002.zarr"
+    assert _version(root, "b").name == "v0003.zarr" and _version(root, "a") == first  # resumed, not renumbered
