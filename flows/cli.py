@@ -16,6 +16,7 @@ import os
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 # bad input or settings: the message names the file or key and the fix; a retry cannot help
 __all__ = ["prefect_ready", "quiet_console", "quiet_libraries", "STARTUP_TIMEOUT_S", "USER_ERRORS"]
@@ -104,9 +105,12 @@ def prefect_ready(say=print) -> Iterator[float]:
     """Prepare Prefect's embedded mode for a first run: migrate its SQLite database now (idempotent; on a fresh
     PREFECT_HOME this is what made the ephemeral server miss its start-up deadline) and allow the server
     STARTUP_TIMEOUT_S to start. Yields the seconds the migration took."""
+    import fcntl
+
     from prefect.server.database import provide_database_interface
     from prefect.settings import (
         PREFECT_API_URL,
+        PREFECT_HOME,
         PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS,
         temporary_settings,
     )
@@ -114,7 +118,13 @@ def prefect_ready(say=print) -> Iterator[float]:
     seconds = 0.0
     if not PREFECT_API_URL.value():  # embedded mode: the database is ours to prepare
         t0 = time.perf_counter()
-        asyncio.run(provide_database_interface().create_db())
+        home = Path(PREFECT_HOME.value())
+        home.mkdir(parents=True, exist_ok=True)
+        # one migration at a time: two first runs at once both migrated a fresh database and one died on
+        # "duplicate column name"; the second now waits, then finds it migrated
+        with open(home / ".motfm-migrate.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            asyncio.run(provide_database_interface().create_db())
         seconds = time.perf_counter() - t0
         say(f"motfm: Prefect database ready in {seconds:.1f}s")
     with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: STARTUP_TIMEOUT_S}):

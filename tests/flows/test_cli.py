@@ -235,3 +235,17 @@ def test_a_second_run_into_a_held_run_folder_is_refused_before_prefect_starts(tm
     finally:
         holder.send_signal(signal.SIGKILL)
         holder.wait()
+
+
+def test_two_first_runs_at_once_both_find_the_database_migrated(tmp_path):
+    """Two runs started at once on a fresh Prefect home both migrated its SQLite database, and one died with
+    'duplicate column name: capabilities' (2 of 3 trials); the migration is now taken one at a time."""
+    home = tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    code = "from flows.cli import prefect_ready\nwith prefect_ready():\n    pass\n"
+    runs = [subprocess.Popen([sys.executable, "-c", code], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    results = [(r.wait(timeout=300), r.stdout.read(), r.stderr.read()) for r in runs if r.stdout and r.stderr]
+    assert [rc for rc, _, _ in results] == [0, 0, 0], [err[-2000:] for _, _, err in results]
+    assert all("Prefect database ready" in out for _, out, _ in results)
