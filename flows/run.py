@@ -13,7 +13,7 @@ from flows.arguments import parse_cli
 from flows.cli import USER_ERRORS, prefect_ready, quiet_console, quiet_libraries
 from flows.synth_and_eval import build_config, enhance_configs, synth_and_eval
 from motfm_core.data.ingest import check_source
-from motfm_core.files import FolderBusy, folder_holder
+from motfm_core.files import FolderBusy, disk_full_line, folder_holder, is_out_of_disk
 from motfm_core.model.memory import plan_run
 
 __all__ = ["check_before_start", "main"]
@@ -49,6 +49,11 @@ def main(argv: list[str] | None = None) -> None:
         if a.debug:
             raise
         print(f"motfm: error: {e}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as e:
+        if a.debug or not is_out_of_disk(e):
+            raise
+        print(f"motfm: error: {disk_full_line(e, Path(a.output_root).resolve() / a.run_name)}", file=sys.stderr)
         sys.exit(2)
     print(f"\nDone in {time.time() - t0:.0f}s. Outputs in {Path(report).parent}/:")
     print(f"  report     {report}  (and report.json, samples.png, gains.png, training.png, closest_pairs.png)")

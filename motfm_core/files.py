@@ -5,6 +5,7 @@ Content hashes of files live here too, as every stage keys its outputs on them."
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import json
 import os
@@ -17,8 +18,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FolderBusy", "atomic_path", "file_sha256", "folder_holder", "fsync_dir", "fsync_tree", "hold_folder",
-           "HOLD_FILE", "sweep_leftovers", "system_error", "temporary_name", "write_json_atomic"]
+__all__ = ["atomic_path", "disk_full_line", "file_sha256", "folder_holder", "FolderBusy", "fsync_dir", "fsync_tree",
+           "HOLD_FILE", "hold_folder", "is_out_of_disk", "sweep_leftovers", "system_error", "temporary_name",
+           "write_json_atomic"]
 
 
 def temporary_name(path: str | Path) -> Path:
@@ -191,3 +193,29 @@ def hold_folder(folder: str | Path, what: str = "run") -> Iterator[Path]:
         yield folder
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would race a process opening it)
+
+
+DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, disk quota exceeded
+
+
+def is_out_of_disk(error: BaseException | None) -> bool:
+    """Whether `error` (or what it was raised from) is a full disk or quota: never transient, a retry writes the
+    same bytes into the same full disk."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, OSError) and error.errno in DISK_FULL:
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def disk_full_line(error: BaseException, fallback: str | Path = ".") -> str:
+    """The one line a full disk ends a run with: where, how much is free there, and the fix."""
+    where = Path(getattr(error, "filename", None) or fallback)
+    probe = where
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free / 2 ** 20
+    return (f"out of disk space at {where} ({free:.0f} MB free there); free space, or use --output-root on a disk "
+            "with room; the run resumes where it stopped")

@@ -42,9 +42,11 @@ def progress_bar(description: str, every: float = 5.0) -> Callable[[float], None
 
 def transient(task, task_run, state) -> bool:  # Prefect's retry_condition_fn signature; only `state` is read
     """Retry only what a second attempt can fix: OSError (disk, network) and RuntimeError (CUDA, Dask), but
-    not a missing or unreadable path, and never running out of memory (the same step needs the same memory)."""
+    not a missing or unreadable path, and never running out of memory or disk (the same step needs the same memory,
+    and writes the same bytes)."""
+    from motfm_core.files import is_out_of_disk
     from motfm_core.model.memory import is_out_of_memory
 
     error = state.result(raise_on_failure=False)
-    return isinstance(error, (OSError, RuntimeError)) and not is_out_of_memory(error) and not isinstance(
-        error, (FileNotFoundError, NotADirectoryError, PermissionError))
+    return isinstance(error, (OSError, RuntimeError)) and not is_out_of_memory(error) and not is_out_of_disk(
+        error) and not isinstance(error, (FileNotFoundError, NotADirectoryError, PermissionError))

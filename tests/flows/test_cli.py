@@ -249,3 +249,27 @@ def test_two_first_runs_at_once_both_find_the_database_migrated(tmp_path):
     results = [(r.wait(timeout=300), r.stdout.read(), r.stderr.read()) for r in runs if r.stdout and r.stderr]
     assert [rc for rc, _, _ in results] == [0, 0, 0], [err[-2000:] for _, _, err in results]
     assert all("Prefect database ready" in out for _, out, _ in results)
+
+
+def test_a_full_disk_ends_the_run_in_one_line_and_is_not_retried(tmp_path, capsys, monkeypatch):
+    """A full disk printed Dask's and Prefect's failure blocks, retried twice after 10 s and 60 s, and ended in an
+    85-line traceback; now it is never retried and ends in one line with where, how much is free, and the fix."""
+    import errno
+
+    from flows.run import main
+    from motfm_core.data import store
+
+    calls = []
+
+    def full(build, *args, **kwargs):
+        calls.append(build)
+        raise OSError(errno.ENOSPC, "No space left on device", str(build))
+
+    monkeypatch.setattr(store, "_write_build", full)
+    with pytest.raises(SystemExit) as e:
+        main([*TINY_ARGS, "--run-name", "t", "--output-root", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "Traceback" not in err and len(calls) == 1  # not retried
+    errors = _errors(err)
+    assert len(errors) == 1 and errors[0].startswith(f"motfm: error: out of disk space at {calls[0]} (")
+    assert "MB free there); free space, or use --output-root on a disk with room; the run resumes" in errors[0]
