@@ -45,13 +45,16 @@ class TrainingPlan:
     budget_from: str
     channels: tuple[int, ...]
     attention: str
+    ranks: int = 1  # data-parallel ranks sharing this device's memory (CPU: every rank is a process here)
 
     def line(self) -> str:
         ckpt = ", gradient checkpointing on" if self.gradient_checkpointing else ""
         data = f" + {self.data_gb:.2f} GB training set" if self.data_gb else ""
+        ranks = f", x {self.ranks} ranks on this machine" if self.ranks > 1 else ""
         return (f"{self.params / 1e6:.1f}M parameters, channels {'/'.join(map(str, self.channels))}, attention "
                 f"{self.attention}; a training step: {self.tflop_per_step:.3f} TFLOP, peak {self.step_gb:.2f} GB{data} "
-                f"at batch {self.batch}{ckpt}; {self.device}: {self.budget_gb:.1f} GB to use ({self.budget_from})")
+                f"at batch {self.batch}{ckpt}{ranks}; {self.device}: {self.budget_gb:.1f} GB to use "
+                f"({self.budget_from})")
 
 
 def _attention_text(cfg: ModelConfig) -> str:
@@ -83,16 +86,19 @@ def plan_training(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.
         t = trace_training(model_cfg, train_cfg, kind, checkpointing)
         return float(t.peak), t.flops, t.params
 
+    # a trace is one rank's step; CPU data-parallel ranks are processes of this machine, each with its own copy of
+    # the model, optimizer, activations and training set (on CUDA each rank has a device of its own)
+    ranks = train_cfg.devices if kind == "cpu" else 1
     mode = model_cfg.gradient_checkpointing
     ckpt = mode == "on"
     need, flops, params = traced(ckpt)
-    if mode == "auto" and need + data_bytes > budget:
+    if mode == "auto" and ranks * (need + data_bytes) > budget:
         with_ckpt = traced(True)
         if with_ckpt[0] < need:
             (need, flops, params), ckpt = with_ckpt, True
     plan = TrainingPlan(str(dev), params, train_cfg.batch_size, flops / 1e12, need / GB, data_bytes / GB, ckpt,
-                        budget / GB, where, tuple(model_cfg.channels), _attention_text(model_cfg))
-    if need + data_bytes > budget:
+                        budget / GB, where, tuple(model_cfg.channels), _attention_text(model_cfg), ranks)
+    if ranks * (need + data_bytes) > budget:
         fixes = [f"a smaller train.batch_size (now {train_cfg.batch_size}; memory grows about linearly with it)"]
         if not ckpt:
             fixes.append("model.gradient_checkpointing=on")
@@ -100,8 +106,10 @@ def plan_training(model_cfg: ModelConfig, train_cfg: TrainConfig, device: torch.
             fixes.append("a smaller model.size")
         held = f" + {plan.data_gb:.1f} GB training set" if data_bytes else ""
         raise MemoryPlanError(
-            f"train: a training step needs about {plan.step_gb:.1f} GB{held} on {dev} but {budget / GB:.1f} GB is "
-            f"there ({where}); use " + ", or ".join(fixes) + " (train.memory_gb plans for another device)")
+            f"train: a training step needs about {plan.step_gb:.1f} GB{held}"
+            + (f" in each of {ranks} ranks" if ranks > 1 else "") + f" on {dev} but {budget / GB:.1f} GB is "
+            f"there ({where}); use " + ", or ".join(fixes + (["fewer train.devices"] if ranks > 1 else []))
+            + " (train.memory_gb plans for another device)")
     return plan
 
 

@@ -170,3 +170,16 @@ def test_the_trace_cache_is_bounded_and_keeps_the_most_recent(monkeypatch):
     assert len(trace._TRACES) == 2
     assert trace_sampling(cfg, SampleConfig(batch_size=1)) is first
     assert not any('"batch_size": 2' in key for key in trace._TRACES)
+
+
+def test_cpu_data_parallel_ranks_are_all_counted_against_the_machine():
+    """One rank was traced and compared with the whole machine's memory, while every CPU rank is a process with
+    its own model, optimizer and activations: two ranks that do not fit were planned as fitting."""
+    cfg = ModelConfig(image_size=32, channels=(16, 16, 16), attention_levels=(False, False, False),
+                      num_head_channels=8, num_classes=2, gradient_checkpointing="off")
+    rank = plan_training(cfg, TrainConfig(batch_size=8, devices=2, memory_gb=100.0), "cpu")
+    assert rank.ranks == 2 and "x 2 ranks on this machine" in rank.line()
+    budget = 1.5 * rank.step_gb  # room for one rank's step (all the old plan compared), not for both
+    with pytest.raises(MemoryPlanError, match=r"in each of 2 ranks on cpu .* fewer train.devices"):
+        plan_training(cfg, TrainConfig(batch_size=8, devices=2, memory_gb=budget), "cpu")
+    assert plan_training(cfg, TrainConfig(batch_size=4, devices=1, memory_gb=budget), "cpu").ranks == 1
