@@ -116,6 +116,13 @@ class PipelineConfig:
                              "generator would train in pixel space); use 'deformed' or 'train'")
         if self.train.reflow_from:
             raise ValueError("train.reflow_from: reflow is not supported with model.space='latent'; leave it empty")
+        if self.autoencoder.checkpoint and self.eval.real_fractions and not self.autoencoder.share_checkpoint:
+            shares = list(self.eval.real_fractions)
+            raise ValueError(f"autoencoder.checkpoint serves every generator, so the low-data generators (eval."
+                             f"real_fractions={shares}) would encode with an autoencoder trained on more than their "
+                             "share: not leak-free. Leave autoencoder.checkpoint empty (each generator trains its "
+                             "own), leave eval.real_fractions empty, or set autoencoder.share_checkpoint=true to "
+                             "accept it (the report then says so)")
         if self.eval.ddpm_arms:
             raise ValueError("eval.ddpm_arms: the DDPM baseline trains in pixel space, not on the latents; leave it "
                              "empty with model.space='latent'")

@@ -124,6 +124,9 @@ class AutoencoderConfig:
     tile: int = 0
     tile_overlap: float = 0.25
     checkpoint: str = ""  # a trained autoencoder.pt to use instead of training one (same data and image size)
+    # with autoencoder.checkpoint and low-data arms (eval.real_fractions): let every low-data generator use that
+    # one autoencoder, trained on more than its share, so those arms are not leak-free (the report says so)
+    share_checkpoint: bool = False
     checkpoint_every: int = 250
     seed: int = 0
 

@@ -267,6 +267,17 @@ def _nfe_curve_lines(q: Quality) -> list[str]:
                                    "ms/img)" for r in q.nfe_curve) + "."]
 
 
+def _shared_autoencoder_line(config: dict[str, Any]) -> list[str]:
+    """A warning when the low-data generators shared a given autoencoder (autoencoder.share_checkpoint)."""
+    ae, fractions = config.get("autoencoder") or {}, (config.get("eval") or {}).get("real_fractions") or []
+    if not (ae.get("checkpoint") and ae.get("share_checkpoint") and fractions
+            and (config.get("model") or {}).get("space") == "latent"):
+        return []
+    return [f"- **not leak-free:** the low-data generators ({', '.join(f'{f:g}' for f in fractions)} of the real "
+            f"train split) encoded with the given autoencoder {ae['checkpoint']}, trained on more than their share "
+            "(autoencoder.share_checkpoint)"]
+
+
 def render_markdown(report: Report, grid_name: str, gains_png: str | None = None, loss_png: str | None = None
                     ) -> str:
     """report.md: verdict first, then sizes, metrics per arm, timing, configuration."""
@@ -290,6 +301,7 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
         f"{ev.sizes.real_test} real images, {data.sample_shape} each; classes {data.class_names}"
         + (f"; channels {data.channel_names}" if data.channel_names else ""),
         *(f"- **data note:** {note}" for note in data.notes),
+        *_shared_autoencoder_line(report.config),
         f"- synthetic: {sampling.num_samples} images, solver {sampling.solver}, NFE {sampling.nfe}, "
         f"{sampling.seconds_per_image * 1e3:.1f} ms per image on {sampling.device}; {ev.sizes.synthetic_added} "
         "added to the real training set",

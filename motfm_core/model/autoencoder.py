@@ -33,7 +33,7 @@ __all__ = ["build_autoencoder", "config_of", "kl_loss", "load_autoencoder", "pat
 
 log = logging.getLogger(__name__)
 # the settings that change neither the trained weights nor what they encode: not in the stage's key
-KEY_EXEMPT = ("tile", "tile_overlap", "checkpoint", "checkpoint_every")
+KEY_EXEMPT = ("tile", "tile_overlap", "checkpoint", "checkpoint_every", "share_checkpoint")
 
 
 def build_autoencoder(cfg: AutoencoderConfig, spatial_dims: int, in_channels: int) -> AutoencoderKL:

@@ -20,7 +20,7 @@ from monai.networks.nets import AutoencoderKL
 
 from motfm_core.config import AutoencoderConfig
 from motfm_core.data.rows import take_rows
-from motfm_core.data.store import SPLITS, open_store
+from motfm_core.data.store import SPLITS, open_store, stratified_subset
 from motfm_core.device import default_device
 from motfm_core.files import atomic_path, file_sha256
 from motfm_core.model.autoencoder import config_of, load_autoencoder
@@ -34,21 +34,27 @@ log = logging.getLogger(__name__)
 
 def encode_train_split(data_path: str | Path, autoencoder: str | Path, cfg: AutoencoderConfig,
                        device: str | torch.device | None = None,
-                       progress: Callable[[str], None] | None = None) -> Path:
-    """The train split of `data_path` as latents of unit variance (masks on the latent grid, `latent_masks`) in
-    `<autoencoder's folder>/latents.zarr`, encoded once per autoencoder and dataset. Its attrs hold the `record` a
-    latent checkpoint keeps to decode (autoencoder path and sha256, the latents' mean and scale, cfg's window)."""
+                       progress: Callable[[str], None] | None = None, real_fraction: float = 1.0,
+                       subset_seed: int = 0, out_dir: str | Path | None = None) -> Path:
+    """The generator's share of the train split of `data_path` (`real_fraction`, class-stratified by `subset_seed`:
+    a low-data generator's latents and their statistics come from its own share only) as latents of unit variance
+    (masks on the latent grid, `latent_masks`) in `<out_dir>/latents.zarr` (default: beside the autoencoder),
+    encoded once per autoencoder, dataset and share, with `indices` into the train split. Its attrs hold the
+    `record` a latent checkpoint keeps to decode (autoencoder path and sha256, the latents' mean and scale, cfg's
+    window)."""
     say = progress or log.info
     root = open_store(data_path)
     sha = file_sha256(autoencoder)
-    key = f"{sha[:16]}-{root.attrs['fingerprint'][:16]}"
-    out = Path(autoencoder).parent / "latents.zarr"
+    key = f"{sha[:16]}-{root.attrs['fingerprint'][:16]}-{real_fraction:g}-{subset_seed}"
+    out = Path(out_dir or Path(autoencoder).parent) / "latents.zarr"
     if (out / "zarr.json").exists() and zarr.open_group(str(out), mode="r").attrs.get("key") == key:
         return out
     dev = default_device(device)
     ae, meta = load_autoencoder(autoencoder, dev)
     codec = LatentCodec(ae, replace(config_of(meta), tile=cfg.tile, tile_overlap=cfg.tile_overlap), 0.0, 1.0)
     rows = np.nonzero(root["split"][:] == SPLITS["train"])[0]
+    indices = stratified_subset(np.asarray(root["labels"][:])[rows], real_fraction, subset_seed)
+    rows = rows[indices]
     t0, latents = time.time(), []
     for i in range(0, len(rows), 8):
         latents.append(codec.encode(torch.from_numpy(take_rows(root["images"], rows[i:i + 8])).to(dev)).cpu())
@@ -65,6 +71,7 @@ def encode_train_split(data_path: str | Path, autoencoder: str | Path, cfg: Auto
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
         group.create_array("images", data=z, chunks=(1, *z.shape[1:]))
         group.create_array("labels", data=np.asarray(root["labels"][:])[rows].astype(np.int64))
+        group.create_array("indices", data=indices.astype(np.int64))
         if "masks" in root.array_keys():
             classes = len(root.attrs.get("mask_names", [])) or int(np.asarray(root["masks"][:]).max()) + 1
             masks = np.concatenate([latent_masks(take_rows(root["masks"], rows[i:i + 8]), codec.factor, classes)

@@ -114,14 +114,14 @@ def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images"
     (`stratified_subset`, seeded by `cfg.subset_seed`), with `indices` into the train split. target="masks"
     gives the one-hot masks as images; `latents` (`encode_train_split`'s store of the train split) gives the
     images' latents and masks on the latent grid instead."""
-    if latents is not None:
+    if latents is not None:  # encoded from this generator's share alone (`encode_train_split`), with its indices
         z = zarr.open_group(str(latents), mode="r", zarr_format=3)
-        data = {name: np.asarray(z[name][:]) for name in z.array_keys()}
+        data = out = {name: np.asarray(z[name][:]) for name in z.array_keys()}
     else:
         data = load_split(data_path, "train")
-    idx = stratified_subset(data["labels"], cfg.real_fraction, cfg.subset_seed)
-    out = {k: v[idx] for k, v in data.items()}
-    out["indices"] = idx
+        idx = stratified_subset(data["labels"], cfg.real_fraction, cfg.subset_seed)
+        out = {k: v[idx] for k, v in data.items()}
+        out["indices"] = idx
     if target == "masks":
         if "masks" not in out:
             raise ValueError(f"{data_path}: a mask generator needs a dataset with masks; this one has none")
@@ -210,7 +210,8 @@ def train_flow_matching(
     dev = default_device(device)
     latents = None
     if autoencoder is not None:
-        latents = encode_train_split(data_path, autoencoder, autoencoder_cfg or AutoencoderConfig(), dev, say)
+        latents = encode_train_split(data_path, autoencoder, autoencoder_cfg or AutoencoderConfig(), dev, say,
+                                     cfg.real_fraction, cfg.subset_seed, out_dir)
     plan = plan_training(model_cfg, cfg, dev, training_bytes(data_path, cfg, model_cfg, target))
     say(f"train: plan: {plan.line()}")
     model_cfg = replace(model_cfg, gradient_checkpointing="on" if plan.gradient_checkpointing else "off")

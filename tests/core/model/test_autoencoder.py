@@ -149,6 +149,9 @@ def test_latent_model_trains_and_samples_image_space_shards(phantom_store, tiny_
     ({"sample": {"mask_source": "generated"}}, "sample.mask_source='generated' is not supported"),
     ({"train": {"reflow_from": "x.pt"}}, "train.reflow_from"),
     ({"data": {"voxel_mm": 1}}, "data.voxel_mm=1 applies to brain-mri 3D blocks only"),
+    # a given autoencoder serves every generator: the low-data ones would not be leak-free
+    ({"autoencoder": {"checkpoint": "ae.pt"}, "eval": {"real_fractions": [0.25]}},
+     "autoencoder.checkpoint serves every generator, so the low-data generators (eval.real_fractions="),
 ])
 def test_latent_settings_that_cannot_apply_are_refused(overrides, message):
     merged = {"model": {"space": "latent"}, **{k: v for k, v in overrides.items() if k != "model"}}
@@ -205,3 +208,31 @@ def test_reconstruction_scores_are_the_autoencoders_own(phantom_store, tiny_auto
     mse = (codec.decode(codec.encode(x)) - x).pow(2).flatten(1).mean(1)
     assert r.images == 5 and abs(r.psnr - float((10 * torch.log10(1 / mse)).mean())) < 1e-3
     assert -1 <= r.ssim <= 1 and r.swd_fine > 0  # (a 60-step autoencoder on 16 px phantoms: SSIM near 0)
+
+
+def test_a_low_data_generator_encodes_and_scales_its_own_share_only(phantom_store, tiny_autoencoder, tmp_path):
+    """The latent mean and scale came from the whole train split, and latents.zarr was shared beside the
+    autoencoder: a low-data generator's latents held what it must not see."""
+    from motfm_core.data.store import SPLITS, open_store, stratified_subset
+
+    cfg = AutoencoderConfig(**TINY_AE)
+    whole = encode_train_split(phantom_store, tiny_autoencoder, cfg, out_dir=tmp_path / "all")
+    share = encode_train_split(phantom_store, tiny_autoencoder, cfg, real_fraction=0.5, subset_seed=3,
+                               out_dir=tmp_path / "half")
+    assert share == tmp_path / "half" / "latents.zarr" and whole != share
+    root = open_store(phantom_store)
+    labels = np.asarray(root["labels"][:])[np.asarray(root["split"][:]) == SPLITS["train"]]
+    z = zarr.open_group(str(share), mode="r")
+    np.testing.assert_array_equal(z["indices"][:], stratified_subset(labels, 0.5, 3))
+    assert z["images"].shape[0] == z["indices"].shape[0] < zarr.open_group(str(whole), mode="r")["images"].shape[0]
+    record, whole_record = z.attrs["record"], zarr.open_group(str(whole), mode="r").attrs["record"]
+    assert record["mean"] != whole_record["mean"]  # statistics of the share alone
+
+
+def test_a_shared_autoencoder_is_accepted_only_when_asked_and_the_report_says_so():
+    from motfm_core.evaluation.report import _shared_autoencoder_line
+
+    cfg = PipelineConfig.from_overrides({"model": {"space": "latent"}, "eval": {"real_fractions": [0.25]},
+                                         "autoencoder": {"checkpoint": "ae.pt", "share_checkpoint": True}})
+    line = _shared_autoencoder_line(cfg.to_dict())
+    assert len(line) == 1 and "not leak-free" in line[0] and "ae.pt" in line[0]
