@@ -116,7 +116,8 @@ def prefect_ready(say=print) -> Iterator[float]:
     )
 
     seconds = 0.0
-    if not PREFECT_API_URL.value():  # embedded mode: the database is ours to prepare
+    embedded = not PREFECT_API_URL.value()
+    if embedded:  # the database is ours to prepare
         t0 = time.perf_counter()
         home = Path(PREFECT_HOME.value())
         home.mkdir(parents=True, exist_ok=True)
@@ -128,4 +129,77 @@ def prefect_ready(say=print) -> Iterator[float]:
         seconds = time.perf_counter() - t0
         say(f"motfm: Prefect database ready in {seconds:.1f}s")
     with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: STARTUP_TIMEOUT_S}):
+        if embedded:
+            _server_dies_with_us()
+            crashed = mark_orphaned_runs_crashed()
+            if crashed:
+                say(f"motfm: marked {len(crashed)} run(s) crashed whose process had ended while running: "
+                    + ", ".join(crashed))
         yield seconds
+
+
+# a process of its own that ends the embedded server when its parent (this process) is gone, however it went:
+# the server is Prefect's subprocess, which a killed parent (kill -9, the out-of-memory killer) left listening
+WATCHDOG = """
+import os, signal, sys, time
+parent, server = int(sys.argv[1]), int(sys.argv[2])
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+while os.getppid() == parent and alive(server):
+    time.sleep(0.5)
+if alive(server):
+    os.kill(server, signal.SIGTERM)
+    for _ in range(50):
+        time.sleep(0.1)
+        if not alive(server):
+            break
+    else:
+        os.kill(server, signal.SIGKILL)
+"""
+
+
+def _server_dies_with_us() -> None:
+    """Start Prefect's embedded server now (the flow's client reuses it) with a watchdog process that stops it
+    when this process ends without stopping it."""
+    import subprocess
+
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()
+    server.start(timeout=STARTUP_TIMEOUT_S)
+    if server.server_process is not None:
+        subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(server.server_process.pid)],
+                         stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                         start_new_session=True)
+
+
+def mark_orphaned_runs_crashed() -> list[str]:
+    """Mark crashed the flow runs shown as running whose process is gone: in embedded mode every run is a process
+    of this machine, and a live one holds its run folder (`hold_folder`), so a running synth-and-eval or
+    regenerate-synthetic run whose folder nobody holds was killed without reporting. Returns their names."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
+    from prefect.client.schemas.objects import StateType
+    from prefect.states import Crashed
+
+    from motfm_core.files import HOLD_FILE, folder_holder
+
+    marked = []
+    with get_client(sync_client=True) as client:
+        running = client.read_flow_runs(flow_run_filter=FlowRunFilter(
+            state=FlowRunFilterState(type=FlowRunFilterStateType(any_=[StateType.RUNNING]))))
+        for run in running:
+            params = run.parameters or {}
+            if "run_name" not in params:
+                continue
+            folder = Path(params.get("output_root") or "outputs").resolve() / str(params["run_name"])
+            # a folder its run held (the hold file is there) that nobody holds now: that run's process is gone
+            if (folder / HOLD_FILE).exists() and folder_holder(folder) is None:
+                client.set_flow_run_state(run.id, Crashed(message="its process ended while running (killed); "
+                                                          "marked crashed at the next start"), force=True)
+                marked.append(f"{run.name} ({folder})")
+    return marked

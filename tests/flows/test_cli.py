@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -273,3 +274,44 @@ def test_a_full_disk_ends_the_run_in_one_line_and_is_not_retried(tmp_path, capsy
     errors = _errors(err)
     assert len(errors) == 1 and errors[0].startswith(f"motfm: error: out of disk space at {calls[0]} (")
     assert "MB free there); free space, or use --output-root on a disk with room; the run resumes" in errors[0]
+
+
+def test_a_killed_run_leaves_no_server_and_is_marked_crashed_at_the_next_start(tmp_path):
+    """kill -9 of `motfm run` (as the out-of-memory killer does) left its embedded Prefect server listening,
+    parented to PID 1, and its flow run RUNNING for ever; now a watchdog stops the server, and the next start marks
+    the run crashed (its run folder is no longer held)."""
+    import re
+    import select
+    import signal
+    import socket
+
+    home = tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    args = [*TINY_ARGS, "--train-steps", "400", "--run-name", "k", "--output-root", str(tmp_path / "out")]
+    run = subprocess.Popen([sys.executable, "-m", "flows.synth_and_eval", *args], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    port, deadline, seen = None, time.time() + 300, ""
+    assert run.stdout is not None
+    while time.time() < deadline and "train: step" not in seen:  # running, its folder held, mid-training
+        if select.select([run.stdout], [], [], 1.0)[0]:
+            seen += run.stdout.readline()
+        port = port or (re.search(r"temporary server on http://127\.0\.0\.1:(\d+)", seen) or [None, None])[1]
+    assert port and "train: step" in seen, seen[-3000:]
+    run.send_signal(signal.SIGKILL)
+    run.wait()
+
+    def listening() -> bool:
+        with socket.socket() as s:
+            return s.connect_ex(("127.0.0.1", int(port))) == 0
+
+    deadline = time.time() + 20
+    while listening() and time.time() < deadline:
+        time.sleep(0.2)
+    assert not listening()  # the server went with its parent
+    code = "from flows.cli import prefect_ready\nwith prefect_ready():\n    pass\n"
+    nxt = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True,
+                         timeout=300)
+    assert nxt.returncode == 0, nxt.stderr[-2000:]
+    assert "marked 1 run(s) crashed whose process had ended while running" in nxt.stdout
+    assert str(tmp_path / "out" / "k") in nxt.stdout
