@@ -22,9 +22,16 @@ from motfm_core.data.store import channel_names, open_store
 from motfm_core.data.synthetic import completed_shards
 from motfm_core.evaluation.evaluate import Evaluation, read_evaluation
 from motfm_core.evaluation.figures import gain_figure, loss_figure, sample_grid
-from motfm_core.evaluation.metrics import Stat
-from motfm_core.evaluation.privacy import Audit
-from motfm_core.evaluation.quality import Quality
+from motfm_core.evaluation.sections import (
+    enhancement_lines,
+    fmt,
+    gains_table,
+    memorisation_lines,
+    more_verdicts,
+    nfe_curve_lines,
+    quality_lines,
+    shared_autoencoder_line,
+)
 from motfm_core.evaluation.verdicts import nfe_lines, signed, verdict_of
 from motfm_core.files import atomic_path
 from motfm_core.model.enhance import Enhancement
@@ -105,72 +112,6 @@ def read_report(path: str | Path) -> Report:
                          f"({REPORT_SCHEMA_VERSION}); upgrade motfm")
     return Report.from_json({**data, "schema_version": REPORT_SCHEMA_VERSION})
 
-def _fmt(s: Stat | None) -> str:
-    if s is None or math.isnan(s.mean):
-        return "n/a"
-    return f"{s.mean:.3f} ± {s.std:.3f}"
-
-
-def _more_verdicts(evaluation: Evaluation) -> str:
-    """The segmenter's headline gain and the best ratio, for the first screen."""
-    out, ev, mem = "", evaluation.augmentation, evaluation.memorisation
-    if ev.segmentation is not None:
-        g = ev.segmentation.gains["real+synthetic"]
-        out += f" Segmenter: Dice gain {signed(g['dice'])}, HD95 change {signed(g['hd95'])} px."
-    if mem.fraction_flagged > 0.1:
-        out += (f" **Warning: {mem.fraction_flagged:.0%} of the synthetic images are near-copies of training "
-                "images** (memorisation audit below): gains may come from the real data copied back, not from new "
-                "anatomy, and the copies carry the training patients' privacy risk.")
-    ratios = {a: g["accuracy"].mean for a, g in ev.gains.items() if a.startswith("real+synthetic")}
-    if len(ratios) > 1:
-        best = max(ratios, key=lambda a: ratios[a])
-        out += f" Best ratio arm by accuracy: {best} ({ratios[best]:+.3f})."
-    return out
-
-
-def _shortfall(ratio: float | None, real_train: int, synthetic: int | None) -> str:
-    """' (short: ratio R asks for N)' when an arm got fewer synthetic images than its ratio asks for (the store held
-    fewer), else ''."""
-    if ratio is None or synthetic is None or not math.isfinite(ratio) or ratio <= 0:
-        return ""
-    wanted = int(round(ratio * real_train))
-    return f" (**short**: ratio {ratio:g} asks for {wanted}; sample more)" if synthetic < wanted else ""
-
-
-def _gains_table(evaluation: Evaluation) -> list[str]:
-    """Every augmented arm against its baseline: sizes and gains with CIs (and the segmenter's, if any)."""
-    ev = evaluation.augmentation
-    seg = ev.segmentation
-    head = "| arm (vs baseline) | real / synthetic images | accuracy gain | macro-F1 gain |"
-    lines = ["", "Augmentation gain of every arm over its baseline (mean ± std over seeds, 95% bootstrap CI):", "",
-             head + (" Dice gain | HD95 change (px) |" if seg else ""),
-             "|---|---|---|---|" + ("---|---|" if seg else "")]
-    baselines = {a.name: a.baseline for a in ev.arms}
-    ratios = {a.name: a.ratio for a in ev.arms}
-    for arm, g in ev.gains.items():
-        size = ev.sizes.arms.get(arm, {})
-        row = (f"| {arm} (vs {baselines.get(arm, 'real')}) | {size.get('real', '?')} / {size.get('synthetic', '?')}"
-               f"{_shortfall(ratios.get(arm), ev.sizes.real_train, size.get('synthetic'))} | "
-               f"{signed(g['accuracy'])} | {signed(g['macro_f1'])} |")
-        if seg:
-            sg = seg.gains[arm]
-            row += f" {signed(sg['dice'])} | {signed(sg['hd95'])} |"
-        lines.append(row)
-    if seg:
-        lines += ["", f"Segmenter (MONAI UNet, DiceCELoss; {seg.mask_classes - 1} foreground classes) on the real "
-                  "test split: Dice (higher is better) / HD95 in pixels (lower is better):", "",
-                  "| arm | Dice | HD95 |", "|---|---|---|"]
-        lines += [f"| {arm} | {_fmt(s['dice'])} | {_fmt(s['hd95'])} |" for arm, s in seg.summary.items()]
-    if any("%" in arm for arm in ev.gains):
-        lines += ["", "Low-data arms use one class-stratified share of the real train split (the same images for "
-                  "every seed); the synthetic images of `real f%+synthetic` come from a generator trained on exactly "
-                  "that share, so nothing of the other real training images reaches them."]
-        for f, mem in evaluation.low_data_memorisation.items():
-            lines.append(f"- generator of the real {float(f):.0%} share ({mem.reference_images} images): "
-                         f"{mem.fraction_flagged:.0%} of its images flagged as near-copies of its training images")
-    return lines
-
-
 def coverage_lines(report: Report) -> list[str]:
     """First-screen answer to "are the synthetic images new, and do they cover the real data?": memorisation,
     recall, intra-class diversity, then fine SWD and FID (the last blind to within-class diversity)."""
@@ -203,81 +144,6 @@ def coverage_lines(report: Report) -> list[str]:
     return ["", *out]
 
 
-def _quality_lines(q: Quality) -> list[str]:
-    """The quality table (synthetic and real train against real test), the latent ceiling and the diversity."""
-    lines: list[str] = []
-    if q:
-        lines += ["", f"Image quality against the real test split. FID/KID/precision/recall/density/coverage on "
-                  f"in-domain features ({q.feature_dim}-d, from a classifier trained on the real train split: "
-                  "anatomy-sensitive, blind to blur); SWD (x1e3) on Laplacian-pyramid patches, finest level first "
-                  "(detail-sensitive). Lower FID/KID/SWD is better; precision = fidelity, recall = coverage, and "
-                  "density / coverage the same two questions asked so that outliers cannot inflate them (density "
-                  "about 1 when the synthetic images follow the real ones).", "",
-                  "| compared with real test | FID | KID | precision | recall | density | coverage | SWD fine / mid / "
-                  "coarse |", "|---|---|---|---|---|---|---|---|"]
-        for name, row in (("synthetic", q.synthetic_vs_test), ("real train (baseline)", q.train_vs_test)):
-            sw = row.swd or {}
-            levels = " / ".join(f"{sw[k]:.0f}" for k in sorted(sw) if k.startswith("level")) or "n/a"
-            dc = " | ".join("n/a" if v is None else f"{v:.2f}" for v in (row.density, row.coverage))
-            lines.append(f"| {name} | {row.fid:.3f} | {row.kid:.4f} | {row.precision:.2f} | {row.recall:.2f} | "
-                         f"{dc} | {levels} |")
-        syn, base = q.synthetic_vs_test.swd_channels, q.train_vs_test.swd_channels
-        if syn and base:
-            lines += ["", "Fine SWD of each channel alone (synthetic / real train, against real test; the table's "
-                      "SWD takes the channels together): " + ", ".join(
-                          f"{name} {syn[name]:.0f} / {base.get(name, float('nan')):.0f}" for name in syn) + "."]
-    if q.reconstruction:
-        r = q.reconstruction
-        lines += ["", f"Latent model: its autoencoder reproduces {r.images} real test images at PSNR {r.psnr:.1f} dB, "
-                  f"SSIM {r.ssim:.3f}, fine SWD {r.swd_fine:.0f} against the originals: the ceiling it sets on the "
-                  "synthetic images' detail (their own scores above include it)."]
-    if q.diversity:
-        d = q.diversity
-        lines += ["", f"Diversity (mean MS-SSIM of random same-class pairs; lower = more diverse): synthetic "
-                  f"{d['synthetic'].ms_ssim:.3f}, real train {d['real_train'].ms_ssim:.3f}."]
-    return lines
-
-
-def _memorisation_lines(mem: Audit) -> list[str]:
-    """The memorisation audit's sentence and its closest pairs."""
-    return ["", f"Memorisation audit: {mem.fraction_flagged:.1%} of synthetic images are nearer to a training "
-              f"image than {1 - mem.quantile:.0%} of unseen real test images are (threshold RMS "
-              f"{mem.threshold:.3f}); nearest-train distance median {mem.synthetic_nn['median']:.3f} for "
-              f"synthetic vs {mem.test_nn['median']:.3f} for real test images. Closest pairs: "
-              f"![closest pairs]({Path(mem.png or 'closest_pairs.png').name})"]
-
-
-def _enhancement_lines(enhancement: list[Enhancement]) -> list[str]:
-    """The enhancement table: degraded input, classical filter and flow, per task."""
-    if not enhancement:
-        return []
-    return ["", "Image enhancement on the real test split (PSNR dB / SSIM; higher is better):", "",
-            "| task | degraded input | classical | flow (NFE) |", "|---|---|---|---|",
-            *(f"| {e.config['task']} (level {e.config['level']}) | {e.degraded.psnr:.2f} / {e.degraded.ssim:.3f} | "
-              f"{e.classical.psnr:.2f} / {e.classical.ssim:.3f} ({e.classical.method}) | {e.flow.psnr:.2f} / "
-              f"{e.flow.ssim:.3f} ({e.nfe}) |" for e in enhancement)]
-
-
-def _nfe_curve_lines(q: Quality) -> list[str]:
-    """Quality vs NFE of the fresh Euler samples, with their speed."""
-    if not q.nfe_curve:
-        return []
-    return ["", "Quality vs NFE (fresh Euler samples, same noise at every NFE; FID / fine SWD against the real test "
-            "split): " + ", ".join(f"NFE {r.nfe}: {r.fid:.2f} / {r.swd_fine:.0f} ({r.seconds_per_image * 1e3:.1f} "
-                                   "ms/img)" for r in q.nfe_curve) + "."]
-
-
-def _shared_autoencoder_line(config: dict[str, Any]) -> list[str]:
-    """A warning when the low-data generators shared a given autoencoder (autoencoder.share_checkpoint)."""
-    ae, fractions = config.get("autoencoder") or {}, (config.get("eval") or {}).get("real_fractions") or []
-    if not (ae.get("checkpoint") and ae.get("share_checkpoint") and fractions
-            and (config.get("model") or {}).get("space") == "latent"):
-        return []
-    return [f"- **not leak-free:** the low-data generators ({', '.join(f'{f:g}' for f in fractions)} of the real "
-            f"train split) encoded with the given autoencoder {ae['checkpoint']}, trained on more than their share "
-            "(autoencoder.share_checkpoint)"]
-
-
 def render_markdown(report: Report, grid_name: str, gains_png: str | None = None, loss_png: str | None = None
                     ) -> str:
     """report.md: verdict first, then sizes, metrics per arm, timing, configuration."""
@@ -294,14 +160,14 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
         "",
         f"**Verdict:** adding synthetic images {verdict} on the held-out real test set: accuracy gain "
         f"{signed(g)}, macro-F1 gain {signed(gain['macro_f1'])}, AUROC gain {signed(gain['auroc'])} "
-        f"(mean ± std over {seeds} seeds; CI by bootstrap over test images)." + _more_verdicts(evaluation),
+        f"(mean ± std over {seeds} seeds; CI by bootstrap over test images)." + more_verdicts(evaluation),
         *coverage_lines(report),
         "",
         f"- dataset: {data.source} — train {ev.sizes.real_train}, val {data.sizes['val']}, test "
         f"{ev.sizes.real_test} real images, {data.sample_shape} each; classes {data.class_names}"
         + (f"; channels {data.channel_names}" if data.channel_names else ""),
         *(f"- **data note:** {note}" for note in data.notes),
-        *_shared_autoencoder_line(report.config),
+        *shared_autoencoder_line(report.config),
         f"- synthetic: {sampling.num_samples} images, solver {sampling.solver}, NFE {sampling.nfe}, "
         f"{sampling.seconds_per_image * 1e3:.1f} ms per image on {sampling.device}; {ev.sizes.synthetic_added} "
         "added to the real training set",
@@ -312,13 +178,13 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
         "|---|---|---|---|",
     ]
     for arm, s in ev.summary.items():
-        lines.append(f"| {arm} | {_fmt(s['accuracy'])} | {_fmt(s['macro_f1'])} | {_fmt(s['auroc'])} |")
-    lines += _gains_table(evaluation)
+        lines.append(f"| {arm} | {fmt(s['accuracy'])} | {fmt(s['macro_f1'])} | {fmt(s['auroc'])} |")
+    lines += gains_table(evaluation)
     lines += nfe_lines(evaluation, report.sampling.nfe)
-    lines += _quality_lines(evaluation.quality)
-    lines += _memorisation_lines(evaluation.memorisation)
-    lines += _enhancement_lines(report.enhancement)
-    lines += _nfe_curve_lines(evaluation.quality)
+    lines += quality_lines(evaluation.quality)
+    lines += memorisation_lines(evaluation.memorisation)
+    lines += enhancement_lines(report.enhancement)
+    lines += nfe_curve_lines(evaluation.quality)
     if loss_png:
         lines += ["", f"![training loss]({loss_png})"]
     if gains_png:

@@ -33,7 +33,7 @@ def test_a_report_of_a_newer_schema_is_refused_by_name(tmp_path):
 
 def test_an_arm_short_of_its_ratio_says_so():
     """`real+synthetic 59 / 32` at ratio 1 read as a full arm; the report now says it fell short."""
-    from motfm_core.evaluation.report import _shortfall
+    from motfm_core.evaluation.sections import shortfall as _shortfall
 
     assert _shortfall(1.0, 59, 32) == " (**short**: ratio 1 asks for 59; sample more)"
     assert _shortfall(1.0, 59, 59) == "" and _shortfall(float("inf"), 59, 32) == "" and _shortfall(None, 59, 3) == ""

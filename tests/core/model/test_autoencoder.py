@@ -230,9 +230,9 @@ def test_a_low_data_generator_encodes_and_scales_its_own_share_only(phantom_stor
 
 
 def test_a_shared_autoencoder_is_accepted_only_when_asked_and_the_report_says_so():
-    from motfm_core.evaluation.report import _shared_autoencoder_line
+    from motfm_core.evaluation.sections import shared_autoencoder_line
 
     cfg = PipelineConfig.from_overrides({"model": {"space": "latent"}, "eval": {"real_fractions": [0.25]},
                                          "autoencoder": {"checkpoint": "ae.pt", "share_checkpoint": True}})
-    line = _shared_autoencoder_line(cfg.to_dict())
+    line = shared_autoencoder_line(cfg.to_dict())
     assert len(line) == 1 and "not leak-free" in line[0] and "ae.pt" in line[0]
