@@ -236,3 +236,22 @@ def test_a_shared_autoencoder_is_accepted_only_when_asked_and_the_report_says_so
                                          "autoencoder": {"checkpoint": "ae.pt", "share_checkpoint": True}})
     line = shared_autoencoder_line(cfg.to_dict())
     assert len(line) == 1 and "not leak-free" in line[0] and "ae.pt" in line[0]
+
+
+def test_the_latent_path_takes_several_channels(phantom_store, tmp_path):
+    """Multi-sequence images through the autoencoder: C channels in, latents, C channels decoded back."""
+    from motfm_core.data.store import open_store, write_dataset
+
+    root = open_store(phantom_store)
+    images = np.asarray(root["images"][:])
+    two = write_dataset(tmp_path / "two.zarr", np.concatenate([images, 1.0 - images], axis=1),
+                        np.asarray(root["labels"][:]), np.asarray(root["split"][:]), np.asarray(root["group"][:]),
+                        {"class_names": list(root.attrs["class_names"]), "channel_names": ["a", "b"]})
+    cfg = AutoencoderConfig(steps=4, **TINY_AE)
+    ae = train_autoencoder(two, cfg, tmp_path / "ae")
+    assert load_autoencoder(ae)[1]["in_channels"] == 2
+    z = zarr.open_group(str(encode_train_split(two, ae, cfg, out_dir=tmp_path / "gen")), mode="r")
+    assert z["images"].shape[1] == cfg.latent_channels
+    codec = LatentCodec.load(dict(z.attrs["record"]))
+    decoded = codec.decode(torch.from_numpy(np.asarray(z["images"][:2])))
+    assert decoded.shape == (2, 2, 16, 16)
