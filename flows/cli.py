@@ -91,7 +91,10 @@ def _by_level(handler: logging.StreamHandler):
     def routed(record: logging.LogRecord) -> None:
         stream = sys.stderr if record.levelno >= logging.WARNING else sys.stdout
         if handler.stream is not stream:
-            handler.setStream(stream)
+            try:
+                handler.setStream(stream)
+            except ValueError:  # the old stream was closed (a captured one): nothing to flush into it
+                handler.stream = stream
             console = getattr(handler, "console", None)  # Prefect's handler prints through a rich Console
             if console is not None:
                 console.file = stream
@@ -130,7 +133,7 @@ def prefect_ready(say=print) -> Iterator[float]:
         say(f"motfm: Prefect database ready in {seconds:.1f}s")
     with temporary_settings({PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS: STARTUP_TIMEOUT_S}):
         if embedded:
-            _server_dies_with_us()
+            say(f"motfm: Prefect server at {_server_dies_with_us()} (it ends with this run)")
             crashed = mark_orphaned_runs_crashed()
             if crashed:
                 say(f"motfm: marked {len(crashed)} run(s) crashed whose process had ended while running: "
@@ -162,19 +165,26 @@ if alive(server):
 """
 
 
-def _server_dies_with_us() -> None:
+def _server_dies_with_us() -> str:
     """Start Prefect's embedded server now (the flow's client reuses it) with a watchdog process that stops it
-    when this process ends without stopping it."""
+    when this process ends without stopping it; returns its address."""
     import subprocess
 
     from prefect.server.api.server import SubprocessASGIServer
 
     server = SubprocessASGIServer()
-    server.start(timeout=STARTUP_TIMEOUT_S)
+    prefect_logger = logging.getLogger("prefect")
+    level = prefect_logger.level
+    prefect_logger.setLevel(logging.WARNING)  # its start-up banner: the caller says where it is in one line
+    try:
+        server.start(timeout=STARTUP_TIMEOUT_S)
+    finally:
+        prefect_logger.setLevel(level)
     if server.server_process is not None:
         subprocess.Popen([sys.executable, "-c", WATCHDOG, str(os.getpid()), str(server.server_process.pid)],
                          stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                          start_new_session=True)
+    return server.address
 
 
 def mark_orphaned_runs_crashed() -> list[str]:

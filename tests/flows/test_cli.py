@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -213,7 +214,6 @@ def test_a_second_run_into_a_held_run_folder_is_refused_before_prefect_starts(tm
     """Two runs into one run folder trained into the same checkpoints/ and moved each other's dataset aside; now
     the folder is held by the run in it (a lock the kernel drops with the process) and a second one is refused."""
     import signal
-    import textwrap
 
     from flows.run import main
 
@@ -252,27 +252,33 @@ def test_two_first_runs_at_once_both_find_the_database_migrated(tmp_path):
     assert all("Prefect database ready" in out for _, out, _ in results)
 
 
-def test_a_full_disk_ends_the_run_in_one_line_and_is_not_retried(tmp_path, capsys, monkeypatch):
+def test_a_full_disk_ends_the_run_in_one_line_and_is_not_retried(tmp_path):
     """A full disk printed Dask's and Prefect's failure blocks, retried twice after 10 s and 60 s, and ended in an
-    85-line traceback; now it is never retried and ends in one line with where, how much is free, and the fix."""
-    import errno
-
-    from flows.run import main
-    from motfm_core.data import store
-
-    calls = []
-
-    def full(build, *args, **kwargs):
-        calls.append(build)
-        raise OSError(errno.ENOSPC, "No space left on device", str(build))
-
-    monkeypatch.setattr(store, "_write_build", full)
-    with pytest.raises(SystemExit) as e:
-        main([*TINY_ARGS, "--run-name", "t", "--output-root", str(tmp_path / "out")])
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and "Traceback" not in err and len(calls) == 1  # not retried
-    errors = _errors(err)
-    assert len(errors) == 1 and errors[0].startswith(f"motfm: error: out of disk space at {calls[0]} (")
+    85-line traceback; now it is never retried and ends in one line with where, how much is free, and the fix.
+    (A process of its own: the ingest's write is replaced by one that finds the disk full.)"""
+    code = textwrap.dedent("""
+        import errno, sys
+        from motfm_core.data import store
+        calls = []
+        def full(build, *args, **kwargs):
+            calls.append(build)
+            print(f"write attempt {len(calls)}: {build}", flush=True)
+            raise OSError(errno.ENOSPC, "No space left on device", str(build))
+        store._write_build = full
+        from flows.run import main
+        main(sys.argv[1:])
+    """)
+    home = tmp_path / "prefect-home"
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    done = subprocess.run([sys.executable, "-c", code, *TINY_ARGS, "--run-name", "t", "--output-root",
+                           str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    attempts = [line for line in done.stdout.splitlines() if line.startswith("write attempt")]
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    assert len(attempts) == 1  # not retried
+    errors = _errors(done.stderr)
+    build = attempts[0].split(": ", 1)[1]
+    assert len(errors) == 1 and errors[0].startswith(f"motfm: error: out of disk space at {build} (")
     assert "MB free there); free space, or use --output-root on a disk with room; the run resumes" in errors[0]
 
 
@@ -296,7 +302,7 @@ def test_a_killed_run_leaves_no_server_and_is_marked_crashed_at_the_next_start(t
     while time.time() < deadline and "train: step" not in seen:  # running, its folder held, mid-training
         if select.select([run.stdout], [], [], 1.0)[0]:
             seen += run.stdout.readline()
-        port = port or (re.search(r"temporary server on http://127\.0\.0\.1:(\d+)", seen) or [None, None])[1]
+        port = port or (re.search(r"Prefect server at http://127\.0\.0\.1:(\d+)", seen) or [None, None])[1]
     assert port and "train: step" in seen, seen[-3000:]
     run.send_signal(signal.SIGKILL)
     run.wait()

@@ -255,8 +255,8 @@ def test_the_dataset_reader_refuses_a_real_store_with_a_missing_chunk(tmp_path):
 
 
 def test_shard_data_reaches_the_disk_before_its_record(tmp_path, monkeypatch):
-    """fsync order: every data file of the shard, then the staged record, then the rename into shards/ and its
-    folder; sample.fsync=false (durable=False) skips them all."""
+    """fsync order: every data file of the shard and the folder its rename went into, then the staged record, then
+    the rename into shards/ and its folder; sample.fsync=false (durable=False) skips them all."""
     from motfm_core.data import synthetic
 
     events = []
@@ -269,8 +269,10 @@ def test_shard_data_reaches_the_disk_before_its_record(tmp_path, monkeypatch):
     events.clear()
     write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4))
     ordered = [e for e in events if e[0] != "rename" or e[1] == "00000"]  # not the shard files' own renames
-    assert ordered == [("sync", "images"), ("sync", "labels"), ("sync", "seed"), ("sync", ".staging"),
-                       ("rename", "00000"), ("sync dir", "shards")]
+    data = [("sync", "images"), ("sync", "labels"), ("sync", "seed")]
+    shard_dirs = {"images": "0", "labels": "c", "seed": "c"}  # each shard file's folder: images/c/0/0/0, labels/c
+    assert ordered == [e for d in data for e in (d, ("sync dir", shard_dirs[d[1]]))] + [
+        ("sync", ".staging"), ("rename", "00000"), ("sync dir", "shards")]
     events.clear()
     write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4), durable=False)
     assert all(kind == "rename" for kind, _ in events)
