@@ -107,6 +107,21 @@ def test_segmentation_scores_known_cases():
     assert np.allclose(missed["dice"], 0) and np.allclose(missed["hd95"], np.sqrt(2) * 16)
 
 
+def test_a_healthy_image_has_no_segmentation_score_and_no_warning():
+    """Slices without any foreground are normal data; np.nanmean printed 'Mean of empty slice' for each, 30 times
+    a run."""
+    import warnings
+
+    from motfm_core.evaluation.segmentation import segmentation_scores
+
+    truth = np.zeros((2, 1, 16, 16), np.int64)
+    truth[0, 0, 4:12, 4:12] = 1  # the second image is healthy
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # any warning fails the test
+        scores = segmentation_scores(truth, truth, 2)
+    assert scores["dice"][0] == 1.0 and np.isnan(scores["dice"][1]) and np.isnan(scores["hd95"][1])
+
+
 def test_arm_plan_and_bad_eval_parameters():
     import pytest
 
