@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import functools
 import hashlib
 import json
 import os
@@ -18,19 +19,37 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from motfm_core.errors import BadInput
+
 __all__ = ["atomic_path", "disk_full_line", "file_sha256", "folder_holder", "FolderBusy", "fsync_dir", "fsync_tree",
            "HOLD_FILE", "hold_folder", "is_out_of_disk", "sweep_leftovers", "system_error", "temporary_name",
            "write_json_atomic"]
 
 
+@functools.cache
+def _process_scope() -> str:
+    """Where this process's pid means something: this boot of this kernel and this pid namespace, as 8 hex digits.
+    Containers that share a host name (and a file system) but not a pid namespace, or a machine after a reboot,
+    have other scopes, so their pids are never looked up here."""
+    parts = []
+    for source in ("/proc/sys/kernel/random/boot_id", "/proc/self/ns/pid"):
+        try:
+            parts.append(Path(source).read_text().strip() if "boot_id" in source else str(os.stat(source).st_ino))
+        except OSError:
+            parts.append("?")
+    return hashlib.sha1("|".join(parts).encode()).hexdigest()[:8]
+
+
 def temporary_name(path: str | Path) -> Path:
-    """A hidden sibling of `path` for building it: `.<name>.tmp-<random>-<pid>@<host>`, so that a later run can
-    tell the leftovers of a crashed writer (`sweep_leftovers`) from those of one still running."""
+    """A hidden sibling of `path` for building it: `.<name>.tmp-<random>-<pid>-<scope>@<host>` (scope: the boot and
+    pid namespace the pid belongs to), so that a later run can tell the leftovers of a crashed writer
+    (`sweep_leftovers`) from those of one still running."""
     path = Path(path)
-    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}-{os.getpid()}@{socket.gethostname()}")
+    return path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}-{os.getpid()}-{_process_scope()}"
+                          f"@{socket.gethostname()}")
 
 
-_LEFTOVER = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(?:-(\d+)@(.+))?$")
+_LEFTOVER = re.compile(r"^\..+\.tmp-[0-9a-f]{8}(?:-(\d+)(?:-([0-9a-f]{8}))?@(.+))?$")
 
 
 def _pid_alive(pid: int) -> bool:
@@ -43,23 +62,33 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+def _writer_gone(pid: str | None, scope: str | None, host: str | None) -> bool:
+    """Whether the writer named in a temporary name has ended, as far as this process can know: only a pid of this
+    process's own scope (same boot, same pid namespace, same host name) can be looked up. Names written before the
+    scope was recorded are judged by host name alone, as they were."""
+    if pid is None or host != socket.gethostname():
+        return False
+    if scope is not None and scope != _process_scope():
+        return False  # another container's (or boot's) pid: its number means nothing here
+    return not _pid_alive(int(pid))
+
+
 def sweep_leftovers(folder: str | Path, older_than: float = 24 * 3600) -> list[Path]:
     """Remove what crashed writers left in `folder` (not below it): temporary names (`temporary_name`) of a
-    process on this host that is gone, or of any host when older than `older_than` seconds (another host's
-    processes cannot be asked). A writer that is still running keeps its files. Returns what was removed."""
+    process of this machine's boot and pid namespace that is gone, or of any other when older than `older_than`
+    seconds (another host's or container's processes cannot be asked). A writer that is still running keeps its
+    files. Returns what was removed."""
     folder = Path(folder)
     removed = []
     for p in folder.iterdir() if folder.is_dir() else ():
         m = _LEFTOVER.match(p.name)
         if not m:
             continue
-        pid, host = m.groups()
-        mine_and_dead = pid is not None and host == socket.gethostname() and not _pid_alive(int(pid))
         try:
             stale = time.time() - p.lstat().st_mtime > older_than
         except FileNotFoundError:
             continue
-        if mine_and_dead or stale:
+        if stale or _writer_gone(*m.groups()):
             if p.is_dir() and not p.is_symlink():
                 shutil.rmtree(p, ignore_errors=True)
             else:
@@ -145,7 +174,7 @@ def system_error(exc: BaseException) -> bool:
 HOLD_FILE = ".motfm-hold"  # the lock a run holds on its folder; its text names the holder
 
 
-class FolderBusy(ValueError):
+class FolderBusy(BadInput):
     """A folder another process holds (`hold_folder`): bad timing, not a failure to retry."""
 
 

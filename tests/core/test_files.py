@@ -9,6 +9,7 @@ import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
@@ -51,3 +52,60 @@ def test_one_process_cannot_hold_a_folder_twice(tmp_path):
                 pass
     with hold_folder(tmp_path / "run"):  # released at the end of the block
         pass
+
+
+def _in_own_pid_namespace(code: str) -> subprocess.Popen | None:
+    """`code` run by a process in a pid namespace of its own (as in a container sharing this host name and file
+    system), or None where namespaces cannot be made here (not root, no unshare)."""
+    import shutil
+
+    if shutil.which("unshare") is None:
+        return None
+    probe = subprocess.run(["unshare", "-p", "-f", "--mount-proc", "true"], capture_output=True)
+    if probe.returncode != 0:
+        return None
+    return subprocess.Popen(["unshare", "-p", "-f", "--mount-proc", sys.executable, "-c", code],
+                            stdout=subprocess.PIPE, text=True)
+
+
+def test_a_live_writer_in_another_pid_namespace_keeps_its_files(tmp_path, monkeypatch):
+    """A writer in another container with the same host name: its pid means nothing here. Judged by pid and host
+    name, the sweep found that pid gone (another process's pid, or none) and deleted the live writer's files."""
+    import motfm_core.files as files
+
+    writer = _in_own_pid_namespace(textwrap.dedent(f"""
+        import sys, time
+        from pathlib import Path
+        from motfm_core.files import temporary_name
+        tmp = temporary_name(Path({str(tmp_path)!r}) / "shard")
+        tmp.mkdir()
+        print(tmp, flush=True)
+        time.sleep(60)
+    """))
+    if writer is None:
+        pytest.skip("no pid namespaces here (unshare needs root)")
+    try:
+        staged = Path(writer.stdout.readline().strip())
+        assert staged.exists()
+        monkeypatch.setattr(files, "_pid_alive", lambda pid: False)  # its pid is not visible from here
+        assert files.sweep_leftovers(tmp_path) == [] and staged.exists()
+        assert files.sweep_leftovers(tmp_path, older_than=-1) == [staged]  # the age rule still applies
+    finally:
+        writer.kill()
+        writer.wait()
+
+
+def test_a_dead_writer_of_this_namespace_is_swept_at_once_and_a_live_one_kept(tmp_path):
+    from motfm_core.files import sweep_leftovers, temporary_name
+
+    dead = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        from pathlib import Path
+        from motfm_core.files import temporary_name
+        temporary_name(Path({str(tmp_path)!r}) / "x.json").write_text("{{}}")
+    """)])
+    dead.wait()
+    mine = temporary_name(tmp_path / "y.json")
+    mine.write_text("{}")
+    crashed = [p for p in tmp_path.iterdir() if p != mine]
+    assert len(crashed) == 1
+    assert sweep_leftovers(tmp_path) == crashed and mine.exists()
