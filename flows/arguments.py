@@ -21,7 +21,7 @@ from motfm_core.config import (
     TrainConfig,
 )
 
-__all__ = ["FLOW_MASK_CONDITIONING", "NAMED_KEYS", "PRESET_NETWORK", "parse_cli"]
+__all__ = ["FLOW_MASK_CONDITIONING", "NAMED_KEYS", "parse_cli", "parse_regenerate", "PRESET_NETWORK"]
 
 # The one default of the flow that is not its config field's: a run conditions on masks when the dataset has
 # them, while a ModelConfig built in code (a test, a notebook) stays unconditioned unless asked.
@@ -102,3 +102,20 @@ def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     return a, overrides
 
 
+
+
+def parse_regenerate(argv: list[str] | None = None) -> argparse.Namespace:
+    """`motfm regenerate`'s arguments (no Prefect import, so `--help` answers at once)."""
+    p = argparse.ArgumentParser(prog="motfm regenerate", description="Sample a new synthetic version from a finished "
+                                "run's checkpoint and re-evaluate it; unset options keep the run's own settings.")
+    p.add_argument("--run-name", default="demo", help="the finished run's folder under --output-root (default demo)")
+    p.add_argument("--output-root", default="outputs", help="where run folders go (default outputs)")
+    p.add_argument("--seed", type=int, default=None, help="sampling seed (default: from the start time, new for "
+                   "every regeneration)")
+    p.add_argument("--samples-per-class", type=int, default=None, help="synthetic images per class (default: the "
+                   "run's)")
+    p.add_argument("--nfe", type=int, default=None, help="network evaluations per sample (default: the run's)")
+    p.add_argument("--solver", default=None, choices=SOLVER_CHOICES, help="ODE solver (default: the run's)")
+    p.add_argument("--verbose", action="store_true", help="Dask's and Prefect's own start-up logs too")
+    p.add_argument("--debug", action="store_true", help="full tracebacks and Prefect's failure reports")
+    return p.parse_args(argv)

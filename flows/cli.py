@@ -1,6 +1,9 @@
 """What the command-line entry points share: which errors are the user's, and a quiet terminal.
 
-A user error (bad input or settings) ends a CLI run with one line, `motfm: error: <what> — <fix>`, and exit code 2.
+A user error (bad input or settings: `motfm_core.errors.BadInput`, which the project raises for nothing else) ends a
+command with one line, `motfm: error: <what> — <fix>`, and exit code 2; so do running out of disk or memory. Anything
+else is a bug in motfm: one line says so and names the file its traceback was written to (exit code 1); Ctrl-C is
+one line saying the run resumes. `--debug` shows every traceback as Python prints it.
 Prefect still records the full traceback in the flow run's logs (the API log handler is untouched); on the
 terminal, unless `--debug`, progress goes to stdout, warnings and errors to stderr, tracebacks are dropped, and the
 failure reports of the task and the flow runs are left out (the error line says it once). Prefect's telemetry and
@@ -18,14 +21,84 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-# bad input or settings: the message names the file or key and the fix; a retry cannot help
-__all__ = ["prefect_ready", "quiet_console", "quiet_libraries", "STARTUP_TIMEOUT_S", "USER_ERRORS"]
+from motfm_core.errors import BadInput
 
-USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError, NotADirectoryError, KeyError)
+__all__ = ["failure_line", "one_line_failures", "prefect_ready", "quiet_console", "quiet_libraries",
+           "STARTUP_TIMEOUT_S"]
 
 
 # Prefect's default (20 s, counted in 0.1 s polls) is too short for a first start on 2 slow cores
 STARTUP_TIMEOUT_S = 180
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    if isinstance(error, MemoryError):
+        return True
+    if "torch" not in sys.modules:  # a command that never imported torch cannot have run out of its memory
+        return False
+    from motfm_core.model.memory import is_out_of_memory
+
+    return is_out_of_memory(error)
+
+
+def _write_traceback(error: BaseException, folder: Path | None) -> Path:
+    """The traceback of `error` in `<folder>/logs/error-<time>.txt` (a temporary folder when `folder` is None or
+    cannot be written)."""
+    import tempfile
+    import traceback
+
+    text = "".join(traceback.format_exception(error))
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.txt"
+    for where in ([folder / "logs"] if folder is not None else []) + [Path(tempfile.gettempdir())]:
+        try:
+            where.mkdir(parents=True, exist_ok=True)
+            (where / name).write_text(text)
+            return where / name
+        except OSError:
+            continue
+    return Path("(not written: no writable folder)")
+
+
+def failure_line(error: BaseException, run_dir: Path | None = None) -> tuple[str, int]:
+    """What the terminal shows for a command that ended with `error`, and its exit code: bad input, a full disk or
+    memory, one line each with the fix (2); a failure of the system (an I/O error) or a bug, one line naming the
+    file holding the traceback (1)."""
+    from motfm_core.files import disk_full_line, is_out_of_disk
+
+    if isinstance(error, BadInput):
+        return f"motfm: error: {error}", 2
+    if is_out_of_disk(error):
+        return f"motfm: error: {disk_full_line(error, run_dir or Path('.'))}", 2
+    if _out_of_memory(error):
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        return (f"motfm: error: out of memory ({first}); lower the batch sizes (train.batch_size, sample.batch_size) "
+                "or set train.memory_gb to what this machine has; the run resumes from the stage that failed"), 2
+    saved = _write_traceback(error, run_dir)
+    if isinstance(error, OSError) and error.errno is not None:  # the system's (EIO, EACCES), not ours
+        return f"motfm: error: {error}; the traceback is in {saved} (--debug prints it)", 1
+    return (f"motfm: internal error (a bug in motfm, not in your input): {type(error).__name__}: "
+            f"{(str(error).strip().splitlines() or [''])[0][:300]}; the traceback is in {saved} (--debug prints it); "
+            "please report it with that file"), 1
+
+
+@contextlib.contextmanager
+def one_line_failures(debug: bool = False, run_dir: Path | None = None) -> Iterator[None]:
+    """Run a command's body; whatever ends it early is one line on stderr and an exit code (`failure_line`),
+    Ctrl-C included. `debug` lets every exception through as Python prints it."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        print("\nmotfm: interrupted; run the same command again and it resumes where it stopped (finished stages "
+              "and shards are kept)", file=sys.stderr)
+        sys.exit(130)
+    except Exception as e:  # noqa: BLE001  # the command's last word: every failure becomes one line
+        if debug:
+            raise
+        line, code = failure_line(e, run_dir)
+        print(line, file=sys.stderr)
+        sys.exit(code)
 
 
 def _without_traceback(format_record):

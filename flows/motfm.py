@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from motfm_core.errors import BadInput, InputMissing
+
 __all__ = ["main"]
 
 COMMANDS = {
@@ -44,10 +46,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="nnunet: synthetic cases per real training case (0: the real train split alone)")
     if argv and argv[0] in ("run", "regenerate"):  # their own parsers take the rest, --help included
         sys.argv = [f"motfm {argv[0]}", *argv[1:]]
-        if argv[0] == "run" and {"-h", "--help"} & set(argv[1:]):
-            from flows.arguments import parse_cli
+        if {"-h", "--help"} & set(argv[1:]):  # the help (then exit) without importing Prefect
+            from flows.arguments import parse_cli, parse_regenerate
 
-            parse_cli(argv[1:])  # prints the help (and exits) without importing Prefect
+            (parse_cli if argv[0] == "run" else parse_regenerate)(argv[1:])
         elif argv[0] == "run":
             from flows.run import main as run
 
@@ -58,7 +60,9 @@ def main(argv: list[str] | None = None) -> None:
             regenerate(argv[1:])
         return
     a = p.parse_args(argv)
-    try:
+    from flows.cli import one_line_failures
+
+    with one_line_failures():
         if a.command == "config":
             print(config_reference(a.preset, a.markdown), end="")
         elif a.command == "export":
@@ -67,9 +71,6 @@ def main(argv: list[str] | None = None) -> None:
             from motfm_core.data.describe import describe
 
             print(describe(a.path))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"motfm: error: {e}", file=sys.stderr)
-        sys.exit(2)
 
 
 def export_run(a: argparse.Namespace) -> str:
@@ -83,12 +84,12 @@ def export_run(a: argparse.Namespace) -> str:
     version = run / "synthetic" / (a.version if a.version == "latest" or a.version.endswith(".zarr")
                                    else f"{a.version}.zarr")
     if not data.exists() or not version.exists():
-        raise FileNotFoundError(f"{run}: not a finished run folder (needs dataset.zarr and synthetic/{version.name}); "
-                                "give outputs/<run-name> of a run that reached sampling")
+        raise InputMissing(f"{run}: not a finished run folder (needs dataset.zarr and synthetic/{version.name}); "
+                           "give outputs/<run-name> of a run that reached sampling")
     if a.fmt == "nifti":
         return f"motfm: exported to {export_nifti(data, version, a.out, real=a.real)}"
     if a.dataset_id is None:
-        raise ValueError("--to nnunet needs --dataset-id N (1..999), the id nnU-Net's commands take")
+        raise BadInput("--to nnunet needs --dataset-id N (1..999), the id nnU-Net's commands take")
     out = export_nnunet(data, version, a.out, a.dataset_id, run.resolve().name, a.synthetic_ratio)
     return f"motfm: exported to {out} (nnU-Net raw dataset)"
 
@@ -99,7 +100,7 @@ def config_reference(preset: str | None = None, markdown: bool = False) -> str:
     from motfm_core.config.reference import parameters, render_markdown, render_text
 
     if preset is not None and preset not in PRESETS:
-        raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
+        raise BadInput(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
     rows = parameters(PRESETS.get(preset or "full"))
     return render_markdown(rows) if markdown else render_text(rows)
 

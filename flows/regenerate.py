@@ -12,7 +12,6 @@ checkpoint yet.
 
 from __future__ import annotations
 
-import argparse
 import copy
 import json
 from collections.abc import Callable
@@ -25,7 +24,8 @@ from prefect.runtime import flow_run
 from prefect.task_runners import ThreadPoolTaskRunner
 
 from flows.synth_and_eval import sample_evaluate_report, train_generators
-from motfm_core.config import SOLVER_CHOICES, PipelineConfig, Solver
+from motfm_core.config import PipelineConfig, Solver
+from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import hold_folder
 
 __all__ = ["main", "regenerate_synthetic", "regeneration_seed"]
@@ -47,8 +47,8 @@ def regeneration_config(saved: dict[str, Any], overrides: dict[str, dict[str, An
     given = dict((overrides or {}).get("sample") or {})
     for key, value in named.items():
         if value is not None and key in given and given[key] != value:
-            raise ValueError(f"{key}={value!r} contradicts overrides['sample']['{key}']={given[key]!r}; give one "
-                             "of them")
+            raise BadInput(f"{key}={value!r} contradicts overrides['sample']['{key}']={given[key]!r}; give one "
+                           "of them")
     c["sample"].update({k: v for k, v in named.items() if v is not None})
     if "seed" not in given and named.get("seed") is None:
         c["sample"]["seed"] = default_seed()
@@ -72,14 +72,14 @@ def regenerate_synthetic(
     run_dir = Path(output_root).resolve() / run_name
     saved = run_dir / "config.json"
     if not saved.exists():
-        raise FileNotFoundError(f"{saved}: no run to regenerate from; run synth-and-eval with run_name="
-                                f"{run_name!r} and output_root={output_root!r} first")
+        raise InputMissing(f"{saved}: no run to regenerate from; run synth-and-eval with run_name="
+                           f"{run_name!r} and output_root={output_root!r} first")
     named = {"seed": seed, "samples_per_class": samples_per_class, "solver": solver, "nfe": nfe}
     c = regeneration_config(json.loads(saved.read_text()), overrides, named, regeneration_seed)
     cfg = PipelineConfig.from_overrides(c)  # validates every value before any work
     data_path, checkpoint = run_dir / "dataset.zarr", run_dir / "checkpoints" / "model.pt"
     if not retrain and not checkpoint.exists():
-        raise FileNotFoundError(f"{checkpoint}: no trained model; run synth-and-eval first or pass retrain=True")
+        raise InputMissing(f"{checkpoint}: no trained model; run synth-and-eval first or pass retrain=True")
     with hold_folder(run_dir):  # one run at a time in a run folder
         # the train stages are keyed: unchanged generators (the low-data ones too) are reused, not retrained
         generators = train_generators(cfg, str(data_path), run_dir)
@@ -90,18 +90,17 @@ def regenerate_synthetic(
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description="Sample a new synthetic version from a finished run and re-evaluate.")
-    p.add_argument("--run-name", default="demo")
-    p.add_argument("--output-root", default="outputs")
-    p.add_argument("--seed", type=int, default=None)
-    p.add_argument("--samples-per-class", type=int, default=None)
-    p.add_argument("--nfe", type=int, default=None)
-    p.add_argument("--solver", default=None, choices=SOLVER_CHOICES)
-    a = p.parse_args(argv)
-    report = regenerate_synthetic(run_name=a.run_name, output_root=a.output_root, seed=a.seed,
-                                  samples_per_class=a.samples_per_class, solver=a.solver, nfe=a.nfe)
-    print(f"report: {report}\nsynthetic: {Path(report).parent / 'synthetic' / 'latest'}")
+    from flows.arguments import parse_regenerate
+    from flows.cli import one_line_failures, prefect_ready, quiet_console, quiet_libraries
 
+    a = parse_regenerate(argv)
+    quiet_libraries(a.verbose)
+    with one_line_failures(a.debug, Path(a.output_root).resolve() / a.run_name):
+        with prefect_ready():
+            quiet_console(a.debug)
+            report = regenerate_synthetic(run_name=a.run_name, output_root=a.output_root, seed=a.seed,
+                                          samples_per_class=a.samples_per_class, solver=a.solver, nfe=a.nfe)
+    print(f"report: {report}\nsynthetic: {Path(report).parent / 'synthetic' / 'latest'}")
 
 if __name__ == "__main__":
     main()

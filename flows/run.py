@@ -4,17 +4,16 @@ configuration, data source and memory plan are checked before Prefect starts; a 
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from flows.arguments import parse_cli
-from flows.cli import USER_ERRORS, prefect_ready, quiet_console, quiet_libraries
+from flows.cli import one_line_failures, prefect_ready, quiet_console, quiet_libraries
 from flows.synth_and_eval import build_config, enhance_configs, synth_and_eval
-from motfm_core.data.ingest import check_source
-from motfm_core.files import FolderBusy, disk_full_line, folder_holder, is_out_of_disk
+from motfm_core.files import FolderBusy, folder_holder
 from motfm_core.model.memory import plan_run
+from motfm_core.model.preflight import check_run
 
 __all__ = ["check_before_start", "main"]
 
@@ -30,7 +29,7 @@ def check_before_start(enhance: list[str], overrides: dict[str, dict[str, Any]],
     cfg = build_config(overrides=overrides)
     for e in enhance_configs(enhance, overrides):
         e.validate()
-    check_source(cfg.data.source)
+    check_run(cfg, enhance=bool(enhance))
     return plan_run(cfg)
 
 
@@ -38,23 +37,13 @@ def main(argv: list[str] | None = None) -> None:
     a, overrides = parse_cli(argv)
     quiet_libraries(a.verbose)
     t0 = time.time()
-    try:
-        run_dir = Path(a.output_root).resolve() / a.run_name
+    run_dir = Path(a.output_root).resolve() / a.run_name
+    with one_line_failures(a.debug, run_dir):
         print(f"motfm: {check_before_start(a.enhance, overrides, run_dir)}")
         with prefect_ready():
             quiet_console(a.debug)  # after Prefect's set-up, which installs its terminal handlers
             report = synth_and_eval(run_name=a.run_name, output_root=a.output_root, enhance=a.enhance,
                                     overrides=overrides)
-    except USER_ERRORS as e:
-        if a.debug:
-            raise
-        print(f"motfm: error: {e}", file=sys.stderr)
-        sys.exit(2)
-    except OSError as e:
-        if a.debug or not is_out_of_disk(e):
-            raise
-        print(f"motfm: error: {disk_full_line(e, Path(a.output_root).resolve() / a.run_name)}", file=sys.stderr)
-        sys.exit(2)
     print(f"\nDone in {time.time() - t0:.0f}s. Outputs in {Path(report).parent}/:")
     print(f"  report     {report}  (and report.json, samples.png, gains.png, training.png, closest_pairs.png)")
     print(f"  real data  {Path(report).parent / 'dataset.zarr'}")

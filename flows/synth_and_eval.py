@@ -31,6 +31,7 @@ from motfm_core.config import (
     Solver,
     from_dict,
 )
+from motfm_core.errors import BadInput
 from motfm_core.files import HOLD_FILE, hold_folder, write_json_atomic
 from motfm_core.model.distributed import check_scheduler, run_cluster
 from tasks.enhance import enhance_task
@@ -50,7 +51,7 @@ def build_config(dataset: str = DataConfig.source, image_size: int = DataConfig.
     """Named parameters (the flow's, with its defaults), then `overrides` per section, which win where both set a
     value; validates (types included) before any work."""
     if model_size not in MODEL_SIZES:
-        raise ValueError(f"model_size must be one of {sorted(MODEL_SIZES)}, got {model_size!r}")
+        raise BadInput(f"model_size must be one of {sorted(MODEL_SIZES)}, got {model_size!r}")
     named: dict[str, dict[str, Any]] = {
         "model": {"size": model_size, "mask_conditioning": mask_conditioning},
         "data": {"source": dataset, "image_size": image_size},
@@ -69,9 +70,9 @@ def enhance_configs(enhance: Sequence[str], overrides: dict[str, dict[str, Any]]
     to apply them to are refused, not dropped."""
     settings = dict(overrides.get("enhance") or {})
     if settings and not enhance:
-        raise ValueError(f"enhance settings {sorted(settings)} (overrides['enhance'], --set enhance.*) but no "
-                         "enhancement task is chosen; add --enhance denoise and/or superres (the flow's `enhance` "
-                         "parameter), or drop them")
+        raise BadInput(f"enhance settings {sorted(settings)} (overrides['enhance'], --set enhance.*) but no "
+                       "enhancement task is chosen; add --enhance denoise and/or superres (the flow's `enhance` "
+                       "parameter), or drop them")
     return [from_dict(EnhanceConfig, {**settings, "task": name}, "enhance") for name in enhance]
 
 

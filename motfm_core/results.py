@@ -14,6 +14,8 @@ import typing
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
+from motfm_core.errors import BadInput
+
 __all__ = ["Result", "optional"]
 
 R = TypeVar("R", bound="Result")
@@ -74,4 +76,4 @@ class Result:
         try:
             return cls(**{k: _typed(hints[k], v) for k, v in data.items() if k in known})
         except TypeError as e:  # a key the class needs is missing: name the class, not just the argument
-            raise ValueError(f"{cls.__name__}: {e}") from None
+            raise BadInput(f"{cls.__name__}: {e}") from None

@@ -11,6 +11,8 @@ import typing
 from dataclasses import asdict, fields
 from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args
 
+from motfm_core.errors import BadInput
+
 __all__ = ["check", "check_choices", "config_hash", "from_dict"]
 
 
@@ -34,15 +36,15 @@ def _coerce(annotation: str, value: Any, key: str) -> Any:
         if isinstance(v, want) and not (want is not bool and isinstance(v, bool)):
             return v
         example = {"int": 10, "float": 0.5, "str": "x", "bool": "true"}[kind]
-        raise ValueError(f"{key} must be {'a' if kind != 'int' else 'an'} {kind}, got {v!r} "
-                         f"({type(v).__name__}); e.g. --set {key}={example}")
+        raise BadInput(f"{key} must be {'a' if kind != 'int' else 'an'} {kind}, got {v!r} "
+                       f"({type(v).__name__}); e.g. --set {key}={example}")
 
     if annotation in _SCALARS:
         return one(annotation, value)
     if annotation.startswith("tuple[") and annotation.endswith(", ...]"):
         kind = annotation[len("tuple["):-len(", ...]")]
         if not isinstance(value, (list, tuple)):
-            raise ValueError(f"{key} must be a list of {kind}, got {value!r}; e.g. --set {key}=[1,2]")
+            raise BadInput(f"{key} must be a list of {kind}, got {value!r}; e.g. --set {key}=[1,2]")
         return tuple(one(kind, v) for v in value)
     return value  # other annotations are checked by the config's validate()
 
@@ -54,7 +56,7 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T
     label = where or cls.__name__
     unknown = sorted(set(values) - names)
     if unknown:
-        raise ValueError(f"{label}: unknown parameter(s) {unknown}; valid ones are {sorted(names)}")
+        raise BadInput(f"{label}: unknown parameter(s) {unknown}; valid ones are {sorted(names)}")
     for f in fields(cls):
         if f.name in values:
             values[f.name] = _coerce(str(f.type), values[f.name], f"{label}.{f.name}")
@@ -75,7 +77,7 @@ def config_hash(*configs: Any) -> str:
 def check(cond: bool, msg: str) -> None:
     """A ValueError with `msg` unless `cond` (validate() methods: each message names the key and the fix)."""
     if not cond:
-        raise ValueError(msg)
+        raise BadInput(msg)
 
 
 def check_choices(obj: Any, section: str) -> None:
@@ -86,4 +88,4 @@ def check_choices(obj: Any, section: str) -> None:
         # of the same type too: 3.0 == 3 would pass as a choice of [2, 3] and fail later as a float
         if typing.get_origin(tp) is Literal and not any(value == c and type(value) is type(c) for c in get_args(tp)):
             kind = f" ({type(value).__name__})" if value in get_args(tp) else ""
-            raise ValueError(f"{section}.{f.name} must be one of {list(get_args(tp))}, got {value!r}{kind}")
+            raise BadInput(f"{section}.{f.name} must be one of {list(get_args(tp))}, got {value!r}{kind}")

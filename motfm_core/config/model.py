@@ -10,7 +10,10 @@ from motfm_core.config.sizing import WIDTHS, check_attention, sized_network
 from motfm_core.typed import check as _check
 from motfm_core.typed import check_choices
 
-__all__ = ["auto_norm_groups", "AutoencoderConfig", "MODEL_SIZES", "ModelConfig"]
+__all__ = ["auto_norm_groups", "AutoencoderConfig", "DDPM_TIMESTEPS", "MODEL_SIZES", "ModelConfig"]
+
+# the DDPM baseline's training steps (model.prediction='epsilon'); its DDIM sampler takes at most as many
+DDPM_TIMESTEPS = 1000
 
 
 def auto_norm_groups(channels: tuple[int, ...], per_group: int = 4, most: int = 32) -> int:

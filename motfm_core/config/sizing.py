@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import math
 
+from motfm_core.errors import BadInput
+
 __all__ = ["ATTENTION_TOKENS", "BOTTLENECK_SIDE", "LEVEL_WIDTHS", "MIN_LEVELS", "WIDTHS", "attention_tokens",
            "check_attention", "level_sides", "sized_network"]
 
@@ -51,11 +53,11 @@ def sized_network(size: str, shape: tuple[int, ...], channels: tuple[int, ...] =
     channels, set the number of levels. Otherwise attention sits at the deepest level when its tokens are at most
     `token_limit` (0: ATTENTION_TOKENS for the dims)."""
     if size not in WIDTHS:
-        raise ValueError(f"model.size must be one of {sorted(WIDTHS)}, got {size!r}")
+        raise BadInput(f"model.size must be one of {sorted(WIDTHS)}, got {size!r}")
     levels = len(channels) or len(attention_levels) or _levels(shape)
     if levels > len(LEVEL_WIDTHS):
-        raise ValueError(f"model.channels: at most {len(LEVEL_WIDTHS)} levels are sized, got {levels}; give "
-                         "model.channels explicitly")
+        raise BadInput(f"model.channels: at most {len(LEVEL_WIDTHS)} levels are sized, got {levels}; give "
+                       "model.channels explicitly")
     if not channels:
         channels = tuple(WIDTHS[size] * m for m in LEVEL_WIDTHS[:levels])
     if not attention_levels:
@@ -73,7 +75,7 @@ def check_attention(shape: tuple[int, ...], attention_levels: tuple[bool, ...], 
         tokens = attention_tokens(shape, level)
         if on and tokens > limit:
             side = " x ".join(map(str, level_sides(shape, level + 1)[level]))
-            raise ValueError(
+            raise BadInput(
                 f"model.attention_levels: level {level} attends over {side} = {tokens} tokens, over the limit of "
                 f"{limit} for {len(shape)}D (its attention map alone is {tokens ** 2 * 4 / 2 ** 20:.0f} MiB per head "
                 "and image); put attention at a deeper level, add levels (model.channels), or raise "

@@ -39,8 +39,9 @@ from scipy import ndimage
 
 from motfm_core.config import DataConfig
 from motfm_core.data.preprocess import normalise, resize
+from motfm_core.errors import BadInput
 
-__all__ = ["band", "build_brain_mri", "CLASS_NAMES", "MASK_NAMES", "MRICRON", "volumes", "Z_RANGE"]
+__all__ = ["band", "build_brain_mri", "check_blocks", "CLASS_NAMES", "MASK_NAMES", "MRICRON", "volumes", "Z_RANGE"]
 
 log = logging.getLogger(__name__)
 
@@ -98,7 +99,7 @@ def _colin27() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     t1, aff = _load(MRICRON / "ch2bet.nii.gz")
     aal, aal_aff = _load(MRICRON / "aal.nii.gz")
     if aal.shape != t1.shape or not np.allclose(aal_aff, aff):
-        raise ValueError(f"{MRICRON}: aal.nii.gz is not on the ch2bet.nii.gz grid; reinstall mricron-data")
+        raise BadInput(f"{MRICRON}: aal.nii.gz is not on the ch2bet.nii.gz grid; reinstall mricron-data")
     brain = t1 > 0
     gm = (aal > 0) & brain
     rest = brain & ~gm
@@ -154,17 +155,31 @@ def _grid_3d(t1: np.ndarray, tissue: np.ndarray, affine: np.ndarray, v: int = VO
     return img.astype(np.float32), mask
 
 
+def check_blocks(cfg: DataConfig) -> str:
+    """How the 3D demo set's blocks of cfg's size are split ("slabs" or "by-brain"), or BadInput when they cannot
+    be: decided from the settings alone (no volume is read), so the pre-start check refuses it in seconds."""
+    size, depth, v = cfg.image_size, cfg.depth, int(cfg.voxel_mm or VOXEL_MM_3D)
+    n, nz = FOV_MM // v, (Z_RANGE[1] - Z_RANGE[0]) // v
+    deepest = (SLAB_MM_3D - 2 * GUARD_MM) // v  # a test block must fit one slab with its guard
+    if size <= n // 2 and depth <= deepest:
+        return "slabs"
+    if not cfg.voxel_mm:
+        raise BadInput(f"brain-mri 3D: blocks of {size} x {size} x {depth} voxels at {v} mm do not fit the "
+                       f"{FOV_MM} mm field of view and {SLAB_MM_3D} mm split slabs; use data.image_size <= "
+                       f"{n // 2} and data.depth <= {deepest}")
+    if not (MRICRON / "ch2bet.nii.gz").exists() or size > n or depth > nz:
+        raise BadInput(f"brain-mri 3D: blocks of {size} x {size} x {depth} voxels at {v} mm are split by brain, "
+                       f"which needs both bundled brains (make data installs the second) and blocks within the "
+                       f"{n} x {n} x {nz} voxel grid")
+    return "by-brain"
+
+
 def _build_3d(cfg: DataConfig) -> tuple[dict[str, Any], dict[str, Any]]:
     """The 3D demo set: sub-volume blocks (module docstring)."""
+    if check_blocks(cfg) == "by-brain":
+        return _build_3d_by_brain(cfg)
     size, depth, v = cfg.image_size, cfg.depth, int(cfg.voxel_mm or VOXEL_MM_3D)
     n = FOV_MM // v
-    deepest = (SLAB_MM_3D - 2 * GUARD_MM) // v  # a test block must fit one slab with its guard
-    if cfg.voxel_mm and (size > n // 2 or depth > deepest):
-        return _build_3d_by_brain(cfg)
-    if size > n // 2 or depth > deepest:
-        raise ValueError(f"brain-mri 3D: blocks of {size} x {size} x {depth} voxels at {v} mm do not fit the "
-                         f"{FOV_MM} mm field of view and {SLAB_MM_3D} mm split slabs; use data.image_size <= "
-                         f"{n // 2} and data.depth <= {deepest}")
     imgs, masks, labels, split, groups, centres = [], [], [], [], [], []
     mm = np.arange(Z_RANGE[0], Z_RANGE[1], dtype=float) + 0.5  # 1 mm positions, for the split and its guard
     for vi, (name, (t1, tissue, aff)) in enumerate(volumes().items()):
@@ -205,13 +220,10 @@ def _build_3d_by_brain(cfg: DataConfig) -> tuple[dict[str, Any], dict[str, Any]]
     volume's blocks train; the second's are the test split, but for those at the central in-plane position, which are
     the validation split (they overlap test blocks: both are of the held-out brain). Blocks at in-plane positions
     every quarter block and axial positions every 8 voxels; class = lower or upper half of the axial positions."""
+    check_blocks(cfg)
     size, depth, v = cfg.image_size, cfg.depth, int(cfg.voxel_mm)
     n, nz = FOV_MM // v, (Z_RANGE[1] - Z_RANGE[0]) // v
     vols = volumes()
-    if len(vols) < 2 or size > n or depth > nz:
-        raise ValueError(f"brain-mri 3D: blocks of {size} x {size} x {depth} voxels at {v} mm are split by brain, "
-                         f"which needs both bundled brains (make data installs the second) and blocks within the "
-                         f"{n} x {n} x {nz} voxel grid")
     rows = list(range(0, n - size + 1, max(1, size // 4)))
     levels = list(range(0, nz - depth + 1, 8))
     cut = Z_RANGE[0] + v * (levels[len(levels) // 2] + depth / 2)  # the median block centre: two halves

@@ -17,6 +17,7 @@ from torch.utils.data import ConcatDataset, Dataset, Subset
 from motfm_core.data.rows import take_rows
 from motfm_core.data.store import SPLITS, open_store
 from motfm_core.data.synthetic import require_complete
+from motfm_core.errors import BadInput
 
 __all__ = ["as_dask", "mix_real_synthetic", "Rows", "ZarrDictDataset", "ZarrImageDataset"]
 
@@ -34,11 +35,11 @@ class ZarrImageDataset(Dataset):
         if "split" in root.array_keys():
             open_store(self.path)  # refuses a real dataset with a chunk file missing (zarr would serve zeros)
             if split is not None and split not in SPLITS:
-                raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
+                raise BadInput(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
             self.index = (np.arange(n) if split is None else np.nonzero(root["split"][:] == SPLITS[split])[0])
         else:
             if split is not None:
-                raise ValueError(f"{path}: a synthetic store has no splits; leave split=None")
+                raise BadInput(f"{path}: a synthetic store has no splits; leave split=None")
             require_complete(path)
             self.index = np.arange(n)
         self.has_masks = "masks" in root.array_keys()
@@ -81,12 +82,12 @@ class ZarrDictDataset(ZarrImageDataset):
 def mix_real_synthetic(real: Dataset, synthetic: Dataset, ratio: float, seed: int = 0) -> ConcatDataset:
     """All of `real` plus round(ratio * len(real)) synthetic samples drawn without replacement."""
     if ratio < 0:
-        raise ValueError(f"ratio must be >= 0, got {ratio}")
+        raise BadInput(f"ratio must be >= 0, got {ratio}")
     n_real, n_syn = len(real), len(synthetic)  # type: ignore[arg-type]  # torch's Dataset type has no __len__; ours do
     n = int(round(ratio * n_real))
     if n > n_syn:
-        raise ValueError(f"ratio {ratio} needs {n} synthetic samples, the store has {n_syn} (ratio <= "
-                         f"{n_syn / max(1, n_real):.2f} fits {n_real} real samples); sample more or lower the ratio")
+        raise BadInput(f"ratio {ratio} needs {n} synthetic samples, the store has {n_syn} (ratio <= "
+                       f"{n_syn / max(1, n_real):.2f} fits {n_real} real samples); sample more or lower the ratio")
     pick = np.random.RandomState(seed).choice(n_syn, n, replace=False)
     return ConcatDataset([real, Subset(synthetic, pick.tolist())])
 

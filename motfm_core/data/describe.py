@@ -13,6 +13,7 @@ import zarr
 from motfm_core.data.store import SPLITS, open_store
 from motfm_core.data.synthetic import shard_states
 from motfm_core.data.versions import versions
+from motfm_core.errors import InputMissing
 
 __all__ = ["describe"]
 
@@ -74,8 +75,8 @@ def describe(path: str | Path) -> str:
         return "\n".join(_real(path))
     found = versions(path) if path.is_dir() else []
     if not found:
-        raise FileNotFoundError(f"{path}: neither a motfm store nor a folder of synthetic versions; give a "
-                                "dataset.zarr, a synthetic/vNNNN.zarr or the synthetic/ folder")
+        raise InputMissing(f"{path}: neither a motfm store nor a folder of synthetic versions; give a "
+                           "dataset.zarr, a synthetic/vNNNN.zarr or the synthetic/ folder")
     link = path / "latest"
     current = link.resolve() if link.is_symlink() else None
     lines = [f"{path}: {len(found)} synthetic version(s)"]

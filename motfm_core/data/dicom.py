@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from motfm_core.data.geometry import Image, canonical
+from motfm_core.errors import BadInput
 from motfm_core.files import system_error
 
 __all__ = ["DICOM_SUFFIXES", "read_dicom", "read_dicom_image"]
@@ -22,15 +23,15 @@ def _dicom_pixels(ds: Any, path: Path) -> np.ndarray:
     from pydicom.pixels import apply_modality_lut
 
     if "PixelData" not in ds:
-        raise ValueError(f"{path}: DICOM file without pixel data (a report or structure set?); list image files only")
+        raise BadInput(f"{path}: DICOM file without pixel data (a report or structure set?); list image files only")
     try:
         arr = ds.pixel_array
     except Exception as exc:  # pydicom raises several types for compressed data it has no decoder for
         if system_error(exc):
             raise
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__  # its message lists every plugin
-        raise ValueError(f"{path}: cannot decode DICOM pixels ({ds.file_meta.get('TransferSyntaxUID', '?')}: "
-                         f"{reason}); export it uncompressed or install a decoder (pylibjpeg)") from exc
+        raise BadInput(f"{path}: cannot decode DICOM pixels ({ds.file_meta.get('TransferSyntaxUID', '?')}: "
+                       f"{reason}); export it uncompressed or install a decoder (pylibjpeg)") from exc
     frames = int(ds.get("NumberOfFrames", 1) or 1)
     if int(ds.get("SamplesPerPixel", 1)) == 3:  # RGB after pydicom's colour conversion: luminance, as for PNG
         arr = arr @ np.array([0.299, 0.587, 0.114])
@@ -55,7 +56,7 @@ def _series(folder: Path) -> Image:
 
     files = sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
     if not files:
-        raise ValueError(f"{folder}: empty DICOM series folder; list a folder holding the series' slice files")
+        raise BadInput(f"{folder}: empty DICOM series folder; list a folder holding the series' slice files")
     slices = []
     for f in files:
         try:
@@ -63,17 +64,17 @@ def _series(folder: Path) -> Image:
         except Exception as exc:  # pydicom's InvalidDicomError and the errors of truncated files
             if system_error(exc):
                 raise
-            raise ValueError(f"{f}: not a readable DICOM file ({type(exc).__name__}: {exc}); remove it from the "
-                             "series folder") from exc
+            raise BadInput(f"{f}: not a readable DICOM file ({type(exc).__name__}: {exc}); remove it from the "
+                           "series folder") from exc
     uids = {str(ds.get("SeriesInstanceUID", "")) for _, ds in slices}
     if len(uids) > 1:
-        raise ValueError(f"{folder}: holds {len(uids)} series ({sorted(uids)}); put one series per folder")
+        raise BadInput(f"{folder}: holds {len(uids)} series ({sorted(uids)}); put one series per folder")
     first_file, first = slices[0]
     shape = (int(first.Rows), int(first.Columns))
     for f, ds in slices:
         if (int(ds.Rows), int(ds.Columns)) != shape:
-            raise ValueError(f"{f}: slice of {int(ds.Rows)}x{int(ds.Columns)} pixels in a series of {shape[0]}x"
-                             f"{shape[1]} ({first_file.name}); one series per folder, one shape per series")
+            raise BadInput(f"{f}: slice of {int(ds.Rows)}x{int(ds.Columns)} pixels in a series of {shape[0]}x"
+                           f"{shape[1]} ({first_file.name}); one series per folder, one shape per series")
     if all("ImagePositionPatient" in ds and "ImageOrientationPatient" in ds for _, ds in slices):
         orient = np.asarray(first.ImageOrientationPatient, dtype=float)
         normal = np.cross(orient[:3], orient[3:])
@@ -81,14 +82,14 @@ def _series(folder: Path) -> Image:
     elif all("InstanceNumber" in ds for _, ds in slices):
         where = np.array([float(ds.InstanceNumber) for _, ds in slices])
     else:
-        raise ValueError(f"{folder}: cannot order the slices (no ImagePositionPatient/ImageOrientationPatient or "
-                         "InstanceNumber); export the series with positions")
+        raise BadInput(f"{folder}: cannot order the slices (no ImagePositionPatient/ImageOrientationPatient or "
+                       "InstanceNumber); export the series with positions")
     order = np.argsort(where, kind="stable")
     gaps = np.diff(where[order])
     if len(gaps) and np.min(np.abs(gaps)) < 1e-6:
         i = int(np.argmin(np.abs(gaps)))
-        raise ValueError(f"{slices[order[i + 1]][0]}: same position as {slices[order[i]][0].name}; a series folder "
-                         "holds each slice once")
+        raise BadInput(f"{slices[order[i + 1]][0]}: same position as {slices[order[i]][0].name}; a series folder "
+                       "holds each slice once")
     volume = np.stack([_dicom_pixels(slices[i][1], slices[i][0]) for i in order], axis=-1)
     positioned = len(gaps) and "ImagePositionPatient" in first
     through = float(np.median(np.abs(gaps))) if positioned else float(
@@ -126,8 +127,8 @@ def read_dicom_image(path: Path) -> Image:
     except Exception as exc:  # pydicom's InvalidDicomError and the errors of truncated files
         if system_error(exc):
             raise
-        raise ValueError(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc}); re-export or remove "
-                         "it") from exc
+        raise BadInput(f"{path}: not a readable DICOM file ({type(exc).__name__}: {exc}); re-export or remove "
+                       "it") from exc
     arr = _dicom_pixels(ds, path)
     spacing: tuple[float, ...] = _in_plane_spacing(ds)
     if arr.ndim == 3:  # multi-frame: the frame offsets (RT dose grids) or the slice spacing
@@ -135,5 +136,5 @@ def read_dicom_image(path: Path) -> Image:
         spacing = (*spacing, float(np.median(np.abs(np.diff(offsets)))) if len(offsets) > 1 else float(
             ds.get("SpacingBetweenSlices") or ds.get("SliceThickness") or 1.0))
     if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: contains NaN/inf values; fix or remove the file")
+        raise BadInput(f"{path}: contains NaN/inf values; fix or remove the file")
     return Image(arr, spacing, modality=str(ds.get("Modality", "")) or None)

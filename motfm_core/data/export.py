@@ -25,6 +25,7 @@ import numpy as np
 
 from motfm_core.data.store import SPLITS, channel_names, open_store
 from motfm_core.data.synthetic import require_complete
+from motfm_core.errors import BadInput
 from motfm_core.files import atomic_path
 
 __all__ = ["export_nifti", "export_nnunet", "export_real", "sample_geometry"]
@@ -118,7 +119,7 @@ def export_nifti(data_path: str | Path, version: str | Path, out: str | Path, re
     returns `out`. Refuses an existing `out`."""
     data, syn, out = open_store(data_path), _synthetic(version), Path(out)
     if out.exists():
-        raise ValueError(f"{out}: already exists; export into a new folder (nothing was written)")
+        raise BadInput(f"{out}: already exists; export into a new folder (nothing was written)")
     names = channel_names(data.attrs, int(data["images"].shape[1]))
     classes = list(data.attrs["class_names"])
     train = np.nonzero(np.asarray(data["split"][:]) == SPLITS["train"])[0]
@@ -144,7 +145,7 @@ def export_real(data_path: str | Path, out: str | Path) -> Path:
     stored grid and in its source units; returns `out`. Refuses an existing `out`."""
     data, out = open_store(data_path), Path(out)
     if out.exists():
-        raise ValueError(f"{out}: already exists; export into a new folder (nothing was written)")
+        raise BadInput(f"{out}: already exists; export into a new folder (nothing was written)")
     with atomic_path(out) as tmp:
         _export_real(data, tmp, channel_names(data.attrs, int(data["images"].shape[1])), _is_ct(data))
     return out
@@ -182,13 +183,13 @@ def export_nnunet(data_path: str | Path, version: str | Path, out: str | Path, d
     synthetic cases (never a validation or test case); returns its folder. Needs masks; refuses an existing one."""
     data, syn = open_store(data_path), _synthetic(version)
     if "masks" not in data.array_keys() or "masks" not in syn.array_keys():
-        raise ValueError(f"{data_path}: nnU-Net trains segmenters and this run has no masks; give a mask column in "
-                         "labels.csv, or export --to nifti")
+        raise BadInput(f"{data_path}: nnU-Net trains segmenters and this run has no masks; give a mask column in "
+                       "labels.csv, or export --to nifti")
     if not 1 <= dataset_id <= 999:
-        raise ValueError(f"--dataset-id {dataset_id}: nnU-Net dataset ids are 1..999")
+        raise BadInput(f"--dataset-id {dataset_id}: nnU-Net dataset ids are 1..999")
     target = Path(out) / f"Dataset{dataset_id:03d}_{re.sub(r'[^A-Za-z0-9]+', '', name) or 'motfm'}"
     if target.exists() or any(Path(out).glob(f"Dataset{dataset_id:03d}_*")):
-        raise ValueError(f"{target}: dataset id {dataset_id} is taken in {out}; choose another --dataset-id")
+        raise BadInput(f"{target}: dataset id {dataset_id} is taken in {out}; choose another --dataset-id")
     names = channel_names(data.attrs, int(data["images"].shape[1]))
     train = np.nonzero(np.asarray(data["split"][:]) == SPLITS["train"])[0]
     n_syn = min(int(round(synthetic_ratio * len(train))), int(syn["images"].shape[0]))

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from motfm_core.errors import BadInput
+
 __all__ = ["axis_codes", "canonical", "check_affine", "fit_volume", "Image", "spacing_of", "stack_channels"]
 
 SHEAR_TOLERANCE = 1e-3  # |cos| between two voxel axes above which an affine is sheared, not merely oblique-rounded
@@ -61,13 +63,13 @@ def check_affine(affine: np.ndarray, where: str) -> None:
     m = np.asarray(affine, float)[:3, :3]
     spacing = np.linalg.norm(m, axis=0)
     if not np.all(np.isfinite(m)) or np.any(spacing < 1e-6) or abs(np.linalg.det(m)) < 1e-9:
-        raise ValueError(f"{where}: its affine is singular (voxel spacing {tuple(np.round(spacing, 4))} mm); fix the "
-                         "header's pixdim / sform (a spacing of 0 places no voxel) and re-export it")
+        raise BadInput(f"{where}: its affine is singular (voxel spacing {tuple(np.round(spacing, 4))} mm); fix the "
+                       "header's pixdim / sform (a spacing of 0 places no voxel) and re-export it")
     unit = m / spacing
     cos = np.abs(unit.T @ unit - np.eye(3))
     if cos.max() > SHEAR_TOLERANCE:
-        raise ValueError(f"{where}: its affine is sheared (voxel axes at cos {cos.max():.3f} from square); "
-                         "resample it onto a rectilinear grid first (e.g. SimpleITK's ResampleImageFilter)")
+        raise BadInput(f"{where}: its affine is sheared (voxel axes at cos {cos.max():.3f} from square); "
+                       "resample it onto a rectilinear grid first (e.g. SimpleITK's ResampleImageFilter)")
 
 
 def canonical(pixels: np.ndarray, affine: np.ndarray, path: Path, modality: str | None = None) -> Image:
@@ -106,15 +108,15 @@ def stack_channels(images: list[Image], names: list[str], where: str) -> Image:
     first = images[0]
     shape = first.pixels.shape
     if any(im.channel_first for im in images):
-        raise ValueError(f"{where}: a 4-D file among its image_* columns; give one volume per image_* column, or "
-                         "one 4-D file in a filename column")
+        raise BadInput(f"{where}: a 4-D file among its image_* columns; give one volume per image_* column, or "
+                       "one 4-D file in a filename column")
     if all(_same_grid(im, first) for im in images):
         return Image(np.stack([im.pixels for im in images]), first.spacing, first.affine, first.orientation,
                      first.modality, channel_first=True)
     if first.affine is None or any(im.affine is None for im in images):
         sizes = ", ".join(f"{n} {'x'.join(map(str, im.pixels.shape))}" for n, im in zip(names, images))
-        raise ValueError(f"{where}: its sequences have different shapes ({sizes}) and record no geometry to align "
-                         "them; resample them onto one grid")
+        raise BadInput(f"{where}: its sequences have different shapes ({sizes}) and record no geometry to align "
+                       "them; resample them onto one grid")
     import torch
     from monai.data import MetaTensor
     from monai.transforms import SpatialResample
@@ -125,9 +127,9 @@ def stack_channels(images: list[Image], names: list[str], where: str) -> Image:
         assert im.affine is not None and first.affine is not None
         gap = float(np.abs(_corners(im.pixels.shape, im.affine) - _corners(shape, first.affine)).max())
         if gap > tolerance:
-            raise ValueError(f"{where}: sequence {name} covers another field of view than {names[0]} (corners up to "
-                             f"{gap:.1f} mm apart); register the sequences to one another (or crop them to one "
-                             "field of view) before ingest")
+            raise BadInput(f"{where}: sequence {name} covers another field of view than {names[0]} (corners up to "
+                           f"{gap:.1f} mm apart); register the sequences to one another (or crop them to one "
+                           "field of view) before ingest")
         if _same_grid(im, first):
             out.append(im.pixels)
             continue
@@ -174,7 +176,7 @@ def fit_volume(image: np.ndarray, mask: np.ndarray | None, affine: np.ndarray, t
         m = None if m is None else Resize(size, mode="nearest")(m)
     elif fit == "crop":
         if spacing_mm <= 0:
-            raise ValueError("data.fit='crop' needs data.spacing_mm > 0 (the voxel side in mm to resample to)")
+            raise BadInput("data.fit='crop' needs data.spacing_mm > 0 (the voxel side in mm to resample to)")
         centre = (start + end) / 2.0
         half = np.array(target) * spacing_mm / spacing / 2.0 + 1  # the target's half-extent in source voxels
         crop = SpatialCrop(roi_start=np.maximum(np.floor(centre - half), 0).astype(int),

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
+import pandas as pd
 
 from motfm_core import __version__
 from motfm_core.config import DataConfig, config_hash
@@ -18,10 +19,11 @@ from motfm_core.data.phantom import build_phantom
 from motfm_core.data.preprocess import NORMALISATION, patient_split, percentile_window, resize, to_unit
 from motfm_core.data.readers import MAX_MASK_VALUES, RawSet, read_folder, read_medmnist
 from motfm_core.data.store import SCHEMA_VERSION, SPLITS, open_store, write_dataset
+from motfm_core.errors import BadInput, InputMissing
 
 __all__ = [
     "MIN_TEST", "MIN_TRAIN_PER_CLASS", "MIN_VAL", "check_sizes", "check_source", "ingest", "load_source", "prepare",
-    "source_signature",
+    "source_has_masks", "source_signature",
 ]
 
 log = logging.getLogger(__name__)
@@ -32,8 +34,8 @@ def mask_classes(raw: RawSet) -> dict[int, int]:
     is background), so a 0/255 mask reads as classes 0/1; an identity when the values already are 0..K-1."""
     values = sorted(set().union(*(np.unique(m).tolist() for m in raw.masks if m is not None)))
     if len(values) > MAX_MASK_VALUES:
-        raise ValueError(f"{raw.origin}: the masks hold {len(values)} distinct values in all ({values[:20]}...), at "
-                         f"most {MAX_MASK_VALUES} classes; use one value per class across every mask file")
+        raise BadInput(f"{raw.origin}: the masks hold {len(values)} distinct values in all ({values[:20]}...), at "
+                       f"most {MAX_MASK_VALUES} classes; use one value per class across every mask file")
     return {int(v): k for k, v in enumerate(values)}
 
 
@@ -53,8 +55,8 @@ def _fit_of(cfg: DataConfig, affine: np.ndarray | None, nd: int, name: str) -> s
     if cfg.fit == "auto":
         return "fov" if affine is not None and nd == 3 and cfg.spatial_dims == 3 else "resize"
     if cfg.fit != "resize" and (affine is None or nd != 3):
-        raise ValueError(f"{name}: data.fit={cfg.fit!r} places volumes by their spacing, which this file does not "
-                         "record (2D images and MedMNIST have none); use data.fit=resize or data.fit=auto")
+        raise BadInput(f"{name}: data.fit={cfg.fit!r} places volumes by their spacing, which this file does not "
+                       "record (2D images and MedMNIST have none); use data.fit=resize or data.fit=auto")
     return cfg.fit
 
 
@@ -67,9 +69,9 @@ def _intensity_of(cfg: DataConfig, raw: RawSet, k: int, img: np.ndarray, name: s
     modality = raw.modalities[k] if k < len(raw.modalities) else None
     mode = cfg.intensity if cfg.intensity != "auto" else "ct" if modality == "CT" else "percentile"
     if mode == "ct" and (float(img.max()) < CT_PLAUSIBLE[0] or float(img.min()) > CT_PLAUSIBLE[1]):
-        raise ValueError(f"{name}: data.intensity='ct' but its values ({float(img.min()):g}..{float(img.max()):g}) "
-                         f"cannot be Hounsfield units (CT reaches above {CT_PLAUSIBLE[0]:g} and below "
-                         f"{CT_PLAUSIBLE[1]:g}); use data.intensity=percentile for MR and photos")
+        raise BadInput(f"{name}: data.intensity='ct' but its values ({float(img.min()):g}..{float(img.max()):g}) "
+                       f"cannot be Hounsfield units (CT reaches above {CT_PLAUSIBLE[0]:g} and below "
+                       f"{CT_PLAUSIBLE[1]:g}); use data.intensity=percentile for MR and photos")
     return mode
 
 
@@ -90,8 +92,8 @@ def _pieces(img: np.ndarray, mask: np.ndarray | None, volume_in_2d: bool, name: 
         return [(img, mask)]
     keep = [z for z in range(img.shape[-1]) if (img[..., z] > 0.05).mean() >= 0.05]
     if not keep:
-        raise ValueError(f"{name}: contributed no sample (no axial slice has >= 5% of its pixels above 5% of the "
-                         "intensity range); check the file or remove its row")
+        raise BadInput(f"{name}: contributed no sample (no axial slice has >= 5% of its pixels above 5% of the "
+                       "intensity range); check the file or remove its row")
     return [(img[..., z], None if mask is None else mask[..., z]) for z in keep]
 
 
@@ -109,12 +111,12 @@ def prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
         name = raw.files[k] if k < len(raw.files) else f"{raw.origin} sample {k}"
         nd = img.ndim - 1
         if nd not in (2, 3):
-            raise ValueError(f"{name}: has {nd} spatial dims (shape {img.shape[1:]}); expected a 2D image or a 3D "
-                             "volume (split 4-D series into one volume per file)")
+            raise BadInput(f"{name}: has {nd} spatial dims (shape {img.shape[1:]}); expected a 2D image or a 3D "
+                           "volume (split 4-D series into one volume per file)")
         if nd == 2 and cfg.spatial_dims == 3:
-            raise ValueError(f"{name}: is 2D but data.spatial_dims=3; use data.spatial_dims=2")
+            raise BadInput(f"{name}: is 2D but data.spatial_dims=3; use data.spatial_dims=2")
         if float(img.max()) <= float(img.min()):
-            raise ValueError(f"{name}: image is blank (every pixel is {float(img.min()):g}); remove its row")
+            raise BadInput(f"{name}: image is blank (every pixel is {float(img.min()):g}); remove its row")
         affine = _source_affine(raw, k, nd)
         fit = _fit_of(cfg, affine, nd, name)
         mode = _intensity_of(cfg, raw, k, img, name)
@@ -144,10 +146,10 @@ def prepare(raw: RawSet, cfg: DataConfig) -> dict[str, Any]:
             groups.append(grp)
             split.append(raw.split[k] if raw.split is not None else -1)
     if not imgs:
-        raise ValueError(f"{raw.origin}: no usable samples found")
+        raise BadInput(f"{raw.origin}: no usable samples found")
     has_masks = [m is not None for m in masks]
     if any(has_masks) and not all(has_masks):
-        raise ValueError(f"{raw.origin}: some samples have masks and some do not; give a mask for every row or none")
+        raise BadInput(f"{raw.origin}: some samples have masks and some do not; give a mask for every row or none")
     out = {"images": np.stack(imgs), "labels": np.array(labels), "group_names": groups, "mask_values": classes,
            "fits": fits, "modes": modes, "intensity": np.array(windows, dtype=np.float64)}
     if any(g is not None for g in stored):
@@ -175,8 +177,8 @@ def check_sizes(source: str, labels: np.ndarray, split: np.ndarray) -> None:
     if n_val < MIN_VAL:
         short.append(f"the val split has {n_val} sample(s), needs >= {MIN_VAL}")
     if short:
-        raise ValueError(f"{source}: too small to train and evaluate: {'; '.join(short)}; add data (more subjects) or "
-                         "change data.val_fraction / data.test_fraction")
+        raise BadInput(f"{source}: too small to train and evaluate: {'; '.join(short)}; add data (more subjects) or "
+                       "change data.val_fraction / data.test_fraction")
 
 
 def check_classes_in_splits(source: str, labels: np.ndarray, split: np.ndarray, class_names: list[str],
@@ -188,9 +190,9 @@ def check_classes_in_splits(source: str, labels: np.ndarray, split: np.ndarray, 
         if missing:
             name = class_names[c] if c < len(class_names) else str(c)
             subjects = len({g for g, lab in zip(groups, labels) if lab == c})
-            raise ValueError(f"{source}: class {name!r} has no sample in the {'/'.join(missing)} split ({subjects} "
-                             "subject(s) hold it; a split by subject needs one per split): add subjects of that class, "
-                             "or give the split yourself (a MedMNIST .npz keeps its own)")
+            raise BadInput(f"{source}: class {name!r} has no sample in the {'/'.join(missing)} split ({subjects} "
+                           "subject(s) hold it; a split by subject needs one per split): add subjects of that class, "
+                           "or give the split yourself (a MedMNIST .npz keeps its own)")
 
 
 def check_source(source: str) -> None:
@@ -198,8 +200,23 @@ def check_source(source: str) -> None:
     if source == "brain-mri" or source.startswith("phantom"):
         return
     if not Path(source).exists():
-        raise FileNotFoundError(f"{source}: data source not found; give 'brain-mri', a MedMNIST .npz, "
-                                "or a folder with labels.csv")
+        raise InputMissing(f"{source}: data source not found; give 'brain-mri', a MedMNIST .npz, "
+                           "or a folder with labels.csv")
+
+
+def source_has_masks(source: str) -> bool | None:
+    """Whether a data source gives segmentation masks, from its header alone (labels.csv's columns); None when only
+    reading it would tell."""
+    if source == "brain-mri" or source.startswith("phantom"):
+        return True
+    path = Path(source)
+    if path.suffix == ".npz":
+        return False  # MedMNIST files hold class labels only
+    try:
+        columns = pd.read_csv(path / "labels.csv", nrows=0).columns
+    except (OSError, ValueError):  # missing or unreadable: the ingest says which, with its fix
+        return None
+    return "mask" in columns
 
 
 def load_source(cfg: DataConfig) -> tuple[dict[str, np.ndarray], dict]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from motfm_core.errors import BadInput
+
 __all__ = ["NORMALISATION", "normalise", "patient_split", "percentile_window", "resize", "to_unit"]
 
 NORMALISATION = "per image/volume: percentiles [0.5, 99.5] of foreground (>0) -> [0, 1], clipped"
@@ -68,7 +70,7 @@ def patient_split(groups: list[str], val_fraction: float, test_fraction: float, 
     seeded splits that does, else the seed's (ingest then refuses the class by name)."""
     uniq = sorted(set(groups))
     if len(uniq) < 3:
-        raise ValueError(f"need at least 3 patients/groups for a train/val/test split, got {len(uniq)}")
+        raise BadInput(f"need at least 3 patients/groups for a train/val/test split, got {len(uniq)}")
     if labels is None:
         code = _group_split(uniq, val_fraction, test_fraction, seed)
         return np.array([code[g] for g in groups], dtype=np.uint8)

@@ -23,6 +23,7 @@ import pandas as pd
 
 from motfm_core.data.dicom import DICOM_SUFFIXES, read_dicom, read_dicom_image
 from motfm_core.data.geometry import Image, canonical, stack_channels
+from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import system_error
 
 __all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "Image", "NIFTI_SUFFIXES", "RawSet", "read_any", "read_dicom",
@@ -66,48 +67,48 @@ def read_mask(path: Path, like: Image, image: Path) -> np.ndarray:
     read = read_any(path)
     mask, shape = read.pixels, like.channels.shape[1:]
     if read.affine is not None and like.affine is not None and not np.allclose(read.affine, like.affine, atol=1e-3):
-        raise ValueError(f"{path}: label map on another grid than its image {image} (affines differ: voxel sizes "
-                         f"{_mm(read.spacing)} vs {_mm(like.spacing)} mm, "
-                         "or another origin or orientation); resample the label map onto the image's grid "
-                         "(nearest neighbour)")
+        raise BadInput(f"{path}: label map on another grid than its image {image} (affines differ: voxel sizes "
+                       f"{_mm(read.spacing)} vs {_mm(like.spacing)} mm, "
+                       "or another origin or orientation); resample the label map onto the image's grid "
+                       "(nearest neighbour)")
     if mask.shape != shape:
-        raise ValueError(f"{path}: mask shape {mask.shape} != image shape {shape} of {image}; resample the mask "
-                         "onto the image grid")
+        raise BadInput(f"{path}: mask shape {mask.shape} != image shape {shape} of {image}; resample the mask "
+                       "onto the image grid")
     mask = np.rint(mask).astype(np.int64)
     values = np.unique(mask)
     if len(values) > MAX_MASK_VALUES:
-        raise ValueError(f"{path}: a mask with {len(values)} distinct values (at most {MAX_MASK_VALUES}: one per "
-                         "class); save label masks losslessly (PNG, NIfTI) with one value per class")
+        raise BadInput(f"{path}: a mask with {len(values)} distinct values (at most {MAX_MASK_VALUES}: one per "
+                       "class); save label masks losslessly (PNG, NIfTI) with one value per class")
     return mask[None]
 
 
 def _read_labels_csv(folder: Path) -> pd.DataFrame:
     csv = folder / "labels.csv"
     if not csv.exists():
-        raise FileNotFoundError(f"{csv}: missing; a folder source needs labels.csv with columns filename,label")
+        raise InputMissing(f"{csv}: missing; a folder source needs labels.csv with columns filename,label")
     try:
         df = pd.read_csv(csv)
     except UnicodeDecodeError as exc:
-        raise ValueError(f"{csv}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
+        raise BadInput(f"{csv}: not UTF-8 text ({exc.reason} at byte {exc.start}); save it as UTF-8") from exc
     except (pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ValueError(f"{csv}: cannot parse as CSV ({exc}); needs a header filename,label[,mask][,subject]") from exc
+        raise BadInput(f"{csv}: cannot parse as CSV ({exc}); needs a header filename,label[,mask][,subject]") from exc
     columns = image_columns(df)
     missing = {"label"} - set(df.columns) | ({"filename"} - set(df.columns) if columns == ["filename"] else set())
     if missing:
-        raise ValueError(f"{csv}: missing column(s) {sorted(missing)}; needs filename,label[,mask][,subject] (or "
-                         "image_<sequence> columns for several sequences per sample)")
+        raise BadInput(f"{csv}: missing column(s) {sorted(missing)}; needs filename,label[,mask][,subject] (or "
+                       "image_<sequence> columns for several sequences per sample)")
     if df["label"].isna().any():
         bad = df.loc[df["label"].isna(), columns[0]].tolist()[:5]
-        raise ValueError(f"{csv}: empty label for {bad}; give every row a label")
+        raise BadInput(f"{csv}: empty label for {bad}; give every row a label")
     for column in columns:
         empty = df[column].isna() | (df[column].astype(str).str.strip() == "")
         if empty.any():
             who = (df.loc[empty, "subject"] if "subject" in df.columns else df.index[empty]).tolist()[:5]
-            raise ValueError(f"{csv}: no {column} file for {who}; every row needs a file in each of "
-                             f"{', '.join(columns)}")
+            raise BadInput(f"{csv}: no {column} file for {who}; every row needs a file in each of "
+                           f"{', '.join(columns)}")
         if df[column].duplicated().any():
             dupes = df.loc[df[column].duplicated(), column].tolist()[:5]
-            raise ValueError(f"{csv}: duplicated {column} file(s) {dupes}")
+            raise BadInput(f"{csv}: duplicated {column} file(s) {dupes}")
     return df
 
 
@@ -129,7 +130,7 @@ def _check_unlisted(folder: Path, listed: set[str], suffixes: tuple[str, ...], c
         if any(rel.startswith(d + "/") for d in series):  # a slice of a listed DICOM series
             continue
         if f.name.lower().endswith(suffixes) and rel not in listed and rel not in masks:
-            raise ValueError(f"{f}: image has no row in {folder / 'labels.csv'}; add it with its label or move it out")
+            raise BadInput(f"{f}: image has no row in {folder / 'labels.csv'}; add it with its label or move it out")
 
 
 def read_nifti(path: Path) -> Image:
@@ -144,16 +145,16 @@ def read_nifti(path: Path) -> Image:
     except Exception as exc:  # nibabel raises many types for corrupt files
         if system_error(exc):
             raise
-        raise ValueError(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); re-export or remove it") from exc
+        raise BadInput(f"{path}: cannot read NIfTI ({type(exc).__name__}: {exc}); re-export or remove it") from exc
     if not np.isfinite(arr).all():
-        raise ValueError(f"{path}: contains NaN/inf values; fix or remove the file")
+        raise BadInput(f"{path}: contains NaN/inf values; fix or remove the file")
     if arr.ndim == 4 and arr.shape[-1] == 1:
         arr = arr[..., 0]
     if arr.ndim == 4:
         if arr.shape[-1] > MAX_SEQUENCES:
-            raise ValueError(f"{path}: a 4-D volume with {arr.shape[-1]} frames on its last axis: a time series, not "
-                             f"sequences (at most {MAX_SEQUENCES}); list one volume per file, or its sequences as "
-                             "image_* columns")
+            raise BadInput(f"{path}: a 4-D volume with {arr.shape[-1]} frames on its last axis: a time series, not "
+                           f"sequences (at most {MAX_SEQUENCES}); list one volume per file, or its sequences as "
+                           "image_* columns")
         _check_pixdim(path, nii.header)
         return canonical(arr, affine, path)
     if arr.ndim == 3 and min(arr.shape) > 1:
@@ -175,8 +176,8 @@ def _check_pixdim(path: Path, header: Any) -> None:
         raw = Nifti1Header.from_fileobj(f, check=False)
     zeros = [axis for axis, z in zip("xyz", raw["pixdim"][1:4]) if float(z) == 0.0]
     if zeros:
-        raise ValueError(f"{path}: its affine is singular (pixdim {'/'.join(zeros)} = 0 mm and no sform to place "
-                         "the voxels); set the voxel spacing in the header (pixdim) and re-export it")
+        raise BadInput(f"{path}: its affine is singular (pixdim {'/'.join(zeros)} = 0 mm and no sform to place "
+                       "the voxels); set the voxel spacing in the header (pixdim) and re-export it")
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -193,7 +194,7 @@ def read_image(path: Path) -> np.ndarray:
     except (UnidentifiedImageError, OSError) as exc:
         if system_error(exc):
             raise
-        raise ValueError(f"{path}: cannot read image ({exc}); re-export or remove it") from exc
+        raise BadInput(f"{path}: cannot read image ({exc}); re-export or remove it") from exc
     return arr
 
 
@@ -206,8 +207,8 @@ def read_any(path: Path) -> Image:
         return read_nifti(path)
     if name.endswith(IMAGE_SUFFIXES):
         return Image(read_image(path))
-    raise ValueError(f"{path}: unsupported file type; use {NIFTI_SUFFIXES + DICOM_SUFFIXES + IMAGE_SUFFIXES} or a "
-                     "folder holding one DICOM series")
+    raise BadInput(f"{path}: unsupported file type; use {NIFTI_SUFFIXES + DICOM_SUFFIXES + IMAGE_SUFFIXES} or a "
+                   "folder holding one DICOM series")
 
 
 def read_folder(folder: str | Path) -> RawSet:
@@ -223,8 +224,8 @@ def read_folder(folder: str | Path) -> RawSet:
         paths = [folder / str(row[c]) for c in columns]
         for f in paths:
             if not f.exists():
-                raise FileNotFoundError(f"{f}: listed in {folder / 'labels.csv'} but missing; fix the row or add "
-                                        "the file")
+                raise InputMissing(f"{f}: listed in {folder / 'labels.csv'} but missing; fix the row or add "
+                                   "the file")
         f = paths[0]
         subject = row["subject"] if "subject" in df.columns and pd.notna(row.get("subject")) else row[columns[0]]
         reads = [read_any(path) for path in paths]
@@ -233,13 +234,13 @@ def read_folder(folder: str | Path) -> RawSet:
         if not out.images and len(reads) == 1 and count > 1:  # a 4-D file: its sequences have no names
             out.channel_names = [f"channel{i}" for i in range(count)]
         if count != len(out.channel_names):
-            raise ValueError(f"{f}: {count} sequence(s), the samples before it {len(out.channel_names)}; every "
-                             "sample needs the same sequences (a 4-D NIfTI: on its last axis)")
+            raise BadInput(f"{f}: {count} sequence(s), the samples before it {len(out.channel_names)}; every "
+                           "sample needs the same sequences (a 4-D NIfTI: on its last axis)")
         mask = None
         if "mask" in df.columns and isinstance(row["mask"], str) and row["mask"]:
             mf = folder / row["mask"]
             if not mf.exists():
-                raise FileNotFoundError(f"{mf}: mask of {f.name} is missing")
+                raise InputMissing(f"{mf}: mask of {f.name} is missing")
             mask = read_mask(mf, img, f)
         out.images.append(img.channels)
         out.files.append(str(f))
@@ -263,20 +264,20 @@ def read_medmnist(path: str | Path) -> RawSet:
     except Exception as exc:
         if system_error(exc):
             raise
-        raise ValueError(f"{path}: cannot read .npz ({exc}); download the file again") from exc
+        raise BadInput(f"{path}: cannot read .npz ({exc}); download the file again") from exc
     split: list[int] = []
     out = RawSet(origin=str(path), split=split)
     for code, part in enumerate(("train", "val", "test")):
         ki, kl = f"{part}_images", f"{part}_labels"
         if ki not in data or kl not in data:
-            raise ValueError(f"{path}: missing arrays {ki!r}/{kl!r}; expected a MedMNIST file")
+            raise BadInput(f"{path}: missing arrays {ki!r}/{kl!r}; expected a MedMNIST file")
         imgs, labels = data[ki], data[kl]
         if labels.ndim == 2 and labels.shape[1] > 1:
-            raise ValueError(f"{path}: multi-label MedMNIST ({labels.shape[1]} labels) is not supported; "
-                             "pick a single-label dataset")
+            raise BadInput(f"{path}: multi-label MedMNIST ({labels.shape[1]} labels) is not supported; "
+                           "pick a single-label dataset")
         labels = labels.reshape(-1)
         if len(imgs) != len(labels):
-            raise ValueError(f"{path}: {ki} has {len(imgs)} images but {kl} has {len(labels)} labels")
+            raise BadInput(f"{path}: {ki} has {len(imgs)} images but {kl} has {len(labels)} labels")
         for i, (img, lab) in enumerate(zip(imgs, labels)):
             img = np.asarray(img, dtype=np.float32)
             img = np.moveaxis(img, -1, 0) if img.ndim == 3 and img.shape[-1] == 3 else img[None]

@@ -30,6 +30,7 @@ import numpy as np
 import zarr
 
 from motfm_core.data.shards import chunk_key
+from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, fsync_dir, sweep_leftovers, temporary_name
 
 __all__ = ["SCHEMA_VERSION", "SPLITS", "Splits", "builds", "channel_names", "fingerprint_arrays", "load_split",
@@ -86,7 +87,7 @@ def write_dataset(
         if arr.shape[0] != n:
             raise ValueError(f"{path}: {name} has {arr.shape[0]} rows, images {n}")
     if not np.isfinite(images).all():
-        raise ValueError(f"{path}: images contain NaN/inf; fix the source files before ingesting")
+        raise BadInput(f"{path}: images contain NaN/inf; fix the source files before ingesting")
     build = path.with_name(f"{path.name}.v{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
     _write_build(build, images, labels, split, group, attrs, masks, extra)
     _publish(path, build)
@@ -166,8 +167,8 @@ def _check_chunks(path: Path, root: zarr.Group) -> None:
             actual = f.stat().st_size if f.exists() else 0
             if actual != size:
                 what = "is missing" if not actual else f"has {actual} bytes, {size} written"
-                raise ValueError(f"{path}: chunk file {f.relative_to(path)} {what}; the store is damaged: delete it "
-                                 "and ingest again")
+                raise BadInput(f"{path}: chunk file {f.relative_to(path)} {what}; the store is damaged: delete it "
+                               "and ingest again")
     _checked.add(key)
 
 
@@ -194,11 +195,11 @@ def open_store(path: str | Path) -> zarr.Group:
     """Open a store read-only with a clear error when it is missing or not a motfm store."""
     path = Path(path)
     if not (path / "zarr.json").exists():
-        raise FileNotFoundError(f"{path}: no Zarr v3 store here; run the ingest (or sample) stage first")
+        raise InputMissing(f"{path}: no Zarr v3 store here; run the ingest (or sample) stage first")
     # the link resolved once: a long reader keeps reading the build it opened when a re-ingest moves the link
     root = zarr.open_group(str(path.resolve()), mode="r", zarr_format=3)
     if "schema_version" not in root.attrs:
-        raise ValueError(f"{path}: not a motfm store (no schema_version attribute)")
+        raise BadInput(f"{path}: not a motfm store (no schema_version attribute)")
     _check_chunks(path, root)
     return root
 
@@ -206,7 +207,7 @@ def open_store(path: str | Path) -> zarr.Group:
 def load_split(path: str | Path, split: str) -> dict[str, np.ndarray]:
     """All samples of one split as arrays: {'images', 'labels'[, 'masks']} (fine for small datasets)."""
     if split not in SPLITS:
-        raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
+        raise BadInput(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
     root = open_store(path)
     idx = np.nonzero(root["split"][:] == SPLITS[split])[0]
     out = {"images": root["images"].get_orthogonal_selection((idx,)), "labels": root["labels"][:][idx]}

@@ -27,6 +27,7 @@ import zarr
 
 from motfm_core.data.shards import shard_file, write_whole_shard
 from motfm_core.data.store import SCHEMA_VERSION
+from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, fsync_dir, fsync_tree, sweep_leftovers, temporary_name
 
 __all__ = ["CHUNK_BYTES", "StoreDamaged", "completed_shards", "create_synthetic_store", "damaged_shards",
@@ -36,7 +37,7 @@ __all__ = ["CHUNK_BYTES", "StoreDamaged", "completed_shards", "create_synthetic_
 CHUNK_BYTES = 128 * 1024  # per-chunk overhead dominates below this (one-sample chunks capped the writer)
 
 
-class StoreDamaged(ValueError):
+class StoreDamaged(BadInput):
     """A synthetic store whose shards are unfinished, or whose recorded files are missing or truncated; or one read
     under a lease that lapsed, or read after it was pruned."""
 
@@ -68,7 +69,7 @@ def create_synthetic_store(
         root = zarr.open_group(str(path), mode="r", zarr_format=3)
         old = {k: root.attrs.get(k) for k in plan}
         if old != plan or root.attrs.get("run_key") != attrs.get("run_key"):
-            raise ValueError(
+            raise BadInput(
                 f"{path}: an existing synthetic store has a different plan or checkpoint ({old}); "
                 "choose a new output folder or remove the old store")
         return path
@@ -189,7 +190,7 @@ def require_complete(path: str | Path) -> None:
             raise StoreDamaged(f"{path}: this version was pruned at {pruned.read_text().strip()} "
                                "(sample.keep_versions keeps only the newest); read synthetic/latest, or hold a lease "
                                "(hold_version) on a version while you read it")
-        raise FileNotFoundError(f"{path}: no synthetic store here; run the sample stage first")
+        raise InputMissing(f"{path}: no synthetic store here; run the sample stage first")
     _, damaged, missing = shard_states(path)
     if damaged:
         i, why = next(iter(damaged.items()))

@@ -28,6 +28,7 @@ from motfm_core.data.rows import row_bytes, take_rows
 from motfm_core.data.store import Splits, load_splits, stratified_subset
 from motfm_core.data.synthetic import open_synthetic
 from motfm_core.device import default_device
+from motfm_core.errors import BadInput
 from motfm_core.evaluation.metrics import (
     Gain,
     Stat,
@@ -175,9 +176,9 @@ def low_data_stores(synthetic: dict[float, str | Path], train_labels: np.ndarray
         expected = stratified_subset(train_labels, f, cfg.subset_seed).tolist()
         recorded = zarr.open_group(str(path), mode="r", zarr_format=3).attrs.get("train_indices")
         if recorded != expected:
-            raise ValueError(f"{path}: its generator was not trained on the real {f:.0%} subset the arm uses "
-                             f"(eval.subset_seed={cfg.subset_seed}); retrain it with train.real_fraction={f} and "
-                             f"train.subset_seed={cfg.subset_seed}")
+            raise BadInput(f"{path}: its generator was not trained on the real {f:.0%} subset the arm uses "
+                           f"(eval.subset_seed={cfg.subset_seed}); retrain it with train.real_fraction={f} and "
+                           f"train.subset_seed={cfg.subset_seed}")
         out[f] = open_synthetic(path)
     return out
 
@@ -190,7 +191,7 @@ def _open_arm_stores(synthetic_path: str | Path, low_data: dict[float, str | Pat
     DDPM baseline's by DDIM NFE. Every low-data fraction asked for needs its generator's store."""
     missing = sorted(set(map(float, cfg.real_fractions)) - set(low_data))
     if low_data and missing:
-        raise ValueError(f"eval.real_fractions {missing} have no low-data generator store; pass one per fraction")
+        raise BadInput(f"eval.real_fractions {missing} have no low-data generator store; pass one per fraction")
     stores = {1.0: open_synthetic(synthetic_path), **low_data_stores(low_data, train_labels, cfg)}
     by_nfe = {int(n): open_synthetic(p) for n, p in (nfe_stores or {}).items()}
     ddpm = {int(n): open_synthetic(p) for n, p in (ddpm_stores or {}).items()}

@@ -20,6 +20,7 @@ import zarr
 from motfm_core import code_version
 from motfm_core.data.store import channel_names, open_store
 from motfm_core.data.synthetic import completed_shards
+from motfm_core.errors import BadInput
 from motfm_core.evaluation.evaluate import Evaluation, read_evaluation
 from motfm_core.evaluation.figures import gain_figure, loss_figure, sample_grid
 from motfm_core.evaluation.sections import (
@@ -108,8 +109,8 @@ def read_report(path: str | Path) -> Report:
     data = json.loads(Path(path).read_text())
     version = data.get("schema_version", 1)
     if version > REPORT_SCHEMA_VERSION:
-        raise ValueError(f"{path}: report schema_version {version} is newer than this motfm reads "
-                         f"({REPORT_SCHEMA_VERSION}); upgrade motfm")
+        raise BadInput(f"{path}: report schema_version {version} is newer than this motfm reads "
+                       f"({REPORT_SCHEMA_VERSION}); upgrade motfm")
     return Report.from_json({**data, "schema_version": REPORT_SCHEMA_VERSION})
 
 def coverage_lines(report: Report) -> list[str]:

@@ -25,6 +25,7 @@ from motfm_core.config import AutoencoderConfig, auto_norm_groups, config_hash
 from motfm_core.data.rows import take_rows
 from motfm_core.data.store import SPLITS, open_store, stratified_subset
 from motfm_core.device import default_device
+from motfm_core.errors import BadInput, InputMissing
 from motfm_core.model.checkpoints import resumable, save_atomic
 from motfm_core.model.step import lr_at
 from motfm_core.scale import to_model_space
@@ -209,17 +210,17 @@ def _check_given(path: str | Path, fingerprint: str, image_shape: tuple[int, ...
     """A user's trained autoencoder, refused (naming it and the fix) unless trained on this data at this size."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"autoencoder.checkpoint={path}: no such file; leave it empty to train one")
+        raise InputMissing(f"autoencoder.checkpoint={path}: no such file; leave it empty to train one")
     meta = torch.load(path, map_location="cpu", weights_only=True)
     if "state" not in meta or "image_shape" not in meta:
-        raise ValueError(f"autoencoder.checkpoint={path}: not an autoencoder.pt of the train-autoencoder stage")
+        raise BadInput(f"autoencoder.checkpoint={path}: not an autoencoder.pt of the train-autoencoder stage")
     if meta["data_fingerprint"] != fingerprint:
-        raise ValueError(f"autoencoder.checkpoint={path} was trained on other data ({meta['data_path']}); leave "
-                         "autoencoder.checkpoint empty to train one on this data")
+        raise BadInput(f"autoencoder.checkpoint={path} was trained on other data ({meta['data_path']}); leave "
+                       "autoencoder.checkpoint empty to train one on this data")
     if tuple(meta["image_shape"]) != image_shape or meta["in_channels"] != channels:
-        raise ValueError(f"autoencoder.checkpoint={path} was trained on {meta['in_channels']} x "
-                         f"{'x'.join(map(str, meta['image_shape']))} images, this data is {channels} x "
-                         f"{'x'.join(map(str, image_shape))}; leave autoencoder.checkpoint empty to train one")
+        raise BadInput(f"autoencoder.checkpoint={path} was trained on {meta['in_channels']} x "
+                       f"{'x'.join(map(str, meta['image_shape']))} images, this data is {channels} x "
+                       f"{'x'.join(map(str, image_shape))}; leave autoencoder.checkpoint empty to train one")
     return path
 
 

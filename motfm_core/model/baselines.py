@@ -13,11 +13,13 @@ from collections.abc import Callable
 import torch
 from monai.networks.schedulers import DDIMScheduler, DDPMScheduler
 
+from motfm_core.config import DDPM_TIMESTEPS
+from motfm_core.errors import BadInput
 from motfm_core.model.nets import TIME_SCALE, VelocityUNet, guided_velocity
 
 __all__ = ["ddpm_loss", "diffusion_sample", "NUM_TRAIN_TIMESTEPS"]
 
-NUM_TRAIN_TIMESTEPS = 1000
+NUM_TRAIN_TIMESTEPS = DDPM_TIMESTEPS
 
 
 def ddpm_loss(model: VelocityUNet, x1: torch.Tensor, y: torch.Tensor, class_dropout: float,
@@ -50,14 +52,14 @@ def diffusion_sample(model: VelocityUNet, x_noise: torch.Tensor, y: torch.Tensor
     """
     if method == "ddpm":
         if steps != NUM_TRAIN_TIMESTEPS:
-            raise ValueError(f"ddpm samples with all {NUM_TRAIN_TIMESTEPS} steps; use solver 'ddim' for {steps}")
+            raise BadInput(f"ddpm samples with all {NUM_TRAIN_TIMESTEPS} steps; use solver 'ddim' for {steps}")
         scheduler = DDPMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
     elif method == "ddim":
         if not 1 <= steps <= NUM_TRAIN_TIMESTEPS:
-            raise ValueError(f"ddim steps must lie in [1, {NUM_TRAIN_TIMESTEPS}], got {steps}")
+            raise BadInput(f"ddim steps must lie in [1, {NUM_TRAIN_TIMESTEPS}], got {steps}")
         scheduler = DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
     else:
-        raise ValueError(f"unknown diffusion sampler {method!r}; use 'ddpm' or 'ddim'")
+        raise BadInput(f"unknown diffusion sampler {method!r}; use 'ddpm' or 'ddim'")
     scheduler.set_timesteps(steps, device=x_noise.device)
     eps_fn = guided_velocity(model, y, guidance, mask)  # guidance mixes eps predictions the same way
     x, nfe = x_noise, 0

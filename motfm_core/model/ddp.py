@@ -21,6 +21,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
+from motfm_core.errors import BadInput
+
 __all__ = ["Rank", "rank_slice", "spawn"]
 
 
@@ -95,7 +97,7 @@ def spawn(fn: Callable[..., Any], args: tuple, devices: int, say: Callable[[str]
     forwarding rank 0's progress to `say`/`advance` here. A failed rank stops them all and raises here; so does an
     exception from `say` (the processes are ended first)."""
     if torch.cuda.is_available() and devices > torch.cuda.device_count():
-        raise ValueError(f"train.devices={devices}, but this machine has {torch.cuda.device_count()} GPU(s)")
+        raise BadInput(f"train.devices={devices}, but this machine has {torch.cuda.device_count()} GPU(s)")
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
     procs = mp.start_processes(_rank_main, args=(devices, _free_port(), messages, fn, args), nprocs=devices,

@@ -21,6 +21,7 @@ import torch
 
 from motfm_core.config import SampleConfig
 from motfm_core.data.versions import hold_version
+from motfm_core.errors import BadInput
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -43,9 +44,9 @@ def check_scheduler(address: str) -> None:
         return
     allowed = {os.environ.get(SCHEDULER_ENV, ""), *os.environ.get(ALLOWED_ENV, "").split(",")} - {""}
     if address not in allowed:
-        raise ValueError(f"sample.scheduler={address!r} is not a Dask scheduler this worker may use; name it in "
-                         f"${SCHEDULER_ENV} or ${ALLOWED_ENV} in the worker's environment, or leave "
-                         "sample.scheduler empty (a local cluster, or the worker's own $MOTFM_DASK_SCHEDULER)")
+        raise BadInput(f"sample.scheduler={address!r} is not a Dask scheduler this worker may use; name it in "
+                       f"${SCHEDULER_ENV} or ${ALLOWED_ENV} in the worker's environment, or leave "
+                       "sample.scheduler empty (a local cluster, or the worker's own $MOTFM_DASK_SCHEDULER)")
 
 
 def default_workers() -> int:
@@ -69,7 +70,7 @@ def dask_client(scheduler: str | None = None, workers: int | None = None,
         return
     n = workers or default_workers()
     if n < 1:
-        raise ValueError(f"sampling needs at least one Dask worker, got workers={n}")
+        raise BadInput(f"sampling needs at least one Dask worker, got workers={n}")
     threads = threads_per_worker or max(1, (os.cpu_count() or 1) // n)
     # One Dask task at a time per worker (nthreads=1); torch inside it uses `threads` intra-op threads (it reads
     # OMP_NUM_THREADS at start). Dask's nanny sets, before spawning a worker, OMP/MKL/OpenBLAS threads to 1 and

@@ -25,6 +25,7 @@ from scipy.ndimage import gaussian_filter
 from motfm_core.config import EnhanceConfig, auto_norm_groups
 from motfm_core.data.store import load_split
 from motfm_core.device import default_device
+from motfm_core.errors import BadInput
 from motfm_core.files import write_json_atomic
 from motfm_core.model.checkpoints import save_atomic
 from motfm_core.model.nets import TIME_SCALE
@@ -109,7 +110,7 @@ def train_and_evaluate(data_path: str | Path, cfg: EnhanceConfig, out_dir: str |
     say = progress or print
     train, val, test = (load_split(data_path, s) for s in ("train", "val", "test"))
     if train["images"].ndim != 4:
-        raise ValueError(f"{data_path}: enhancement supports 2D images (N, C, H, W) only")
+        raise BadInput(f"{data_path}: enhancement supports 2D images (N, C, H, W) only")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator(device=device).manual_seed(cfg.seed)
     model = build_enhancer(cfg, train["images"].shape[1]).to(device)

@@ -22,6 +22,7 @@ from motfm_core.config import AutoencoderConfig
 from motfm_core.data.rows import take_rows
 from motfm_core.data.store import SPLITS, open_store, stratified_subset
 from motfm_core.device import default_device
+from motfm_core.errors import InputMissing
 from motfm_core.files import atomic_path, file_sha256
 from motfm_core.model.autoencoder import config_of, load_autoencoder
 from motfm_core.model.memory import WHOLE_TILE, whole_fits
@@ -108,8 +109,8 @@ class LatentCodec:
         """From the record a latent checkpoint keeps (`encode_train_split`'s): autoencoder path, hash, mean, scale."""
         path = Path(record["checkpoint"])
         if not path.exists() or file_sha256(path) != record["sha256"]:
-            raise FileNotFoundError(f"{path}: the autoencoder this latent model was trained with is missing or "
-                                    "changed; re-run its train-autoencoder stage")
+            raise InputMissing(f"{path}: the autoencoder this latent model was trained with is missing or "
+                               "changed; re-run its train-autoencoder stage")
         ae, meta = load_autoencoder(path, device)
         cfg = replace(config_of(meta), tile=int(record.get("tile", 0)), tile_overlap=float(record.get("overlap", 0.25)))
         return cls(ae, cfg, float(record["mean"]), float(record["scale"]))

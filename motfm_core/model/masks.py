@@ -19,6 +19,7 @@ import numpy as np
 import torch
 
 from motfm_core.config import MaskSource, SampleConfig
+from motfm_core.errors import BadInput
 
 __all__ = ["AUTO_MASK_SOURCE", "cycle_by_class", "deform", "deform_columns", "MASK_SEED_SALT", "mask_seeds",
            "MASK_SOURCES", "resolve_mask_source"]
@@ -32,9 +33,9 @@ def resolve_mask_source(mask_source: str, mask_conditioned: bool) -> str | None:
     for "auto". An explicit source for a model that takes no masks is refused, naming the key and the choices."""
     if not mask_conditioned:
         if mask_source != "auto":
-            raise ValueError(f"sample.mask_source={mask_source!r} cannot apply: the model is not mask-conditioned "
-                             "(the dataset has no masks, or model.mask_conditioning='none'); leave "
-                             f"sample.mask_source='auto' or condition on masks (choices: {', '.join(MASK_SOURCES)})")
+            raise BadInput(f"sample.mask_source={mask_source!r} cannot apply: the model is not mask-conditioned "
+                           "(the dataset has no masks, or model.mask_conditioning='none'); leave "
+                           f"sample.mask_source='auto' or condition on masks (choices: {', '.join(MASK_SOURCES)})")
         return None
     return AUTO_MASK_SOURCE if mask_source == "auto" else mask_source
 MASK_SEED_SALT = 0x6D61736B  # "mask": a mask's seed differs from its image noise seed
@@ -54,7 +55,7 @@ def cycle_by_class(labels: np.ndarray, pool_labels: np.ndarray) -> np.ndarray:
     for i, c in enumerate(np.asarray(labels).tolist()):
         pool = np.nonzero(pool_labels == c)[0]
         if len(pool) == 0:
-            raise ValueError(f"no training mask of class {c} to condition on")
+            raise BadInput(f"no training mask of class {c} to condition on")
         source[i] = pool[seen.get(c, 0) % len(pool)]
         seen[c] = seen.get(c, 0) + 1
     return source

@@ -27,6 +27,7 @@ from torch.utils.checkpoint import checkpoint
 
 from motfm_core.config import ModelConfig
 from motfm_core.config.sizing import ATTENTION_TOKENS, attention_tokens
+from motfm_core.errors import BadInput
 
 __all__ = ["AttentionKernel", "build_model", "guided_velocity", "TIME_SCALE", "VelocityUNet"]
 
@@ -70,7 +71,7 @@ class VelocityUNet(nn.Module):
         cfg.validate()
         self.cfg = cfg
         if cfg.mask_conditioning != "none" and cfg.mask_classes < 1:
-            raise ValueError("model.mask_conditioning needs mask_classes >= 1 (a dataset with masks)")
+            raise BadInput("model.mask_conditioning needs mask_classes >= 1 (a dataset with masks)")
         extra = cfg.mask_classes if cfg.mask_conditioning == "concat" else 0
         self.unet = DiffusionModelUNet(in_channels=cfg.in_channels + extra, out_channels=cfg.in_channels,
                                        **_unet_kwargs(cfg))

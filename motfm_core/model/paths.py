@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 import torch
 
+from motfm_core.errors import BadInput
+
 __all__ = ["CondOTPath", "sample_time", "shift_time"]
 
 @dataclass(frozen=True)
@@ -48,5 +50,5 @@ def sample_time(
     elif scheme == "logit_normal":
         t = torch.sigmoid(torch.randn(n, generator=generator, device=device))
     else:
-        raise ValueError(f"unknown time sampling scheme {scheme!r}; use 'uniform' or 'logit_normal'")
+        raise BadInput(f"unknown time sampling scheme {scheme!r}; use 'uniform' or 'logit_normal'")
     return t if shift == 1.0 else shift_time(t, shift)

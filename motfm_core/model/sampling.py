@@ -30,6 +30,7 @@ from motfm_core.data.synthetic import (
 )
 from motfm_core.data.versions import create_version
 from motfm_core.device import default_device
+from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, file_sha256
 from motfm_core.model.baselines import diffusion_sample
 from motfm_core.model.guard import copy_threshold, nearest
@@ -94,8 +95,8 @@ def generate(
     diffusion = cfg.solver in ("ddpm", "ddim")
     if diffusion != (m.prediction == "epsilon"):
         kind = "a DDPM (epsilon) model" if m.prediction == "epsilon" else "a flow-matching (velocity) model"
-        raise ValueError(f"solver {cfg.solver!r} cannot sample {kind}; use "
-                         + ("'ddpm' or 'ddim'" if m.prediction == "epsilon" else "euler/midpoint/heun/rk4/dopri5"))
+        raise BadInput(f"solver {cfg.solver!r} cannot sample {kind}; use "
+                       + ("'ddpm' or 'ddim'" if m.prediction == "epsilon" else "euler/midpoint/heun/rk4/dopri5"))
     shape = m.sample_shape
     device = torch.device(device)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")
@@ -154,8 +155,8 @@ class Sampler:
         self.mask_model = None
         if self.mask_source == "generated":
             if mask_checkpoint is None:
-                raise ValueError("sample.mask_source='generated' needs the mask generator's checkpoint (the "
-                                 "train-masks stage)")
+                raise BadInput("sample.mask_source='generated' needs the mask generator's checkpoint (the "
+                               "train-masks stage)")
             self.mask_model, _ = load_checkpoint(mask_checkpoint, device, sha256.get("mask_checkpoint"))
         self.source_index = cycle_by_class(self.labels, self.pool["labels"]) if self.masked else None
 
@@ -235,7 +236,7 @@ def sample_shard(
     start, stop = shard_bounds(index, root.attrs["num_samples"], root.attrs["shard_size"])
     device = str(default_device(device))
     if not Path(checkpoint).exists():
-        raise FileNotFoundError(f"{checkpoint}: no checkpoint; run the train stage first")
+        raise InputMissing(f"{checkpoint}: no checkpoint; run the train stage first")
     st = Path(checkpoint).stat()
     sampler = _sampler_for(str(checkpoint), (st.st_mtime_ns, st.st_size), str(store), cfg, str(device))
     positions = np.arange(start, stop)
@@ -268,8 +269,8 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
     masked = m.mask_conditioning != "none"
     source = resolve_mask_source(cfg.mask_source, masked)
     if source == "generated" and not mask_checkpoint:
-        raise ValueError("sample.mask_source='generated' needs a mask generator (trained by the train-masks stage); "
-                         "choose sample.mask_source 'train' or 'deformed', or run the whole flow")
+        raise BadInput("sample.mask_source='generated' needs a mask generator (trained by the train-masks stage); "
+                       "choose sample.mask_source 'train' or 'deformed', or run the whole flow")
     ckpt_hash = file_sha256(checkpoint)
     attrs = {"checkpoint": str(checkpoint), "checkpoint_sha256": ckpt_hash, "model_config": meta["model_config"],
              "solver": cfg.solver, "nfe": cfg.nfe, "guidance": cfg.guidance, "sample_config": asdict(cfg),

@@ -14,6 +14,8 @@ from typing import Callable
 
 import torch
 
+from motfm_core.errors import BadInput
+
 __all__ = ["dopri5", "euler", "METHODS", "solve", "SOLVERS", "Velocity"]
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
@@ -105,7 +107,7 @@ def solve(
     if method == "dopri5":
         return dopri5(velocity, x0, rtol=rtol, atol=atol, t0=t0, t1=t1)
     if method not in SOLVERS:
-        raise ValueError(f"unknown solver {method!r}; choose one of {sorted(SOLVERS) + ['dopri5']}")
+        raise BadInput(f"unknown solver {method!r}; choose one of {sorted(SOLVERS) + ['dopri5']}")
     step, v = SOLVERS[method], _Counted(velocity)
     grid, x = _grid(steps, t0, t1), x0
     for ta, tb in zip(grid[:-1], grid[1:]):

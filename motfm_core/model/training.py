@@ -27,6 +27,7 @@ from motfm_core import __version__
 from motfm_core.config import AutoencoderConfig, ModelConfig, TrainConfig, config_hash
 from motfm_core.data.store import channel_names, load_split, open_store, stratified_subset
 from motfm_core.device import default_device
+from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import file_sha256
 from motfm_core.model import ddp
 from motfm_core.model.checkpoints import resumable, save_atomic
@@ -82,7 +83,7 @@ def model_for_data(cfg: ModelConfig, data_path: str | Path, target: str = "image
     target="masks" configures the class-conditional mask generator: one input channel per mask class (one-hot),
     no mask conditioning."""
     if target not in TARGETS:
-        raise ValueError(f"target must be one of {TARGETS}, got {target!r}")
+        raise BadInput(f"target must be one of {TARGETS}, got {target!r}")
     root = open_store(data_path)
     has_masks = "masks" in root.array_keys()
     mask_classes = (len(root.attrs.get("mask_names", [])) or int(root["masks"][:].max()) + 1) if has_masks else 0
@@ -90,8 +91,8 @@ def model_for_data(cfg: ModelConfig, data_path: str | Path, target: str = "image
     values["num_classes"] = len(root.attrs["class_names"])
     if target == "masks":
         if not has_masks:
-            raise ValueError(f"{data_path}: sample.mask_source='generated' needs a dataset with masks; this one has "
-                             "none")
+            raise BadInput(f"{data_path}: sample.mask_source='generated' needs a dataset with masks; this one has "
+                           "none")
         values.update(in_channels=mask_classes, mask_conditioning="none", mask_classes=0)
     else:
         if cfg.space == "pixel":  # latent: the autoencoder's latent channels, set from the config
@@ -100,8 +101,8 @@ def model_for_data(cfg: ModelConfig, data_path: str | Path, target: str = "image
         if mode == "auto":
             mode = "concat" if has_masks else "none"
         if mode != "none" and not has_masks:
-            raise ValueError(f"{data_path}: model.mask_conditioning={mode!r} needs a dataset with masks, and this one "
-                             "has none; use model.mask_conditioning='none' (or 'auto')")
+            raise BadInput(f"{data_path}: model.mask_conditioning={mode!r} needs a dataset with masks, and this one "
+                           "has none; use model.mask_conditioning='none' (or 'auto')")
         values.update(mask_conditioning=mode, mask_classes=mask_classes if mode != "none" else 0)
     out = ModelConfig(**values)
     out.validate()
@@ -124,7 +125,7 @@ def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images"
         out["indices"] = idx
     if target == "masks":
         if "masks" not in out:
-            raise ValueError(f"{data_path}: a mask generator needs a dataset with masks; this one has none")
+            raise BadInput(f"{data_path}: a mask generator needs a dataset with masks; this one has none")
         k = int(data["masks"].max()) + 1
         out["images"] = np.moveaxis(np.eye(k, dtype=np.float32)[out["masks"][:, 0]], -1, 1)
         out.pop("masks")
@@ -153,16 +154,16 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu", sha256
     are those the hash names (read once, hashed, then loaded), or a ValueError says the file changed."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(f"{path}: no checkpoint; run the train stage first")
+        raise InputMissing(f"{path}: no checkpoint; run the train stage first")
     if sha256 is None:
         ckpt = torch.load(path, map_location=device, weights_only=True)
     else:
         data = path.read_bytes()
         found = hashlib.sha256(data).hexdigest()
         if found != sha256:
-            raise ValueError(f"{path}: not the checkpoint this synthetic version records (sha256 {found[:12]}, "
-                             f"recorded {sha256[:12]}): it was replaced, e.g. by another run into the same folder; "
-                             "run the sampling stage again (it plans a version for the checkpoint there now)")
+            raise BadInput(f"{path}: not the checkpoint this synthetic version records (sha256 {found[:12]}, "
+                           f"recorded {sha256[:12]}): it was replaced, e.g. by another run into the same folder; "
+                           "run the sampling stage again (it plans a version for the checkpoint there now)")
         ckpt = torch.load(io.BytesIO(data), map_location=device, weights_only=True)
     stored: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["model_config"].items()}
     cfg = ModelConfig(**stored)
@@ -187,8 +188,8 @@ def train_flow_matching(
     "latent" model trains on the latents of `autoencoder` (the train-autoencoder stage's checkpoint; its
     `autoencoder_cfg` gives the encoding window), encoded once (`encode_train_split`)."""
     if (model_cfg.space == "latent") != (autoencoder is not None):
-        raise ValueError("model.space='latent' trains on an autoencoder's latents: give the train-autoencoder "
-                         "stage's checkpoint (the flow does), and only then")
+        raise BadInput("model.space='latent' trains on an autoencoder's latents: give the train-autoencoder "
+                       "stage's checkpoint (the flow does), and only then")
     model_cfg = model_for_data(model_cfg, data_path, target)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -196,7 +197,7 @@ def train_flow_matching(
     fingerprint = open_store(data_path).attrs["fingerprint"]
     teacher_sha = file_sha256(cfg.reflow_from) if cfg.reflow_from else ""
     if cfg.reflow_from and model_cfg.prediction != "velocity":
-        raise ValueError("train.reflow_from: reflow applies to flow-matching (velocity) models only")
+        raise BadInput("train.reflow_from: reflow applies to flow-matching (velocity) models only")
     # neither the device count, the memory budget nor gradient checkpointing changes the result: not in the key,
     # so a run resumes on another machine or with another plan
     recipe = {k: v for k, v in asdict(cfg).items() if k not in ("devices", "memory_gb")}
@@ -253,8 +254,8 @@ def _reflow_from_teacher(model: VelocityUNet, y_all: torch.Tensor, m_all: torch.
     teacher, _ = load_checkpoint(cfg.reflow_from, device)
     same = [asdict(replace(c, gradient_checkpointing="auto")) for c in (teacher.cfg, model.cfg)]
     if same[0] != same[1]:  # checkpointing is how a step runs, not the architecture
-        raise ValueError(f"{cfg.reflow_from}: the reflow teacher's model config differs from this one; reflow "
-                         "keeps the architecture (use the teacher run's model settings)")
+        raise BadInput(f"{cfg.reflow_from}: the reflow teacher's model config differs from this one; reflow "
+                       "keeps the architecture (use the teacher run's model settings)")
     say(f"train: reflow: generating {cfg.reflow_pairs} couplings with {cfg.reflow_from} "
         f"({cfg.reflow_steps} midpoint steps)")
     pairs = reflow_pairs(teacher, y_all, m_all, cfg, device)
@@ -312,8 +313,8 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
     n = len(y_all)  # with reflow: the number of teacher couplings
     batch = min(cfg.batch_size, n)
     if batch % rank.world:
-        raise ValueError(f"train.batch_size={batch} (capped at the {n} training examples) is not divisible by "
-                         f"train.devices={rank.world}; every rank trains on an equal share")
+        raise BadInput(f"train.batch_size={batch} (capped at the {n} training examples) is not divisible by "
+                       f"train.devices={rank.world}; every rank trains on an equal share")
     part = ddp.rank_slice(batch, rank)
     meta = {"model_config": asdict(model_cfg), "train_config": asdict(cfg), "run_key": key,
             "data_fingerprint": attrs["fingerprint"], "data_path": str(data_path),

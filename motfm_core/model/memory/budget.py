@@ -8,6 +8,8 @@ from pathlib import Path
 
 import torch
 
+from motfm_core.errors import BadInput
+
 __all__ = ["available_memory", "GB", "is_out_of_memory", "MemoryPlanError", "out_of_memory", "PROCESS_GB",
            "SAMPLING_SHARE", "work_budget"]
 
@@ -20,7 +22,7 @@ SAMPLING_SHARE = 0.8
 PROCESS_GB = {"cpu": 0.7, "cuda": 0.0}
 
 
-class MemoryPlanError(ValueError):
+class MemoryPlanError(BadInput):
     """A configuration whose planned memory does not fit, or a step that ran out of memory: bad settings, never
     retried (a ValueError)."""
 

@@ -223,3 +223,25 @@ def test_the_cheapest_nfe_is_the_fewest_steps_whose_gain_ci_overlaps_the_best():
     assert cheapest_nfe({1: g(0.05, 0.0, 0.1), 10: g(0.06, 0.01, 0.09)}) == 1
     assert cheapest_nfe({1: g(-0.2, -0.3, -0.1), 10: g(0.06, 0.01, 0.09)}) == 10
     assert cheapest_nfe({1: Gain(mean=0.1, std=0, min=0, max=0, n=1), 10: g(0.06, 0.01, 0.09)}) is None
+
+
+def test_the_whole_evaluation_of_the_smallest_run_it_accepts(phantom_store, tmp_path):
+    """One synthetic image per class and one seed (the smallest sample.samples_per_class and eval.seeds the config
+    accepts): every metric reports or says there is not enough to compare; none fails (a 3D run with one sample per
+    class ended after its training in 'need at least one array to concatenate')."""
+    from motfm_core.config import EvalConfig
+    from motfm_core.evaluation.evaluate import evaluate_run, read_evaluation
+
+    train = load_split(phantom_store, "train")
+    classes = np.unique(train["labels"])
+    first = np.array([np.nonzero(train["labels"] == c)[0][0] for c in classes])
+    store = create_synthetic_store(tmp_path / "synthetic" / "v0001.zarr", len(first), train["images"].shape[1:],
+                                   len(first), {"run_key": "x"}, with_masks=True)
+    write_shard(store, 0, train["images"][first], train["labels"][first], np.arange(len(first)),
+                masks=train["masks"][first], mask_source=first)
+    cfg = EvalConfig(seeds=(0,), steps=2, batch_size=4, channels=(8, 16), ratios=(1.0,), real_fractions=(),
+                     seg_steps=2, seg_channels=(8, 16))
+    result = read_evaluation(evaluate_run(phantom_store, store, cfg, tmp_path))
+    assert result.quality.diversity is None  # one image per class: no same-class pair
+    assert result.augmentation.gain["accuracy"].n == 1
+    assert np.isfinite(result.quality.synthetic_vs_test.fid)
