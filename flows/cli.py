@@ -29,6 +29,9 @@ __all__ = ["failure_line", "one_line_failures", "prefect_ready", "quiet_console"
 
 # Prefect's default (20 s, counted in 0.1 s polls) is too short for a first start on 2 slow cores
 STARTUP_TIMEOUT_S = 180
+# a flow run shown as running that has not yet taken its run folder's hold is still starting, for at most this long
+# (an assumed bound, well above the start-up timeout; not measured)
+START_GRACE_S = 600
 
 
 def _out_of_memory(error: BaseException) -> bool:
@@ -260,6 +263,19 @@ def _server_dies_with_us() -> str:
     return server.address
 
 
+def run_gone(folder: Path, started: float, now: float | None = None) -> bool:
+    """Whether the run that started at `started` (seconds since the epoch) into `folder`, and is shown as running,
+    has ended: its folder is not held now, and the hold file was written since the run started (the run took it),
+    or the run is older than a start-up's grace (an older hold file may be an earlier run's, with this run still
+    starting and not yet holding)."""
+    from motfm_core.files import HOLD_FILE, folder_holder
+
+    hold = folder / HOLD_FILE
+    if not hold.exists() or folder_holder(folder) is not None:
+        return False
+    return hold.stat().st_mtime >= started or (time.time() if now is None else now) - started > START_GRACE_S
+
+
 def mark_orphaned_runs_crashed() -> list[str]:
     """Mark crashed the flow runs shown as running whose process is gone: in embedded mode every run is a process
     of this machine, and a live one holds its run folder (`hold_folder`), so a running synth-and-eval or
@@ -268,8 +284,6 @@ def mark_orphaned_runs_crashed() -> list[str]:
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterState, FlowRunFilterStateType
     from prefect.client.schemas.objects import StateType
     from prefect.states import Crashed
-
-    from motfm_core.files import HOLD_FILE, folder_holder
 
     marked = []
     with get_client(sync_client=True) as client:
@@ -280,8 +294,7 @@ def mark_orphaned_runs_crashed() -> list[str]:
             if "run_name" not in params:
                 continue
             folder = Path(params.get("output_root") or "outputs").resolve() / str(params["run_name"])
-            # a folder its run held (the hold file is there) that nobody holds now: that run's process is gone
-            if (folder / HOLD_FILE).exists() and folder_holder(folder) is None:
+            if run_gone(folder, run.start_time.timestamp() if run.start_time else 0.0):
                 client.set_flow_run_state(run.id, Crashed(message="its process ended while running (killed); "
                                                           "marked crashed at the next start"), force=True)
                 marked.append(f"{run.name} ({folder})")

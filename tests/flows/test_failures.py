@@ -99,3 +99,24 @@ def test_the_project_raises_bad_input_as_bad_input():
                                                                "NotADirectoryError", "TypeError"):
                     found.add((rel, fn.name))
     assert found <= INTERNAL, f"raise BadInput/InputMissing for the user's input: {sorted(found - INTERNAL)}"
+
+
+def test_a_run_still_starting_is_not_marked_crashed(tmp_path):
+    """A flow run shown as running that has not yet taken its folder's hold (the hold file is an earlier run's)
+    was marked crashed by a second start in that window."""
+    import os
+    import time
+
+    from flows.cli import START_GRACE_S, run_gone
+    from motfm_core.files import hold_folder
+
+    folder = tmp_path / "run"
+    with hold_folder(folder):
+        assert not run_gone(folder, time.time() - 5)  # held: alive
+    earlier = time.time() - 3600
+    os.utime(folder / ".motfm-hold", (earlier, earlier))  # an earlier run's hold
+    assert not run_gone(folder, time.time() - 5)  # this run is still starting
+    assert run_gone(folder, time.time() - START_GRACE_S - 1)  # never took its hold: gone
+    with hold_folder(folder):
+        started = time.time() - 1
+    assert run_gone(folder, started)  # took its hold, then ended without releasing its state
