@@ -1,10 +1,13 @@
-"""What a store holds, for `motfm inspect`: a real dataset (samples per split and class, source, notes) or a synthetic
-dataset (its versions, which is `latest`, complete / missing / damaged shards, samples per class, and where they
-came from: checkpoint, sampler, NFE, seeds, copy-guard redraws). Reads Zarr metadata and the small per-sample
-arrays only, never the images."""
+"""What a store or a run holds, for `motfm inspect`: a run folder (its data, checkpoint and every synthetic version
+with its report's headline numbers, side by side), a real dataset (samples per split and class, source, notes) or a
+synthetic dataset (its versions, which is `latest`, complete / missing / damaged shards, samples per class, and
+where they came from: checkpoint, sampler, NFE, seeds, copy-guard redraws). Reads Zarr metadata, the small
+per-sample arrays and the reports' JSON only, never the images."""
 
 from __future__ import annotations
 
+import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -63,10 +66,63 @@ def _version(path: Path, latest: Path | None) -> list[str]:
     return lines
 
 
+def _report_line(report: Path) -> str:
+    """A version's headline from its report.json (read as JSON: the data wing imports no evaluation code)."""
+    try:
+        r = json.loads(report.read_text())
+        ev = r["evaluation"]
+        g, q = ev["gain"]["accuracy"], ev["quality"]
+        where = report.with_suffix(".md").relative_to(report.parents[2] if report.parent.parent.name == "reports"
+                                                      else report.parent)
+        return (f"  report {where}: accuracy gain {g['mean']:+.3f} (95% CI "
+                f"{g['ci95_low']:+.3f}..{g['ci95_high']:+.3f}, {g['n']} seeds), in-domain FID "
+                f"{q['synthetic_vs_test']['fid']:.3f} (real train {q['train_vs_test']['fid']:.3f}), near-copies "
+                f"{ev['memorisation']['fraction_flagged']:.1%}")
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        return f"  report {report}: unreadable ({type(e).__name__}: {e})"
+
+
+def _reported_version(report: Path) -> Path | None:
+    try:
+        return Path(json.loads(report.read_text())["sampling"]["store"]).resolve()
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def _run(path: Path) -> list[str]:
+    """A run folder: its real data, its checkpoint and every synthetic version beside its report's numbers."""
+    lines = [f"{path}: run folder"]
+    ckpt = path / "checkpoints" / "model.pt"
+    if ckpt.exists():
+        st = ckpt.stat()
+        lines.append(f"checkpoint {ckpt.relative_to(path)}: {st.st_size / 2**20:.1f} MB, written "
+                     f"{time.strftime('%Y-%m-%d %H:%M', time.localtime(st.st_mtime))}")
+    if (path / "dataset.zarr").exists():
+        lines += _real(path / "dataset.zarr")
+    synthetic, reports = path / "synthetic", path / "reports"
+    link = synthetic / "latest"
+    current = link.resolve() if link.is_symlink() else None
+    found = versions(synthetic) if synthetic.is_dir() else []
+    lines.append(f"{len(found)} synthetic version(s):")
+    for v in found:
+        lines.append(_version(v, current)[0])
+        report = reports / v.name.removesuffix(".zarr") / "report.json"
+        if not report.exists() and _reported_version(path / "report.json") == v.resolve():
+            report = path / "report.json"  # a run from before reports/<version>/: its one report
+        lines.append(_report_line(report) if report.exists() else "  no report for this version yet")
+    names = {v.name.removesuffix(".zarr") for v in found}
+    for old in sorted(reports.glob("v*/report.json")) if reports.is_dir() else []:
+        if old.parent.name not in names:  # its version was pruned; the report stays
+            lines += [f"{old.parent.name} (pruned)", _report_line(old)]
+    return lines
+
+
 def describe(path: str | Path) -> str:
     """A few lines on the store (or synthetic folder of versions) at `path`; raises naming the path if it is
     neither."""
     path = Path(path)
+    if (path / "config.json").exists() or (path / "dataset.zarr").exists():
+        return "\n".join(_run(path))
     if (path / "zarr.json").exists():
         root = zarr.open_group(str(path), mode="r", zarr_format=3)
         if "num_shards" in root.attrs:
@@ -75,8 +131,8 @@ def describe(path: str | Path) -> str:
         return "\n".join(_real(path))
     found = versions(path) if path.is_dir() else []
     if not found:
-        raise InputMissing(f"{path}: neither a motfm store nor a folder of synthetic versions; give a "
-                           "dataset.zarr, a synthetic/vNNNN.zarr or the synthetic/ folder")
+        raise InputMissing(f"{path}: neither a run folder, a motfm store nor a folder of synthetic versions; give "
+                           "outputs/<run-name>, a dataset.zarr, a synthetic/vNNNN.zarr or the synthetic/ folder")
     link = path / "latest"
     current = link.resolve() if link.is_symlink() else None
     lines = [f"{path}: {len(found)} synthetic version(s)"]

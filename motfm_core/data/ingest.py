@@ -265,6 +265,22 @@ def _spacing_text(fits: list[str], affine: np.ndarray | None) -> str:
             "); the stored grid's affine per sample in the `affine` array, the files' spacing in source_spacing")
 
 
+def _resize_note(raw: RawSet, fits: list[str], target: tuple[int, ...]) -> list[str]:
+    """Images resized to the configured size, from which sizes: a 96 px set stored at 48 px loses detail, and the
+    user should read it, not find it."""
+    sizes: Counter[str] = Counter()
+    for img, fit in zip(raw.images, fits):
+        shape = tuple(img.shape[1:1 + len(target)])
+        if fit == "resize" and shape != target:
+            sizes[" x ".join(map(str, shape))] += 1
+    if not sizes:
+        return []
+    froms = ", ".join(f"{s} ({n})" for s, n in sizes.most_common(4)) + (" and others" if len(sizes) > 4 else "")
+    key = "data.image_size" + (" and data.depth" if len(target) == 3 else "")
+    return [f"{sum(sizes.values())} of {len(fits)} images resized from {froms} to {' x '.join(map(str, target))} "
+            f"({key}); the store holds them at that size"]
+
+
 def _geometry_notes(raw: RawSet, fits: list[str], affine: np.ndarray | None) -> list[str]:
     """What was done to the volumes' geometry: how many were reoriented and from what, and the spacings they were
     resampled from and to."""
@@ -294,6 +310,8 @@ def source_notes(raw: RawSet, mask_values: dict[int, int], fits: list[str] | Non
     whose values were mapped to classes, a folder without a subject column, the volumes' geometry and CT read in
     Hounsfield units."""
     notes = _geometry_notes(raw, fits or [], affine)
+    if cfg is not None:
+        notes += _resize_note(raw, fits or [], cfg.spatial_shape)
     ct = (modes or []).count("ct")
     if ct and cfg is not None:
         why = "their DICOM Modality is CT" if cfg.intensity == "auto" else "data.intensity=ct"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 import zarr
 
 from motfm_core import code_version
+from motfm_core.config import TrainConfig
 from motfm_core.data.store import channel_names, open_store
 from motfm_core.data.synthetic import completed_shards
 from motfm_core.errors import BadInput
@@ -32,6 +34,7 @@ from motfm_core.evaluation.sections import (
     nfe_curve_lines,
     quality_lines,
     shared_autoencoder_line,
+    warning_lines,
 )
 from motfm_core.evaluation.verdicts import nfe_lines, signed, verdict_of
 from motfm_core.files import atomic_path
@@ -39,7 +42,7 @@ from motfm_core.model.enhance import Enhancement
 from motfm_core.results import Result, optional
 
 __all__ = ["coverage_lines", "DatasetInfo", "gain_rows", "gather", "publish_report", "read_report", "render_markdown",
-           "Report", "REPORT_SCHEMA_VERSION", "SamplingInfo", "TrainingInfo", "write_report"]
+           "Report", "REPORT_SCHEMA_VERSION", "SamplingInfo", "TrainingInfo", "version_name", "write_report"]
 
 REPORT_SCHEMA_VERSION = 2
 
@@ -56,6 +59,7 @@ class DatasetInfo(Result):
     sizes: dict[str, int]
     notes: list[str] = dataclasses.field(default_factory=list)  # how the files were read (ingest's warnings)
     channel_names: list[str] | None = optional()  # images of several channels (sequences): their names
+    test_subjects: dict[str, int] | None = optional()  # subjects (groups) per class in the test split
 
 
 @dataclass(frozen=True)
@@ -86,6 +90,7 @@ class SamplingInfo(Result):
     seconds_per_image: float
     device: str
     checkpoint_sha256: str
+    version: str | None = optional()  # the synthetic version's name (v0003): its report is reports/v0003/
 
 
 @dataclass(frozen=True)
@@ -163,12 +168,16 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
         f"{signed(g)}, macro-F1 gain {signed(gain['macro_f1'])}, AUROC gain {signed(gain['auroc'])} "
         f"(mean ± std over {seeds} seeds; CI by bootstrap over test images)." + more_verdicts(evaluation),
         *coverage_lines(report),
+        *(f"\n{line}" for line in warning_lines(evaluation, data.test_subjects, training.loss_curve, training.steps,
+                                                 TrainConfig.steps)),
         "",
         f"- dataset: {data.source} — train {ev.sizes.real_train}, val {data.sizes['val']}, test "
         f"{ev.sizes.real_test} real images, {data.sample_shape} each; classes {data.class_names}"
         + (f"; channels {data.channel_names}" if data.channel_names else ""),
         *(f"- **data note:** {note}" for note in data.notes),
         *shared_autoencoder_line(report.config),
+        *([f"- synthetic version **{sampling.version}** (`synthetic/{sampling.version}.zarr`); every version's "
+           f"report is in `reports/<version>/`"] if sampling.version else []),
         f"- synthetic: {sampling.num_samples} images, solver {sampling.solver}, NFE {sampling.nfe}, "
         f"{sampling.seconds_per_image * 1e3:.1f} ms per image on {sampling.device}; {ev.sizes.synthetic_added} "
         "added to the real training set",
@@ -213,6 +222,14 @@ def write_report(out_dir: str | Path, report: Report, real_path: str | Path,
     return {"json": str(out_dir / "report.json"), "markdown": str(out_dir / "report.md"), "grid": str(grid)}
 
 
+def _test_subjects(data: Any, split: np.ndarray) -> dict[str, int]:
+    """How many subjects (groups: patients, source volumes) hold each class in the test split."""
+    test = split == 2
+    labels, groups = data["labels"][:][test], data["group"][:][test]
+    names = list(data.attrs["class_names"])
+    return {names[c]: int(len(np.unique(groups[labels == c]))) for c in range(len(names))}
+
+
 def gather(run_name: str, config: dict[str, Any], data_path: str, checkpoint: str, synthetic_path: str,
            evaluation_path: str, enhancement_paths: list[str]) -> Report:
     """Every stage's outputs in one report (dataset, training, sampling, evaluation, enhancement, with the run's
@@ -232,7 +249,8 @@ def gather(run_name: str, config: dict[str, Any], data_path: str, checkpoint: st
                             sizes={n: int((split == c).sum()) for n, c in (("train", 0), ("val", 1), ("test", 2))},
                             notes=list(data.attrs.get("notes", [])),
                             channel_names=channel_names(data.attrs, int(data["images"].shape[1]))
-                            if data["images"].shape[1] > 1 else None),
+                            if data["images"].shape[1] > 1 else None,
+                            test_subjects=_test_subjects(data, split)),
         training=TrainingInfo(checkpoint=checkpoint, steps=ckpt["step"], final_loss=float(np.mean(losses[-50:])),
                               loss_curve=[float(np.mean(losses[i:i + every])) for i in range(0, len(losses), every)],
                               seconds=ckpt.get("train_seconds", float("nan")), device=ckpt["device"],
@@ -243,7 +261,8 @@ def gather(run_name: str, config: dict[str, Any], data_path: str, checkpoint: st
                               copy_guard=syn.attrs.get("copy_threshold") is not None,
                               seconds_per_image=seconds / max(1, syn.attrs["num_samples"]),
                               device=shard_info[0].get("device", "?") if shard_info else "?",
-                              checkpoint_sha256=syn.attrs["checkpoint_sha256"]),
+                              checkpoint_sha256=syn.attrs["checkpoint_sha256"],
+                              version=version_name(synthetic_path)),
         evaluation=read_evaluation(evaluation_path),
         enhancement=[Enhancement.from_json(json.loads(Path(p).read_text())) for p in enhancement_paths])
 
@@ -258,10 +277,31 @@ def gain_rows(report: Report) -> list[dict[str, str]]:
     return rows
 
 
+def version_name(synthetic_path: str | Path) -> str:
+    """The name of the synthetic version a store path is (or links to): `v0003` for `synthetic/v0003.zarr` or a
+    `latest` link to it."""
+    return Path(synthetic_path).resolve().name.removesuffix(".zarr")
+
+
 def publish_report(run_name: str, config: dict[str, Any], data_path: str, checkpoint: str, synthetic_path: str,
                    evaluation_path: str, run_dir: str | Path, enhancement_paths: list[str] | None = None
                    ) -> tuple[Report, dict[str, str]]:
-    """Gather every stage's outputs and write report.json, report.md and the figures into `run_dir`; returns
-    the report and the written files."""
+    """Gather every stage's outputs and write report.json, report.md and the figures into
+    `run_dir/reports/<version>/` (one folder per synthetic version, never overwritten by another version's), then
+    copy them to `run_dir`, whose report is the latest; returns the report and the files at the top."""
     report = gather(run_name, config, data_path, checkpoint, synthetic_path, evaluation_path, enhancement_paths or [])
-    return report, write_report(run_dir, report, data_path, synthetic_path)
+    run_dir = Path(run_dir)
+    folder = run_dir / "reports" / version_name(synthetic_path)
+    pairs = report.evaluation.memorisation.png  # the evaluation's figure, kept with the version it shows
+    if pairs and Path(pairs).exists():
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_path(folder / Path(pairs).name) as tmp:
+            shutil.copyfile(pairs, tmp)
+    per_version = write_report(folder, report, data_path, synthetic_path)
+    top = {}
+    for key, name in (("grid", Path(per_version["grid"]).name), ("gains", "gains.png"), ("training", "training.png"),
+                      ("json", "report.json"), ("markdown", "report.md")):  # report.md last: it names the others
+        with atomic_path(run_dir / name) as tmp:
+            shutil.copyfile(folder / name, tmp)
+        top[key] = str(run_dir / name)
+    return report, top

@@ -7,6 +7,8 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from motfm_core.evaluation.evaluate import Evaluation
 from motfm_core.evaluation.metrics import Stat
 from motfm_core.evaluation.privacy import Audit
@@ -14,8 +16,16 @@ from motfm_core.evaluation.quality import Quality
 from motfm_core.evaluation.verdicts import signed
 from motfm_core.model.enhance import Enhancement
 
-__all__ = ["enhancement_lines", "fmt", "gains_table", "memorisation_lines", "more_verdicts", "nfe_curve_lines",
-           "quality_lines", "shared_autoencoder_line", "shortfall"]
+__all__ = ["enhancement_lines", "fmt", "gains_table", "memorisation_lines", "MIN_TEST_SUBJECTS", "more_verdicts",
+           "nfe_curve_lines", "quality_lines", "shared_autoencoder_line", "shortfall", "warning_lines"]
+
+# fewer test subjects per class than this and the interval over test images is no interval: slices of one patient
+# are not independent samples (an assumed floor, as in the review guidance the issue cites; not measured)
+MIN_TEST_SUBJECTS = 5
+# the generator's loss counts as still falling when the last tenth of its curve is this much below the tenth before
+FALLING = 0.05
+# fine SWD of the synthetic images this many times the real train split's (both against real test): far off
+SWD_FAR = 3.0
 
 
 def fmt(s: Stat | None) -> str:
@@ -34,7 +44,9 @@ def more_verdicts(evaluation: Evaluation) -> str:
         out += (f" **Warning: {mem.fraction_flagged:.0%} of the synthetic images are near-copies of training "
                 "images** (memorisation audit below): gains may come from the real data copied back, not from new "
                 "anatomy, and the copies carry the training patients' privacy risk.")
-    ratios = {a: g["accuracy"].mean for a, g in ev.gains.items() if a.startswith("real+synthetic")}
+    # the ratio arms only ("real+synthetic", "real+synthetic x2"): not the NFE or DDPM arms, which share the prefix
+    ratios = {a: g["accuracy"].mean for a, g in ev.gains.items()
+              if a == "real+synthetic" or a.startswith("real+synthetic x")}
     if len(ratios) > 1:
         best = max(ratios, key=lambda a: ratios[a])
         out += f" Best ratio arm by accuracy: {best} ({ratios[best]:+.3f})."
@@ -93,7 +105,9 @@ def quality_lines(q: Quality) -> list[str]:
                   "anatomy-sensitive, blind to blur); SWD (x1e3) on Laplacian-pyramid patches, finest level first "
                   "(detail-sensitive). Lower FID/KID/SWD is better; precision = fidelity, recall = coverage, and "
                   "density / coverage the same two questions asked so that outliers cannot inflate them (density "
-                  "about 1 when the synthetic images follow the real ones).", "",
+                  "about 1 when the synthetic images follow the real ones). In-domain FID rests on this run's own "
+                  "feature classifier: compare it within this table (synthetic against the real-train baseline), "
+                  "never across runs.", "",
                   "| compared with real test | FID | KID | precision | recall | density | coverage | SWD fine / mid / "
                   "coarse |", "|---|---|---|---|---|---|---|---|"]
         for name, row in (("synthetic", q.synthetic_vs_test), ("real train (baseline)", q.train_vs_test)):
@@ -157,3 +171,45 @@ def shared_autoencoder_line(config: dict[str, Any]) -> list[str]:
     return [f"- **not leak-free:** the low-data generators ({', '.join(f'{f:g}' for f in fractions)} of the real "
             f"train split) encoded with the given autoencoder {ae['checkpoint']}, trained on more than their share "
             "(autoencoder.share_checkpoint)"]
+
+
+def warning_lines(evaluation: Evaluation, test_subjects: dict[str, int] | None, loss_curve: list[float],
+                  steps: int, default_steps: int) -> list[str]:
+    """What the reader must know before trusting the numbers, for the report's top: a baseline at or below chance,
+    a test split of too few subjects per class, a generator that looks under-trained (its loss still falling at
+    the end, or its images' fine detail far from the real images')."""
+    out = []
+    ev = evaluation.augmentation
+    real = ev.summary.get("real", {})
+    chance = 1.0 / max(ev.num_classes, 2)
+    acc, auroc = real.get("accuracy"), real.get("auroc")
+    low = [f"{name} {s.mean:.3f} (chance {c:.3f})" for name, s, c in (("accuracy", acc, chance), ("AUROC", auroc, 0.5))
+           if s is not None and math.isfinite(s.mean) and s.mean <= c + 1e-9]
+    if low:
+        out.append(f"**Warning: the real-only baseline is at or below chance** ({', '.join(low)}): the downstream "
+                   "classifier did not learn the task, so no gain over it means anything. Give it more steps "
+                   "(eval.steps) or more real data before reading the gains.")
+    few = {c: n for c, n in (test_subjects or {}).items() if n < MIN_TEST_SUBJECTS}
+    if few:
+        out.append(f"**Warning: the test split holds fewer than {MIN_TEST_SUBJECTS} subjects in class(es) "
+                   + ", ".join(f"{c} ({n})" for c, n in few.items()) + "**: its images are slices of few patients, "
+                   "not independent samples, so the intervals (bootstrapped over test images) are too narrow; treat "
+                   "the gains as unreliable and add subjects.")
+    reasons = []
+    k = max(1, len(loss_curve) // 10)
+    if len(loss_curve) >= 20:
+        last, before = float(np.mean(loss_curve[-k:])), float(np.mean(loss_curve[-2 * k:-k]))
+        if before > 0 and (before - last) / before > FALLING:
+            reasons.append(f"its loss was still falling at the end ({before:.4f} -> {last:.4f} over the last "
+                           f"tenths of {steps} steps)")
+    q = evaluation.quality
+    syn, base = (q.synthetic_vs_test.swd or {}).get("level0"), (q.train_vs_test.swd or {}).get("level0")
+    if syn is not None and base and syn > SWD_FAR * base:
+        reasons.append(f"the fine detail of its images is far from the real images' (fine SWD {syn:.0f} against "
+                       f"{base:.0f} for real train vs test)")
+    if reasons:
+        budget = (f"--train-steps {4 * steps}, or the full default of {default_steps}" if 4 * steps < default_steps
+                  else f"--train-steps {4 * steps}")
+        out.append("**Warning: the generator looks under-trained:** " + "; ".join(reasons) + f". Train longer "
+                   f"({budget}) before judging the synthetic images.")
+    return out

@@ -97,6 +97,23 @@ def test_flow_end_to_end_and_rerun_is_idempotent(harness, tmp_path):
     assert not set(v2["seed"][:].tolist()) & set(v1["seed"][:].tolist())
     assert shard_file.stat().st_mtime_ns == shard_mtime  # v0001 untouched
     assert json.loads((run / "report.json").read_text())["sampling"]["store"].endswith("v0002.zarr")
+    # each version keeps its own report; the top one is the latest and names its version (regeneration replaced
+    # report.md, which did not say which version it evaluated)
+    for v in ("v0001", "v0002"):
+        folder = run / "reports" / v
+        assert json.loads((folder / "report.json").read_text())["sampling"]["version"] == v
+        assert f"synthetic version **{v}**" in (folder / "report.md").read_text()
+        assert {"samples.png", "gains.png", "training.png", "closest_pairs.png"} <= {f.name for f in folder.iterdir()}
+    top = (run / "report.md").read_text()
+    assert "synthetic version **v0002**" in top
+    # a 20-step generator on a 12-subject set: the report says what not to trust, at its top
+    assert "**Warning: the generator looks under-trained:**" in top and "--train-steps 80" in top
+    assert "**Warning: the test split holds fewer than 5 subjects" in top
+    from motfm_core.data.describe import describe
+
+    summary = describe(run)  # `motfm inspect RUN`: the versions side by side with their reports' numbers
+    assert "2 synthetic version(s)" in summary and "v0002.zarr <- latest" in summary
+    assert summary.count("accuracy gain") == 2 and "reports/v0001/report.md" in summary
     assert (run / "checkpoints" / "model.pt").stat().st_mtime_ns == before  # no retraining
     with pytest.raises(FileNotFoundError, match="run synth-and-eval with run_name='nope'"):
         regenerate_synthetic(run_name="nope", output_root=str(tmp_path))

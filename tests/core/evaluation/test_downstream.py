@@ -245,3 +245,48 @@ def test_the_whole_evaluation_of_the_smallest_run_it_accepts(phantom_store, tmp_
     assert result.quality.diversity is None  # one image per class: no same-class pair
     assert result.augmentation.gain["accuracy"].n == 1
     assert np.isfinite(result.quality.synthetic_vs_test.fid)
+
+
+def _evaluation(real_accuracy: float, real_auroc: float, syn_swd: float, base_swd: float, gains: dict | None = None):
+    """The parts of an Evaluation the report's warnings read."""
+    from types import SimpleNamespace as NS
+
+    from motfm_core.evaluation.metrics import Stat
+
+    def stat(v):
+        return Stat(mean=v, std=0.0, min=v, max=v, n=1)
+
+    return NS(augmentation=NS(summary={"real": {"accuracy": stat(real_accuracy), "auroc": stat(real_auroc)}},
+                              num_classes=3, gains=gains or {}, segmentation=None),
+              quality=NS(synthetic_vs_test=NS(swd={"level0": syn_swd}), train_vs_test=NS(swd={"level0": base_swd})),
+              memorisation=NS(fraction_flagged=0.0))
+
+
+def test_the_report_warns_of_a_baseline_at_chance_few_test_subjects_and_an_under_trained_generator():
+    from motfm_core.evaluation.sections import warning_lines
+
+    falling = list(np.linspace(2.0, 1.0, 40))  # still falling at the end
+    flat = [1.0] * 40
+    lines = warning_lines(_evaluation(0.30, 0.50, 500.0, 100.0), {"a": 2, "b": 9}, falling, 180, 1200)
+    assert len(lines) == 3
+    assert "baseline is at or below chance" in lines[0] and "AUROC 0.500" in lines[0]
+    assert "fewer than 5 subjects in class(es) a (2)" in lines[1] and "b (" not in lines[1]
+    assert "under-trained" in lines[2] and "still falling" in lines[2] and "fine SWD 500" in lines[2]
+    assert "--train-steps 720, or the full default of 1200" in lines[2]
+    assert warning_lines(_evaluation(0.90, 0.95, 120.0, 100.0), {"a": 5, "b": 9}, flat, 1200, 1200) == []
+
+
+def test_best_ratio_arm_only_when_more_than_one_ratio_ran():
+    """With one ratio and an NFE arm, 'Best ratio arm' named the NFE arm: it shares the 'real+synthetic' prefix."""
+    from types import SimpleNamespace as NS
+
+    from motfm_core.evaluation.metrics import Stat
+    from motfm_core.evaluation.sections import more_verdicts
+
+    def gain(v):
+        return {"accuracy": Stat(mean=v, std=0.0, min=v, max=v, n=1)}
+
+    one = _evaluation(0.9, 0.9, 1, 1, {"real+synthetic": gain(0.01), "real+synthetic NFE 1": gain(0.02)})
+    assert "Best ratio arm" not in more_verdicts(one)
+    two = _evaluation(0.9, 0.9, 1, 1, {"real+synthetic": gain(0.01), "real+synthetic x2": gain(0.03)})
+    assert "Best ratio arm by accuracy: real+synthetic x2 (+0.030)" in more_verdicts(two)
