@@ -17,6 +17,9 @@ export PREFECT_HOME="${PREFECT_HOME:-$PWD/.prefect-server}"
 PORT="${MOTFM_PREFECT_PORT:-4200}"
 export PREFECT_API_URL="http://127.0.0.1:${PORT}/api"
 export PREFECT_SERVER_ANALYTICS_ENABLED=false PREFECT_LOGGING_EXTRA_LOGGERS=motfm_core
+# the server streams flow-run logs out (off by default), so `prefect deployment run ... --watch` shows a run's own
+# lines, a failure's reason included, and not only its state changes
+export PREFECT_SERVER_LOGS_STREAM_OUT_ENABLED=true PREFECT_SERVER_LOGS_STREAM_PUBLISHING_ENABLED=true
 PREFECT=".venv/bin/prefect"
 PY=".venv/bin/python"
 POOL=motfm-process

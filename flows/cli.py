@@ -23,8 +23,8 @@ from pathlib import Path
 
 from motfm_core.errors import BadInput
 
-__all__ = ["failure_line", "one_line_failures", "prefect_ready", "quiet_console", "quiet_libraries",
-           "STARTUP_TIMEOUT_S"]
+__all__ = ["default_prefect_home", "failure_line", "one_line_failures", "prefect_ready", "quiet_console",
+           "quiet_libraries", "START_GRACE_S", "STARTUP_TIMEOUT_S"]
 
 
 # Prefect's default (20 s, counted in 0.1 s polls) is too short for a first start on 2 slow cores
@@ -117,6 +117,13 @@ def _without_traceback(format_record):
 
     format.motfm_quiet = True  # type: ignore[attr-defined]  # a marker attribute on our wrapper function
     return format
+
+
+def default_prefect_home() -> str:
+    """Prefect's home for a `motfm` command: $PREFECT_HOME when set, else `.prefect` in the folder the command runs
+    from, beside `outputs/` (what `make demo` uses), so a run and its flow-run history stay together whichever way
+    it was started. Must run before Prefect is imported, which reads its settings then."""
+    return os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
 
 
 def quiet_libraries(verbose: bool = False) -> None:

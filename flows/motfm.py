@@ -1,7 +1,8 @@
 """The `motfm` command: `motfm run` (the synth-and-eval DAG, every option with `motfm run --help`), `motfm config`
 (every key with its type, default, choices and meaning; `--preset P` with a preset's values, `--markdown` for
-docs/parameters.md), `motfm inspect PATH` (what a store holds) and `motfm regenerate` (a new synthetic version from a
-finished run) and `motfm export RUN --to nifti|nnunet DIR` (a run's images as NIfTI or an nnU-Net raw dataset). Prefect
+docs/parameters.md), `motfm inspect PATH` (what a store holds), `motfm regenerate` (a new synthetic version from a
+finished run), `motfm export RUN --to nifti|nnunet DIR` (a run's images as NIfTI or an nnU-Net raw dataset) and
+`motfm schedule RUN --cron C` (regenerate a run on a schedule, on a Prefect server). Prefect
 and torch are imported only by the subcommands that run something, so `motfm --help`, `config` and `inspect` answer
 at once."""
 
@@ -17,9 +18,10 @@ __all__ = ["main"]
 COMMANDS = {
     "run": "run the synth-and-eval DAG locally (Prefect's embedded mode); `motfm run --help` lists every option",
     "config": "every config key with its type, default, choices and meaning (--preset P: that preset's values)",
-    "inspect": "what a dataset or synthetic store holds: versions, shards, counts per class, provenance",
+    "inspect": "what a run, a dataset or a synthetic store holds: versions and their reports, shards, provenance",
     "regenerate": "sample a new synthetic version from a finished run and re-evaluate (`motfm regenerate --help`)",
     "export": "a run's synthetic (and real) images as NIfTI, or an nnU-Net raw dataset (`motfm export --help`)",
+    "schedule": "regenerate a finished run on a cron schedule, on a Prefect server (`motfm schedule --help`)",
 }
 
 
@@ -29,11 +31,12 @@ def main(argv: list[str] | None = None) -> None:
                                 "proven by one Prefect DAG.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, text in COMMANDS.items():
-        sub.add_parser(name, help=text, add_help=name in ("config", "inspect", "export"))
+        sub.add_parser(name, help=text, add_help=name in ("config", "inspect", "export", "schedule"))
     config = sub.choices["config"]
     config.add_argument("--preset", default=None, help="show this preset's values as the defaults")
     config.add_argument("--markdown", action="store_true", help="markdown tables (docs/parameters.md)")
-    sub.choices["inspect"].add_argument("path", help="a dataset.zarr, a synthetic/vNNNN.zarr or a synthetic/ folder")
+    sub.choices["inspect"].add_argument("path", help="a run folder (outputs/<run-name>), a dataset.zarr, a "
+                                      "synthetic/vNNNN.zarr or a synthetic/ folder")
     out = sub.choices["export"]
     out.add_argument("run", help="a run folder (outputs/<run-name>): its dataset.zarr and synthetic/ versions")
     out.add_argument("--to", required=True, choices=("nifti", "nnunet"), dest="fmt",
@@ -44,6 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     out.add_argument("--dataset-id", type=int, default=None, help="nnunet: the dataset id, 1..999 (required)")
     out.add_argument("--synthetic-ratio", type=float, default=1.0,
                         help="nnunet: synthetic cases per real training case (0: the real train split alone)")
+    sch = sub.choices["schedule"]
+    sch.add_argument("run", help="the finished run's folder (outputs/<run-name>)")
+    sch.add_argument("--cron", required=True, help="when, as five cron fields: '0 3 * * 1' is Mondays 03:00")
+    sch.add_argument("--timezone", default="UTC", help="the cron's IANA time zone (default UTC)")
+    sch.add_argument("--paused", action="store_true", help="create or keep the schedule, paused")
+    if argv and argv[0] in ("run", "regenerate", "schedule"):
+        from flows.cli import default_prefect_home
+
+        default_prefect_home()
     if argv and argv[0] in ("run", "regenerate"):  # their own parsers take the rest, --help included
         sys.argv = [f"motfm {argv[0]}", *argv[1:]]
         if {"-h", "--help"} & set(argv[1:]):  # the help (then exit) without importing Prefect
@@ -67,6 +79,12 @@ def main(argv: list[str] | None = None) -> None:
             print(config_reference(a.preset, a.markdown), end="")
         elif a.command == "export":
             print(export_run(a))
+        elif a.command == "schedule":
+            from flows.cli import quiet_libraries
+            from flows.schedule import schedule_run
+
+            quiet_libraries()
+            print(schedule_run(a.run, a.cron, a.timezone, a.paused))
         else:
             from motfm_core.data.describe import describe
 

@@ -12,9 +12,10 @@ checkpoint yet.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,37 @@ def regeneration_config(saved: dict[str, Any], overrides: dict[str, dict[str, An
     return c
 
 
+@contextlib.contextmanager
+def said_in_the_run_log(logger: Any, what: str) -> Iterator[None]:
+    """A refusal raised in the block is logged to the flow run first, and the log sent before the run turns Failed:
+    `prefect deployment run ... --watch` shows the run's logs until its final state, so the reason reaches the
+    terminal that started it (it was in the worker's log only)."""
+    from prefect.logging.handlers import APILogHandler
+
+    try:
+        yield
+    except BadInput as e:
+        logger.error("%s: %s", what, e)
+        APILogHandler().flush()
+        raise
+
+
+def _regeneration_config(run_dir: Path, output_root: str, overrides: dict[str, dict[str, Any]] | None,
+                         retrain: bool, named: dict[str, Any]) -> PipelineConfig:
+    """The regeneration's config from the finished run's own, checked before any work."""
+    saved = run_dir / "config.json"
+    if not saved.exists():
+        raise InputMissing(f"{saved}: no run to regenerate from; run synth-and-eval with run_name="
+                           f"{run_dir.name!r} and output_root={output_root!r} first (a schedule for your own run: "
+                           "motfm schedule outputs/<run-name> --cron ...)")
+    c = regeneration_config(json.loads(saved.read_text()), overrides, named, regeneration_seed)
+    cfg = PipelineConfig.from_overrides(c)  # validates every value before any work
+    checkpoint = run_dir / "checkpoints" / "model.pt"
+    if not retrain and not checkpoint.exists():
+        raise InputMissing(f"{checkpoint}: no trained model; run synth-and-eval first or pass retrain=True")
+    return cfg
+
+
 @flow(name="regenerate-synthetic", task_runner=ThreadPoolTaskRunner(max_workers=1))
 def regenerate_synthetic(
     run_name: str = "synth-and-eval",
@@ -70,16 +102,11 @@ def regenerate_synthetic(
     re-evaluate; unset parameters keep the run's own configuration. Returns the report path."""
     logger = get_run_logger()
     run_dir = Path(output_root).resolve() / run_name
-    saved = run_dir / "config.json"
-    if not saved.exists():
-        raise InputMissing(f"{saved}: no run to regenerate from; run synth-and-eval with run_name="
-                           f"{run_name!r} and output_root={output_root!r} first")
-    named = {"seed": seed, "samples_per_class": samples_per_class, "solver": solver, "nfe": nfe}
-    c = regeneration_config(json.loads(saved.read_text()), overrides, named, regeneration_seed)
-    cfg = PipelineConfig.from_overrides(c)  # validates every value before any work
-    data_path, checkpoint = run_dir / "dataset.zarr", run_dir / "checkpoints" / "model.pt"
-    if not retrain and not checkpoint.exists():
-        raise InputMissing(f"{checkpoint}: no trained model; run synth-and-eval first or pass retrain=True")
+    with said_in_the_run_log(logger, "regenerate-synthetic cannot start"):
+        cfg = _regeneration_config(run_dir, output_root, overrides, retrain,
+                                   {"seed": seed, "samples_per_class": samples_per_class, "solver": solver,
+                                    "nfe": nfe})
+    data_path = run_dir / "dataset.zarr"
     with hold_folder(run_dir):  # one run at a time in a run folder
         # the train stages are keyed: unchanged generators (the low-data ones too) are reused, not retrained
         generators = train_generators(cfg, str(data_path), run_dir)

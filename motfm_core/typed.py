@@ -13,7 +13,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar, get_args
 
 from motfm_core.errors import BadInput
 
-__all__ = ["check", "check_choices", "config_hash", "from_dict"]
+__all__ = ["check", "check_choices", "config_hash", "did_you_mean", "from_dict"]
 
 
 class _Dataclass(Protocol):
@@ -49,6 +49,15 @@ def _coerce(annotation: str, value: Any, key: str) -> Any:
     return value  # other annotations are checked by the config's validate()
 
 
+def did_you_mean(unknown: list[str], names: set[str], prefix: str = "") -> str:
+    """' (did you mean `train.steps`?)' for the known names closest to the unknown ones (difflib's ratio >= 0.6),
+    else ''."""
+    import difflib
+
+    close = [m for u in unknown for m in difflib.get_close_matches(u, sorted(names), n=1)]
+    return f" (did you mean {', '.join(f'`{prefix}.{m}`' if prefix else f'`{m}`' for m in close)}?)" if close else ""
+
+
 def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T:
     """Build dataclass `cls` from `values`, raising on keys it does not have and on values of the wrong type."""
     values = dict(values or {})
@@ -56,7 +65,8 @@ def from_dict(cls: type[T], values: dict[str, Any] | None, where: str = "") -> T
     label = where or cls.__name__
     unknown = sorted(set(values) - names)
     if unknown:
-        raise BadInput(f"{label}: unknown parameter(s) {unknown}; valid ones are {sorted(names)}")
+        raise BadInput(f"{label}: unknown parameter(s) {unknown}{did_you_mean(unknown, names, label)}; valid ones "
+                       f"are {sorted(names)}")
     for f in fields(cls):
         if f.name in values:
             values[f.name] = _coerce(str(f.type), values[f.name], f"{label}.{f.name}")

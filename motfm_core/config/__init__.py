@@ -30,7 +30,7 @@ from motfm_core.config.choices import (
 from motfm_core.config.model import DDPM_TIMESTEPS, MODEL_SIZES, AutoencoderConfig, ModelConfig, auto_norm_groups
 from motfm_core.config.stages import DataConfig, EnhanceConfig, EvalConfig, SampleConfig, TrainConfig
 from motfm_core.errors import BadInput
-from motfm_core.typed import config_hash, from_dict
+from motfm_core.typed import config_hash, did_you_mean, from_dict
 
 __all__ = ["auto_norm_groups", "AutoencoderConfig", "Compression", "config_hash", "Coupling", "DataConfig",
            "DDPM_TIMESTEPS", "EnhanceConfig", "EnhanceTask", "EvalConfig", "Fit", "from_dict", "GradientCheckpointing",
@@ -71,7 +71,8 @@ class PipelineConfig:
         sections = {f.name: f.type for f in fields(cls)}
         unknown = sorted(set(overrides) - set(sections))
         if unknown:
-            raise BadInput(f"unknown config section(s) {unknown}; valid ones are {sorted(sections)}")
+            raise BadInput(f"unknown config section(s) {unknown}{did_you_mean(unknown, set(sections))}; valid ones "
+                           f"are {sorted(sections)}")
         kinds = {"data": DataConfig, "model": ModelConfig, "train": TrainConfig, "sample": SampleConfig,
                  "eval": EvalConfig, "autoencoder": AutoencoderConfig}
         data = from_dict(DataConfig, overrides.get("data"), where="data")

@@ -36,17 +36,17 @@ class ModelConfig:
     Explicit `channels` / `attention_levels` win over the sizing. With space="latent" the geometry (`image_size`,
     `depth`, `in_channels`) is the autoencoder's latent grid, set from the data and `autoencoder` sections."""
 
-    spatial_dims: SpatialDims = 2
-    in_channels: int = 1
-    num_classes: int = 3
+    spatial_dims: SpatialDims = 2  # set from data.spatial_dims
+    in_channels: int = 1  # set from the data's channels (sequences), or the latents'
+    num_classes: int = 3  # set from the data's classes; one more is the null class of guidance
     size: ModelSize = "small"  # small / medium / large: the first level's width (32 / 64 / 128 channels)
     channels: tuple[int, ...] = ()  # () = sized from `size` and the image (48 px small: 32, 64, 64)
     attention_levels: tuple[bool, ...] = ()  # () = at the deepest level if its tokens are within the limit
     max_attention_tokens: int = 0  # 0 = 1024 tokens in 2D, 512 in 3D; an attention level over it is refused
-    num_res_blocks: int = 1
-    num_head_channels: int = 32
+    num_res_blocks: int = 1  # residual blocks per level
+    num_head_channels: int = 32  # channels per attention head
     norm_num_groups: int = 0  # 0 = auto: every GroupNorm group holds >= 4 channels (see `auto_norm_groups`)
-    image_size: int = 48
+    image_size: int = 48  # set from data.image_size (latent: the autoencoder's grid)
     depth: int = 16  # 3D only
     prediction: Prediction = "velocity"  # "velocity": flow matching; "epsilon": the DDPM/DDIM baseline
     # "concat" (one-hot mask channels), "controlnet" (MONAI ControlNet), or "auto" ("concat" when the dataset has
@@ -112,26 +112,26 @@ class AutoencoderConfig:
     trained by its own stage on random patches and applied fully convolutionally to whole images."""
 
     channels: tuple[int, ...] = (16, 32, 64)  # per level; each level after the first halves every side
-    latent_channels: int = 4
-    num_res_blocks: int = 1
+    latent_channels: int = 4  # channels of the latent the flow works on
+    num_res_blocks: int = 1  # residual blocks per level
     patch_size: int = 32  # side of the random training patches (cubes in 3D), capped at the image's sides
-    steps: int = 1500
-    batch_size: int = 4
-    lr: float = 5e-4
+    steps: int = 1500  # optimizer steps of the autoencoder
+    batch_size: int = 4  # patches per step
+    lr: float = 5e-4  # its learning rate
     kl_weight: float = 1e-6  # weight of the KL term against the L1 reconstruction loss
     # a patch discriminator's least-squares loss at this weight from `adversarial_start` on (0 = off)
     adversarial_weight: float = 0.0
-    adversarial_start: int = 0
+    adversarial_start: int = 0  # the step the adversarial loss starts at
     # encoding and decoding window: latent voxels per side (0 = whole images when one fits the memory plan, else
     # windows of 32), and the windows' overlap (blended with Gaussian weights)
     tile: int = 0
-    tile_overlap: float = 0.25
+    tile_overlap: float = 0.25  # the windows' overlap, a share of their side
     checkpoint: str = ""  # a trained autoencoder.pt to use instead of training one (same data and image size)
     # with autoencoder.checkpoint and low-data arms (eval.real_fractions): let every low-data generator use that
     # one autoencoder, trained on more than its share, so those arms are not leak-free (the report says so)
     share_checkpoint: bool = False
-    checkpoint_every: int = 250
-    seed: int = 0
+    checkpoint_every: int = 250  # steps between checkpoints: an interrupted stage resumes from the last one
+    seed: int = 0  # weights and patch draws of the autoencoder
 
     @property
     def factor(self) -> int:

@@ -27,15 +27,15 @@ __all__ = ["DataConfig", "EnhanceConfig", "EvalConfig", "SampleConfig", "TrainCo
 class DataConfig:
     """How the real dataset is built. `source` is `brain-mri` (bundled), a `.npz`, or a folder with labels.csv."""
 
-    source: str = "brain-mri"
-    image_size: int = 48
-    spatial_dims: SpatialDims = 2
+    source: str = "brain-mri"  # "brain-mri" (bundled), a MedMNIST .npz, or a folder with labels.csv
+    image_size: int = 48  # stored side in pixels (a multiple of 8); images of another size are resized or fitted
+    spatial_dims: SpatialDims = 2  # 2: images or axial slices of volumes; 3: whole volumes
     depth: int = 16  # 3D only: slices per crop along the last axis
     # brain-mri 3D only: voxel side in mm (0 = 2 mm); blocks too large for the 28 mm split slabs are split by brain
     voxel_mm: float = 0.0
     val_fraction: float = 0.15  # folders/npz without a given split: patient-level fractions
-    test_fraction: float = 0.15
-    seed: int = 0
+    test_fraction: float = 0.15  # the held-out test split's share, by subject (as val_fraction)
+    seed: int = 0  # the train/val/test split by subject
     keep_previous: int = 1  # earlier builds of dataset.zarr kept beside it when the data changes (0 = none)
     # how a volume reaches the stored shape, after reorientation to RAS: "fov" (crop to the foreground, pad to the
     # target's aspect in mm, resample: one isotropic spacing), "crop" (resample to data.spacing_mm, then crop or pad
@@ -80,26 +80,26 @@ class DataConfig:
 class TrainConfig:
     """Flow-matching optimisation recipe."""
 
-    steps: int = 1200
-    batch_size: int = 32
-    lr: float = 2e-3
-    weight_decay: float = 1e-4
-    warmup_steps: int = 100
-    ema_decay: float = 0.995
+    steps: int = 1200  # optimizer steps of the generator (the demo preset: 180)
+    batch_size: int = 32  # images per optimizer step, over all devices (capped at the training set's size)
+    lr: float = 2e-3  # AdamW learning rate after the warm-up, cosine-decayed to 10% of it at the last step
+    weight_decay: float = 1e-4  # AdamW weight decay
+    warmup_steps: int = 100  # linear learning-rate warm-up from 0
+    ema_decay: float = 0.995  # the sampled weights are this exponential moving average of the trained ones
     # EMA decay ramps up as min(ema_decay, (1 + k) / (10 + k)) after k optimizer steps, so that a short run's EMA
     # is not mostly its random initial weights (0.995^150 = 47% of it after 150 steps); False: ema_decay from step 0
     ema_warmup: bool = True
-    grad_clip: float = 1.0
+    grad_clip: float = 1.0  # the gradient's norm is clipped to this
     time_sampling: TimeSampling = "uniform"  # or "logit_normal"
     time_shift: float = 1.0  # > 1 spends more training time near noise (SD3/MAISI resolution shift)
     coupling: Coupling = "independent"  # "ot" (minibatch exact OT, within class) or "sinkhorn" (entropic OT)
     class_dropout: float = 0.1  # drop labels to the null class for classifier-free guidance
-    checkpoint_every: int = 200
-    seed: int = 0
+    checkpoint_every: int = 200  # steps between checkpoints: an interrupted run resumes from the last one
+    seed: int = 0  # weights, noise and time draws of the training
     # low-data generators: train on a class-stratified share of the train split (`stratified_subset`, the same
     # indices the downstream `real f%` arms use, recorded in the checkpoint); 1.0 = the whole split
     real_fraction: float = 1.0
-    subset_seed: int = 0
+    subset_seed: int = 0  # picks the real_fraction share (eval.subset_seed picks the same one)
     # reflow (rectified flow, Liu et al. 2023): retrain on a trained model's own noise -> sample couplings so
     # that its trajectories straighten and 1-2 steps suffice; the student starts from the teacher's EMA weights
     reflow_from: str = ""  # path of the teacher model.pt ("" = ordinary training)
@@ -131,8 +131,9 @@ class TrainConfig:
 class SampleConfig:
     """Large-scale sampling into a sharded Zarr store."""
 
-    samples_per_class: int = 80  # 240 on the demo set: enough for the x2 ratio arm (114 real)
-    shard_size: int = 32
+    # synthetic images per class in the version (the demo preset: 40); enough for the largest eval.ratios arm
+    samples_per_class: int = 80
+    shard_size: int = 32  # images per shard: the unit written, resumed and fanned out to Dask workers
     # the images' codec inside a shard: "zstd" (smaller stores) or "none" (with large shards the writer then runs
     # close to the disk's bandwidth); the figures are in benchmarks/RESULTS.md, writer options
     compression: Compression = "zstd"
@@ -143,13 +144,13 @@ class SampleConfig:
     nfe: int = 10  # solver steps: euler spends exactly this many evaluations (dopri5: adaptive, ignored)
     guidance: float = 1.0  # classifier-free guidance scale; 1.0 = plain conditional model
     rtol: float = 1e-5  # dopri5 only: error tolerances (the NFE it spends follows from them)
-    atol: float = 1e-5
+    atol: float = 1e-5  # dopri5 only: the absolute error tolerance
     batch_size: int = 64  # images per forward pass; on a GPU raise it until memory is full
     compile: bool = False  # torch.compile the network (pays off on a GPU for large runs)
     precision: Precision = "auto"  # "auto" (bf16 autocast on CUDA, fp32 on a CPU), "bf16" (on any device), "fp32"
     workers: int = 0  # Dask workers of the local cluster (0 = one per GPU, or one on a CPU)
     scheduler: str = ""  # address of an existing Dask scheduler (or $MOTFM_DASK_SCHEDULER); "" = local cluster
-    seed: int = 1234
+    seed: int = 1234  # the base of every sample's recorded noise seed (a regeneration takes a new one)
     keep_versions: int = 0  # synthetic dataset versions to keep (0 = all; the published one always stays)
     # a version pruned away is deleted only this long after it left the newest keep_versions, and never while a
     # lease on it is live: readers that did not take a lease (a user's training job) keep reading it meanwhile
@@ -171,8 +172,8 @@ class SampleConfig:
     # copy guard: redraw (new recorded seed) any sample nearer to a training image of its generator than the
     # `copy_quantile` of real test images are (the memorisation audit's threshold), up to `max_redraws` times
     reject_copies: bool = True
-    copy_quantile: float = 0.01
-    max_redraws: int = 20
+    copy_quantile: float = 0.01  # the copy guard's threshold: this quantile of real test-to-train distances
+    max_redraws: int = 20  # the most redraws of one sample
 
     def validate(self) -> None:
         check_choices(self, "sample")
@@ -198,17 +199,17 @@ class EvalConfig:
     """Downstream classifier (and segmenter, when masks exist): real-only vs real+synthetic arms, each
     tested on the real test split."""
 
-    seeds: tuple[int, ...] = (0, 1, 2)
-    steps: int = 300
-    batch_size: int = 32
-    lr: float = 1e-3
+    seeds: tuple[int, ...] = (0, 1, 2)  # downstream training seeds: every arm trains once per seed
+    steps: int = 300  # optimizer steps of each downstream classifier
+    batch_size: int = 32  # images per step of the downstream models
+    lr: float = 1e-3  # the downstream models' learning rate
     synthetic_ratio: float = 1.0  # the headline arm: synthetic images per real training image
     ratios: tuple[float, ...] = (0.5, 1.0, 2.0)  # every real+synthetic arm (the headline ratio is always run)
     real_fractions: tuple[float, ...] = (0.25, 0.1)  # low-data arms: this share of real train, +/- synthetic
-    channels: tuple[int, ...] = (16, 32, 64)
+    channels: tuple[int, ...] = (16, 32, 64)  # the downstream classifier's widths per level
     segmentation: bool = True  # also train a segmenter when both stores have masks
-    seg_steps: int = 200
-    seg_channels: tuple[int, ...] = (8, 16, 32)
+    seg_steps: int = 200  # optimizer steps of each downstream segmenter
+    seg_channels: tuple[int, ...] = (8, 16, 32)  # the downstream segmenter's (a MONAI UNet) widths per level
     nfe_curve: tuple[int, ...] = (1, 2, 4, 10, 20)  # Euler NFEs of the report's quality-vs-NFE curve (() = none)
     nfe_curve_samples: int = 32  # fresh samples per class at each NFE of the curve
     # downstream value per NFE: for each of these Euler NFEs (other than sample.nfe, the main store's), a synthetic
@@ -250,15 +251,15 @@ class EvalConfig:
 class EnhanceConfig:
     """One enhancement task and its training recipe."""
 
-    task: EnhanceTask = "denoise"
+    task: EnhanceTask = "denoise"  # set by --enhance: "denoise" or "superres"
     level: float = 0.0  # noise sigma (images in [0, 1]) or integer downsampling factor; 0 = the task's default
-    source_noise: float = 0.02
-    channels: tuple[int, ...] = (32, 64, 64)
-    steps: int = 600
-    batch_size: int = 16
-    lr: float = 1e-3
-    nfe: int = 4
-    seed: int = 0
+    source_noise: float = 0.02  # noise added to the degraded source image the flow starts from
+    channels: tuple[int, ...] = (32, 64, 64)  # the enhancement UNet's widths per level
+    steps: int = 600  # optimizer steps of the enhancement flow
+    batch_size: int = 16  # images per optimizer step
+    lr: float = 1e-3  # its learning rate
+    nfe: int = 4  # Euler steps from the degraded image to the enhanced one
+    seed: int = 0  # weights and noise of the enhancement run
 
     def __post_init__(self) -> None:
         if self.level == 0:  # one `--enhance denoise superres` run gets a sensible level for each task

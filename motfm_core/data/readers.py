@@ -211,6 +211,21 @@ def read_any(path: Path) -> Image:
                    "folder holding one DICOM series")
 
 
+MAX_LISTED = 20  # missing files named in one error; the count says how many more
+
+
+def _check_listed(folder: Path, df: pd.DataFrame, columns: list[str]) -> None:
+    """Every file labels.csv lists (images of every column, masks) exists, checked before any is read: the error
+    names all that are missing (up to MAX_LISTED), not the first alone."""
+    mask = ["mask"] if "mask" in df.columns else []
+    missing = [name for c in [*columns, *mask] for name in df[c].dropna().astype(str)
+               if name and not (folder / name).exists()]
+    if missing:
+        more = f" and {len(missing) - MAX_LISTED} more" if len(missing) > MAX_LISTED else ""
+        raise InputMissing(f"{folder / 'labels.csv'}: {len(missing)} listed file(s) missing: "
+                           f"{', '.join(missing[:MAX_LISTED])}{more}; fix those rows or add the files")
+
+
 def read_folder(folder: str | Path) -> RawSet:
     """NIfTI, DICOM or PNG/JPEG folder with labels.csv; the file suffixes decide the reader (a listed folder is a
     DICOM series)."""
@@ -220,12 +235,9 @@ def read_folder(folder: str | Path) -> RawSet:
     columns = image_columns(df)
     out = RawSet(class_names=names, origin=str(folder), subject_column="subject" in df.columns,
                  channel_names=[c[len("image_"):] for c in columns] if columns != ["filename"] else ["image"])
+    _check_listed(folder, df, columns)
     for _, row in df.iterrows():
         paths = [folder / str(row[c]) for c in columns]
-        for f in paths:
-            if not f.exists():
-                raise InputMissing(f"{f}: listed in {folder / 'labels.csv'} but missing; fix the row or add "
-                                   "the file")
         f = paths[0]
         subject = row["subject"] if "subject" in df.columns and pd.notna(row.get("subject")) else row[columns[0]]
         reads = [read_any(path) for path in paths]

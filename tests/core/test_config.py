@@ -104,3 +104,17 @@ def test_settings_a_later_stage_would_refuse_are_refused_at_load():
     assert PipelineConfig.from_overrides({"model": {"prediction": "epsilon"}, "sample": {"solver": "ddim"}})
     with pytest.raises(ValueError, match=r"data.spatial_dims must be one of \[2, 3\], got 3.0 \(float\)"):
         PipelineConfig.from_overrides({"data": {"spatial_dims": 3.0}})
+
+
+def test_a_typo_gets_did_you_mean():
+    """`train.step` listed the valid keys but did not say which one was meant."""
+    from motfm_core.config import PipelineConfig
+    from motfm_core.errors import BadInput
+
+    with pytest.raises(BadInput, match=r"\['step'\] \(did you mean `train\.steps`\?\)"):
+        PipelineConfig.from_overrides({"train": {"step": 5}})
+    with pytest.raises(BadInput, match=r"\(did you mean `sample`\?\)"):
+        PipelineConfig.from_overrides({"sampel": {"nfe": 5}})
+    with pytest.raises(BadInput) as nothing_close:
+        PipelineConfig.from_overrides({"train": {"zzz": 5}})
+    assert "did you mean" not in str(nothing_close.value)

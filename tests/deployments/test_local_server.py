@@ -306,3 +306,43 @@ def test_the_run_page_and_its_report_render_in_a_browser(server, resumed_run):
         with open(resumed_run["run_dir"] / png, "rb") as f:
             header = f.read(24)
         assert (width, height) == (int.from_bytes(header[16:20], "big"), int.from_bytes(header[20:24], "big")), alt
+
+
+def test_a_regeneration_that_cannot_start_says_why_where_watch_shows_it(server, tmp_path):
+    """`prefect deployment run regenerate-synthetic/... --watch` of a run that does not exist showed only
+    `Flow run finished in state 'Failed'.`; the reason was in the worker's log alone."""
+    env, _ = server
+    res = _run(env, {"run_name": "nobody", "output_root": str(tmp_path)},
+               deployment="regenerate-synthetic/regenerate-synthetic")
+    assert res.returncode != 0
+    out = " ".join((res.stdout + res.stderr).split())  # the console wraps long lines
+    assert "regenerate-synthetic cannot start:" in out and "no run to regenerate from" in out, out[-3000:]
+
+
+def test_motfm_schedule_regenerates_ones_own_run(server, resumed_run):
+    """The weekly schedule of prefect.yaml regenerates a run called `synth-and-eval`, nobody's; `motfm schedule RUN`
+    makes a deployment of that run's own, whose schedule an update replaces, and which regenerates it."""
+    env, _ = server
+    run_dir = resumed_run["run_dir"]
+
+    def schedule(*args):
+        return subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "flows.motfm", "schedule", str(run_dir),
+                               *args], env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    first = schedule("--cron", "0 4 * * 2")
+    assert first.returncode == 0 and "regenerate-synthetic/regenerate-svc" in first.stdout, first.stderr[-2000:]
+    second = schedule("--cron", "30 5 * * 3", "--timezone", "Europe/Berlin")
+    assert second.returncode == 0 and "1 schedule" in second.stdout, second.stdout + second.stderr[-2000:]
+    spec = _prefect(env, "deployment", "inspect", "regenerate-synthetic/regenerate-svc")
+    assert spec.returncode == 0, spec.stderr[-2000:]
+    text = "".join(spec.stdout.split())
+    assert "'cron':'305**3'" in text and "'timezone':'Europe/Berlin'" in text and "'cron':'04**2'" not in text
+    assert "'run_name':'svc'" in text and f"'output_root':'{run_dir.parent}'" in text
+    bad = schedule("--cron", "every monday")
+    assert bad.returncode == 2 and bad.stderr.startswith("motfm: error: --cron 'every monday'"), bad.stderr
+    # the schedule's deployment regenerates this run (smaller, to keep the suite short): a new version, its report
+    res = _run(env, {"samples_per_class": 3, "nfe": 2}, deployment="regenerate-synthetic/regenerate-svc")
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
+    assert (run_dir / "synthetic" / "latest").resolve().name == "v0002.zarr"
+    assert "synthetic version **v0002**" in (run_dir / "reports" / "v0002" / "report.md").read_text()
+    assert "synthetic version **v0002**" in (run_dir / "report.md").read_text()

@@ -269,3 +269,25 @@ def test_every_class_reaches_train_val_and_test_or_is_refused_by_name(tmp_path):
     with pytest.raises(ValueError, match=r"class '1' has no sample in the (train|val|test)(/\w+)? split \(2 "
                                          r"subject\(s\) hold it"):
         ingest(DataConfig(source=str(few), image_size=16), tmp_path / "d2.zarr")
+
+
+def test_a_labels_csv_with_missing_files_names_them_all(tmp_path):
+    """Two missing files were named one at a time, a run each; every missing file (images and masks) is named in
+    one line, up to a limit."""
+    from motfm_core.data.readers import MAX_LISTED, read_folder
+    from motfm_core.errors import InputMissing
+
+    images = [np.full((8, 8), 40 * i + 10, np.uint8) for i in range(4)]
+    folder = _png_folder(tmp_path, images, ["a", "b", "a", "b"])
+    df = pd.read_csv(folder / "labels.csv")
+    df["mask"] = ["gone-mask.png", "", "", ""]
+    df.loc[len(df)] = {"filename": "gone1.png", "label": "a", "subject": "q", "mask": ""}
+    df.loc[len(df)] = {"filename": "gone2.png", "label": "b", "subject": "r", "mask": ""}
+    df.to_csv(folder / "labels.csv", index=False)
+    with pytest.raises(InputMissing, match=r"labels.csv: 3 listed file\(s\) missing: gone1.png, gone2.png, "
+                                           r"gone-mask.png; fix those rows"):
+        read_folder(folder)
+    many = pd.DataFrame([{"filename": f"x{i}.png", "label": "a"} for i in range(MAX_LISTED + 5)])
+    many.to_csv(folder / "labels.csv", index=False)
+    with pytest.raises(InputMissing, match="and 5 more; fix"):
+        read_folder(folder)

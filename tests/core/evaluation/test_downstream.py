@@ -278,7 +278,6 @@ def test_the_report_warns_of_a_baseline_at_chance_few_test_subjects_and_an_under
 
 def test_best_ratio_arm_only_when_more_than_one_ratio_ran():
     """With one ratio and an NFE arm, 'Best ratio arm' named the NFE arm: it shares the 'real+synthetic' prefix."""
-    from types import SimpleNamespace as NS
 
     from motfm_core.evaluation.metrics import Stat
     from motfm_core.evaluation.sections import more_verdicts
