@@ -86,6 +86,39 @@ def test_first_run_of_a_newcomers_own_data_on_an_empty_prefect_home(tmp_path):
     # downstream value per NFE: the generator sampled again at NFE 1 (its own version), arms beside NFE 2's
     assert "Downstream value per NFE" in report and "| 1 |" in report and "| 2 |" in report
     assert (tmp_path / "out" / "t" / "nfe-arms" / "nfe-1" / "synthetic" / "latest").is_symlink()
+    assert "Traceback" not in ok.stdout + ok.stderr and "telemetry" not in (ok.stdout + ok.stderr).lower()
+    # `motfm regenerate` of the same run, same home: as quiet (it printed a docket telemetry traceback, telemetry
+    # errors and Dask's start-up lines), and its report is the new version's
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    regen = subprocess.run([sys.executable, "-m", "flows.motfm", "regenerate", "--run-name", "t", "--output-root",
+                            str(tmp_path / "out")], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    said = regen.stdout + regen.stderr
+    assert regen.returncode == 0, said[-3000:]
+    assert "Traceback" not in said and "telemetry" not in said.lower() and "distributed." not in said
+    assert (tmp_path / "out" / "t" / "reports" / "v0002" / "report.md").exists()
+
+
+def test_ctrl_c_is_one_line_saying_the_run_resumes(tmp_path):
+    """Ctrl-C printed a 70-line KeyboardInterrupt traceback; now one line, exit code 130, and a rerun resumes."""
+    import signal
+
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "home"), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    env.pop("PREFECT_API_URL", None)
+    args = [*TINY_ARGS, "--train-steps", "3000", "--run-name", "c", "--output-root", str(tmp_path / "out")]
+    run = subprocess.Popen([sys.executable, "-m", "flows.synth_and_eval", *args], cwd=ROOT, env=env, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    assert run.stdout is not None
+    seen = []
+    for line in run.stdout:  # interrupted mid-training, as a user at the terminal would
+        seen.append(line)
+        if "train: step" in line:
+            run.send_signal(signal.SIGINT)
+            break
+    said = "".join(seen) + run.communicate(timeout=120)[0]
+    assert run.returncode == 130, said[-3000:]
+    assert "Traceback" not in said and said.count("motfm: interrupted;") == 1, said[-3000:]
 
 
 def test_bad_input_fails_with_one_line_before_prefect_starts(tmp_path, capsys):
