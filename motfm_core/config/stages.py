@@ -229,6 +229,9 @@ class EvalConfig:
     # an arm's synthetic images up to this size are loaded for its training; more are read from the store a batch at a
     # time (same batches, same result), so memory stays flat however many there are
     memory_mb: int = 512
+    # "as useful as": two arms (an NFE and the best one, flow matching and the DDPM baseline) count as equivalent
+    # when the 90% interval of their paired difference lies within +- this (accuracy; Dice for the segmenter)
+    equivalence_margin: float = 0.01
 
     def validate(self) -> None:
         _check(len(self.seeds) >= 1, "eval.seeds must name at least one seed")
@@ -245,6 +248,7 @@ class EvalConfig:
         _check(self.downsample >= 1, f"eval.downsample must be >= 1 (1 = native size), got {self.downsample}")
         _check(self.memory_mb >= 0, f"eval.memory_mb must be >= 0 (0: read every batch from the store), got "
                f"{self.memory_mb}")
+        _check(self.equivalence_margin > 0, f"eval.equivalence_margin must be > 0, got {self.equivalence_margin}")
 
 
 @dataclass

@@ -205,12 +205,14 @@ def open_store(path: str | Path) -> zarr.Group:
 
 
 def load_split(path: str | Path, split: str) -> dict[str, np.ndarray]:
-    """All samples of one split as arrays: {'images', 'labels'[, 'masks']} (fine for small datasets)."""
+    """All samples of one split as arrays: {'images', 'labels', 'group'[, 'masks']} (fine for small datasets);
+    `group` is each sample's subject (patient, source volume), what the evaluation's intervals resample."""
     if split not in SPLITS:
         raise BadInput(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
     root = open_store(path)
     idx = np.nonzero(root["split"][:] == SPLITS[split])[0]
-    out = {"images": root["images"].get_orthogonal_selection((idx,)), "labels": root["labels"][:][idx]}
+    out = {"images": root["images"].get_orthogonal_selection((idx,)), "labels": root["labels"][:][idx],
+           "group": root["group"][:][idx]}
     if "masks" in root.array_keys():
         out["masks"] = root["masks"].get_orthogonal_selection((idx,))
     return out

@@ -4,7 +4,9 @@ Arms (`plan_arms`), each trained from scratch per seed with the same network, st
 `real`; `real+synthetic` at every ratio of synthetic to real images (the headline one, `synthetic_ratio`,
 named plain `real+synthetic`); `synthetic` only; and low-data arms `real f%` / `real f%+synthetic`. All are
 tested on the real test split. A gain is the paired per-seed difference arm minus its baseline (mean and std
-over seeds) with a 95% bootstrap CI over test images (paired across arms, averaged over seeds).
+over seeds) with 95% and 90% intervals from a paired bootstrap over the training seeds and the test subjects
+(`evaluation.statistics`: a patient's slices are resampled together); the paired tests between arms (an NFE
+against the best, flow matching against the DDPM baseline) are `comparisons`.
 Low-data arms are leak-free: `real f%` is one class-stratified subset (`stratified_subset`, fixed across seeds by
 `eval.subset_seed`), and the synthetic images of `real f%+synthetic` come from a generator trained on exactly that
 subset (its store records the indices, checked here); without such a store the `+synthetic` arm is not run.
@@ -32,12 +34,11 @@ from motfm_core.errors import BadInput
 from motfm_core.evaluation.metrics import (
     Gain,
     Stat,
-    bootstrap_gain,
-    bootstrap_paired,
     classification_metrics,
     summarise,
 )
 from motfm_core.evaluation.segmentation import predict_masks, segmentation_scores, train_segmenter
+from motfm_core.evaluation.statistics import Comparison, compare_arms, paired_interval
 from motfm_core.evaluation.supervised import predict_proba, train_classifier
 from motfm_core.results import Result, optional
 
@@ -102,6 +103,7 @@ class Augmentation(Result):
     num_classes: int
     seconds: float
     segmentation: SegmentationResult | None = optional()
+    comparisons: list[Comparison] | None = optional()  # paired tests between arms (evaluation.statistics)
 
 
 def plan_arms(cfg: EvalConfig, low_data_generators: bool = True, nfes: tuple[int, ...] = (),
@@ -215,6 +217,25 @@ def _train_arm(arm: Arm, src: Any, train: dict[str, Any], test: dict[str, Any], 
     return proba, scores, {"real": int(len(ri)), "synthetic": int(len(si))}
 
 
+def _comparisons(arms: list[Arm], gains: Gains, probas: dict[str, list[np.ndarray]],
+                 dice: dict[str, list[np.ndarray]] | None, test: dict[str, Any], margin: float) -> list[Comparison]:
+    """The paired tests the report's lines rest on: each flow NFE's `real+synthetic` arm against the best one
+    (by mean accuracy gain), and flow matching's headline arm against the DDPM baseline's best DDIM NFE, on
+    accuracy (and Dice when the segmenter ran)."""
+    flow = [a.name for a in arms if a.name == "real+synthetic" or (a.name.startswith("real+synthetic NFE "))]
+    ddpm = [a.name for a in arms if a.name.startswith("real+synthetic DDPM NFE ")]
+    pairs = []
+    if len(flow) > 1:
+        best = max(flow, key=lambda a: gains[a]["accuracy"].mean)
+        pairs += [(a, best) for a in flow if a != best]
+    if ddpm:
+        pairs.append(("real+synthetic", max(ddpm, key=lambda a: gains[a]["accuracy"].mean)))
+    out = [compare_arms(a, b, "accuracy", probas, test["group"], margin, test["labels"]) for a, b in pairs]
+    if dice is not None:
+        out += [compare_arms(a, b, "dice", dice, test["group"], margin) for a, b in pairs]
+    return out
+
+
 def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig,
                           device: str | torch.device | None = None,
                           progress: Callable[[str], None] | None = None,
@@ -223,7 +244,8 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
                           nfe_stores: dict[int, str | Path] | None = None,
                           ddpm_stores: dict[int, str | Path] | None = None) -> Augmentation:
     """Per-arm, per-seed test metrics of a classifier (and a segmenter when both stores have masks) and the
-    augmentation gain of every augmented arm over its baseline, with its spread and 95% bootstrap CI.
+    augmentation gain of every augmented arm over its baseline, with its spread and its intervals over seeds and
+    test subjects, and the paired comparisons between arms (`_comparisons`).
 
     `low_data` maps each of `cfg.real_fractions` to the synthetic store of a generator trained on that subset
     only; fractions without one get no `+synthetic` arm. `nfe_stores` maps NFEs to stores of the same generator
@@ -268,10 +290,12 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
                 advance(sum(len(r) for r in results.values()) / (len(cfg.seeds) * len(arms)))
 
     def class_ci(arm: Arm, m: str) -> dict[str, Any]:
-        return bootstrap_gain(test["labels"], probas[str(arm.baseline)], probas[arm.name], m)
+        r = paired_interval(probas[str(arm.baseline)], probas[arm.name], test["group"], m, test["labels"])
+        return {k: v for k, v in r.items() if k != "mean"}
 
     def seg_ci(arm: Arm, m: str) -> dict[str, Any]:
-        return bootstrap_paired(per_image[str(arm.baseline)][m], per_image[arm.name][m])
+        r = paired_interval(per_image[str(arm.baseline)][m], per_image[arm.name][m], test["group"], m)
+        return {k: v for k, v in r.items() if k != "mean"}
 
     def by_seed(r: dict[str, dict[int, dict[str, float]]]) -> PerSeed:
         return {a: {str(s): v for s, v in per.items()} for a, per in r.items()}
@@ -280,7 +304,10 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
     seg_result = SegmentationResult(mask_classes, by_seed(seg_results),
                                     _summary(arms, seg_results, cfg.seeds, ["dice", "hd95"]),
                                     _gains(arms, seg_results, cfg.seeds, seg_ci)) if segment else None
+    comparisons = _comparisons(arms, gains, probas, {a: s["dice"] for a, s in per_image.items()} if segment else None,
+                               test, cfg.equivalence_margin)
     return Augmentation(
+        comparisons=comparisons,
         arms=arms, headline="real+synthetic", per_seed=by_seed(results),
         summary=_summary(arms, results, cfg.seeds, list(results["real"][cfg.seeds[0]])),
         gain=gains["real+synthetic"], gains=gains,

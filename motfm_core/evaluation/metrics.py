@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
 
-from motfm_core.results import Result
+from motfm_core.results import Result, optional
 
-__all__ = ["Gain", "Stat", "bootstrap_gain", "bootstrap_paired", "classification_metrics", "straightness", "summarise"]
+__all__ = ["Gain", "Stat", "classification_metrics", "straightness", "summarise"]
 
 
 @dataclass(frozen=True)
@@ -27,12 +27,16 @@ class Stat(Result):
 
 @dataclass(frozen=True)
 class Gain(Stat):
-    """A paired per-seed gain (arm minus its baseline) with its 95% bootstrap CI over test images: None, with
-    n_boot 0, where the metric has none (AUROC)."""
+    """A paired per-seed gain (arm minus its baseline) with its 95% and 90% intervals from the two-level bootstrap
+    over training seeds and test subjects (`evaluation.statistics`): None, with n_boot 0, where the metric has none
+    (AUROC). `subjects`: how many test subjects were resampled (0 in reports made before subjects were)."""
 
     ci95_low: float | None = None
     ci95_high: float | None = None
     n_boot: int = 0
+    ci90_low: float | None = optional()
+    ci90_high: float | None = optional()
+    subjects: int = 0
 
 
 def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
@@ -48,49 +52,6 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
     else:  # AUROC is undefined when a class is absent from the test set
         out["auroc"] = float("nan")
     return out
-
-
-def _resampled(y: np.ndarray, pred: np.ndarray, idx: np.ndarray, k: int) -> dict[str, np.ndarray]:
-    """Accuracy and macro-F1 for every bootstrap resample at once (idx: (B, N) indices)."""
-    yt, yp = y[idx], pred[idx]
-    f1 = []
-    for c in range(k):
-        tp = ((yp == c) & (yt == c)).sum(1)
-        fp = ((yp == c) & (yt != c)).sum(1)
-        fn = ((yp != c) & (yt == c)).sum(1)
-        denom = 2 * tp + fp + fn
-        f1.append(np.where(denom > 0, 2 * tp / np.maximum(denom, 1), 0.0))
-    return {"accuracy": (yt == yp).mean(1), "macro_f1": np.mean(f1, 0)}
-
-
-def bootstrap_gain(y_true: np.ndarray, proba_base: list[np.ndarray], proba_new: list[np.ndarray],
-                   metric: str = "accuracy", n_boot: int = 2000, seed: int = 0) -> dict[str, float | None]:
-    """95% CI of the seed-averaged gain (new - base) by resampling test images, paired across the two arms.
-
-    proba_base / proba_new hold one (N, K) probability array per seed, in the same seed order. Computed
-    (vectorised) for accuracy and macro-F1; other metrics get no CI.
-    """
-    if metric not in ("accuracy", "macro_f1"):
-        return {"ci95_low": None, "ci95_high": None, "n_boot": 0}
-    idx = np.random.RandomState(seed).randint(0, len(y_true), (n_boot, len(y_true)))
-    k = proba_base[0].shape[1]
-    gains = np.mean([_resampled(y_true, b.argmax(1), idx, k)[metric] - _resampled(y_true, a.argmax(1), idx, k)[metric]
-                     for a, b in zip(proba_base, proba_new)], 0)
-    lo, hi = np.percentile(gains, [2.5, 97.5])
-    return {"ci95_low": float(lo), "ci95_high": float(hi), "n_boot": int(n_boot)}
-
-
-def bootstrap_paired(base: list[np.ndarray], new: list[np.ndarray], n_boot: int = 2000,
-                     seed: int = 0) -> dict[str, float | None]:
-    """95% CI of the seed-averaged mean gain of per-image scores (new - base), resampling test images
-    (paired across arms); images where a score is NaN are left out."""
-    diff = np.mean([b - a for a, b in zip(base, new)], 0)
-    diff = diff[np.isfinite(diff)]
-    if len(diff) == 0:
-        return {"ci95_low": None, "ci95_high": None, "n_boot": 0}
-    idx = np.random.RandomState(seed).randint(0, len(diff), (n_boot, len(diff)))
-    lo, hi = np.percentile(diff[idx].mean(1), [2.5, 97.5])
-    return {"ci95_low": float(lo), "ci95_high": float(hi), "n_boot": int(n_boot)}
 
 
 def summarise(values: list[float]) -> Stat:

@@ -156,9 +156,7 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
     evaluation = report.evaluation
     ev, gain = evaluation.augmentation, evaluation.augmentation.gain
     g = gain["accuracy"]
-    per_seed = [ev.per_seed["real+synthetic"][s]["accuracy"] - ev.per_seed["real"][s]["accuracy"]
-                for s in ev.per_seed["real"]]
-    verdict = verdict_of(g, per_seed)
+    verdict = verdict_of(g)
     seeds = ev.summary["real"]["accuracy"].n
     data, sampling, training = report.dataset, report.sampling, report.training
     lines = [
@@ -166,7 +164,8 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
         "",
         f"**Verdict:** adding synthetic images {verdict} on the held-out real test set: accuracy gain "
         f"{signed(g)}, macro-F1 gain {signed(gain['macro_f1'])}, AUROC gain {signed(gain['auroc'])} "
-        f"(mean ± std over {seeds} seeds; CI by bootstrap over test images)." + more_verdicts(evaluation),
+        f"(mean ± std over {seeds} seeds; 95% CI by a paired bootstrap over seeds and "
+        f"{g.subjects or 'the'} test subjects)." + more_verdicts(evaluation),
         *coverage_lines(report),
         *(f"\n{line}" for line in warning_lines(evaluation, data.test_subjects, training.loss_curve, training.steps,
                                                  TrainConfig.steps)),

@@ -67,7 +67,8 @@ def gains_table(evaluation: Evaluation) -> list[str]:
     ev = evaluation.augmentation
     seg = ev.segmentation
     head = "| arm (vs baseline) | real / synthetic images | accuracy gain | macro-F1 gain |"
-    lines = ["", "Augmentation gain of every arm over its baseline (mean ± std over seeds, 95% bootstrap CI):", "",
+    lines = ["", "Augmentation gain of every arm over its baseline (mean ± std over seeds, 95% CI by a paired "
+             "bootstrap over seeds and test subjects):", "",
              head + (" Dice gain | HD95 change (px) |" if seg else ""),
              "|---|---|---|---|" + ("---|---|" if seg else "")]
     baselines = {a.name: a.baseline for a in ev.arms}
@@ -193,8 +194,8 @@ def warning_lines(evaluation: Evaluation, test_subjects: dict[str, int] | None, 
     if few:
         out.append(f"**Warning: the test split holds fewer than {MIN_TEST_SUBJECTS} subjects in class(es) "
                    + ", ".join(f"{c} ({n})" for c, n in few.items()) + "**: its images are slices of few patients, "
-                   "not independent samples, so the intervals (bootstrapped over test images) are too narrow; treat "
-                   "the gains as unreliable and add subjects.")
+                   "so the intervals, which resample subjects, are wide and rest on very few of them; treat the gains "
+                   "as unreliable and add subjects.")
     reasons = []
     k = max(1, len(loss_curve) // 10)
     if len(loss_curve) >= 20:

@@ -1,12 +1,15 @@
-"""What a run's numbers say: a gain with its CI in one cell, the verdict on the headline gain, the cheapest NFE
-that keeps the downstream value, flow matching against the DDPM baseline, and the report's per-NFE table."""
+"""What a run's numbers say: a gain with its interval in one cell, the verdict on the headline gain, the cheapest
+NFE shown equivalent to the best, flow matching against the DDPM baseline (paired tests, `evaluation.statistics`),
+and the report's per-NFE table."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 from motfm_core.evaluation.evaluate import Evaluation
 from motfm_core.evaluation.metrics import Gain
+from motfm_core.evaluation.statistics import Comparison
 
 __all__ = ["cheapest_nfe", "ddpm_line", "nfe_lines", "signed", "verdict_of"]
 
@@ -19,14 +22,22 @@ def signed(g: Gain) -> str:
     return f"{g.mean:+.3f} ± {g.std:.3f}{ci}"
 
 
-def cheapest_nfe(gains: dict[int, Gain]) -> int | None:
-    """The smallest NFE whose gain's 95% CI overlaps the CI of the best mean gain (None without CIs): where fewer
-    steps stop costing measurable downstream value."""
-    ci = {n: (g.ci95_low, g.ci95_high) for n, g in gains.items()}
-    if not ci or any(lo is None or hi is None for lo, hi in ci.values()):
+def _comparison(comparisons: list[Comparison] | None, a: str, metric: str = "accuracy", ddpm: bool = False
+                ) -> Comparison | None:
+    """Arm `a`'s comparison on `metric`: against the best flow NFE, or (`ddpm`) against the DDPM baseline."""
+    return next((c for c in comparisons or [] if c.a == a and c.metric == metric and ("DDPM" in c.b) == ddpm), None)
+
+
+def cheapest_nfe(nfes: list[int], arm_of: Callable[[int], str], comparisons: list[Comparison] | None
+                 ) -> tuple[int, str] | None:
+    """The smallest NFE whose real+synthetic arm is shown equivalent to the best one (two one-sided tests within
+    the margin), and the best arm's name; None when the evaluation made no paired comparisons."""
+    tests = {n: _comparison(comparisons, arm_of(n)) for n in nfes}
+    if not any(tests.values()):
         return None
-    lo_best, hi_best = ci[max(gains, key=lambda n: gains[n].mean)]
-    return min(n for n, (lo, hi) in ci.items() if lo <= hi_best and lo_best <= hi)  # type: ignore[operator]
+    best = next(c.b for c in tests.values() if c is not None)  # every comparison is against the same best arm
+    ok = [n for n, c in tests.items() if arm_of(n) == best or (c is not None and c.equivalent)]
+    return (min(ok), best) if ok else None
 
 
 def nfe_lines(evaluation: Evaluation, main_nfe: int) -> list[str]:
@@ -54,60 +65,48 @@ def nfe_lines(evaluation: Evaluation, main_nfe: int) -> list[str]:
                 f"{signed(ev.gains[arm('synthetic', n, family)]['accuracy'])} |")
 
     lines = ["", "Downstream value per NFE (each store sampled at that NFE, the same arms and seeds; gains over "
-             "`real`, 95% bootstrap CI; FID and fine SWD of the store the arms train on against real test):", "",
+             "`real`, 95% CI over seeds and test subjects; FID and fine SWD of the store the arms train on against "
+             "real test):", "",
              "| generator | NFE | FID | fine SWD | real+synthetic accuracy gain | synthetic-only accuracy gain |",
              "|---|---|---|---|---|---|"]
     lines += [row("flow matching (Euler)", n, "flow", stores.get(f"NFE {n}", curve.get(n))) for n in nfes]
     lines += [row("DDPM baseline (DDIM)", n, "ddpm", stores.get(f"DDPM NFE {n}")) for n in ddpm]
-    cheapest = cheapest_nfe({n: ev.gains[arm("real+synthetic", n)]["accuracy"] for n in nfes})
-    if cheapest is not None and len(nfes) > 1:
-        fewer = ("fewer evaluations were not measured" if cheapest == nfes[0]
-                 else "fewer evaluations cost downstream value measurably here")
-        lines += ["", f"Cheapest NFE whose real+synthetic gain's CI overlaps the best one's: **{cheapest}** (no NFE "
-                  f"in the table gains measurably more downstream; {fewer})."]
+    found = cheapest_nfe(nfes, lambda n: arm("real+synthetic", n), ev.comparisons)
+    if found is not None and len(nfes) > 1:
+        cheapest, best = found
+        margin = next(c.margin for c in ev.comparisons or [])
+        lines += ["", f"Cheapest NFE whose real+synthetic accuracy gain is equivalent to the best arm's ({best}) "
+                  f"within +-{margin:g} (paired over seeds and test subjects; two one-sided tests): **{cheapest}**."]
+        for n in nfes:
+            c = _comparison(ev.comparisons, arm("real+synthetic", n))
+            lines.append(f"- NFE {n}: " + ("the best" if arm("real+synthetic", n) == best
+                                           else f"minus the best, {c.says()}" if c is not None else "not compared"))
     if ddpm:
-        lines += ["", ddpm_line(ev.gains, main_nfe, ddpm, ev.segmentation.gains if ev.segmentation else None)]
+        lines += ["", ddpm_line(ev.comparisons, main_nfe)]
     return lines
 
 
-def ddpm_line(gains: dict[str, dict[str, Gain]], main_nfe: int, ddpm: list[int],
-              seg_gains: dict[str, dict[str, Gain]] | None = None) -> str:
-    """Flow matching at the run's NFE against the DDPM baseline's best DDIM NFE (by real+synthetic accuracy gain):
-    which is ahead, and whether their 95% CIs separate them; the same for the segmenter's Dice gain when it ran."""
-    n = max(ddpm, key=lambda k: gains[f"real+synthetic DDPM NFE {k}"]["accuracy"].mean)
+def ddpm_line(comparisons: list[Comparison] | None, main_nfe: int) -> str:
+    """Flow matching at the run's NFE against the DDPM baseline at its best DDIM NFE: the paired difference of
+    their real+synthetic arms, tested for a difference and for equivalence (the segmenter's Dice too)."""
+    c = _comparison(comparisons, "real+synthetic", ddpm=True)
+    if c is None:
+        return "Flow matching vs the DDPM baseline: not compared (an evaluation made before paired comparisons)."
+    n = c.b.rsplit(" ", 1)[-1]
     line = (f"Flow matching at NFE {main_nfe} vs the DDPM baseline at its best DDIM NFE ({n}), same network and "
-            f"training budget: real+synthetic accuracy gain "
-            + _compare(gains["real+synthetic"]["accuracy"], gains[f"real+synthetic DDPM NFE {n}"]["accuracy"]))
-    if seg_gains:
-        line += ("; segmenter Dice gain "
-                 + _compare(seg_gains["real+synthetic"]["dice"], seg_gains[f"real+synthetic DDPM NFE {n}"]["dice"]))
+            f"training budget, real+synthetic accuracy, flow minus DDPM: {c.says()}")
+    dice = _comparison(comparisons, "real+synthetic", "dice", ddpm=True)
+    if dice is not None:
+        line += f"; segmenter Dice: {dice.says()}"
     return line + "."
 
 
-def _compare(fm: Gain, base: Gain) -> str:
-    """'+a vs +b: <which data helps more, or no measurable difference>' by the overlap of the two 95% CIs."""
-    if None in (fm.ci95_low, fm.ci95_high, base.ci95_low, base.ci95_high):
-        verdict = "no CIs to compare"
-    elif fm.ci95_low > base.ci95_high:  # type: ignore[operator]
-        verdict = "flow matching's data helps more (the CIs do not overlap)"
-    elif base.ci95_low > fm.ci95_high:  # type: ignore[operator]
-        verdict = "the DDPM baseline's data helps more (the CIs do not overlap)"
-    else:
-        verdict = "no measurable difference (the CIs overlap)"
-    return f"{fm.mean:+.3f} vs {base.mean:+.3f}: {verdict}"
-
-
-def verdict_of(g: Gain, per_seed: list[float]) -> str:
-    """'helped' / 'hurt' only when the gain's 95% CI (bootstrap over test images) excludes 0 *and* every seed's
-    paired gain has that sign: the CI holds the trained models fixed, so a baseline seed that trained well (RESULTS.md,
-    "Why the 3D demo said hurt") could make a 'hurt' of training noise alone."""
-    lo = g.mean - g.std if g.ci95_low is None else g.ci95_low
-    hi = g.mean + g.std if g.ci95_high is None else g.ci95_high
-    if lo <= 0 <= hi:
-        return "made no clear difference (the 95% CI of the accuracy gain includes 0)"
-    sign = "helped" if lo > 0 else "hurt"
-    if all(d > 0 for d in per_seed) if sign == "helped" else all(d < 0 for d in per_seed):
-        return sign
-    seeds = ", ".join(f"{d:+.3f}" for d in per_seed)
-    return (f"made no clear difference: the 95% CI over test images excludes 0, but the seeds disagree (per-seed "
-            f"gains {seeds}), so training noise is as large as the effect; add seeds (eval.seeds)")
+def verdict_of(g: Gain) -> str:
+    """'helped' / 'hurt' when the gain's 95% interval (paired bootstrap over training seeds and test subjects, so
+    both the seed-to-seed spread and the choice of test patients are in it) excludes 0; otherwise no clear
+    difference. A gain without an interval is not judged."""
+    if g.ci95_low is None or g.ci95_high is None:
+        return "could not be judged (this metric has no interval)"
+    if g.ci95_low <= 0 <= g.ci95_high:
+        return "made no clear difference (the 95% interval of the accuracy gain includes 0)"
+    return "helped" if g.ci95_low > 0 else "hurt"

@@ -37,20 +37,3 @@ def test_an_arm_short_of_its_ratio_says_so():
 
     assert _shortfall(1.0, 59, 32) == " (**short**: ratio 1 asks for 59; sample more)"
     assert _shortfall(1.0, 59, 59) == "" and _shortfall(float("inf"), 59, 32) == "" and _shortfall(None, 59, 3) == ""
-
-
-def test_a_verdict_needs_the_ci_and_every_seed_to_agree():
-    """The 3D demo said 'hurt' (CI -0.141..-0.026) on seeds whose paired gains were -0.167 and 0.000: the real
-    arm's first seed had trained to 0.729, its second to 0.594. The CI over test images holds the models fixed."""
-    from motfm_core.evaluation.metrics import Gain
-    from motfm_core.evaluation.verdicts import verdict_of
-
-    def g(mean, lo, hi):
-        return Gain(mean=mean, std=0.1, min=lo, max=hi, n=2, ci95_low=lo, ci95_high=hi, n_boot=1000)
-
-    assert verdict_of(g(-0.083, -0.141, -0.026), [-0.05, -0.11]) == "hurt"
-    mixed = verdict_of(g(-0.083, -0.141, -0.026), [-0.167, 0.0])
-    assert mixed.startswith("made no clear difference: the 95% CI over test images excludes 0, but the seeds "
-                            "disagree (per-seed gains -0.167, +0.000)")
-    assert verdict_of(g(0.05, 0.01, 0.09), [0.04, 0.06]) == "helped"
-    assert verdict_of(g(0.0, -0.02, 0.03), [0.1, -0.1]).startswith("made no clear difference (the 95% CI")

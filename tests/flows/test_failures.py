@@ -80,7 +80,7 @@ INTERNAL = {("motfm_core/model/paths.py", "sample"), ("motfm_core/model/nets.py"
             ("motfm_core/model/nets.py", "forward"), ("motfm_core/data/datasets.py", "__init__"),
             ("motfm_core/data/synthetic.py", "shard_bounds"), ("motfm_core/data/synthetic.py", "write_shard"),
             ("motfm_core/data/store.py", "write_dataset"), ("motfm_core/data/geometry.py", "fit_volume"),
-            ("motfm_core/model/solvers.py", "_grid")}
+            ("motfm_core/model/solvers.py", "_grid"), ("motfm_core/evaluation/statistics.py", "paired_interval")}
 
 
 def test_the_project_raises_bad_input_as_bad_input():

@@ -146,21 +146,6 @@ def test_incomplete_synthetic_store_is_refused(phantom_store, tmp_path):
         evaluate_augmentation(phantom_store, store, EvalConfig(seeds=(0,), steps=1))
 
 
-def test_bootstrap_gain_ci():
-    from motfm_core.evaluation.metrics import bootstrap_gain
-
-    y = np.array([0, 1, 2] * 10)
-    right, wrong = np.eye(3)[y], np.eye(3)[(y + 1) % 3]
-    same = bootstrap_gain(y, [right, right], [right, right], n_boot=200)
-    assert same["ci95_low"] == same["ci95_high"] == 0.0
-    better = bootstrap_gain(y, [wrong], [right], n_boot=200)
-    assert better["ci95_low"] == better["ci95_high"] == 1.0
-    half = right.copy()
-    half[::2] = wrong[::2]  # new arm right on half the images
-    ci = bootstrap_gain(y, [wrong], [half], n_boot=500)
-    assert 0.25 < ci["ci95_low"] < 0.5 < ci["ci95_high"] < 0.75
-
-
 def test_nfe_arms_train_on_their_own_store_with_the_same_seeds(phantom_store, tmp_path):
     """eval.nfe_arms: a store per NFE gives `real+synthetic NFE n` and `synthetic NFE n` arms. Wiring check: an NFE
     store holding the main store's images in the same order must score exactly as the main arms do, and one
@@ -188,41 +173,6 @@ def test_nfe_arms_train_on_their_own_store_with_the_same_seeds(phantom_store, tm
     assert out.per_seed["synthetic NFE 1"] == out.per_seed["synthetic"]
     assert out.per_seed["synthetic NFE 4"] != out.per_seed["synthetic"]  # other images: another model
     assert {"real+synthetic NFE 1", "synthetic NFE 4"} <= set(out.gains)
-
-
-def test_flow_matching_against_the_ddpm_baseline_is_judged_by_ci_overlap():
-    from motfm_core.evaluation.metrics import Gain
-    from motfm_core.evaluation.verdicts import ddpm_line
-
-    def g(mean, lo, hi):
-        return {"accuracy": Gain(mean=mean, std=0.01, min=lo, max=hi, n=3, ci95_low=lo, ci95_high=hi)}
-
-    gains = {"real+synthetic": g(0.05, 0.03, 0.08), "real+synthetic DDPM NFE 10": g(0.00, -0.02, 0.02),
-             "real+synthetic DDPM NFE 50": g(0.01, -0.01, 0.025)}
-    line = ddpm_line(gains, 4, [10, 50])
-    assert "best DDIM NFE (50)" in line and "+0.050 vs +0.010" in line and "flow matching's data helps more" in line
-    gains["real+synthetic DDPM NFE 50"] = g(0.04, 0.02, 0.06)
-    assert "no measurable difference" in ddpm_line(gains, 4, [10, 50])
-    gains["real+synthetic DDPM NFE 50"] = g(0.12, 0.09, 0.15)
-    assert "the DDPM baseline's data helps more" in ddpm_line(gains, 4, [10, 50])
-    dice = {"real+synthetic": {"dice": g(-0.003, -0.006, -0.001)["accuracy"]},
-            "real+synthetic DDPM NFE 50": {"dice": g(-0.030, -0.035, -0.026)["accuracy"]}}
-    line = ddpm_line(gains, 4, [10, 50], dice)  # the 3D demo's Dice gains: apart, though accuracy is not
-    assert line.endswith("segmenter Dice gain -0.003 vs -0.030: flow matching's data helps more (the CIs do not "
-                         "overlap).")
-
-
-def test_the_cheapest_nfe_is_the_fewest_steps_whose_gain_ci_overlaps_the_best():
-    from motfm_core.evaluation.metrics import Gain
-    from motfm_core.evaluation.verdicts import cheapest_nfe
-
-    def g(mean, lo, hi):
-        return Gain(mean=mean, std=0.0, min=mean, max=mean, n=3, ci95_low=lo, ci95_high=hi, n_boot=1000)
-
-    assert cheapest_nfe({1: g(0.01, -0.05, 0.02), 4: g(0.05, 0.03, 0.08), 10: g(0.06, 0.04, 0.09)}) == 4
-    assert cheapest_nfe({1: g(0.05, 0.0, 0.1), 10: g(0.06, 0.01, 0.09)}) == 1
-    assert cheapest_nfe({1: g(-0.2, -0.3, -0.1), 10: g(0.06, 0.01, 0.09)}) == 10
-    assert cheapest_nfe({1: Gain(mean=0.1, std=0, min=0, max=0, n=1), 10: g(0.06, 0.01, 0.09)}) is None
 
 
 def test_the_whole_evaluation_of_the_smallest_run_it_accepts(phantom_store, tmp_path):
