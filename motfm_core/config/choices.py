@@ -5,11 +5,12 @@ from __future__ import annotations
 
 from typing import Literal, get_args
 
-__all__ = ["Coupling", "Compression", "EnhanceTask", "Fit", "GradientCheckpointing", "Intensity", "MaskConditioning",
-           "MaskSource", "ModelSize", "Precision", "Prediction", "Solver", "SOLVER_CHOICES", "Space", "SpatialDims",
-           "TimeSampling"]
+__all__ = ["Coupling", "Compression", "DdimSpacing", "EnhanceTask", "Fit", "GradientCheckpointing", "Intensity",
+           "MaskConditioning", "MaskSource", "ModelSize", "Precision", "Prediction", "Solver", "SOLVER_CHOICES",
+           "Space", "SpatialDims", "TimeSampling"]
 
 Solver = Literal["euler", "midpoint", "heun", "rk4", "dopri5", "ddpm", "ddim"]
+DdimSpacing = Literal["linspace", "trailing"]
 ModelSize = Literal["small", "medium", "large"]
 MaskConditioning = Literal["auto", "none", "concat", "controlnet"]
 MaskSource = Literal["auto", "train", "deformed", "generated"]

@@ -95,7 +95,9 @@ def gain_figure(ev: Augmentation, quality: Quality, out_png: str | Path) -> Path
         lo = np.array([s.mean if s.ci95_low is None else s.ci95_low for s in stats])
         hi = np.array([s.mean if s.ci95_high is None else s.ci95_high for s in stats])
         y = np.arange(len(stats))
-        ax.errorbar(mean, y, xerr=[mean - lo, hi - mean], fmt="o", capsize=3)
+        # a percentile interval need not hold the mean over seeds (a skewed resampling, or a Dice mean over seeds
+        # beside an interval of paired per-image differences): the bar then ends at the point
+        ax.errorbar(mean, y, xerr=[np.maximum(mean - lo, 0), np.maximum(hi - mean, 0)], fmt="o", capsize=3)
         ax.axvline(0, color="grey", lw=0.8)
         ax.set_yticks(y, [f"{name} vs {baselines[name]}" for name in gains], fontsize=7)
         # few x ticks: Dice gains of a few thousandths got six long labels that ran into each other

@@ -43,8 +43,11 @@ def ddpm_loss(model: VelocityUNet, x1: torch.Tensor, y: torch.Tensor, class_drop
 @torch.no_grad()
 def diffusion_sample(model: VelocityUNet, x_noise: torch.Tensor, y: torch.Tensor, method: str, steps: int,
                      guidance: float = 1.0, step_seeds: list[int] | None = None,
-                     mask: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
-    """Reverse diffusion from x_noise: `ddpm` (must be 1000 steps) or deterministic `ddim` (any steps).
+                     mask: torch.Tensor | None = None, spacing: str = "linspace") -> tuple[torch.Tensor, int]:
+    """Reverse diffusion from x_noise: `ddpm` (must be 1000 steps) or deterministic `ddim` (any steps), its steps
+    spaced `linspace` (MONAI's: linspace(999, 0, steps), each step moving the sample 1000 // steps back, which is
+    not where the next evaluated step is) or `trailing` (999 - k * 1000 // steps: each step lands on the next;
+    Lin et al. 2024, "Common diffusion noise schedules and sample steps are flawed").
 
     DDPM's per-step noise of sample i comes from its own generator seeded `step_seeds[i]` (default: its row
     index), so a sample does not depend on the batch it is drawn in. Returns the samples in model space and the
@@ -57,7 +60,10 @@ def diffusion_sample(model: VelocityUNet, x_noise: torch.Tensor, y: torch.Tensor
     elif method == "ddim":
         if not 1 <= steps <= NUM_TRAIN_TIMESTEPS:
             raise BadInput(f"ddim steps must lie in [1, {NUM_TRAIN_TIMESTEPS}], got {steps}")
-        scheduler = DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS)
+        # MONAI's steps_offset shifts linspace(999 - offset, 0) up by offset: with step_ratio - 1 the steps are
+        # 999, 999 - step_ratio, .., step_ratio - 1, the very levels its step() moves the sample to
+        offset = NUM_TRAIN_TIMESTEPS // steps - 1 if spacing == "trailing" else 0
+        scheduler = DDIMScheduler(num_train_timesteps=NUM_TRAIN_TIMESTEPS, steps_offset=offset)
     else:
         raise BadInput(f"unknown diffusion sampler {method!r}; use 'ddpm' or 'ddim'")
     scheduler.set_timesteps(steps, device=x_noise.device)

@@ -112,7 +112,8 @@ def generate(
             if m.prediction == "epsilon":
                 step_seeds = [np.random.SeedSequence([int(s), 1]).generate_state(1)[0]
                               for s in seeds[i:i + cfg.batch_size]]
-                x1, nfe = diffusion_sample(model, x0, y, cfg.solver, cfg.nfe, cfg.guidance, step_seeds, mk)
+                x1, nfe = diffusion_sample(model, x0, y, cfg.solver, cfg.nfe, cfg.guidance, step_seeds, mk,
+                                            cfg.ddim_spacing)
             else:
                 x1, nfe = solve(guided_velocity(model, y, cfg.guidance, mk), x0, cfg.nfe, cfg.solver,
                                 rtol=cfg.rtol, atol=cfg.atol)

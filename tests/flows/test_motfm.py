@@ -61,7 +61,8 @@ def test_an_unknown_preset_or_path_is_one_line(capsys, tmp_path):
     assert e.value.code == 2 and capsys.readouterr().err.startswith("motfm: error: unknown preset 'tiny'")
     with pytest.raises(SystemExit) as e:
         main(["inspect", str(tmp_path)])
-    assert e.value.code == 2 and "neither a motfm store nor a folder of synthetic versions" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "neither a run folder, a motfm store nor a folder of synthetic versions" in err
 
 
 def test_inspect_shows_versions_shards_classes_and_provenance(tmp_path, capsys):

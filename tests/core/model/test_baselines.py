@@ -77,3 +77,32 @@ def test_ddpm_samples_do_not_depend_on_the_batch_layout():
     other, _ = generate(model, labels, np.array([11, 99, 13]), SampleConfig(solver="ddpm", nfe=1000, batch_size=3))
     np.testing.assert_allclose(other[0], runs[0][0], atol=1e-6)
     assert np.abs(other[1] - runs[0][1]).max() > 0.1  # another seed, another sample
+
+
+@pytest.mark.parametrize("steps", [10, 50, 30])
+def test_trailing_ddim_steps_land_where_the_next_step_is_evaluated(steps):
+    """MONAI's DDIM evaluates linspace(999, 0, n) but moves the sample 1000 // n back each step (10 steps: from 999
+    to the noise level of 899, then evaluated as 888); `trailing` spacing evaluates exactly where each step lands."""
+    from monai.networks.schedulers import DDIMScheduler
+
+    ratio = 1000 // steps
+    default = DDIMScheduler(1000)
+    default.set_timesteps(steps)
+    t = default.timesteps.tolist()
+    assert t[0] == 999 and any(a - ratio != b for a, b in zip(t, t[1:]))  # the mismatch (steps dividing 1000)
+    trailing = DDIMScheduler(1000, steps_offset=ratio - 1)
+    trailing.set_timesteps(steps)
+    t = trailing.timesteps.tolist()
+    assert t[0] == 999 and len(t) == steps and t[-1] - ratio < 0  # from pure noise to the clean image
+    assert all(abs((a - ratio) - b) <= 1 for a, b in zip(t, t[1:]))
+
+
+def test_both_spacings_sample_and_spend_one_evaluation_per_step(ddpm_checkpoint):
+    model, _ = load_checkpoint(ddpm_checkpoint)
+    out = {}
+    for spacing in ("linspace", "trailing"):
+        cfg = SampleConfig(samples_per_class=1, solver="ddim", nfe=10, ddim_spacing=spacing)
+        labels, seeds = sample_plan(3, cfg)
+        out[spacing], nfe = generate(model, labels, seeds, cfg)
+        assert nfe == 10 and np.isfinite(out[spacing]).all()
+    assert not np.allclose(out["linspace"], out["trailing"])
