@@ -54,7 +54,8 @@ def run(args: argparse.Namespace) -> dict:
                                             **swd_fields(real_images["test"], real_images["train"])},
                  "budgets": {}, "rows": []}
     model_cfg = ModelConfig(image_size=args.image_size, num_classes=3, channels=tuple(args.channels),
-                            attention_levels=(False,) * (len(args.channels) - 1) + (True,), prediction="epsilon")
+                            attention_levels=(False,) * (len(args.channels) - 1) + (True,), prediction="epsilon",
+                            num_head_channels=min(32, args.channels[-1]))
     for steps in args.steps:
         train = TrainConfig(steps=steps, batch_size=args.batch_size, warmup_steps=min(100, steps // 10),
                             checkpoint_every=max(1, steps // 4), seed=0)
