@@ -119,10 +119,26 @@ def _without_traceback(format_record):
     return format
 
 
-def default_prefect_home() -> str:
-    """Prefect's home for a `motfm` command: $PREFECT_HOME when set, else `.prefect` in the folder the command runs
-    from, beside `outputs/` (what `make demo` uses), so a run and its flow-run history stay together whichever way
-    it was started. Must run before Prefect is imported, which reads its settings then."""
+def _profile_names_a_server(home: Path) -> bool:
+    """Whether the active profile in `home`/profiles.toml sets PREFECT_API_URL (the user chose a server there)."""
+    import tomllib
+
+    try:
+        profiles = tomllib.loads((home / "profiles.toml").read_text())
+    except (OSError, ValueError):
+        return False
+    active = profiles.get("active", "ephemeral")
+    return bool(profiles.get("profiles", {}).get(active, {}).get("PREFECT_API_URL"))
+
+
+def default_prefect_home(user_home: Path | None = None) -> str:
+    """Prefect's home for a `motfm` command: $PREFECT_HOME when set; Prefect's own (~/.prefect) when its active
+    profile names a server (the user's choice stands); else `.prefect` in the folder the command runs from, beside
+    `outputs/` (what `make demo` uses), so a run and its flow-run history stay together whichever way it was
+    started. Must run before Prefect is imported, which reads its settings then."""
+    own = user_home if user_home is not None else Path.home() / ".prefect"
+    if "PREFECT_HOME" not in os.environ and _profile_names_a_server(own):
+        return str(own)
     return os.environ.setdefault("PREFECT_HOME", str(Path.cwd() / ".prefect"))
 
 

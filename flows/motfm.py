@@ -52,7 +52,7 @@ def main(argv: list[str] | None = None) -> None:
     sch.add_argument("--cron", required=True, help="when, as five cron fields: '0 3 * * 1' is Mondays 03:00")
     sch.add_argument("--timezone", default="UTC", help="the cron's IANA time zone (default UTC)")
     sch.add_argument("--paused", action="store_true", help="create or keep the schedule, paused")
-    if argv and argv[0] in ("run", "regenerate", "schedule"):
+    if argv and argv[0] in ("run", "regenerate"):  # schedule talks to a server: the user's own profile
         from flows.cli import default_prefect_home
 
         default_prefect_home()

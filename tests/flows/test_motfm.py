@@ -1,5 +1,6 @@
 """The `motfm` command: lazy sub-commands, the generated parameter reference, and `motfm inspect`."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -104,6 +105,14 @@ def test_one_prefect_home_for_make_and_the_cli(monkeypatch, tmp_path):
     assert default_prefect_home() == str(tmp_path / ".prefect")
     monkeypatch.setenv("PREFECT_HOME", "/somewhere/else")
     assert default_prefect_home() == "/somewhere/else"
+    # a user whose own Prefect profile names a server keeps it (their runs go to that server, as before)
+    monkeypatch.delenv("PREFECT_HOME")
+    own = tmp_path / "user-prefect"
+    own.mkdir()
+    (own / "profiles.toml").write_text('active = "team"\n[profiles.team]\nPREFECT_API_URL = "http://h:4200/api"\n')
+    assert default_prefect_home(own) == str(own) and "PREFECT_HOME" not in os.environ
+    (own / "profiles.toml").write_text('active = "local"\n[profiles.local]\n')
+    assert default_prefect_home(own) == str(tmp_path / ".prefect")
 
 
 @pytest.mark.parametrize("command", ["run", "regenerate", "schedule", "export", "inspect", "config"])
