@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from motfm_core import __version__
 from motfm_core.config import AutoencoderConfig, ModelConfig, TrainConfig, config_hash
-from motfm_core.data.store import channel_names, load_split, open_store, stratified_subset
+from motfm_core.data.store import channel_names, load_split, open_store, split_rows, stratified_subset
 from motfm_core.device import default_device
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import file_sha256
@@ -117,16 +117,18 @@ def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images"
     images' latents and masks on the latent grid instead."""
     if latents is not None:  # encoded from this generator's share alone (`encode_train_split`), with its indices
         z = zarr.open_group(str(latents), mode="r", zarr_format=3)
-        data = out = {name: np.asarray(z[name][:]) for name in z.array_keys()}
-    else:
-        data = load_split(data_path, "train")
-        idx = stratified_subset(data["labels"], cfg.real_fraction, cfg.subset_seed)
-        out = {k: v[idx] for k, v in data.items()}
+        out = {name: np.asarray(z[name][:]) for name in z.array_keys()}
+    else:  # only the share's rows are read: a low-data generator holds its share, never the whole split
+        rows, labels = split_rows(data_path, "train")
+        idx = stratified_subset(labels, cfg.real_fraction, cfg.subset_seed)
+        out = load_split(data_path, "train", subset=idx)
         out["indices"] = idx
     if target == "masks":
         if "masks" not in out:
             raise BadInput(f"{data_path}: a mask generator needs a dataset with masks; this one has none")
-        k = int(data["masks"].max()) + 1
+        # the classes of the whole train split, as the image model sees them (uint8 masks only)
+        k = (int(open_store(data_path)["masks"].get_orthogonal_selection((rows,)).max()) if latents is None
+             else int(out["masks"].max())) + 1
         out["images"] = np.moveaxis(np.eye(k, dtype=np.float32)[out["masks"][:, 0]], -1, 1)
         out.pop("masks")
     return out

@@ -205,3 +205,29 @@ def test_ema_warms_up_so_a_short_run_is_not_its_initial_weights(phantom_store, t
         gaps[warm] = sum(float((last["ema"][k] - v).norm()) for k, v in last["model"].items()
                          if v.is_floating_point())
     assert gaps[True] < 0.5 * gaps[False], gaps
+
+
+@pytest.mark.parametrize("fraction", [1.0, 0.5, 0.25])
+def test_a_low_data_generator_reads_its_share_alone(phantom_store, monkeypatch, fraction):
+    """The training set of a low-data generator was the whole train split read into memory, then its share
+    copied out of it; now only the share's rows are read (#37: the low-data share is indices, not a copy), and
+    the arrays are the same."""
+    import motfm_core.model.training as training
+    from motfm_core.config import TrainConfig
+    from motfm_core.data.store import load_split, stratified_subset
+
+    full = load_split(phantom_store, "train")
+    idx = stratified_subset(full["labels"], fraction, 0)
+    read = []
+
+    def spy(path, split, subset=None):
+        read.append(len(subset) if subset is not None else None)
+        return load_split(path, split, subset)
+
+    monkeypatch.setattr(training, "load_split", spy)
+    got = training.training_set(phantom_store, TrainConfig(real_fraction=fraction))
+    assert read == [len(idx)] and np.array_equal(got["indices"], idx)
+    assert all(np.array_equal(got[k], full[k][idx]) for k in full)
+    masks = training.training_set(phantom_store, TrainConfig(real_fraction=fraction), target="masks")
+    k = int(full["masks"].max()) + 1  # the classes of the whole split, even where the share lacks one
+    assert masks["images"].shape == (len(idx), k, *full["masks"].shape[2:])
