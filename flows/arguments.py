@@ -102,8 +102,6 @@ def parse_cli(argv: list[str] | None = None) -> tuple[argparse.Namespace, dict[s
     return a, overrides
 
 
-
-
 def parse_regenerate(argv: list[str] | None = None) -> argparse.Namespace:
     """`motfm regenerate`'s arguments (no Prefect import, so `--help` answers at once)."""
     p = argparse.ArgumentParser(prog="motfm regenerate", description="Sample a new synthetic version from a finished "

@@ -52,11 +52,10 @@ def main(argv: list[str] | None = None) -> None:
     sch.add_argument("--cron", required=True, help="when, as five cron fields: '0 3 * * 1' is Mondays 03:00")
     sch.add_argument("--timezone", default="UTC", help="the cron's IANA time zone (default UTC)")
     sch.add_argument("--paused", action="store_true", help="create or keep the schedule, paused")
-    if argv and argv[0] in ("run", "regenerate"):  # schedule talks to a server: the user's own profile
+    if argv and argv[0] in ("run", "regenerate"):  # their own parsers take the rest, --help included
         from flows.cli import default_prefect_home
 
-        default_prefect_home()
-    if argv and argv[0] in ("run", "regenerate"):  # their own parsers take the rest, --help included
+        default_prefect_home()  # (schedule talks to a server: it reads the user's own Prefect profile)
         sys.argv = [f"motfm {argv[0]}", *argv[1:]]
         if {"-h", "--help"} & set(argv[1:]):  # the help (then exit) without importing Prefect
             from flows.arguments import parse_cli, parse_regenerate

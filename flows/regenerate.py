@@ -129,5 +129,6 @@ def main(argv: list[str] | None = None) -> None:
                                           samples_per_class=a.samples_per_class, solver=a.solver, nfe=a.nfe)
     print(f"report: {report}\nsynthetic: {Path(report).parent / 'synthetic' / 'latest'}")
 
+
 if __name__ == "__main__":
     main()

@@ -54,6 +54,7 @@ def schedule_run(run: str | Path, cron: str, timezone: str = "UTC", paused: bool
                        "so no schedule would fire): start one with `deployments/local.sh up`, then `export "
                        "PREFECT_API_URL=http://127.0.0.1:4200/api` and run motfm schedule again")
     name = f"{DEPLOYMENT_PREFIX}{run_dir.name}"
+    full = f"{regenerate_synthetic.name}/{name}"
     with get_client(sync_client=True) as client:
         try:
             client.read_work_pool(pool)
@@ -61,6 +62,14 @@ def schedule_run(run: str | Path, cron: str, timezone: str = "UTC", paused: bool
             raise BadInput(f"work pool {pool!r} is not on the server at {PREFECT_API_URL.value()}; create it with "
                            f"`prefect work-pool create {pool} --type process` (deployments/local.sh up does) and "
                            "start a worker on it") from None
+        try:  # one deployment per run name: another output root's run of that name keeps its own schedule
+            other = client.read_deployment_by_name(full).parameters.get("output_root")
+        except ObjectNotFound:
+            other = None
+        if other is not None and Path(other) != run_dir.parent:
+            raise BadInput(f"deployment {full} already regenerates {Path(other) / run_dir.name}, another run of the "
+                           f"name {run_dir.name!r}; rename this run's folder, or remove that deployment (prefect "
+                           f"deployment delete {full})")
         flow_id = client.create_flow_from_name(regenerate_synthetic.name)
         # one schedule per run: an update replaces the deployment's schedules rather than adding another
         client.create_deployment(
@@ -72,9 +81,8 @@ def schedule_run(run: str | Path, cron: str, timezone: str = "UTC", paused: bool
             job_variables={"env": {"PREFECT_LOGGING_EXTRA_LOGGERS": "motfm_core"}},
             schedules=[DeploymentScheduleCreate(schedule=schedule, active=not paused)],
             tags=["motfm", "regenerate"], description=f"a new synthetic version of {run_dir}, then its report")
-        deployment = client.read_deployment_by_name(f"{regenerate_synthetic.name}/{name}")
+        deployment = client.read_deployment_by_name(full)
     state = "paused" if paused else "active"
     return (f"motfm: {run_dir} regenerates on '{cron}' ({timezone}, {state}, {len(deployment.schedules)} "
-            f"schedule): deployment {regenerate_synthetic.name}/{name}; a worker on pool {pool!r} runs it "
-            f"(deployments/local.sh worker), and `prefect deployment run {regenerate_synthetic.name}/{name}` runs "
-            "it now")
+            f"schedule): deployment {full}; a worker on pool {pool!r} runs it (deployments/local.sh worker), and "
+            f"`prefect deployment run {full}` runs it now")

@@ -34,7 +34,7 @@ from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, fsync_dir, sweep_leftovers, temporary_name
 
 __all__ = ["SCHEMA_VERSION", "SPLITS", "Splits", "builds", "channel_names", "fingerprint_arrays", "load_split",
-           "load_splits", "open_store", "split_rows", "stratified_subset", "write_dataset"]
+           "load_splits", "open_store", "read_rows", "split_rows", "stratified_subset", "write_dataset"]
 
 SCHEMA_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -204,28 +204,29 @@ def open_store(path: str | Path) -> zarr.Group:
     return root
 
 
-def split_rows(path: str | Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    """(the store's rows of one split, their labels), read from the small per-sample arrays only."""
+def split_rows(root: Any, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows of one split in an opened store (`open_store`), their labels), from the small per-sample arrays."""
     if split not in SPLITS:
         raise BadInput(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
-    root = open_store(path)
     rows = np.nonzero(root["split"][:] == SPLITS[split])[0]
     return rows, root["labels"][:][rows]
 
 
-def load_split(path: str | Path, split: str, subset: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """All samples of one split as arrays: {'images', 'labels', 'group'[, 'masks']} (fine for small datasets);
-    `group` is each sample's subject (patient, source volume), what the evaluation's intervals resample.
-    `subset`: sorted indices into the split, read alone (a low-data share costs its own size, not the split's)."""
-    idx, _ = split_rows(path, split)
-    if subset is not None:
-        idx = idx[subset]
-    root = open_store(path)
-    out = {"images": root["images"].get_orthogonal_selection((idx,)), "labels": root["labels"][:][idx],
-           "group": root["group"][:][idx]}
+def read_rows(root: Any, rows: np.ndarray) -> dict[str, np.ndarray]:
+    """Sorted `rows` of an opened store as arrays: {'images', 'labels', 'group'[, 'masks']}, read alone (a low-data
+    share costs its own size, not its split's); `group` is each sample's subject (patient, source volume)."""
+    out = {"images": root["images"].get_orthogonal_selection((rows,)), "labels": root["labels"][:][rows],
+           "group": root["group"][:][rows]}
     if "masks" in root.array_keys():
-        out["masks"] = root["masks"].get_orthogonal_selection((idx,))
+        out["masks"] = root["masks"].get_orthogonal_selection((rows,))
     return out
+
+
+def load_split(path: str | Path, split: str) -> dict[str, np.ndarray]:
+    """All samples of one split as arrays (`read_rows`; fine for small datasets): what the evaluation resamples by
+    `group`."""
+    root = open_store(path)
+    return read_rows(root, split_rows(root, split)[0])
 
 
 Splits = dict[str, dict[str, np.ndarray]]  # {split name: load_split(...) of it}

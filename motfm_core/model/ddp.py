@@ -23,7 +23,7 @@ import torch.multiprocessing as mp
 
 from motfm_core.errors import BadInput
 
-__all__ = ["Rank", "rank_slice", "spawn"]
+__all__ = ["check_devices", "Rank", "rank_slice", "spawn"]
 
 
 @dataclass(frozen=True)
@@ -91,13 +91,19 @@ def _rank_main(rank: int, world: int, port: int, messages: Any, fn: Callable[...
         fn(*args, rank=me, say=say, advance=advance)
 
 
+def check_devices(devices: int) -> None:
+    """Refuse more training processes than GPUs on a GPU machine (a CPU runs any number, with gloo)."""
+    if torch.cuda.is_available() and devices > torch.cuda.device_count():
+        raise BadInput(f"train.devices={devices}, but this machine has {torch.cuda.device_count()} GPU(s); use at "
+                       "most that many")
+
+
 def spawn(fn: Callable[..., Any], args: tuple, devices: int, say: Callable[[str], None],
           advance: Callable[[float], None] | None = None) -> None:
     """Run `fn(*args, rank=, say=, advance=)` in `devices` spawned processes (one per GPU when there are GPUs),
     forwarding rank 0's progress to `say`/`advance` here. A failed rank stops them all and raises here; so does an
     exception from `say` (the processes are ended first)."""
-    if torch.cuda.is_available() and devices > torch.cuda.device_count():
-        raise BadInput(f"train.devices={devices}, but this machine has {torch.cuda.device_count()} GPU(s)")
+    check_devices(devices)
     ctx = mp.get_context("spawn")
     messages = ctx.Queue()
     procs = mp.start_processes(_rank_main, args=(devices, _free_port(), messages, fn, args), nprocs=devices,

@@ -8,6 +8,7 @@ from motfm_core.config import PipelineConfig
 from motfm_core.data.brain import check_blocks
 from motfm_core.data.ingest import check_source, source_has_masks
 from motfm_core.errors import BadInput
+from motfm_core.model.ddp import check_devices
 from motfm_core.model.distributed import check_scheduler
 
 __all__ = ["check_run"]
@@ -17,8 +18,6 @@ def check_run(cfg: PipelineConfig, enhance: bool = False) -> None:
     """Refuse (BadInput) a run that a later stage would refuse: its data source, the demo set's 3D blocks, mask
     settings on data without masks, enhancement of volumes, a Dask scheduler this machine does not allow, more
     training devices than GPUs. The config's own cross-section rules ran at load (`PipelineConfig`)."""
-    import torch
-
     data = cfg.data
     check_source(data.source)
     if data.source == "brain-mri" and data.spatial_dims == 3:
@@ -34,6 +33,4 @@ def check_run(cfg: PipelineConfig, enhance: bool = False) -> None:
         raise BadInput("--enhance (denoise, superres) trains on 2D images only, and data.spatial_dims=3; drop "
                        "--enhance or run it on a 2D dataset")
     check_scheduler(cfg.sample.scheduler)
-    if torch.cuda.is_available() and cfg.train.devices > torch.cuda.device_count():
-        raise BadInput(f"train.devices={cfg.train.devices}, but this machine has {torch.cuda.device_count()} GPU(s); "
-                       "use at most that many")
+    check_devices(cfg.train.devices)

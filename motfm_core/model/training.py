@@ -25,7 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from motfm_core import __version__
 from motfm_core.config import AutoencoderConfig, ModelConfig, TrainConfig, config_hash
-from motfm_core.data.store import channel_names, load_split, open_store, split_rows, stratified_subset
+from motfm_core.data.store import channel_names, open_store, read_rows, split_rows, stratified_subset
 from motfm_core.device import default_device
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import file_sha256
@@ -119,15 +119,16 @@ def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images"
         z = zarr.open_group(str(latents), mode="r", zarr_format=3)
         out = {name: np.asarray(z[name][:]) for name in z.array_keys()}
     else:  # only the share's rows are read: a low-data generator holds its share, never the whole split
-        rows, labels = split_rows(data_path, "train")
+        root = open_store(data_path)
+        rows, labels = split_rows(root, "train")
         idx = stratified_subset(labels, cfg.real_fraction, cfg.subset_seed)
-        out = load_split(data_path, "train", subset=idx)
+        out = read_rows(root, rows[idx])
         out["indices"] = idx
     if target == "masks":
         if "masks" not in out:
             raise BadInput(f"{data_path}: a mask generator needs a dataset with masks; this one has none")
         # the classes of the whole train split, as the image model sees them (uint8 masks only)
-        k = (int(open_store(data_path)["masks"].get_orthogonal_selection((rows,)).max()) if latents is None
+        k = (int(root["masks"].get_orthogonal_selection((rows,)).max()) if latents is None
              else int(out["masks"].max())) + 1
         out["images"] = np.moveaxis(np.eye(k, dtype=np.float32)[out["masks"][:, 0]], -1, 1)
         out.pop("masks")

@@ -95,6 +95,21 @@ def test_a_live_writer_in_another_pid_namespace_keeps_its_files(tmp_path, monkey
         writer.wait()
 
 
+def test_a_leftover_of_another_scope_waits_for_the_age_rule(tmp_path, monkeypatch):
+    """The same rule without namespaces (where unshare cannot run): a name written under another boot or pid
+    namespace, whose pid is gone here, is kept until it is old."""
+    import socket
+
+    import motfm_core.files as files
+
+    foreign = tmp_path / f".x.json.tmp-0badc0de-4242-{'0' * 8}@{socket.gethostname()}"
+    foreign.write_text("{}")
+    assert files._process_scope() != "0" * 8
+    monkeypatch.setattr(files, "_pid_alive", lambda pid: False)
+    assert files.sweep_leftovers(tmp_path) == [] and foreign.exists()
+    assert files.sweep_leftovers(tmp_path, older_than=-1) == [foreign]
+
+
 def test_a_dead_writer_of_this_namespace_is_swept_at_once_and_a_live_one_kept(tmp_path):
     from motfm_core.files import sweep_leftovers, temporary_name
 

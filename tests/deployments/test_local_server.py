@@ -338,6 +338,11 @@ def test_motfm_schedule_regenerates_ones_own_run(server, resumed_run):
     text = "".join(spec.stdout.split())
     assert "'cron':'305**3'" in text and "'timezone':'Europe/Berlin'" in text and "'cron':'04**2'" not in text
     assert "'run_name':'svc'" in text and f"'output_root':'{run_dir.parent}'" in text
+    # another output root's run of the same name does not take that deployment over
+    other = subprocess.run([str(ROOT / ".venv" / "bin" / "python"), "-m", "flows.motfm", "schedule",
+                            str(resumed_run["other_root"] / "svc"), "--cron", "0 1 * * *"], env=env, cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert other.returncode == 2 and "already regenerates" in other.stderr, other.stdout + other.stderr[-2000:]
     bad = schedule("--cron", "every monday")
     assert bad.returncode == 2 and bad.stderr.startswith("motfm: error: --cron 'every monday'"), bad.stderr
     # the schedule's deployment regenerates this run (smaller, to keep the suite short): a new version, its report

@@ -214,19 +214,19 @@ def test_a_low_data_generator_reads_its_share_alone(phantom_store, monkeypatch, 
     the arrays are the same."""
     import motfm_core.model.training as training
     from motfm_core.config import TrainConfig
-    from motfm_core.data.store import load_split, stratified_subset
+    from motfm_core.data.store import load_split, read_rows, stratified_subset
 
     full = load_split(phantom_store, "train")
     idx = stratified_subset(full["labels"], fraction, 0)
     read = []
 
-    def spy(path, split, subset=None):
-        read.append(len(subset) if subset is not None else None)
-        return load_split(path, split, subset)
+    def spy(root, rows):
+        read.append(len(rows))
+        return read_rows(root, rows)
 
-    monkeypatch.setattr(training, "load_split", spy)
+    monkeypatch.setattr(training, "read_rows", spy)
     got = training.training_set(phantom_store, TrainConfig(real_fraction=fraction))
-    assert read == [len(idx)] and np.array_equal(got["indices"], idx)
+    assert read == [len(idx)] and np.array_equal(got["indices"], idx)  # the share's rows, nothing more
     assert all(np.array_equal(got[k], full[k][idx]) for k in full)
     masks = training.training_set(phantom_store, TrainConfig(real_fraction=fraction), target="masks")
     k = int(full["masks"].max()) + 1  # the classes of the whole split, even where the share lacks one
