@@ -155,7 +155,7 @@ def synth_and_eval(
     with kept_only_if_written(run_dir), hold_folder(run_dir):  # one run at a time in a run folder
         logger.info("synth-and-eval: outputs in %s", run_dir)
         plan_task(cfg)  # refuses what cannot fit before the data is read
-        data_path = ingest_task(cfg.data, str(run_dir))
+        data_path = ingest_task(cfg.data, str(run_dir), cfg.sample.scheduler)
         enhancements = [enhance_task(data_path, e, str(run_dir)) for e in enhance_cfgs]
         generators = train_generators(cfg, data_path, run_dir)
         report = sample_evaluate_report(run_name, cfg, data_path, generators, run_dir, enhancements)

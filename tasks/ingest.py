@@ -13,6 +13,7 @@ from tasks import BACKOFF, transient
 __all__ = ["ingest_task"]
 
 @task(name="ingest", retries=2, retry_delay_seconds=BACKOFF, retry_condition_fn=transient)
-def ingest_task(cfg: DataConfig, run_dir: str) -> str:
-    """Build (or reuse) `<run_dir>/dataset.zarr`; returns its path."""
-    return str(ingest(cfg, Path(run_dir) / "dataset.zarr", progress=get_run_logger().info))
+def ingest_task(cfg: DataConfig, run_dir: str, scheduler: str = "") -> str:
+    """Build (or reuse) `<run_dir>/dataset.zarr`, a large folder on the Dask cluster at `scheduler` (else a local
+    one); returns its path."""
+    return str(ingest(cfg, Path(run_dir) / "dataset.zarr", progress=get_run_logger().info, scheduler=scheduler))

@@ -38,6 +38,10 @@ class DataConfig:
     test_fraction: float = 0.15  # the held-out test split's share, by subject (as val_fraction)
     seed: int = 0  # the train/val/test split by subject
     keep_previous: int = 1  # earlier builds of dataset.zarr kept beside it when the data changes (0 = none)
+    # a folder of more than 8 rows is prepared on Dask workers: those of sample.scheduler (or
+    # $MOTFM_DASK_SCHEDULER) when set, else a local cluster of this many (0 = one per CPU core, at most 8; 1 = in
+    # the run's own process)
+    workers: int = 0
     # how a volume reaches the stored shape, after reorientation to RAS: "fov" (crop to the foreground, pad to the
     # target's aspect in mm, resample: one isotropic spacing), "crop" (resample to data.spacing_mm, then crop or pad
     # around the foreground's centre), "resize" (pad to a cube in voxels, resize); "auto": "fov" for volumes that
@@ -67,6 +71,7 @@ class DataConfig:
         _check(0 < self.val_fraction < 0.5 and 0 < self.test_fraction < 0.5,
                "data.val_fraction and data.test_fraction must lie in (0, 0.5)")
         _check(self.keep_previous >= 0, "data.keep_previous must be >= 0 (0 keeps no earlier build)")
+        _check(self.workers >= 0, "data.workers must be >= 0 (0 = one per CPU core, at most 8)")
         _check(self.fit in ("auto", "resize") or self.spatial_dims == 3,
                f"data.fit={self.fit!r} places volumes in millimetres, in 3D runs; use data.spatial_dims=3, or "
                "data.fit=auto (2D slices of volumes are resized in-plane)")

@@ -26,8 +26,9 @@ from motfm_core.data.geometry import Image, canonical, stack_channels
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import system_error
 
-__all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "Image", "NIFTI_SUFFIXES", "RawSet", "read_any", "read_dicom",
-           "read_folder", "read_image", "read_medmnist", "read_nifti"]
+__all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "Image", "Listing", "NIFTI_SUFFIXES", "RawSet", "Row", "check_channels",
+           "channel_names_of", "list_folder", "read_any", "read_dicom", "read_folder", "read_image", "read_medmnist",
+           "read_nifti", "read_row"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -226,45 +227,93 @@ def _check_listed(folder: Path, df: pd.DataFrame, columns: list[str]) -> None:
                            f"{', '.join(missing[:MAX_LISTED])}{more}; fix those rows or add the files")
 
 
-def read_folder(folder: str | Path) -> RawSet:
-    """NIfTI, DICOM or PNG/JPEG folder with labels.csv; the file suffixes decide the reader (a listed folder is a
-    DICOM series)."""
+@dataclass(frozen=True)
+class Row:
+    """One labels.csv row: its image file per image column, its mask file, its label's code and its subject."""
+
+    index: int  # the row's position in labels.csv
+    files: tuple[str, ...]  # relative to the folder
+    mask: str | None
+    label: int
+    subject: str
+
+
+@dataclass
+class Listing:
+    """A folder source as labels.csv lists it, checked before any image is read: every listed file exists and no
+    image is left unlisted."""
+
+    folder: Path
+    rows: list[Row]
+    class_names: list[str]
+    channel_names: list[str]  # from the image_* columns; a 4-D file's sequences are named when read
+    subject_column: bool
+    table: list[dict[str, str]]  # labels.csv's rows as text: what an interrupted ingest is resumed against
+
+
+def list_folder(folder: str | Path) -> Listing:
+    """labels.csv of a NIfTI, DICOM or PNG/JPEG folder as a `Listing` (no pixel read)."""
     folder = Path(folder)
     df = _read_labels_csv(folder)
     cmap, names = _class_map(df["label"])
     columns = image_columns(df)
-    out = RawSet(class_names=names, origin=str(folder), subject_column="subject" in df.columns,
-                 channel_names=[c[len("image_"):] for c in columns] if columns != ["filename"] else ["image"])
     _check_listed(folder, df, columns)
-    for _, row in df.iterrows():
-        paths = [folder / str(row[c]) for c in columns]
-        f = paths[0]
+    rows = []
+    for i, (_, row) in enumerate(df.iterrows()):
         subject = row["subject"] if "subject" in df.columns and pd.notna(row.get("subject")) else row[columns[0]]
-        reads = [read_any(path) for path in paths]
-        img = reads[0] if len(reads) == 1 else stack_channels(reads, out.channel_names, f"subject {subject}")
-        count = img.channels.shape[0]
-        if not out.images and len(reads) == 1 and count > 1:  # a 4-D file: its sequences have no names
-            out.channel_names = [f"channel{i}" for i in range(count)]
-        if count != len(out.channel_names):
-            raise BadInput(f"{f}: {count} sequence(s), the samples before it {len(out.channel_names)}; every "
-                           "sample needs the same sequences (a 4-D NIfTI: on its last axis)")
-        mask = None
-        if "mask" in df.columns and isinstance(row["mask"], str) and row["mask"]:
-            mf = folder / row["mask"]
-            if not mf.exists():
-                raise InputMissing(f"{mf}: mask of {f.name} is missing")
-            mask = read_mask(mf, img, f)
-        out.images.append(img.channels)
-        out.files.append(str(f))
-        out.spacings.append(img.spacing)
-        out.affines.append(img.affine)
-        out.orientations.append(img.orientation)
-        out.modalities.append(img.modality)
-        out.masks.append(mask)
-        out.labels.append(cmap[row["label"]])
-        out.groups.append(str(subject))
+        mask = row["mask"] if "mask" in df.columns and isinstance(row["mask"], str) and row["mask"] else None
+        rows.append(Row(i, tuple(str(row[c]) for c in columns), mask, cmap[row["label"]], str(subject)))
     listed = {str(v) for c in columns for v in df[c]}
     _check_unlisted(folder, listed, NIFTI_SUFFIXES + DICOM_SUFFIXES + IMAGE_SUFFIXES, df)
+    return Listing(folder, rows, names, [c[len("image_"):] for c in columns] if columns != ["filename"] else
+                   ["image"], "subject" in df.columns, df.astype(str).to_dict("records"))
+
+
+def read_row(listing: Listing, row: Row) -> RawSet:
+    """One row's files as a RawSet of one sample: its sequences stacked as channels, its mask checked against
+    them."""
+    paths = [listing.folder / f for f in row.files]
+    reads = [read_any(path) for path in paths]
+    img = reads[0] if len(reads) == 1 else stack_channels(reads, listing.channel_names, f"subject {row.subject}")
+    mask = None
+    if row.mask is not None:
+        mf = listing.folder / row.mask
+        if not mf.exists():
+            raise InputMissing(f"{mf}: mask of {paths[0].name} is missing")
+        mask = read_mask(mf, img, paths[0])
+    return RawSet([img.channels], [row.label], [mask], [row.subject], listing.class_names, origin=str(listing.folder),
+                  files=[str(paths[0])], spacings=[img.spacing], affines=[img.affine], modalities=[img.modality],
+                  orientations=[img.orientation], subject_column=listing.subject_column,
+                  channel_names=channel_names_of(listing, img.channels.shape[0]))
+
+
+def channel_names_of(listing: Listing, count: int) -> list[str]:
+    """The channel names of a sample of `count` channels: the image_* columns', or `channel<i>` for a 4-D file's."""
+    one_file = listing.channel_names == ["image"]
+    return [f"channel{i}" for i in range(count)] if one_file and count > 1 else listing.channel_names
+
+
+def check_channels(name: str, count: int, expected: int) -> None:
+    """Refuse, naming the file, a sample whose sequences differ in number from the others'."""
+    if count != expected:
+        raise BadInput(f"{name}: {count} sequence(s), the samples before it {expected}; every sample needs the same "
+                       "sequences (a 4-D NIfTI: on its last axis)")
+
+
+def read_folder(folder: str | Path) -> RawSet:
+    """NIfTI, DICOM or PNG/JPEG folder with labels.csv, read whole into memory (`list_folder`, then `read_row` of
+    every row); the file suffixes decide the reader (a listed folder is a DICOM series)."""
+    listing = list_folder(folder)
+    out = RawSet(class_names=listing.class_names, origin=str(listing.folder), subject_column=listing.subject_column,
+                 channel_names=listing.channel_names)
+    for row in listing.rows:
+        one = read_row(listing, row)
+        if not out.images:
+            out.channel_names = one.channel_names
+        check_channels(one.files[0], one.images[0].shape[0], len(out.channel_names))
+        for name in ("images", "labels", "masks", "groups", "files", "spacings", "affines", "orientations",
+                     "modalities"):
+            getattr(out, name).extend(getattr(one, name))
     return out
 
 

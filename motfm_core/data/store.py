@@ -23,18 +23,21 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
 
+from motfm_core.data.rows import rows_per_batch
 from motfm_core.data.shards import chunk_key
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, fsync_dir, sweep_leftovers, temporary_name
 
-__all__ = ["SCHEMA_VERSION", "SPLITS", "Splits", "builds", "channel_names", "fingerprint_arrays", "load_split",
-           "load_splits", "open_store", "read_rows", "split_rows", "stratified_subset", "write_dataset"]
+__all__ = ["SCHEMA_VERSION", "SPLITS", "Blocks", "Splits", "builds", "channel_names", "fingerprint_arrays",
+           "load_split", "load_splits", "open_store", "read_rows", "split_rows", "stratified_subset", "write_dataset"]
 
 SCHEMA_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -58,9 +61,27 @@ def builds(path: str | Path) -> list[Path]:
     return sorted((p for p in found if p.is_dir() and not p.is_symlink()), key=lambda p: p.stat().st_mtime)
 
 
+@dataclass(frozen=True)
+class Blocks:
+    """A store's images (and masks) given a block of samples at a time, in order: a dataset need not fit in
+    memory to be written."""
+
+    shape: tuple[int, ...]  # images (N, C, H, W[, D])
+    mask_shape: tuple[int, ...] | None  # masks (N, 1, H, W[, D]), or None
+    read: Callable[[], Iterator[tuple[np.ndarray, np.ndarray | None]]]  # (images, masks) blocks, N rows in all
+
+    @classmethod
+    def of(cls, images: np.ndarray, masks: np.ndarray | None) -> Blocks:
+        """Arrays held in memory, as blocks of `rows_per_batch` samples."""
+        step = rows_per_batch(images)
+        return cls(images.shape, None if masks is None else masks.shape,
+                   lambda: ((images[i:i + step], None if masks is None else masks[i:i + step])
+                            for i in range(0, len(images), step)))
+
+
 def write_dataset(
     path: str | Path,
-    images: np.ndarray,
+    images: np.ndarray | Blocks,
     labels: np.ndarray,
     split: np.ndarray,
     group: np.ndarray,
@@ -71,47 +92,63 @@ def write_dataset(
 ) -> Path:
     """Write the real dataset store: a new build beside `path`, published by replacing the link `path` in one rename,
     then only the newest `keep_previous` earlier builds are kept; what crashed writers left beside `path` is removed
-    first. `extra` arrays of one row per sample (the stored grid's `affine`) are written beside the images, whole."""
+    first. `images` (with `masks`) are arrays, or `Blocks` read once, a block at a time. `extra` arrays of one row per
+    sample (the stored grid's `affine`) are written beside the images, whole."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     sweep_leftovers(path.parent)
-    n = len(images)
-    if images.ndim not in (4, 5):
-        raise ValueError(f"{path}: images must be (N, C, H, W[, D]), got shape {images.shape}")
+    blocks = images if isinstance(images, Blocks) else Blocks.of(images, masks)
+    n = blocks.shape[0]
+    if len(blocks.shape) not in (4, 5):
+        raise ValueError(f"{path}: images must be (N, C, H, W[, D]), got shape {blocks.shape}")
     for name, arr in (("labels", labels), ("split", split), ("group", group)):
         if arr.shape != (n,):
             raise ValueError(f"{path}: {name} shape {arr.shape} != ({n},)")
-    if masks is not None and masks.shape[0] != n:
-        raise ValueError(f"{path}: masks have {masks.shape[0]} samples, images {n}")
+    if blocks.mask_shape is not None and blocks.mask_shape[0] != n:
+        raise ValueError(f"{path}: masks have {blocks.mask_shape[0]} samples, images {n}")
     for name, arr in (extra or {}).items():
         if arr.shape[0] != n:
             raise ValueError(f"{path}: {name} has {arr.shape[0]} rows, images {n}")
-    if not np.isfinite(images).all():
-        raise BadInput(f"{path}: images contain NaN/inf; fix the source files before ingesting")
     build = path.with_name(f"{path.name}.v{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}")
-    _write_build(build, images, labels, split, group, attrs, masks, extra)
+    _write_build(build, blocks, labels, split, group, attrs, extra)
     _publish(path, build)
     _prune(path, keep_previous)
     return path
 
 
-def _write_build(build: Path, images: np.ndarray, labels: np.ndarray, split: np.ndarray, group: np.ndarray,
-                 attrs: dict[str, Any], masks: np.ndarray | None, extra: dict[str, np.ndarray] | None) -> None:
-    """One build of the store at `build`, appearing whole (built under a temporary name, flushed, renamed)."""
-    n = len(images)
+def _write_build(build: Path, blocks: Blocks, labels: np.ndarray, split: np.ndarray, group: np.ndarray,
+                 attrs: dict[str, Any], extra: dict[str, np.ndarray] | None) -> None:
+    """One build of the store at `build`, appearing whole (built under a temporary name, flushed, renamed); the
+    images are written and fingerprinted a block at a time."""
+    n = blocks.shape[0]
     with atomic_path(build) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        sample_chunk = (1, *images.shape[1:])
-        root.create_array("images", data=images.astype(np.float32), chunks=sample_chunk)
+        images = root.create_array("images", shape=blocks.shape, dtype=np.float32, chunks=(1, *blocks.shape[1:]))
+        masks = None if blocks.mask_shape is None else root.create_array(
+            "masks", shape=blocks.mask_shape, dtype=np.uint8, chunks=(1, *blocks.mask_shape[1:]))
+        fp = hashlib.sha256(str((tuple(int(s) for s in blocks.shape), np.dtype(np.float32).str)).encode())
+        at = 0
+        for block, mask in blocks.read():
+            block = np.ascontiguousarray(block, dtype=np.float32)
+            if not np.isfinite(block).all():
+                raise BadInput(f"{build.name}: images {at}..{at + len(block) - 1} contain NaN/inf; fix the source "
+                               "files before ingesting")
+            images[at:at + len(block)] = block
+            if masks is not None:
+                masks[at:at + len(block)] = np.asarray(mask, dtype=np.uint8)
+            fp.update(block.tobytes())
+            at += len(block)
+        if at != n:
+            raise ValueError(f"{build}: the blocks held {at} samples, the images' shape says {n}")
         root.create_array("labels", data=labels.astype(np.int64), chunks=(n,))
         root.create_array("split", data=split.astype(np.uint8), chunks=(n,))
         root.create_array("group", data=group.astype(np.int32), chunks=(n,))
-        if masks is not None:
-            root.create_array("masks", data=masks.astype(np.uint8), chunks=(1, *masks.shape[1:]))
         for name, arr in (extra or {}).items():
             root.create_array(name, data=arr, chunks=arr.shape)
-        fp = fingerprint_arrays(images.astype(np.float32), labels.astype(np.int64), split.astype(np.uint8))
-        root.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "fingerprint": fp, "num_samples": n,
+        for arr in (labels.astype(np.int64), split.astype(np.uint8)):  # as `fingerprint_arrays(images, labels, split)`
+            fp.update(str((arr.shape, arr.dtype.str)).encode())
+            fp.update(np.ascontiguousarray(arr).tobytes())
+        root.attrs.update({**attrs, "schema_version": SCHEMA_VERSION, "fingerprint": fp.hexdigest(), "num_samples": n,
                            "split_codes": SPLITS, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
         for name in root.array_keys():
             root[name].attrs["chunk_bytes"] = _chunk_bytes(tmp / name)

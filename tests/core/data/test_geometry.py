@@ -120,7 +120,7 @@ def test_a_3d_folder_ingests_in_millimetres_with_its_notes_and_affines(tmp_path)
 def test_affines_that_cannot_place_voxels_are_refused_by_name(tmp_path, case, fix):
     src = tmp_path / "src"
     src.mkdir()
-    files = {f"v{i}.nii.gz": _blob(i) for i in range(6)}
+    files = {f"v{i}.nii.gz": _blob(i) for i in range(12)}  # enough subjects for both classes in every split
     vol, aff = files["v2.nii.gz"]
     if case == "shear":
         sheared = aff.copy()
@@ -134,7 +134,7 @@ def test_affines_that_cannot_place_voxels_are_refused_by_name(tmp_path, case, fi
     if case == "grid":  # the label map written at another spacing than its image
         nib.save(nib.Nifti1Image((vol > 0.5).astype(np.uint8), np.diag([1.0, 1.0, 3.0, 1.0])), src / "m_v2.nii.gz")
     with pytest.raises(ValueError, match=fix) as e:
-        ingest(DataConfig(source=str(src), spatial_dims=3, image_size=16, depth=16), tmp_path / "d.zarr")
+        ingest(DataConfig(source=str(src), spatial_dims=3, image_size=16, depth=16, workers=1), tmp_path / "d.zarr")
     assert "v2.nii.gz" in str(e.value) and "\n" not in str(e.value)
     assert not (tmp_path / "d.zarr").exists()
 

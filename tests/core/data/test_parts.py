@@ -1,0 +1,226 @@
+"""A folder ingested a row at a time: the same store as the in-memory path, resumed after a kill or an injected
+failure (writing only the rows left), a changed labels.csv refused, a Dask worker lost mid-row, a bad file in a
+parallel ingest."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from motfm_core.config import DataConfig
+from motfm_core.data import parts
+from motfm_core.data.ingest import ingest, load_source
+from motfm_core.data.parts import parts_dir
+from motfm_core.data.store import open_store
+from motfm_core.errors import BadInput
+
+ROOT = Path(__file__).resolve().parents[3]
+
+
+class Injected(Exception):
+    """A failure planted between two rows."""
+
+
+def _folder(path: Path, n: int, side: int = 24) -> Path:
+    """`n` subjects of two classes: a NIfTI volume with a bright block, its 0/2 label map."""
+    path.mkdir(parents=True, exist_ok=True)
+    rows = ["filename,label,subject,mask"]
+    for i in range(n):
+        rng = np.random.default_rng(i)
+        vol = rng.random((side, side, side // 2), dtype=np.float32) * 0.2
+        c = rng.integers(side // 3, 2 * side // 3, 3)
+        vol[c[0] - 4:c[0] + 4, c[1] - 4:c[1] + 4, 2:side // 2 - 2] += 1.0 + (i % 2)
+        aff = np.diag([1.0, 1.0, 2.0, 1.0])
+        nib.save(nib.Nifti1Image(vol, aff), path / f"v{i}.nii.gz")
+        nib.save(nib.Nifti1Image(((vol > 0.9) * 2).astype(np.uint8), aff), path / f"m{i}.nii.gz")
+        rows.append(f"v{i}.nii.gz,{'ab'[i % 2]},s{i},m{i}.nii.gz")
+    (path / "labels.csv").write_text("\n".join(rows) + "\n")
+    return path
+
+
+def _cfg(src: Path, **kw) -> DataConfig:
+    return DataConfig(**{"source": str(src), "spatial_dims": 3, "image_size": 16, "depth": 8, "workers": 1, **kw})
+
+
+def _same_store(a: Path, b: Path) -> None:
+    ra, rb = open_store(a), open_store(b)
+    assert ra.attrs["fingerprint"] == rb.attrs["fingerprint"]
+    assert sorted(ra.array_keys()) == sorted(rb.array_keys())
+    for name in ra.array_keys():
+        np.testing.assert_array_equal(ra[name][:], rb[name][:])
+        assert ra[name].attrs["chunk_bytes"] == rb[name].attrs["chunk_bytes"]
+
+
+def _no_leftovers(root: Path) -> None:
+    assert not [p for p in root.rglob("*") if ".tmp-" in p.name], "a temporary file was left behind"
+
+
+@pytest.mark.parametrize("dims", [3, 2])
+def test_a_folder_streams_into_the_store_the_in_memory_path_builds(tmp_path, dims):
+    """The parts path and the whole-set path (`load_source`) give the same arrays and notes, 3D and sliced 2D."""
+    src = _folder(tmp_path / "src", 12)
+    cfg = _cfg(src, spatial_dims=dims, image_size=16 if dims == 3 else 24)
+    store = ingest(cfg, tmp_path / "out" / "dataset.zarr")
+    arrays, attrs = load_source(cfg)
+    root = open_store(store)
+    np.testing.assert_array_equal(root["images"][:], arrays["images"])
+    np.testing.assert_array_equal(root["masks"][:], arrays["masks"])
+    np.testing.assert_array_equal(root["split"][:], arrays["split"])
+    np.testing.assert_array_equal(root["intensity"][:], arrays["intensity"])
+    assert root.attrs["notes"] == attrs["notes"] and root.attrs["mask_values"] == [0, 2]
+    assert not parts_dir(store).exists()  # the parts go once the store holds every row
+    _no_leftovers(tmp_path)
+
+
+def test_an_interrupted_ingest_resumes_at_the_rows_left_and_a_changed_labels_csv_is_refused(tmp_path, monkeypatch):
+    """A failure injected after 5 of 12 rows keeps their parts; the re-run prepares the other 7 alone (counted) and
+    writes the store an uninterrupted ingest writes. An edited labels.csv is refused, naming the line and the fix."""
+    src = _folder(tmp_path / "src", 12)
+    whole = ingest(_cfg(src), tmp_path / "whole" / "dataset.zarr")
+    store = tmp_path / "run" / "dataset.zarr"
+    real, calls, failed = parts.prepare_row, [], []
+
+    def fails_at_six(listing, row, cfg, where):
+        calls.append(row.index)
+        if len(calls) == 6 and not failed:
+            failed.append(row.index)
+            raise Injected  # any failure between two rows
+        return real(listing, row, cfg, where)
+
+    monkeypatch.setattr(parts, "prepare_row", fails_at_six)
+    with pytest.raises(Injected):
+        ingest(_cfg(src), store)
+    assert len(list(parts_dir(store).glob("row-*.npz"))) == 5 and not store.exists()
+
+    csv = src / "labels.csv"
+    text = csv.read_text()
+    csv.write_text(text.replace("v3.nii.gz,b,s3", "v3.nii.gz,a,s3"))
+    with pytest.raises(BadInput, match=r"labels.csv: changed since the interrupted ingest .*line 5: .*restore it to "
+                                       r"resume, or delete .*dataset.zarr.parts to ingest from the start"):
+        ingest(_cfg(src), store)
+    csv.write_text(text)
+
+    calls.clear()
+    said: list[str] = []
+    ingest(_cfg(src), store, progress=said.append)
+    assert sorted(calls) == list(range(5, 12))
+    assert any("resuming: 5 of 12 rows already prepared" in s for s in said)
+    _same_store(store, whole)
+    assert not parts_dir(store).exists()
+    _no_leftovers(tmp_path)
+
+
+def test_a_changed_file_is_prepared_again_on_resume(tmp_path, monkeypatch):
+    """A part whose file was replaced after it was prepared is not trusted: the resume prepares that row again."""
+    src = _folder(tmp_path / "src", 10)
+    store = tmp_path / "run" / "dataset.zarr"
+    real = parts.prepare_row
+    monkeypatch.setattr(parts, "prepare_row", lambda li, row, cfg, w: (_ for _ in ()).throw(Injected())
+                        if row.index == 4 else real(li, row, cfg, w))
+    with pytest.raises(Injected):
+        ingest(_cfg(src), store)
+    monkeypatch.setattr(parts, "prepare_row", real)
+    os.utime(src / "v1.nii.gz", ns=(time.time_ns(), time.time_ns() + 10**9))
+    said: list[str] = []
+    ingest(_cfg(src), store, progress=said.append)
+    assert any("resuming: 3 of 10 rows already prepared" in s for s in said)
+
+
+KILLED = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from motfm_core.config import DataConfig
+    from motfm_core.data import parts
+    from motfm_core.data.ingest import ingest
+
+    real = parts.prepare_row
+    def slow(*a):
+        out = real(*a)
+        time.sleep(0.3)
+        return out
+    parts.prepare_row = slow
+    if __name__ == "__main__":
+        ingest(DataConfig(source=sys.argv[1], spatial_dims=3, image_size=16, depth=8, workers=1), Path(sys.argv[2]))
+""")
+
+
+def test_an_ingest_killed_at_half_writes_only_the_other_half(tmp_path):
+    """kill -9 of the ingesting process after 6 of 12 parts: the re-run prepares the 6 left and the store equals an
+    uninterrupted one; no temporary file is left."""
+    src = _folder(tmp_path / "src", 12)
+    store = tmp_path / "run" / "dataset.zarr"
+    script = tmp_path / "ingest.py"
+    script.write_text(KILLED)
+    proc = subprocess.Popen([sys.executable, str(script), str(src), str(store)], cwd=ROOT,
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+    deadline = time.time() + 120
+    while len(list(parts_dir(store).glob("row-*.npz"))) < 6 and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done = len(list(parts_dir(store).glob("row-*.npz")))
+    assert 6 <= done < 12 and not store.exists()
+    said: list[str] = []
+    ingest(_cfg(src), store, progress=said.append)
+    assert any(f"resuming: {done} of 12 rows already prepared" in s and f"preparing {12 - done}" in s for s in said)
+    _same_store(store, ingest(_cfg(src), tmp_path / "whole" / "dataset.zarr"))
+    _no_leftovers(tmp_path)
+
+
+def test_a_dask_worker_killed_mid_ingest_is_replaced_and_the_store_is_whole(tmp_path):
+    """SIGKILL of a worker of the cluster the ingest fans out over: its row runs again on a worker (the nanny starts
+    a new one) and the store equals one ingested in a single process."""
+    from distributed import Client, LocalCluster
+
+    src = _folder(tmp_path / "src", 16, side=64)
+    whole = ingest(_cfg(src, image_size=32, depth=16), tmp_path / "whole" / "dataset.zarr")
+    store = tmp_path / "run" / "dataset.zarr"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      silence_logs=40) as cluster, Client(cluster) as client:
+        before = set(client.run(os.getpid).values())
+        errors: list[BaseException] = []
+
+        def run() -> None:
+            try:
+                ingest(_cfg(src, image_size=32, depth=16, workers=2), store, scheduler=cluster.scheduler_address)
+            except BaseException as exc:  # noqa: BLE001 (handed to the test's thread)
+                errors.append(exc)
+
+        thread = threading.Thread(target=run)
+        thread.start()
+        deadline = time.time() + 120
+        while not list(parts_dir(store).glob("row-*.npz")) and time.time() < deadline:
+            time.sleep(0.01)
+        os.kill(sorted(before)[0], signal.SIGKILL)
+        thread.join(180)
+        assert not errors, errors
+        assert set(client.run(os.getpid).values()) != before  # a worker was replaced
+    _same_store(store, whole)
+    _no_leftovers(tmp_path)
+
+
+def test_a_bad_file_in_a_parallel_ingest_stops_it_in_one_line_and_keeps_the_rows_written(tmp_path, shared_dask_cluster):
+    """A file that cannot be read, among 12 on Dask workers: one line naming it, the rows prepared kept; once it is
+    fixed the resume prepares the rest."""
+    src = _folder(tmp_path / "src", 12)
+    good = (src / "v9.nii.gz").read_bytes()
+    (src / "v9.nii.gz").write_bytes(b"not a nifti")
+    store = tmp_path / "run" / "dataset.zarr"
+    with pytest.raises(BadInput, match=r"v9.nii.gz: cannot read NIfTI") as e:
+        ingest(_cfg(src, workers=0), store, scheduler=shared_dask_cluster)
+    assert "\n" not in str(e.value) and not store.exists()
+    (src / "v9.nii.gz").write_bytes(good)
+    said: list[str] = []
+    ingest(_cfg(src, workers=0), store, progress=said.append, scheduler=shared_dask_cluster)
+    assert open_store(store).attrs["num_samples"] == 12
+    _no_leftovers(tmp_path)
