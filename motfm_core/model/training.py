@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from motfm_core import __version__
 from motfm_core.config import AutoencoderConfig, ModelConfig, TrainConfig, config_hash
+from motfm_core.data.loader import RandomBatches, batch_loader, loader_bytes
 from motfm_core.data.store import channel_names, open_store, read_rows, split_rows, stratified_subset
 from motfm_core.device import default_device
 from motfm_core.errors import BadInput, InputMissing
@@ -32,7 +33,7 @@ from motfm_core.files import file_sha256
 from motfm_core.model import ddp
 from motfm_core.model.checkpoints import resumable, save_atomic
 from motfm_core.model.latents import encode_train_split
-from motfm_core.model.memory import is_out_of_memory, out_of_memory, plan_training
+from motfm_core.model.memory import MemoryPlanError, is_out_of_memory, out_of_memory, plan_training
 from motfm_core.model.nets import VelocityUNet, build_model
 from motfm_core.model.step import ema_decay, flow_matching_loss, train_step
 from motfm_core.scale import to_model_space
@@ -120,8 +121,7 @@ def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images"
         out = {name: np.asarray(z[name][:]) for name in z.array_keys()}
     else:  # only the share's rows are read: a low-data generator holds its share, never the whole split
         root = open_store(data_path)
-        rows, labels = split_rows(root, "train")
-        idx = stratified_subset(labels, cfg.real_fraction, cfg.subset_seed)
+        rows, _, idx = training_rows(root, cfg)
         out = read_rows(root, rows[idx])
         out["indices"] = idx
     if target == "masks":
@@ -216,10 +216,20 @@ def train_flow_matching(
     if autoencoder is not None:
         latents = encode_train_split(data_path, autoencoder, autoencoder_cfg or AutoencoderConfig(), dev, say,
                                      cfg.real_fraction, cfg.subset_seed, out_dir)
-    plan = plan_training(model_cfg, cfg, dev, training_bytes(data_path, cfg, model_cfg, target))
+    held, stream = training_bytes(data_path, cfg, model_cfg, target), False
+    try:
+        plan = plan_training(model_cfg, cfg, dev, held)
+    except MemoryPlanError:
+        if not streams(target, latents, cfg):
+            raise
+        # too large to hold: read from the store a batch at a time, the plan counting what the loader holds
+        per = 4 * math.prod(model_cfg.sample_shape) + (math.prod(model_cfg.spatial_shape) if masked(model_cfg) else 0)
+        plan, stream = plan_training(model_cfg, cfg, dev, loader_bytes(per, cfg.batch_size)), True
+        say(f"train: the training set ({held / 1e9:.2f} GB) does not fit beside a step; reading it from the store "
+            "a batch at a time")
     say(f"train: plan: {plan.line()}")
     model_cfg = replace(model_cfg, gradient_checkpointing="on" if plan.gradient_checkpointing else "off")
-    args = (data_path, model_cfg, cfg, out_dir, key, teacher_sha, target, latents)
+    args = (data_path, model_cfg, cfg, out_dir, key, teacher_sha, target, latents, stream)
     try:
         if cfg.devices > 1:
             say(f"train: data-parallel over {cfg.devices} processes "
@@ -235,6 +245,19 @@ def train_flow_matching(
     return final
 
 
+def training_rows(root: Any, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(the train split's rows in an opened store, their labels, the positions of this generator's
+    `cfg.real_fraction` share among them (`stratified_subset`))."""
+    rows, labels = split_rows(root, "train")
+    return rows, labels, stratified_subset(labels, cfg.real_fraction, cfg.subset_seed)
+
+
+def streams(target: str, latents: Path | None, cfg: TrainConfig) -> bool:
+    """Whether a training set can be read from the store a batch at a time instead of held whole: a generator of
+    images (a latent model's latents, reflow's couplings and the mask generator's one-hot masks are held)."""
+    return target == "images" and latents is None and not cfg.reflow_from
+
+
 def training_bytes(data_path: str | Path, cfg: TrainConfig, model_cfg: ModelConfig, target: str = "images") -> int:
     """Bytes of the training set as `_fit` holds it on the device: float32 images (one-hot masks for the mask
     generator) and, for a mask-conditioned model, the uint8 masks."""
@@ -243,10 +266,13 @@ def training_bytes(data_path: str | Path, cfg: TrainConfig, model_cfg: ModelConf
     n = len(stratified_subset(np.asarray(root["labels"][:])[split == 0], cfg.real_fraction, cfg.subset_seed))
     if cfg.reflow_from:
         n = 2 * cfg.reflow_pairs  # the teacher's (x0, x1) couplings
-    per = 4 * math.prod(model_cfg.sample_shape)
-    if model_cfg.mask_conditioning != "none":
-        per += math.prod(model_cfg.spatial_shape)
-    return n * per
+    return n * (4 * math.prod(model_cfg.sample_shape) + (math.prod(model_cfg.spatial_shape) if masked(model_cfg)
+                                                           else 0))
+
+
+def masked(model_cfg: ModelConfig) -> bool:
+    """Whether a model is conditioned on masks (its training set holds them)."""
+    return model_cfg.mask_conditioning != "none"
 
 
 def _reflow_from_teacher(model: VelocityUNet, y_all: torch.Tensor, m_all: torch.Tensor | None, cfg: TrainConfig,
@@ -291,17 +317,24 @@ def _rank_record(seed: int, batch: int, world: int) -> dict[str, Any]:
 
 
 def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_dir: Path, key: str,
-         teacher_sha: str, target: str, latents: Path | None, rank: ddp.Rank, say: Callable[[str], None],
-         advance: Callable[[float], None] | None) -> None:
+         teacher_sha: str, target: str, latents: Path | None, stream: bool, rank: ddp.Rank,
+         say: Callable[[str], None], advance: Callable[[float], None] | None) -> None:
     """The training loop of `train_flow_matching` as one rank (`rank.world` == 1: the only process); rank 0
-    writes `last.pt` every cfg.checkpoint_every steps and `model.pt` at the end."""
+    writes `last.pt` every cfg.checkpoint_every steps and `model.pt` at the end. `stream`: the training set is read
+    from the store a batch at a time (`RandomBatches`), not held."""
     device, last = rank.device, out_dir / "last.pt"
     attrs = dict(open_store(data_path).attrs)
-    data = training_set(data_path, cfg, target, latents)
-    x_all = torch.from_numpy(data["images"])
-    x_all = (x_all if latents is not None else to_model_space(x_all)).to(device)  # latents: already unit variance
-    y_all = torch.from_numpy(data["labels"]).long().to(device)
-    m_all = torch.from_numpy(data["masks"]).to(device) if model_cfg.mask_conditioning != "none" else None
+    if stream:
+        rows, labels, idx = training_rows(open_store(data_path), cfg)
+        data = {"labels": labels[idx], "indices": idx}
+        x_all = m_all = None
+        y_all = torch.from_numpy(labels[idx]).long().to(device)
+    else:
+        data = training_set(data_path, cfg, target, latents)
+        x_all = torch.from_numpy(data["images"])
+        x_all = (x_all if latents is not None else to_model_space(x_all)).to(device)  # latents: already unit variance
+        y_all = torch.from_numpy(data["labels"]).long().to(device)
+        m_all = torch.from_numpy(data["masks"]).to(device) if masked(model_cfg) else None
     torch.manual_seed(cfg.seed)
     model = build_model(model_cfg).to(device)
     pairs = None
@@ -331,12 +364,20 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
     t_start = time.time()
     first_step, last_said, t_steady = step, t_start, t_start
     model.train()
+    read = None if not stream else iter(batch_loader(
+        RandomBatches(data_path, rows[idx], labels[idx], batch, cfg.seed, step, cfg.steps, masked(model_cfg)),
+        pin=device.type == "cuda"))
     while step < cfg.steps:
-        idx = torch.randint(0, n, (batch,), generator=gen, device=device)
-        x0 = None if pairs is None else pairs["x0"][idx]
-        x1 = x_all[idx] if pairs is None else pairs["x1"][idx]
-        loss = train_step(model, ema, opt, x1, y_all[idx], None if m_all is None else m_all[idx], cfg, gen, step,
-                          x0=x0, part=part, forward=forward)
+        x0 = None
+        if read is not None:  # the next step's batch, read ahead by the loader's workers
+            images, y, m = (t.to(device, non_blocking=True) for t in next(read))
+            x1, mask = to_model_space(images), m if masked(model_cfg) else None
+        else:
+            i = torch.randint(0, n, (batch,), generator=gen, device=device)
+            x0 = None if pairs is None else pairs["x0"][i]
+            x1 = x_all[i] if pairs is None else pairs["x1"][i]  # type: ignore[index]
+            y, mask = y_all[i], None if m_all is None else m_all[i]
+        loss = train_step(model, ema, opt, x1, y, mask, cfg, gen, step, x0=x0, part=part, forward=forward)
         step += 1
         losses.append(float(rank.mean(loss.detach())))
         if step == first_step + 1:  # the first step pays for allocation and kernel selection: not a rate to plan by

@@ -231,3 +231,40 @@ def test_a_low_data_generator_reads_its_share_alone(phantom_store, monkeypatch, 
     masks = training.training_set(phantom_store, TrainConfig(real_fraction=fraction), target="masks")
     k = int(full["masks"].max()) + 1  # the classes of the whole split, even where the share lacks one
     assert masks["images"].shape == (len(idx), k, *full["masks"].shape[2:])
+
+
+def test_a_training_set_larger_than_the_memory_given_is_read_from_the_store(tmp_path, monkeypatch):
+    """train.memory_gb leaves room for a step but not the 4,000-image set beside it: the planned whole-set path
+    would be refused, so the generator trains from batches read from the store (the whole-set reader never runs),
+    and a run killed mid-way resumes to the weights of an uninterrupted one."""
+    from motfm_core.data.store import write_dataset
+    from motfm_core.model import training
+    from motfm_core.model.memory import MemoryPlanError, plan_training
+
+    rng = np.random.default_rng(0)
+    n = 4000
+    images = rng.random((n, 1, 32, 32), dtype=np.float32)
+    store = write_dataset(tmp_path / "big.zarr", images, np.arange(n) % 2, np.zeros(n, np.uint8),
+                          np.arange(n, dtype=np.int32), {"source": "test", "class_names": ["a", "b"]})
+    model_cfg = ModelConfig(image_size=32, num_classes=2, gradient_checkpointing="off", **TINY_MODEL)
+    step_gb = plan_training(model_cfg, TrainConfig(batch_size=8), "cpu").step_gb
+    cfg = TrainConfig(steps=6, batch_size=8, warmup_steps=2, checkpoint_every=3, memory_gb=step_gb + 0.008)
+    with pytest.raises(MemoryPlanError):  # what holding the set (16 MB) would need
+        plan_training(model_cfg, cfg, "cpu", training.training_bytes(store, cfg, model_cfg))
+
+    def whole_set(*a, **k):
+        raise AssertionError("the whole training set was read")
+
+    monkeypatch.setattr(training, "read_rows", whole_set)
+    said: list[str] = []
+    final = train_flow_matching(store, model_cfg, cfg, tmp_path / "a", device="cpu", progress=said.append)
+    assert any("reading it from the store a batch at a time" in s for s in said)
+    ckpt = torch.load(final, weights_only=True)
+    assert ckpt["num_train"] == n and ckpt["step"] == 6
+
+    stopped = replace(cfg, steps=3)  # a run stopped at its checkpoint, then resumed to the end
+    train_flow_matching(store, model_cfg, stopped, tmp_path / "b", device="cpu")
+    (tmp_path / "b" / "model.pt").unlink()
+    resumed = torch.load(train_flow_matching(store, model_cfg, cfg, tmp_path / "b", device="cpu"), weights_only=True)
+    for k, v in ckpt["ema"].items():
+        torch.testing.assert_close(resumed["ema"][k], v)

@@ -1,0 +1,61 @@
+"""Random training batches read from a store, for a training set larger than the memory it is given.
+
+Step `s`'s batch is `batch` rows drawn from the training rows by a generator seeded with (seed, s): the same batches
+for any number of loader workers, and after a resume at step `s`. A batch is read with `take_rows` (sorted rows, one
+chunk file per sample in a real store), in DataLoader worker processes that read ahead of the step, into pinned
+memory on CUDA. What a loader holds is a few batches, never the dataset (`loader_bytes`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from motfm_core.data.rows import take_rows
+
+__all__ = ["PREFETCH", "WORKERS", "RandomBatches", "batch_loader", "loader_bytes"]
+
+WORKERS = 2  # loader processes: reading and decoding a batch overlaps the step that trains on the one before
+PREFETCH = 2  # batches each worker reads ahead
+
+
+class RandomBatches(IterableDataset):
+    """(images (B, C, *S) float32, labels (B,), masks (B, 1, *S) uint8 or an empty tensor) of steps
+    `start`..`stop` - 1, each of `batch` rows of `rows` (store rows) drawn from (seed, step)."""
+
+    def __init__(self, path: str | Path, rows: np.ndarray, labels: np.ndarray, batch: int, seed: int, start: int,
+                 stop: int, masks: bool) -> None:
+        self.path, self.rows, self.labels = str(Path(path).resolve()), np.asarray(rows), np.asarray(labels)
+        self.batch, self.seed, self.start, self.stop, self.masks = batch, seed, start, stop, masks
+
+    def indices(self, step: int) -> np.ndarray:
+        """Positions into `rows` of step `step`'s batch."""
+        return np.random.default_rng([self.seed, step]).integers(0, len(self.rows), self.batch)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        info = get_worker_info()
+        first, every = (0, 1) if info is None else (info.id, info.num_workers)
+        root: Any = zarr.open_group(self.path, mode="r", zarr_format=3)  # opened here: in the worker process
+        for step in range(self.start + first, self.stop, every):
+            idx = self.indices(step)
+            images = torch.from_numpy(take_rows(root["images"], self.rows[idx]))
+            masks = torch.from_numpy(take_rows(root["masks"], self.rows[idx])) if self.masks else torch.empty(0)
+            yield images, torch.from_numpy(self.labels[idx]).long(), masks
+
+
+def batch_loader(batches: RandomBatches, pin: bool) -> DataLoader:
+    """A DataLoader over `batches` whose workers read ahead, in step order (pinned memory when `pin`)."""
+    workers = min(WORKERS, max(0, batches.stop - batches.start))
+    return DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin,
+                      prefetch_factor=PREFETCH if workers else None)
+
+
+def loader_bytes(row_bytes: int, batch: int) -> int:
+    """What a loader holds at most: the batch trained on and PREFETCH batches read ahead by each worker."""
+    return row_bytes * batch * (1 + WORKERS * PREFETCH)
