@@ -12,7 +12,7 @@ import numpy as np
 from motfm_core.config import DataConfig
 from motfm_core.data.geometry import fit_volume
 from motfm_core.data.preprocess import patient_split, percentile_window, resize, to_unit
-from motfm_core.data.readers import MAX_MASK_VALUES, RawSet
+from motfm_core.data.readers import MAX_MASK_VALUES, RawSet, distinct_values
 from motfm_core.errors import BadInput
 
 __all__ = ["CT_PLAUSIBLE", "Prepared", "assemble", "class_lookup", "prepare", "prepare_sample"]
@@ -92,7 +92,20 @@ def _pieces(img: np.ndarray, mask: np.ndarray | None, volume_in_2d: bool, name: 
 
 
 def prepare_sample(raw: RawSet, k: int, cfg: DataConfig) -> Prepared:
-    """Sample `k` of `raw` as the store holds it (`Prepared`); refuses, naming the file, what cannot be one."""
+    """Sample `k` of `raw` as the store holds it (`Prepared`); refuses, naming the file, what cannot be one. Torch
+    runs it on one thread: its resampling rounds differently with another thread count, and a store must be the same
+    whether its rows were prepared here or on Dask workers, in one run or resumed."""
+    import torch  # here, not at import: store tools (`motfm inspect`) load this package without torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _prepare_sample(raw, k, cfg)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _prepare_sample(raw: RawSet, k: int, cfg: DataConfig) -> Prepared:
     img, mask = raw.images[k], raw.masks[k]
     name = raw.files[k] if k < len(raw.files) else f"{raw.origin} sample {k}"
     nd = img.ndim - 1
@@ -111,7 +124,7 @@ def prepare_sample(raw: RawSet, k: int, cfg: DataConfig) -> Prepared:
     # grid, after the fit, so volumes of any spacing are normalised alike
     if mode == "ct" or fit == "resize":
         img, window = _to_unit(img, mode, cfg)
-    values = [] if mask is None else [int(v) for v in np.unique(mask)]
+    values = [] if mask is None else [int(v) for v in distinct_values(mask)]
     images, masks, grids, windows = [], [], [], []
     for im, mk in _pieces(img, mask, nd == 3 and cfg.spatial_dims == 2, name):
         grid = None

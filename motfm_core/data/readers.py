@@ -27,8 +27,8 @@ from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import system_error
 
 __all__ = ["DICOM_SUFFIXES", "IMAGE_SUFFIXES", "Image", "Listing", "NIFTI_SUFFIXES", "RawSet", "Row", "check_channels",
-           "channel_names_of", "list_folder", "read_any", "read_dicom", "read_folder", "read_image", "read_medmnist",
-           "read_nifti", "read_row"]
+           "channel_names_of", "distinct_values", "list_folder", "read_any", "read_dicom", "read_folder", "read_image",
+           "read_medmnist", "read_nifti", "read_row"]
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
@@ -60,6 +60,15 @@ def _mm(spacing: tuple[float, ...] | None) -> str:
     return " x ".join(f"{s:g}" for s in np.round(spacing or (), 3))
 
 
+def distinct_values(labels: np.ndarray) -> np.ndarray:
+    """The sorted distinct values of an integer label map; by counting when they are small and non-negative (a
+    volume's label map: several times faster than sorting its voxels, as np.unique does)."""
+    flat = labels.ravel()
+    if flat.size and 0 <= flat.min() and flat.max() < 2**16:
+        return np.flatnonzero(np.bincount(flat))
+    return np.unique(flat)
+
+
 def read_mask(path: Path, like: Image, image: Path) -> np.ndarray:
     """A mask file as a label image (1, *spatial) of its integer values (rounded, any range: 0/255 and 16-bit
     label maps too); refused, naming the file, when it is not on the grid of its image `like` (shape, and affine
@@ -76,7 +85,7 @@ def read_mask(path: Path, like: Image, image: Path) -> np.ndarray:
         raise BadInput(f"{path}: mask shape {mask.shape} != image shape {shape} of {image}; resample the mask "
                        "onto the image grid")
     mask = np.rint(mask).astype(np.int64)
-    values = np.unique(mask)
+    values = distinct_values(mask)
     if len(values) > MAX_MASK_VALUES:
         raise BadInput(f"{path}: a mask with {len(values)} distinct values (at most {MAX_MASK_VALUES}: one per "
                        "class); save label masks losslessly (PNG, NIfTI) with one value per class")
