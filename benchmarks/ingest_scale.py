@@ -19,7 +19,6 @@ Writes benchmarks/results/<date>-<machine>-ingest-scale.json and a table in benc
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
 import re
@@ -35,6 +34,8 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from results_table import save_results  # noqa: E402
 
 BEFORE = "b60abe8"  # the last commit with the whole-set ingest
 SIZES = (20, 80, 320)
@@ -166,13 +167,7 @@ def main() -> None:
     results = [case(args.work, name) for name in args.cases or names]
     if args.cases:
         return
-    from sampling_throughput import machine_name
-
-    stamp = dt.date.today().isoformat()
-    out = ROOT / "benchmarks" / "results" / f"{stamp}-{machine_name()}-ingest-scale.json"
-    out.write_text(json.dumps({"date": stamp, "machine": machine_name(), "commit": subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "cases": results}, indent=2))
+    out = save_results("ingest-scale", results)
     print(out)
 
 

@@ -28,3 +28,20 @@ def add_row(section: str, columns: list[str], row: list[str], path: Path = RESUL
             i += 1
         lines.insert(i, line)
     path.write_text("\n".join(lines) + "\n")
+
+
+def save_results(kind: str, cases: list[dict]) -> Path:
+    """`cases` as benchmarks/results/<date>-<machine>-<kind>.json, with the date, machine and commit they ran at."""
+    import datetime as dt
+    import json
+    import subprocess
+
+    from sampling_throughput import machine_name
+
+    stamp = dt.date.today().isoformat()
+    out = RESULTS_MD.parent / "results" / f"{stamp}-{machine_name()}-{kind}.json"
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=RESULTS_MD.parent.parent,
+                            capture_output=True, text=True).stdout.strip()
+    out.write_text(json.dumps({"date": stamp, "machine": machine_name(), "commit": commit, "cases": cases},
+                              indent=2))
+    return out

@@ -160,39 +160,40 @@ def fit_volume(image: np.ndarray, mask: np.ndarray | None, affine: np.ndarray, t
     from monai.transforms import GaussianSmooth, Resize, ResizeWithPadOrCrop, Spacing, SpatialCrop
 
     start, end = _bounding_box(image)
-    x = MetaTensor(torch.from_numpy(np.ascontiguousarray(image, np.float32)), affine=torch.as_tensor(affine))
-    m = None if mask is None else MetaTensor(torch.from_numpy(np.ascontiguousarray(mask)).float(),
-                                             affine=torch.as_tensor(affine))
     spacing = np.array(spacing_of(affine))
+    if fit not in ("fov", "crop"):
+        raise ValueError(f"fit_volume: fit must be 'fov' or 'crop', got {fit!r}")
+    if fit == "crop" and spacing_mm <= 0:
+        raise BadInput("data.fit='crop' needs data.spacing_mm > 0 (the voxel side in mm to resample to)")
     mode = "bilinear" if len(target) == 2 else "trilinear"
     if fit == "fov":
         crop = SpatialCrop(roi_start=start, roi_end=end)
-        x = crop(x)
-        m = None if m is None else crop(m)
-        extent = np.array(x.shape[1:]) * spacing
+        extent = (end - start) * spacing
         side = float(np.max(extent / np.array(target)))  # one spacing for every axis: the largest that fits
         size = tuple(int(min(t, max(1, round(e / side)))) for e, t in zip(extent, target))
-        x = Resize(size, mode=mode, anti_aliasing=True)(x)
-        m = None if m is None else Resize(size, mode="nearest")(m)
-    elif fit == "crop":
-        if spacing_mm <= 0:
-            raise BadInput("data.fit='crop' needs data.spacing_mm > 0 (the voxel side in mm to resample to)")
+    else:
         centre = (start + end) / 2.0
         half = np.array(target) * spacing_mm / spacing / 2.0 + 1  # the target's half-extent in source voxels
         crop = SpatialCrop(roi_start=np.maximum(np.floor(centre - half), 0).astype(int),
                            roi_end=np.minimum(np.ceil(centre + half), image.shape[1:]).astype(int))
-        x = crop(x)
-        m = None if m is None else crop(m)
         # Spacing's grid is exact; it does not smooth, so axes it shrinks are smoothed first as Resize would
-        sigma = np.maximum((spacing_mm / spacing - 1.0) / 2.0, 0.0)
-        if sigma.any():
-            x = GaussianSmooth(sigma=tuple(float(s) for s in sigma))(x)
-        x = Spacing(pixdim=(spacing_mm,) * len(target), mode=mode)(x)
-        m = None if m is None else Spacing(pixdim=(spacing_mm,) * len(target), mode="nearest")(m)
-    else:
-        raise ValueError(f"fit_volume: fit must be 'fov' or 'crop', got {fit!r}")
+        sigma = tuple(float(v) for v in np.maximum((spacing_mm / spacing - 1.0) / 2.0, 0.0))
     pad = ResizeWithPadOrCrop(target)
-    x = pad(x)
-    m = None if m is None else pad(m)
-    out_mask = None if m is None else np.rint(m.numpy()).astype(mask.dtype if mask is not None else np.uint8)
-    return x.numpy().astype(np.float32), out_mask, np.asarray(x.affine, dtype=np.float64)
+
+    def place(one: np.ndarray, nearest: bool) -> MetaTensor:
+        """One channel (1, *S) on the stored grid: a channel at a time, so a subject's sequences are never all
+        resampled at once."""
+        t = crop(MetaTensor(torch.from_numpy(np.ascontiguousarray(one, np.float32)), affine=torch.as_tensor(affine)))
+        if fit == "fov":
+            t = Resize(size, mode="nearest")(t) if nearest else Resize(size, mode=mode, anti_aliasing=True)(t)
+        else:
+            if not nearest and any(sigma):
+                t = GaussianSmooth(sigma=sigma)(t)
+            t = Spacing(pixdim=(spacing_mm,) * len(target), mode="nearest" if nearest else mode)(t)
+        return pad(t)
+
+    channels = [place(image[c:c + 1], nearest=False) for c in range(image.shape[0])]
+    x = channels[0]
+    out = np.concatenate([c.numpy().astype(np.float32) for c in channels])
+    out_mask = None if mask is None else np.rint(place(mask, nearest=True).numpy()).astype(mask.dtype)
+    return out, out_mask, np.asarray(x.affine, dtype=np.float64)

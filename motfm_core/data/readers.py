@@ -84,7 +84,7 @@ def read_mask(path: Path, like: Image, image: Path) -> np.ndarray:
     if mask.shape != shape:
         raise BadInput(f"{path}: mask shape {mask.shape} != image shape {shape} of {image}; resample the mask "
                        "onto the image grid")
-    mask = np.rint(mask).astype(np.int64)
+    mask = np.rint(mask).astype(np.int32)  # a label map's values (BraTS' 4, a 16-bit atlas) in half int64's memory
     values = distinct_values(mask)
     if len(values) > MAX_MASK_VALUES:
         raise BadInput(f"{path}: a mask with {len(values)} distinct values (at most {MAX_MASK_VALUES}: one per "
