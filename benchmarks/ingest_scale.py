@@ -6,6 +6,7 @@
 Cases, each in a fresh process whose peak memory is the largest sum of PSS (proportional set size: a page shared
 by n processes counts 1/n in each) over it and its children, the Dask workers:
 - `ingest-<N>-w<W>`: `ingest` of the first N subjects (20, 80, 320) with data.workers=W (1: in the process itself);
+  `ingest-80-d1`: on a local cluster of one Dask worker (one thread), the comparison for two;
 - `nibabel-<N>`: nibabel alone reading and decompressing the same files (get_fdata, float32), one process: the
   rate a worker could at most reach;
 - `kill-<N>`: an ingest (2 workers) killed with SIGKILL once half its rows are prepared, then run again: the rows the
@@ -83,12 +84,20 @@ def watched(cmd: list[str], log: Path, stop: callable = None) -> dict:  # type: 
             "killed": killed}
 
 
-def run_ingest(src: str, out: str, workers: int) -> None:
-    """The child: ingest `src` to 128^3 into `out`."""
+def run_ingest(src: str, out: str, workers: str) -> None:
+    """The child: ingest `src` to 128^3 into `out` with data.workers=`workers`, or on a local cluster of one worker
+    (`d1`: one Dask worker against the two of data.workers=2, as against one in-process)."""
+    from motfm_core.cluster import dask_client
     from motfm_core.config import DataConfig
     from motfm_core.data import ingest
 
-    ingest(DataConfig(source=src, spatial_dims=3, image_size=128, depth=128, workers=workers), Path(out), print)
+    if workers.startswith("d"):
+        with dask_client(None, int(workers[1:]), threads_per_worker=1) as client:
+            ingest(DataConfig(source=src, spatial_dims=3, image_size=128, depth=128), Path(out), print,
+                   scheduler=client.scheduler.address)
+        return
+    ingest(DataConfig(source=src, spatial_dims=3, image_size=128, depth=128, workers=int(workers)), Path(out),
+           print)
 
 
 def run_nibabel(src: str) -> None:
@@ -112,7 +121,8 @@ def case(work: Path, name: str) -> dict:
     shutil.rmtree(store.parent, ignore_errors=True)
     me = [sys.executable, __file__]
     if kind == "ingest":
-        got = watched([*me, "--child-ingest", str(src), str(store), rest[0][1:]], logs / f"{name}.log")
+        how = rest[0][1:] if rest[0].startswith("w") else rest[0]  # w<N>: data.workers=N; d<N>: a cluster of N
+        got = watched([*me, "--child-ingest", str(src), str(store), how], logs / f"{name}.log")
     elif kind == "nibabel":
         got = watched([*me, "--child-nibabel", str(src)], logs / f"{name}.log")
     elif kind == "before":
@@ -160,10 +170,11 @@ def main() -> None:
     parser.add_argument("--cases", nargs="*", help="measure these cases only (a trial run), not the table's")
     args = parser.parse_args()
     if args.child_ingest:
-        return run_ingest(args.child_ingest[0], args.child_ingest[1], int(args.child_ingest[2]))
+        return run_ingest(*args.child_ingest)
     if args.child_nibabel:
         return run_nibabel(args.child_nibabel)
-    names = ["nibabel-80", "ingest-20-w2", "ingest-80-w2", "ingest-80-w1", "ingest-320-w2", "kill-80", "before-20"]
+    names = ["nibabel-80", "ingest-20-w2", "ingest-80-w2", "ingest-80-w1", "ingest-80-d1", "ingest-320-w2", "kill-80",
+             "before-20"]
     results = [case(args.work, name) for name in args.cases or names]
     if args.cases:
         return

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from motfm_core.allocator import mmap_large_buffers
 from motfm_core.cluster import dask_client
 from motfm_core.config import DataConfig
 from motfm_core.data.checks import check_classes_in_splits, check_sizes
@@ -50,6 +51,7 @@ __all__ = ["FEW", "default_workers", "parts_dir", "prepare_folder", "prepare_row
 log = logging.getLogger(__name__)
 FEW = 8  # rows prepared in this process; more fan out over Dask workers (a local cluster takes seconds to start)
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES  # a 2D run may slice these (and DICOM series) into many samples
+BLOCK_BYTES = 2**27  # parts written to the store at once (128 MiB): several chunks, so zarr compresses in parallel
 MOST_WORKERS = 8  # a local cluster's workers by default: each holds a volume or two and its own torch
 
 
@@ -81,6 +83,7 @@ def _signature(folder: Path, row: Row) -> list[list[Any]]:
 def prepare_row(listing: Listing, row: Row, cfg: DataConfig, parts: str) -> dict[str, Any]:
     """Read one row, prepare it and write its part whole; returns its record (what the store's attributes need).
     The unit of work of a Dask task: run twice (a lost worker), it writes the same bytes."""
+    mmap_large_buffers()  # a row's volumes, freed, go back to the system: a worker's memory stays one row's
     raw = read_row(listing, row)
     p = prepare_sample(raw, 0, cfg)
     record = {"row": row.index, "signature": _signature(listing.folder, row), "pieces": len(p.images),
@@ -181,6 +184,7 @@ def prepare_folder(cfg: DataConfig, store: Path, key: str, say: Callable[[str], 
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A folder source prepared into `parts_dir(store)`, row by row (resuming an interrupted ingest), as what
     `write_dataset` takes: arrays with `images` as `Blocks` read from the parts, and the store's attributes."""
+    mmap_large_buffers()
     listing = list_folder(cfg.source)
     labels = np.array([r.label for r in listing.rows], dtype=np.int64)
     groups = [r.subject for r in listing.rows]
@@ -222,10 +226,17 @@ def _from_parts(listing: Listing, parts: Path, split: np.ndarray, cfg: DataConfi
     with np.load(files[0]) as z:
         sample = z["images"].shape[1:]
 
-    def read() -> Any:
-        for f in files:
+    def read() -> Any:  # blocks of several parts: zarr compresses the chunks of one write on several threads
+        images: list[np.ndarray] = []
+        masks: list[np.ndarray] = []
+        for i, f in enumerate(files):
             with np.load(f) as z:
-                yield z["images"], to_classes(z["masks"], classes) if classes else None
+                images.append(z["images"])
+                if classes:
+                    masks.append(to_classes(z["masks"], classes))
+            if sum(a.nbytes for a in images) >= BLOCK_BYTES or i == len(files) - 1:
+                yield np.concatenate(images), np.concatenate(masks) if classes else None
+                images, masks = [], []
 
     arrays: dict[str, Any] = {
         "images": Blocks((n, *sample), (n, 1, *sample[1:]) if classes else None, read), "masks": None,
