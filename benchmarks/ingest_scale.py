@@ -69,11 +69,12 @@ def watched(cmd: list[str], log: Path, stop: callable = None) -> dict:  # type: 
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, start_new_session=True,
                                 env={**os.environ, "PYTHONPATH": str(ROOT)})
-    peak, killed = 0, False
+    peak, main, others, killed = 0, 0, 0, False
     while proc.poll() is None:
         try:
             tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
-            peak = max(peak, sum(p.memory_full_info().pss for p in tree if p.is_running()))
+            pss = [p.memory_full_info().pss if p.is_running() else 0 for p in tree]
+            peak, main, others = max(peak, sum(pss)), max(main, pss[0]), max(others, sum(pss[1:]))
         except psutil.Error:
             pass
         if stop is not None and not killed and stop():
@@ -81,7 +82,7 @@ def watched(cmd: list[str], log: Path, stop: callable = None) -> dict:  # type: 
             killed = True
         time.sleep(0.1)
     return {"seconds": time.perf_counter() - start, "peak_pss_gb": peak / 1e9, "rc": proc.returncode,
-            "killed": killed}
+            "killed": killed, "peak_main_pss_gb": main / 1e9, "peak_children_pss_gb": others / 1e9}
 
 
 def run_ingest(src: str, out: str, workers: str) -> None:

@@ -7,7 +7,7 @@ import ctypes
 import logging
 import sys
 
-__all__ = ["mmap_large_buffers"]
+__all__ = ["mmap_large_buffers", "trim_freed"]
 
 log = logging.getLogger(__name__)
 
@@ -31,3 +31,15 @@ def mmap_large_buffers(threshold: int = 16 * 2**20) -> bool:
         log.warning("mmap_large_buffers: cannot set the C library's mmap threshold here (not glibc); freed read "
                     "buffers may stay mapped, so streaming a large store can hold more memory than planned")
     return bool(applied)
+
+
+def trim_freed() -> bool:
+    """Give the memory freed so far back to the system (glibc's malloc_trim): after a unit of work that allocated and
+    freed large arrays (an ingested row), what its threads' heaps kept would otherwise add up over the rows. One call
+    per unit costs little; fixing the mmap threshold instead (`mmap_large_buffers`) made every large temporary array
+    fault its pages afresh (an ingest row 50% slower, RESULTS.md "Ingest at scale"). False where not glibc."""
+    try:
+        return sys.platform.startswith("linux") and ctypes.CDLL(None).malloc_trim(0) == 1
+    except (OSError, AttributeError):
+        return False
+

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from motfm_core.allocator import mmap_large_buffers
+from motfm_core.allocator import trim_freed
 from motfm_core.cluster import dask_client
 from motfm_core.config import DataConfig
 from motfm_core.data.checks import check_classes_in_splits, check_sizes
@@ -83,7 +83,6 @@ def _signature(folder: Path, row: Row) -> list[list[Any]]:
 def prepare_row(listing: Listing, row: Row, cfg: DataConfig, parts: str) -> dict[str, Any]:
     """Read one row, prepare it and write its part whole; returns its record (what the store's attributes need).
     The unit of work of a Dask task: run twice (a lost worker), it writes the same bytes."""
-    mmap_large_buffers()  # a row's volumes, freed, go back to the system: a worker's memory stays one row's
     raw = read_row(listing, row)
     p = prepare_sample(raw, 0, cfg)
     record = {"row": row.index, "signature": _signature(listing.folder, row), "pieces": len(p.images),
@@ -98,6 +97,8 @@ def prepare_row(listing: Listing, row: Row, cfg: DataConfig, parts: str) -> dict
         arrays["masks"] = p.masks
     with atomic_path(_part(Path(parts), row)) as tmp, open(tmp, "wb") as f:
         np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads the keywords as allow_pickle
+    del raw, p, arrays
+    trim_freed()  # the row's volumes, freed, go back to the system: a worker holds one row at a time
     return record
 
 
@@ -184,7 +185,6 @@ def prepare_folder(cfg: DataConfig, store: Path, key: str, say: Callable[[str], 
                    ) -> tuple[dict[str, Any], dict[str, Any]]:
     """A folder source prepared into `parts_dir(store)`, row by row (resuming an interrupted ingest), as what
     `write_dataset` takes: arrays with `images` as `Blocks` read from the parts, and the store's attributes."""
-    mmap_large_buffers()
     listing = list_folder(cfg.source)
     labels = np.array([r.label for r in listing.rows], dtype=np.int64)
     groups = [r.subject for r in listing.rows]
