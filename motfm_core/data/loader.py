@@ -2,8 +2,9 @@
 
 Step `s`'s batch is `batch` rows drawn from the training rows by a generator seeded with (seed, s): the same batches
 for any number of loader workers, and after a resume at step `s`. A batch is read with `take_rows` (sorted rows, one
-chunk file per sample in a real store), in DataLoader worker processes that read ahead of the step, into pinned
-memory on CUDA. What a loader holds is a few batches, never the dataset (`loader_bytes`).
+chunk file per sample in a real store), in DataLoader worker processes that read ahead of the step where cores are
+free for them (on CUDA; on a CPU only beyond the training's threads), into pinned memory on CUDA. What a loader
+holds is a few batches, never the dataset (`loader_bytes`).
 """
 
 from __future__ import annotations
@@ -19,9 +20,9 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from motfm_core.data.rows import take_rows
 
-__all__ = ["PREFETCH", "WORKERS", "RandomBatches", "batch_loader", "loader_bytes"]
+__all__ = ["PREFETCH", "WORKERS", "RandomBatches", "batch_loader", "loader_bytes", "loader_workers"]
 
-WORKERS = 2  # loader processes: reading and decoding a batch overlaps the step that trains on the one before
+WORKERS = 2  # loader processes at most: reading and decoding a batch overlaps the step that trains on the one before
 PREFETCH = 2  # batches each worker reads ahead
 
 
@@ -49,13 +50,24 @@ class RandomBatches(IterableDataset):
             yield images, torch.from_numpy(self.labels[idx]).long(), masks
 
 
-def batch_loader(batches: RandomBatches, pin: bool) -> DataLoader:
-    """A DataLoader over `batches` whose workers read ahead, in step order (pinned memory when `pin`)."""
-    workers = min(WORKERS, max(0, batches.stop - batches.start))
+def loader_workers(cuda: bool) -> int:
+    """Loader processes for a training step on CUDA (WORKERS) or on a CPU (as many as the cores torch's threads leave
+    free, at most WORKERS): on a CPU a loader process that takes a core the step's threads use slows every step more
+    than reading in the step costs (RESULTS.md, "Training from the store")."""
+    import os
+
+    return WORKERS if cuda else max(0, min(WORKERS, (os.cpu_count() or 1) - torch.get_num_threads()))
+
+
+def batch_loader(batches: RandomBatches, pin: bool, workers: int | None = None) -> DataLoader:
+    """A DataLoader over `batches` whose workers (`loader_workers` unless given; 0: read in the step) read ahead, in
+    step order (pinned memory when `pin`: a CUDA step)."""
+    workers = min(loader_workers(pin) if workers is None else workers, max(0, batches.stop - batches.start))
     return DataLoader(batches, batch_size=None, num_workers=workers, pin_memory=pin,
                       prefetch_factor=PREFETCH if workers else None)
 
 
 def loader_bytes(row_bytes: int, batch: int) -> int:
-    """What a loader holds at most: the batch trained on and PREFETCH batches read ahead by each worker."""
+    """What a loader holds at most: the batch trained on and PREFETCH batches read ahead by each of up to WORKERS
+    workers."""
     return row_bytes * batch * (1 + WORKERS * PREFETCH)

@@ -15,7 +15,7 @@ def _batches(store, workers: int, start: int, stop: int) -> list[tuple[torch.Ten
     batches = RandomBatches(store, rows, labels, 5, seed=3, start=start, stop=stop, masks=True)
     if workers == 0:
         return list(batches)
-    return list(batch_loader(batches, pin=False))
+    return list(batch_loader(batches, pin=False, workers=workers))
 
 
 def test_batches_are_the_rows_drawn_for_each_step_whatever_the_workers(phantom_store):
