@@ -4,10 +4,11 @@ memory (the path a set that fits takes) against read from the store a batch at a
     .venv/bin/python benchmarks/train_scale.py [--work outputs/train-scale]
 
 Stores of random images (2D 128^2: 1,000 and 16,000; 3D 64^3: 100 and 1,600; what is in them does not change memory
-or speed) are written once, a block at a time. Each case trains a small network (2D channels 16/32/64, batch 8; 3D
-16/32/32, batch 2; 15 steps) in a fresh process; `stream` cases set train.memory_gb to the step's planned need plus
-10 MB, so the set cannot be held and is read from the store. Peak memory is the largest sum of PSS over the process
-and its children (the DataLoader's workers); speed is the steady seconds per step (the first step excluded).
+or speed) are written once, a block at a time. Each case trains a small network (2D channels 16/32/64, batch 8,
+60 steps; 3D 16/32/32, batch 2, 15 steps) in a fresh process; `stream` cases set train.memory_gb to the step's
+planned need plus 10 MB, so the set cannot be held and is read from the store. Peak memory is the largest sum of
+PSS over the process and its children (the DataLoader's workers, where there are any); speed is the steady seconds
+per step (the first step excluded).
 Each case's figures are kept in `<work>/cases/<case>.json` (a re-run resumes). Writes
 benchmarks/results/<date>-<machine>-train-scale.json.
 """
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -31,7 +33,7 @@ from results_table import save_results  # noqa: E402
 # small networks of three levels: MONAI's mid block attends at the deepest, 32^2 or 16^3 tokens here
 SETS = {"2d": ((1, 128, 128), 1000, {"channels": (16, 32, 64), "attention_levels": (False, False, False)}, 8),
         "3d": ((1, 64, 64, 64), 100, {"channels": (16, 32, 32), "attention_levels": (False, False, False)}, 2)}
-STEPS = 15
+STEPS = {"2d": 60, "3d": 15}  # a 2D step is short: 15 of them varied +-20% between identical runs
 
 
 def store(work: Path, dims: str, scale: int) -> Path:
@@ -65,7 +67,7 @@ def child(data: str, dims: str, how: str, out: str) -> None:
     shape, _, net, batch = SETS[dims]
     model = ModelConfig(image_size=shape[1], spatial_dims=len(shape) - 1, depth=shape[-1], num_classes=2,
                         gradient_checkpointing="off", norm_num_groups=8, num_head_channels=32, num_res_blocks=1, **net)
-    cfg = TrainConfig(steps=STEPS, batch_size=batch, warmup_steps=2, checkpoint_every=STEPS)
+    cfg = TrainConfig(steps=STEPS[dims], batch_size=batch, warmup_steps=2, checkpoint_every=STEPS[dims])
     if how == "stream":
         cfg = TrainConfig(**{**cfg.__dict__, "memory_gb": plan_training(model, cfg, "cpu").step_gb + 0.01})
     said: list[str] = []
@@ -84,6 +86,7 @@ def case(work: Path, name: str) -> dict:
     data = store(work, dims, int(scale[1:]))
     log = work / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(work / "runs" / name, ignore_errors=True)  # a finished run would be reused, not timed
     got = watched([sys.executable, __file__, "--child", str(data), dims, how, str(work / "runs" / name)], log)
     got.update(json.loads(log.read_text().strip().splitlines()[-1]))
     got.update({"case": name, "set_gb": sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 1e9})
