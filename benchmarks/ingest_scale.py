@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from results_table import save_results  # noqa: E402
+from results_table import keep_case, save_results  # noqa: E402
 
 BEFORE = "b60abe8"  # the last commit with the whole-set ingest
 SIZES = (20, 80, 320)
@@ -157,10 +157,7 @@ def case(work: Path, name: str) -> dict:
         got["fingerprint"] = open_store(store).attrs["fingerprint"]
     if kind != "kill":
         got["seconds_per_subject"] = got["seconds"] / int(n)
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_text(json.dumps(got, indent=2))
-    print(json.dumps(got), flush=True)
-    return got
+    return keep_case(kept, got)
 
 
 def main() -> None:

@@ -45,3 +45,15 @@ def save_results(kind: str, cases: list[dict]) -> Path:
     out.write_text(json.dumps({"date": stamp, "machine": machine_name(), "commit": commit, "cases": cases},
                               indent=2))
     return out
+
+
+def keep_case(kept: Path, got: dict) -> dict:
+    """A long benchmark's measured case `got`, kept at `kept` (a re-run skips it: the benchmark resumes) and
+    printed as one JSON line."""
+    import json
+
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    kept.write_text(json.dumps(got, indent=2))
+    print(json.dumps(got), flush=True)
+    return got
+

@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from ingest_scale import watched  # noqa: E402
-from results_table import save_results  # noqa: E402
+from results_table import keep_case, save_results  # noqa: E402
 
 # small networks of three levels: MONAI's mid block attends at the deepest, 32^2 or 16^3 tokens here
 SETS = {"2d": ((1, 128, 128), 1000, {"channels": (16, 32, 64), "attention_levels": (False, False, False)}, 8),
@@ -90,10 +90,7 @@ def case(work: Path, name: str) -> dict:
     got = watched([sys.executable, __file__, "--child", str(data), dims, how, str(work / "runs" / name)], log)
     got.update(json.loads(log.read_text().strip().splitlines()[-1]))
     got.update({"case": name, "set_gb": sum(f.stat().st_size for f in data.rglob("*") if f.is_file()) / 1e9})
-    kept.parent.mkdir(parents=True, exist_ok=True)
-    kept.write_text(json.dumps(got, indent=2))
-    print(json.dumps(got), flush=True)
-    return got
+    return keep_case(kept, got)
 
 
 def main() -> None:
