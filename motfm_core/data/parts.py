@@ -4,9 +4,9 @@ The split, the class map and the store's layout are decided from labels.csv befo
 then read, prepared (`prepare_sample`) and written whole as a part, `<store>.parts/row-<i>.npz` (a temporary name,
 then a rename: the part existing is the row's completion record), in this process or, for more than `FEW` rows, on
 the Dask cluster the sampler uses (a worker lost mid-row leaves no part; Dask runs the row again elsewhere). The
-store is then written from the parts, one at a time, and the parts removed. An interrupted ingest resumes at the rows
-without a part; a part whose files changed since is prepared again; a labels.csv that changed since is refused
-(`plan.json` keeps the one the parts were prepared for).
+store is then written from the parts, a few at a time (BLOCK_BYTES), and the parts removed. An interrupted ingest
+resumes at the rows without a part; a part whose files changed since is prepared again; a labels.csv that changed
+since is refused (`plan.json` keeps the one the parts were prepared for).
 """
 
 from __future__ import annotations
