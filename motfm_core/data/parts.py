@@ -51,7 +51,7 @@ __all__ = ["FEW", "default_workers", "parts_dir", "prepare_folder", "prepare_row
 log = logging.getLogger(__name__)
 FEW = 8  # rows prepared in this process; more fan out over Dask workers (a local cluster takes seconds to start)
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES  # a 2D run may slice these (and DICOM series) into many samples
-BLOCK_BYTES = 2**27  # parts written to the store at once (128 MiB): several chunks, so zarr compresses in parallel
+BLOCK_BYTES = 2**27  # parts written to the store at once (128 MiB): several chunks, which zarr encodes concurrently
 MOST_WORKERS = 8  # a local cluster's workers by default: each holds a volume or two and its own torch
 
 
@@ -226,7 +226,7 @@ def _from_parts(listing: Listing, parts: Path, split: np.ndarray, cfg: DataConfi
     with np.load(files[0]) as z:
         sample = z["images"].shape[1:]
 
-    def read() -> Any:  # blocks of several parts: zarr compresses the chunks of one write on several threads
+    def read() -> Any:  # several parts per write: zarr encodes a write's chunks concurrently (a small gain: RESULTS.md)
         images: list[np.ndarray] = []
         masks: list[np.ndarray] = []
         for i, f in enumerate(files):
