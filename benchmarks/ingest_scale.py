@@ -11,7 +11,8 @@ by n processes counts 1/n in each) over it and its children, the Dask workers:
   rate a worker could at most reach;
 - `kill-<N>`: an ingest (2 workers) killed with SIGKILL once half its rows are prepared, then run again: the rows the
   re-run prepared (from its log) and whether its store equals the uninterrupted one's (fingerprint);
-- `before-<N>`: the whole-set ingest of commit b60abe8 (read everything, then prepare, then stack), for comparison.
+- `before-<N>`: the whole-set ingest of commit b60abe8 (read everything, then prepare, then stack), for comparison,
+  from a git worktree of that commit in `<work>/before` (`git worktree remove` it when done).
 The reference set of 320 subjects is written once (about 3.7 GB); each case's figures are kept in
 `<work>/cases/<case>.json`, so an interrupted benchmark resumes at the first case not measured.
 Writes benchmarks/results/<date>-<machine>-ingest-scale.json and a table in benchmarks/RESULTS.md.
