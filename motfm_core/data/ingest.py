@@ -100,6 +100,7 @@ def ingest(cfg: DataConfig, out_path: str | Path, progress: Callable[[str], None
             if attrs.get("ingest_key") == key:
                 say(f"ingest: {cfg.source} -> {out_path} ({attrs['num_samples']} samples, fingerprint "
                     f"{attrs['fingerprint'][:12]}): already built from this config (key {key}); reusing it")
+                shutil.rmtree(parts_dir(out_path), ignore_errors=True)  # an ingest stopped after it published
                 return out_path
         except ValueError:
             pass

@@ -9,6 +9,7 @@ holds is a few batches, never the dataset (`loader_bytes`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,8 +55,6 @@ def loader_workers(cuda: bool) -> int:
     """Loader processes for a training step on CUDA (WORKERS) or on a CPU (as many as the cores torch's threads leave
     free, at most WORKERS): on a CPU a loader process that takes a core the step's threads use slows every step more
     than reading in the step costs (RESULTS.md, "Training from the store")."""
-    import os
-
     return WORKERS if cuda else max(0, min(WORKERS, (os.cpu_count() or 1) - torch.get_num_threads()))
 
 

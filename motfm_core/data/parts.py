@@ -222,9 +222,7 @@ def _from_parts(listing: Listing, parts: Path, split: np.ndarray, cfg: DataConfi
         raise BadInput(f"{listing.folder}: some samples have masks and some do not; give a mask for every row or none")
     classes = class_lookup([r["mask_values"] for r in records], str(listing.folder)) if all(has) else {}
     rep = [r["pieces"] for r in records]
-    n = sum(rep)
-    with np.load(files[0]) as z:
-        sample = z["images"].shape[1:]
+    n, sample = sum(rep), (records[0]["channels"], *cfg.spatial_shape)
 
     def read() -> Any:  # several parts per write: zarr encodes a write's chunks concurrently (a small gain: RESULTS.md)
         images: list[np.ndarray] = []

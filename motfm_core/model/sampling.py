@@ -45,7 +45,8 @@ from motfm_core.model.masks import (
 from motfm_core.model.memory import plan_sampling
 from motfm_core.model.nets import VelocityUNet, guided_velocity
 from motfm_core.model.solvers import solve
-from motfm_core.model.training import load_checkpoint, training_set
+from motfm_core.model.training import load_checkpoint
+from motfm_core.model.trainset import training_set
 from motfm_core.results import Result, optional
 from motfm_core.scale import to_image_space
 

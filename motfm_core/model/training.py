@@ -26,7 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from motfm_core import __version__
 from motfm_core.config import AutoencoderConfig, ModelConfig, TrainConfig, config_hash
 from motfm_core.data.loader import RandomBatches, batch_loader, loader_bytes
-from motfm_core.data.store import channel_names, open_store, read_rows, split_rows, stratified_subset
+from motfm_core.data.store import channel_names, open_store
 from motfm_core.device import default_device
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import file_sha256
@@ -36,11 +36,11 @@ from motfm_core.model.latents import encode_train_split
 from motfm_core.model.memory import MemoryPlanError, is_out_of_memory, out_of_memory, plan_training
 from motfm_core.model.nets import VelocityUNet, build_model
 from motfm_core.model.step import ema_decay, flow_matching_loss, train_step
+from motfm_core.model.trainset import masked, streams, training_bytes, training_rows, training_set
 from motfm_core.scale import to_model_space
 
 __all__ = ["ema_decay", "flow_matching_loss", "load_checkpoint", "model_for_data", "PROGRESS_SECONDS", "reflow_pairs",
-           "TARGETS", "train_flow_matching", "train_mask_generator", "train_step", "training_bytes",
-           "training_set"]
+           "TARGETS", "train_flow_matching", "train_mask_generator", "train_step"]
 
 log = logging.getLogger(__name__)
 PROGRESS_SECONDS = 30.0  # training says where it is at least this often
@@ -107,31 +107,6 @@ def model_for_data(cfg: ModelConfig, data_path: str | Path, target: str = "image
         values.update(mask_conditioning=mode, mask_classes=mask_classes if mode != "none" else 0)
     out = ModelConfig(**values)
     out.validate()
-    return out
-
-
-def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images",
-                 latents: str | Path | None = None) -> dict[str, np.ndarray]:
-    """The examples a generator trains on: the train split, or its class-stratified `cfg.real_fraction` share
-    (`stratified_subset`, seeded by `cfg.subset_seed`), with `indices` into the train split. target="masks"
-    gives the one-hot masks as images; `latents` (`encode_train_split`'s store of the train split) gives the
-    images' latents and masks on the latent grid instead."""
-    if latents is not None:  # encoded from this generator's share alone (`encode_train_split`), with its indices
-        z = zarr.open_group(str(latents), mode="r", zarr_format=3)
-        out = {name: np.asarray(z[name][:]) for name in z.array_keys()}
-    else:  # only the share's rows are read: a low-data generator holds its share, never the whole split
-        root = open_store(data_path)
-        rows, _, idx = training_rows(root, cfg)
-        out = read_rows(root, rows[idx])
-        out["indices"] = idx
-    if target == "masks":
-        if "masks" not in out:
-            raise BadInput(f"{data_path}: a mask generator needs a dataset with masks; this one has none")
-        # the classes of the whole train split, as the image model sees them (uint8 masks only)
-        k = (int(root["masks"].get_orthogonal_selection((rows,)).max()) if latents is None
-             else int(out["masks"].max())) + 1
-        out["images"] = np.moveaxis(np.eye(k, dtype=np.float32)[out["masks"][:, 0]], -1, 1)
-        out.pop("masks")
     return out
 
 
@@ -243,36 +218,6 @@ def train_flow_matching(
                                 "model.gradient_checkpointing=on or a smaller model.size") from None
         raise
     return final
-
-
-def training_rows(root: Any, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(the train split's rows in an opened store, their labels, the positions of this generator's
-    `cfg.real_fraction` share among them (`stratified_subset`))."""
-    rows, labels = split_rows(root, "train")
-    return rows, labels, stratified_subset(labels, cfg.real_fraction, cfg.subset_seed)
-
-
-def streams(target: str, latents: Path | None, cfg: TrainConfig) -> bool:
-    """Whether a training set can be read from the store a batch at a time instead of held whole: a generator of
-    images (a latent model's latents, reflow's couplings and the mask generator's one-hot masks are held)."""
-    return target == "images" and latents is None and not cfg.reflow_from
-
-
-def training_bytes(data_path: str | Path, cfg: TrainConfig, model_cfg: ModelConfig, target: str = "images") -> int:
-    """Bytes of the training set as `_fit` holds it on the device: float32 images (one-hot masks for the mask
-    generator) and, for a mask-conditioned model, the uint8 masks."""
-    root = open_store(data_path)
-    split = np.asarray(root["split"][:])
-    n = len(stratified_subset(np.asarray(root["labels"][:])[split == 0], cfg.real_fraction, cfg.subset_seed))
-    if cfg.reflow_from:
-        n = 2 * cfg.reflow_pairs  # the teacher's (x0, x1) couplings
-    return n * (4 * math.prod(model_cfg.sample_shape) + (math.prod(model_cfg.spatial_shape) if masked(model_cfg)
-                                                           else 0))
-
-
-def masked(model_cfg: ModelConfig) -> bool:
-    """Whether a model is conditioned on masks (its training set holds them)."""
-    return model_cfg.mask_conditioning != "none"
 
 
 def _reflow_from_teacher(model: VelocityUNet, y_all: torch.Tensor, m_all: torch.Tensor | None, cfg: TrainConfig,

@@ -119,6 +119,12 @@ def test_an_interrupted_ingest_resumes_at_the_rows_left_and_a_changed_labels_csv
     assert not parts_dir(store).exists()
     _no_leftovers(tmp_path)
 
+    # killed after the store was published, before its parts were removed: the next run removes them
+    parts_dir(store).mkdir()
+    (parts_dir(store) / "row-000000.npz").write_bytes(b"left over")
+    ingest(_cfg(src), store)
+    assert not parts_dir(store).exists()
+
 
 def test_a_changed_file_is_prepared_again_on_resume(tmp_path, monkeypatch):
     """A part whose file was replaced after it was prepared is not trusted: the resume prepares that row again."""

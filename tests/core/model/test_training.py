@@ -212,7 +212,7 @@ def test_a_low_data_generator_reads_its_share_alone(phantom_store, monkeypatch, 
     """The training set of a low-data generator was the whole train split read into memory, then its share
     copied out of it; now only the share's rows are read (#37: the low-data share is indices, not a copy), and
     the arrays are the same."""
-    import motfm_core.model.training as training
+    import motfm_core.model.trainset as trainset
     from motfm_core.config import TrainConfig
     from motfm_core.data.store import load_split, read_rows, stratified_subset
 
@@ -224,11 +224,11 @@ def test_a_low_data_generator_reads_its_share_alone(phantom_store, monkeypatch, 
         read.append(len(rows))
         return read_rows(root, rows)
 
-    monkeypatch.setattr(training, "read_rows", spy)
-    got = training.training_set(phantom_store, TrainConfig(real_fraction=fraction))
+    monkeypatch.setattr(trainset, "read_rows", spy)
+    got = trainset.training_set(phantom_store, TrainConfig(real_fraction=fraction))
     assert read == [len(idx)] and np.array_equal(got["indices"], idx)  # the share's rows, nothing more
     assert all(np.array_equal(got[k], full[k][idx]) for k in full)
-    masks = training.training_set(phantom_store, TrainConfig(real_fraction=fraction), target="masks")
+    masks = trainset.training_set(phantom_store, TrainConfig(real_fraction=fraction), target="masks")
     k = int(full["masks"].max()) + 1  # the classes of the whole split, even where the share lacks one
     assert masks["images"].shape == (len(idx), k, *full["masks"].shape[2:])
 
@@ -238,7 +238,7 @@ def test_a_training_set_larger_than_the_memory_given_is_read_from_the_store(tmp_
     would be refused, so the generator trains from batches read from the store (the whole-set reader never runs),
     and a run killed mid-way resumes to the weights of an uninterrupted one."""
     from motfm_core.data.store import write_dataset
-    from motfm_core.model import training
+    from motfm_core.model import trainset
     from motfm_core.model.memory import MemoryPlanError, plan_training
 
     rng = np.random.default_rng(0)
@@ -250,12 +250,12 @@ def test_a_training_set_larger_than_the_memory_given_is_read_from_the_store(tmp_
     step_gb = plan_training(model_cfg, TrainConfig(batch_size=8), "cpu").step_gb
     cfg = TrainConfig(steps=6, batch_size=8, warmup_steps=2, checkpoint_every=3, memory_gb=step_gb + 0.008)
     with pytest.raises(MemoryPlanError):  # what holding the set (16 MB) would need
-        plan_training(model_cfg, cfg, "cpu", training.training_bytes(store, cfg, model_cfg))
+        plan_training(model_cfg, cfg, "cpu", trainset.training_bytes(store, cfg, model_cfg))
 
     def whole_set(*a, **k):
         raise AssertionError("the whole training set was read")
 
-    monkeypatch.setattr(training, "read_rows", whole_set)
+    monkeypatch.setattr(trainset, "read_rows", whole_set)
     said: list[str] = []
     final = train_flow_matching(store, model_cfg, cfg, tmp_path / "a", device="cpu", progress=said.append)
     assert any("reading it from the store a batch at a time" in s for s in said)
