@@ -1,18 +1,19 @@
 """Writer options for the synthetic store, side by side in one run, against raw sequential disk bandwidth.
 
-    .venv/bin/python benchmarks/writer_options.py                 # 8192 images of 48 px (the demo's shape)
-    .venv/bin/python benchmarks/writer_options.py --image-size 256 --images 2048
+    .venv/bin/python benchmarks/writer_options.py                           # 65536 images of 48 px (the demo's size)
+    .venv/bin/python benchmarks/writer_options.py --dims 3 --image-size 128 # 96 volumes of 128^3
 
 Each option writes the same float32 images (smooth random fields: real samples compress like them more than like
-white noise) into the synthetic store's layout (one Zarr shard per `--shard-size` samples, chunks near 128 KiB),
+white noise) into the synthetic store's layout (shards sized by bytes as the sampler sizes them, `sample.shard_mb`,
+unless an option says otherwise; chunks near 128 KiB),
 flushed to disk (os.sync) inside the timing, `--repeats` times in turn (the median counts: one write here varied
 2x between runs); each written array is read back with zarr-python (the reader every
 supported reader builds on) and compared. Options: `write_shard` as the sampler calls it (data, labels, seeds and
-the completion record; whole shards encoded by `motfm_core/data/shards.py`); the same through zarr-python's codec
-pipeline (`direct=False`, the writer before), and with the Rust `zarrs` codec pipeline (if installed); tensorstore
-writing the images array zarr-python created (if installed); 4x and 32x larger shards; images stored uncompressed
-(no zstd), also at 32x shards; float16 storage (with its largest error); the sampler's writer without its flushes
-to disk (fsync of each shard's data before its record, and of each rename), and zarr-python at 32x shards.
+the completion record; whole shards encoded by `motfm_core/data/shards.py`), at the default layout, with the images
+uncompressed, at a quarter and four times the shard bytes, and at the old default of 32 images a shard; the same
+through zarr-python's codec pipeline (`direct=False`); without its flushes to disk (fsync of each shard's data
+before its record, and of each rename); and, like for like, with tensorstore writing every array's shards in place
+of the encoder (same layout, codecs, records and flushes; if installed).
 Also an estimate of an H200's sampling rate for this network (forward FLOPs counted by torch at batch 1, x NFE 10,
 at 40% of the H200's 989 dense bf16 TFLOP/s: an assumption, stated) against each writer's images/s.
 Writes benchmarks/results/<date>-<machine>-writer-<size>px-<HHMM>.json and appends rows to benchmarks/RESULTS.md.
@@ -39,8 +40,9 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from results_table import add_row
 from sampling_throughput import _flushed_write, machine_name, recreate_images
 
-from motfm_core.config import ModelConfig
+from motfm_core.config import ModelConfig, SampleConfig
 from motfm_core.data import create_synthetic_store, write_shard
+from motfm_core.data.synthetic import shard_images
 from motfm_core.model.nets import build_model
 
 H200_BF16_FLOPS = 989e12  # dense bf16, NVIDIA's H200 SXM figure
@@ -59,12 +61,12 @@ def h200_images_per_s(image_size: int, nfe: int = 10) -> dict[str, float]:
     return {"forward_flops_per_image": flops, "images_per_s": ASSUMED_MFU * H200_BF16_FLOPS / (flops * nfe)}
 
 
-def smooth_images(n: int, size: int, seed: int = 0) -> np.ndarray:
-    """(n, 1, size, size) float32 in [0, 1]: white noise blurred by a box filter, then scaled."""
+def smooth_images(n: int, size: int, dims: int = 2, seed: int = 0) -> np.ndarray:
+    """(n, 1, size, size[, size]) float32 in [0, 1]: white noise blurred by a box filter, then scaled."""
     rng = np.random.default_rng(seed)
-    x = rng.random((n, 1, size, size), dtype=np.float32)
+    x = rng.random((n, 1, *[size] * dims), dtype=np.float32)
     k = max(1, size // 16)
-    for axis in (2, 3):
+    for axis in range(2, 2 + dims):
         x = sum(np.roll(x, s, axis=axis) for s in range(-k, k + 1)) / (2 * k + 1)
     x -= x.min()
     return (x / x.max()).astype(np.float32)
@@ -102,26 +104,59 @@ def write_unsynced(path: Path, images: np.ndarray, shard: int, **encoding) -> No
         write_store(path, images, shard, **encoding)
 
 
-def write_tensorstore(path: Path, images: np.ndarray, shard: int) -> None:
+@contextlib.contextmanager
+def through_tensorstore():
+    """`write_shard` with each array's whole shard written by tensorstore instead of `data/shards.py`'s encoder:
+    the same arrays, layout and codecs (tensorstore reads them from zarr.json), the same completion record and the
+    same flushes (tensorstore's own fsync is turned off, since `write_shard` flushes every shard file itself)."""
     import tensorstore as ts
 
-    create_synthetic_store(path, len(images), images.shape[1:], shard, {"run_key": path.name})
-    arr = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": str(path / "images")}}).result()
-    for start in range(0, len(images), shard):
-        arr[start:start + shard].write(images[start:start + shard]).result()
+    from motfm_core.data import synthetic
+
+    context = ts.Context({"file_io_sync": False})
+    opened: dict[str, object] = {}
+
+    def write(array_dir, shard: int, values: np.ndarray) -> bool:
+        key = str(array_dir)
+        if key not in opened:
+            opened[key] = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": key}},
+                                  context=context).result()
+        arr = opened[key]
+        n = arr.chunk_layout.write_chunk.shape[0]  # the shard's extent along the first axis
+        arr[shard * n:shard * n + len(values)].write(values).result()
+        return True
+
+    saved = synthetic.write_whole_shard
+    synthetic.write_whole_shard = write
+    try:
+        yield
+    finally:
+        synthetic.write_whole_shard = saved
+
+
+def write_tensorstore(path: Path, images: np.ndarray, shard: int, **encoding) -> None:
+    with through_tensorstore():
+        write_store(path, images, shard, **encoding)
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--images", type=int, default=8192)
+    p.add_argument("--images", type=int, default=0, help="0 = 65536 images in 2D, 96 volumes in 3D")
     p.add_argument("--image-size", type=int, default=48)
-    p.add_argument("--shard-size", type=int, default=32)
+    p.add_argument("--dims", type=int, default=2, choices=(2, 3))
+    p.add_argument("--shard-mb", type=float, default=SampleConfig.shard_mb, help="the layout compared against")
     p.add_argument("--repeats", type=int, default=3, help="writes per option (and of the raw file); the median counts")
     a = p.parse_args()
     import zarr
+    from zarr.codecs import ZstdCodec
 
-    images = smooth_images(a.images, a.image_size)
+    a.images = a.images or (65536 if a.dims == 2 else 96)  # writes of seconds: shorter ones varied 2x
+    images = smooth_images(a.images, a.image_size, a.dims)
     mb = images.nbytes / 2**20
+    per_image = images[0].nbytes
+    default = shard_images(per_image, len(images), a.shard_mb)
+    # a quarter and four times the bytes, without the rule's cap of len / 8 (the default here may sit at that cap)
+    small, large = (min(len(images), shard_images(per_image, 2**40, a.shard_mb * f)) for f in (0.25, 4))
     work = Path(tempfile.mkdtemp(prefix="motfm-writer-"))
     raw_path = work / "raw.bin"
 
@@ -130,40 +165,33 @@ def main() -> None:
         raw_path.unlink()
         return seconds
 
-    options = {"write_shard (whole shards encoded directly)": lambda path: write_store(path, images, a.shard_size),
-               "write_shard through zarr-python": lambda path: write_store(path, images, a.shard_size, direct=False),
-               f"write_shard, shard {4 * a.shard_size}": lambda path: write_store(path, images, 4 * a.shard_size),
-               f"write_shard, shard {32 * a.shard_size}": lambda path: write_store(path, images, 32 * a.shard_size),
-               "write_shard, uncompressed": lambda path: write_store(path, images, a.shard_size, compressors=None),
-               f"write_shard, shard {32 * a.shard_size}, uncompressed": lambda path: write_store(
-                   path, images, 32 * a.shard_size, compressors=None),
-               "write_shard, float16 storage": lambda path: write_store(path, images, a.shard_size, dtype="float16"),
-               # what the flush to disk costs: shard data before its record, each rename (issue #25)
-               "write_shard, no fsync": lambda path: write_unsynced(path, images, a.shard_size),
-               f"write_shard, shard {32 * a.shard_size}, uncompressed, no fsync": lambda path: write_unsynced(
-                   path, images, 32 * a.shard_size, compressors=None),
-               # the encoder against zarr-python at the advised layout too
-               f"write_shard through zarr-python, shard {32 * a.shard_size}": lambda path: write_store(
-                   path, images, 32 * a.shard_size, direct=False),
-               f"write_shard through zarr-python, shard {32 * a.shard_size}, uncompressed": lambda path: write_store(
-                   path, images, 32 * a.shard_size, direct=False, compressors=None)}
-    try:
-        import zarrs  # noqa: F401
+    def layout(shard: int) -> str:
+        return f"{shard} a shard ({shard * per_image / 2**20:.1f} MiB)"
 
-        def with_zarrs(path: Path) -> None:
-            with zarr.config.set({"codec_pipeline.path": "zarrs.ZarrsCodecPipeline"}):
-                write_store(path, images, a.shard_size, direct=False)
-
-        options["zarrs codec pipeline"] = with_zarrs
-    except ImportError:
-        print("zarrs not installed: skipped")
+    old = min(32, len(images))  # the layout before shards were sized by bytes: 32 images a shard
+    options = {f"write_shard, default: {layout(default)}": lambda path: write_store(path, images, default),
+               "write_shard, default, uncompressed": lambda path: write_store(path, images, default,
+                                                                                 compressors=None),
+               **{f"write_shard, {layout(n)}": lambda path, n=n: write_store(path, images, n)
+                  for n in sorted({small, large} - {default})},
+               f"write_shard, the old default: {layout(old)}": lambda path: write_store(path, images, old),
+               "write_shard through zarr-python, default": lambda path: write_store(path, images, default,
+                                                                                     direct=False),
+               "write_shard, default, no fsync": lambda path: write_unsynced(path, images, default),
+               # zarr's default zstd level (0, i.e. zstd's 3): what the images were stored with before level 1
+               "write_shard, default, zstd level 0": lambda path: write_store(path, images, default,
+                                                                              compressors=ZstdCodec(level=0))}
     try:
         import tensorstore  # noqa: F401
 
-        options["tensorstore (images only)"] = lambda path: write_tensorstore(path, images, a.shard_size)
+        # like for like (issue #37): same arrays, layout, record and flushes; only the shard encoding differs
+        options["write_shard via tensorstore, default"] = lambda path: write_tensorstore(path, images, default)
+        options["write_shard via tensorstore, default, uncompressed"] = lambda path: write_tensorstore(
+            path, images, default, compressors=None)
     except ImportError:
         print("tensorstore not installed: skipped")
-    producer = h200_images_per_s(a.image_size)
+    # 3D: a 128^3 run samples latents and decodes them, so one network's FLOPs would not say its rate; not estimated
+    producer = h200_images_per_s(a.image_size) if a.dims == 2 else {"images_per_s": float("nan")}
     rows: list[dict] = []
     seconds: dict[str, list[float]] = {name: [] for name in ["raw", *options]}
     for rep in range(a.repeats):  # round robin: a drift in the disk's state reaches every option alike
@@ -186,7 +214,8 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     shutil.rmtree(work, ignore_errors=True)
     date = dt.date.today().isoformat()
-    name = f"{date}-{machine_name()}-writer-{a.image_size}px-{dt.datetime.now():%H%M}.json"  # runs never overwrite
+    size = f"{a.image_size}px" if a.dims == 2 else f"{a.image_size}cube"
+    name = f"{date}-{machine_name()}-writer-{size}-{dt.datetime.now():%H%M}.json"  # runs never overwrite
     out = ROOT / "benchmarks" / "results" / name
     out.write_text(json.dumps({"date": date, "machine": machine_name(), "args": vars(a), "megabytes": mb,
                                "raw_mb_s": raw_mb_s, "raw_seconds": seconds["raw"], "h200_estimate": producer,
@@ -195,9 +224,9 @@ def main() -> None:
         add_row("Writer options (`benchmarks/writer_options.py`)",
                 ["date", "machine", "images", "option", "MB/s", "% of raw", "images/s",
                  "est. H200 images/s", "max abs error", "command", "json"],
-                [date, machine_name(), f"{a.images} x {a.image_size}px", r["option"], f"{r['mb_s']:.0f}",
+                [date, machine_name(), f"{a.images} x {size}", r["option"], f"{r['mb_s']:.0f}",
                  f"{100 * r['vs_raw']:.0f}% of {raw_mb_s:.0f}", f"{r['images_per_s']:.0f}",
-                 f"{producer['images_per_s']:.0f}", f"{r['max_abs_error']:.1e}",
+                 f"{producer['images_per_s']:.0f}" if a.dims == 2 else "not estimated", f"{r['max_abs_error']:.1e}",
                  f"`benchmarks/writer_options.py {' '.join(sys.argv[1:])}`", f"results/{name}"])
     print(f"wrote {out}")
 

@@ -21,8 +21,9 @@ def plan_sampling_task(checkpoint: str, cfg: SampleConfig, run_dir: str, mask_ch
     """Create (or reopen, to resume) the synthetic version for this checkpoint (and mask generator) and sample
     config under `<run_dir>/synthetic/`; returns its path and the shards still to write."""
     store, todo = prepare_version(checkpoint, cfg, Path(run_dir) / "synthetic", mask_checkpoint)
+    attrs = open_store(store).attrs
     get_run_logger().info("sample: %s holds %d samples in %d-sample shards; %d shard(s) to write", store,
-                          open_store(store).attrs["num_samples"], cfg.shard_size, len(todo))
+                          attrs["num_samples"], attrs["shard_size"], len(todo))
     return str(store), todo
 
 

@@ -139,7 +139,12 @@ class SampleConfig:
 
     # synthetic images per class in the version (the demo preset: 40); enough for the largest eval.ratios arm
     samples_per_class: int = 80
-    shard_size: int = 32  # images per shard: the unit written, resumed and fanned out to Dask workers
+    # images per shard: the unit written, resumed and fanned out to Dask workers; 0 = sized by `shard_mb`
+    shard_size: int = 0
+    # with shard_size 0: a shard holds about this many MiB of float32 images (at most 1/8 of the version, so 8
+    # workers share it); the writer's speed follows a shard's bytes, so every image size gets a fast layout
+    # (16 MiB: 48 px images 1,820 a shard, 128^3 volumes 2; benchmarks/RESULTS.md, writer options)
+    shard_mb: float = 16.0
     # the images' codec inside a shard: "zstd" (smaller stores) or "none" (with large shards the writer then runs
     # close to the disk's bandwidth); the figures are in benchmarks/RESULTS.md, writer options
     compression: Compression = "zstd"
@@ -189,7 +194,8 @@ class SampleConfig:
     def validate(self) -> None:
         check_choices(self, "sample")
         _check(self.samples_per_class >= 1, "sample.samples_per_class must be >= 1")
-        _check(self.shard_size >= 1, "sample.shard_size must be >= 1")
+        _check(self.shard_size >= 0, "sample.shard_size must be >= 0 (0 = sized by sample.shard_mb)")
+        _check(self.shard_mb > 0, f"sample.shard_mb must be > 0, got {self.shard_mb}")
         _check(self.nfe >= 1, f"sample.nfe must be >= 1, got {self.nfe}")
         _check(self.guidance >= 0.0, "sample.guidance must be >= 0")
         _check(self.rtol > 0 and self.atol > 0, "sample.rtol and sample.atol must be > 0")

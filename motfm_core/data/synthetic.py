@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from motfm_core.data.shards import shard_file, write_whole_shard
 from motfm_core.data.store import SCHEMA_VERSION
@@ -32,9 +33,16 @@ from motfm_core.files import atomic_path, fsync_dir, fsync_tree, sweep_leftovers
 
 __all__ = ["CHUNK_BYTES", "StoreDamaged", "completed_shards", "create_synthetic_store", "damaged_shards",
            "incomplete_shards", "load_synthetic", "num_shards", "open_synthetic", "require_complete",
-           "samples_per_chunk", "shard_bounds", "shard_complete", "shard_states", "sweep_store", "write_shard"]
+           "samples_per_chunk", "shard_bounds", "shard_complete", "shard_images", "shard_states", "sweep_store",
+           "write_shard"]
 
 CHUNK_BYTES = 128 * 1024  # per-chunk overhead dominates below this (one-sample chunks capped the writer)
+# zstd level 1 for the images: 2.7x faster than zarr's default (level 0, i.e. zstd's 3) on the demo's samples at
+# the same size (63% of their bytes against 62%), 3.6x on 128^3 volumes (benchmarks/RESULTS.md, writer options)
+IMAGE_ZSTD_LEVEL = 1
+# a store sized by bytes still has at least this many shards when it has the samples: one per GPU of an 8-GPU
+# node, and a progress bar that moves
+MIN_SHARDS = 8
 
 
 class StoreDamaged(BadInput):
@@ -52,6 +60,17 @@ def samples_per_chunk(sample_bytes: int, shard_size: int) -> int:
     size that keeps a chunk near CHUNK_BYTES (reading one sample then decodes at most ~128 KiB)."""
     target = max(1, CHUNK_BYTES // max(1, sample_bytes))
     return max(d for d in range(1, min(target, shard_size) + 1) if shard_size % d == 0)
+
+
+def shard_images(sample_bytes: int, num_samples: int, shard_mb: float) -> int:
+    """Samples per shard when shards are sized by bytes: as many as hold about `shard_mb` MiB of float32 images
+    (a multiple of the samples in one ~128 KiB chunk), but no more than leave MIN_SHARDS shards. Per-shard costs
+    (three arrays' files, a completion record, their flushes to disk) are paid per shard, so the writer's speed
+    follows the shard's bytes, not its image count (benchmarks/RESULTS.md, writer options)."""
+    per = max(1, int(shard_mb * 2**20) // max(1, sample_bytes))
+    per = min(per, max(1, -(-num_samples // MIN_SHARDS)))
+    chunk = max(1, CHUNK_BYTES // max(1, sample_bytes))  # samples in one ~128 KiB chunk
+    return per - per % chunk if per >= chunk else per
 
 
 def create_synthetic_store(
@@ -78,7 +97,7 @@ def create_synthetic_store(
         per = samples_per_chunk(4 * int(np.prod(sample_shape)), shard_size)
         root.create_array("images", shape=(num_samples, *sample_shape), dtype="float32",
                           chunks=(per, *sample_shape), shards=(shard_size, *sample_shape), fill_value=np.nan,
-                          **({} if compress else {"compressors": None}))
+                          compressors=ZstdCodec(level=IMAGE_ZSTD_LEVEL) if compress else None)
         root.create_array("labels", shape=(num_samples,), dtype="int64", chunks=(shard_size,),
                           shards=(shard_size,), fill_value=-1)
         root.create_array("seed", shape=(num_samples,), dtype="int64", chunks=(shard_size,),

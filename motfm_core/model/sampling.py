@@ -25,6 +25,7 @@ from motfm_core.data.synthetic import (
     incomplete_shards,
     shard_bounds,
     shard_complete,
+    shard_images,
     sweep_store,
     write_shard,
 )
@@ -280,7 +281,12 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
              "code_version": code_version(), "train_indices": meta.get("train_indices"),
              "train_config": meta.get("train_config"), "autoencoder": meta.get("autoencoder"),
              "mask_source": source, "channel_names": meta.get("channel_names")}
-    content = {k: v for k, v in asdict(cfg).items() if k not in EXECUTION_ONLY}
+    n = len(meta["class_names"]) * cfg.samples_per_class
+    shape = m.sample_shape if not meta.get("autoencoder") else tuple(meta["autoencoder"]["sample_shape"])
+    shard_size = cfg.shard_size or shard_images(4 * int(np.prod(shape)), n, cfg.shard_mb)
+    # the key holds the layout itself: shard_mb and an explicit shard_size that give the same shards are one version
+    content = {k: v for k, v in asdict(cfg).items() if k not in (*EXECUTION_ONLY, "shard_mb")}
+    content["shard_size"] = shard_size
     if not masked:  # mask settings cannot change an unconditioned model's samples
         content = {k: v for k, v in content.items() if not k.startswith(("mask_", "deform_"))}
     key_parts = [content]
@@ -294,10 +300,8 @@ def prepare_version(checkpoint: str | Path, cfg: SampleConfig, root: str | Path,
     if source == "deformed":
         extras["mask_deform"] = ("float32", (len(deform_columns(m.spatial_dims)),))
         attrs["mask_deform_columns"] = deform_columns(m.spatial_dims)
-    n = len(meta["class_names"]) * cfg.samples_per_class
-    shape = m.sample_shape if not meta.get("autoencoder") else tuple(meta["autoencoder"]["sample_shape"])
     store = create_version(root, attrs["run_key"], lambda version: create_synthetic_store(
-        version, n, shape, cfg.shard_size, attrs, with_masks=masked, extras=extras,
+        version, n, shape, shard_size, attrs, with_masks=masked, extras=extras,
         compress=cfg.compression == "zstd"))
     sweep_store(store)  # a resumed version: what a crashed writer left goes before its shards are rewritten
     return store, incomplete_shards(store)

@@ -137,6 +137,28 @@ def test_execution_settings_do_not_make_a_new_version(tiny_checkpoint, tmp_path)
     assert a == b and c != a
 
 
+def test_shards_sized_by_bytes_are_the_same_version_as_that_size_given(tiny_checkpoint, tmp_path):
+    """sample.shard_size 0 sizes shards by sample.shard_mb; the version's key holds the layout that gives, so the
+    same shards asked for by count are the same version, and another layout another one."""
+    auto = {**CFG, "shard_size": 0}
+    a, _ = prepare_version(tiny_checkpoint, SampleConfig(**auto), tmp_path)
+    size = zarr.open_group(str(a), mode="r").attrs["shard_size"]
+    assert size == 6  # 48 samples (16 a class): at least 8 shards, whatever shard_mb allows
+    b, _ = prepare_version(tiny_checkpoint, SampleConfig(**{**CFG, "shard_size": size}), tmp_path)
+    c, _ = prepare_version(tiny_checkpoint, SampleConfig(**auto, shard_mb=0.001), tmp_path)  # 1 KiB: one a shard
+    assert a == b and c != a and zarr.open_group(str(c), mode="r").attrs["shard_size"] == 1
+
+
+def test_shard_sizes_follow_bytes():
+    from motfm_core.data.synthetic import shard_images
+
+    assert shard_images(48 * 48 * 4, 100_000, 16) == 1820  # 16 MiB of 48 px images: a multiple of 14 a chunk
+    assert shard_images(128 ** 3 * 4, 1000, 16) == 2  # 128^3 volumes: 8 MiB each
+    assert shard_images(256 ** 3 * 4, 1000, 16) == 1  # a sample larger than a shard: one a shard
+    assert shard_images(48 * 48 * 4, 120, 16) == 14  # the demo's 120: 8 shards or more (15, down to a chunk's 14)
+    assert shard_images(48 * 48 * 4, 5, 16) == 1
+
+
 def test_another_compression_is_applied_as_a_new_version_not_ignored(tiny_checkpoint, tmp_path):
     """A version keeps the codecs it was created with: resuming it with sample.compression changed would write the
     old codec silently, so the encoding is part of the version's key."""
