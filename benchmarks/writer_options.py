@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/writer_options.py                           # 65536 images of 48 px (the demo's size)
     .venv/bin/python benchmarks/writer_options.py --dims 3 --image-size 128 # 96 volumes of 128^3
+    .venv/bin/python benchmarks/writer_options.py --from-store outputs/demo/synthetic/latest  # the demo's samples
 
 Each option writes the same float32 images (smooth random fields: real samples compress like them more than like
 white noise) into the synthetic store's layout (shards sized by bytes as the sampler sizes them, `sample.shard_mb`,
@@ -9,11 +10,11 @@ unless an option says otherwise; chunks near 128 KiB),
 flushed to disk (os.sync) inside the timing, `--repeats` times in turn (the median counts: one write here varied
 2x between runs); each written array is read back with zarr-python (the reader every
 supported reader builds on) and compared. Options: `write_shard` as the sampler calls it (data, labels, seeds and
-the completion record; whole shards encoded by `motfm_core/data/shards.py`), at the default layout, with the images
-uncompressed, at a quarter and four times the shard bytes, and at the old default of 32 images a shard; the same
-through zarr-python's codec pipeline (`direct=False`); without its flushes to disk (fsync of each shard's data
-before its record, and of each rename); and, like for like, with tensorstore writing every array's shards in place
-of the encoder (same layout, codecs, records and flushes; if installed).
+the completion record; shards written by tensorstore, `motfm_core/data/shards.py`), at the default layout, with the
+images uncompressed, at a quarter and four times the shard bytes, at the old default of 32 images a shard, and with
+zarr's default zstd level (0) instead of level 1; the same through zarr-python's codec pipeline (`direct=False`);
+without its flushes to disk (fsync of each shard's data before its record, and of each rename); and, like for like,
+with the shard encoder the project had until d0cc6ee (read from git) in place of tensorstore.
 Also an estimate of an H200's sampling rate for this network (forward FLOPs counted by torch at batch 1, x NFE 10,
 at 40% of the H200's 989 dense bf16 TFLOP/s: an assumption, stated) against each writer's images/s.
 Writes benchmarks/results/<date>-<machine>-writer-<size>px-<HHMM>.json and appends rows to benchmarks/RESULTS.md.
@@ -104,38 +105,44 @@ def write_unsynced(path: Path, images: np.ndarray, shard: int, **encoding) -> No
         write_store(path, images, shard, **encoding)
 
 
+ENCODER_COMMIT = "d0cc6ee"  # the last commit whose data/shards.py encoded shards itself (before tensorstore)
+
+
 @contextlib.contextmanager
-def through_tensorstore():
-    """`write_shard` with each array's whole shard written by tensorstore instead of `data/shards.py`'s encoder:
-    the same arrays, layout and codecs (tensorstore reads them from zarr.json), the same completion record and the
-    same flushes (tensorstore's own fsync is turned off, since `write_shard` flushes every shard file itself)."""
-    import tensorstore as ts
+def through_old_encoder(commit: str = ENCODER_COMMIT):
+    """`write_shard` with each whole shard encoded by `commit`'s data/shards.py (the project's own encoder, read
+    from git), the rest through zarr-python as that commit did: the like-for-like comparison with tensorstore."""
+    import importlib.util
+    import subprocess
+
+    import zarr
 
     from motfm_core.data import synthetic
 
-    context = ts.Context({"file_io_sync": False})
-    opened: dict[str, object] = {}
+    source = subprocess.run(["git", "-C", str(ROOT), "show", f"{commit}:motfm_core/data/shards.py"],
+                            capture_output=True, text=True, check=True).stdout
+    module_path = Path(tempfile.mkdtemp(prefix="motfm-encoder-")) / "old_shards.py"
+    module_path.write_text(source)
+    spec = importlib.util.spec_from_file_location("old_shards", module_path)
+    old = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(old)
 
-    def write(array_dir, shard: int, values: np.ndarray) -> bool:
-        key = str(array_dir)
-        if key not in opened:
-            opened[key] = ts.open({"driver": "zarr3", "kvstore": {"driver": "file", "path": key}},
-                                  context=context).result()
-        arr = opened[key]
-        n = arr.chunk_layout.write_chunk.shape[0]  # the shard's extent along the first axis
-        arr[shard * n:shard * n + len(values)].write(values).result()
-        return True
+    def write(array_dir, start: int, values: np.ndarray) -> None:
+        n = json.loads((Path(array_dir) / "zarr.json").read_text())["chunk_grid"]["configuration"]["chunk_shape"][0]
+        if not (len(values) == n and start % n == 0 and old.write_whole_shard(array_dir, start // n, values)):
+            zarr.open_array(str(array_dir), mode="r+", zarr_format=3)[start:start + len(values)] = values
 
-    saved = synthetic.write_whole_shard
-    synthetic.write_whole_shard = write
+    saved = synthetic.write_rows
+    synthetic.write_rows = write
     try:
         yield
     finally:
-        synthetic.write_whole_shard = saved
+        synthetic.write_rows = saved
+        shutil.rmtree(module_path.parent, ignore_errors=True)
 
 
-def write_tensorstore(path: Path, images: np.ndarray, shard: int, **encoding) -> None:
-    with through_tensorstore():
+def write_old_encoder(path: Path, images: np.ndarray, shard: int, **encoding) -> None:
+    with through_old_encoder():
         write_store(path, images, shard, **encoding)
 
 
@@ -145,13 +152,22 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=48)
     p.add_argument("--dims", type=int, default=2, choices=(2, 3))
     p.add_argument("--shard-mb", type=float, default=SampleConfig.shard_mb, help="the layout compared against")
+    p.add_argument("--from-store", default=None, help="write this synthetic store's images (repeated to --images) "
+                   "instead of smooth random fields, e.g. outputs/demo/synthetic/latest")
     p.add_argument("--repeats", type=int, default=3, help="writes per option (and of the raw file); the median counts")
     a = p.parse_args()
     import zarr
     from zarr.codecs import ZstdCodec
 
     a.images = a.images or (65536 if a.dims == 2 else 96)  # writes of seconds: shorter ones varied 2x
-    images = smooth_images(a.images, a.image_size, a.dims)
+    if a.from_store:  # real samples (a synthetic version's images), repeated to the count
+        import zarr as _zarr
+
+        held = _zarr.open_group(a.from_store, mode="r")["images"][:]
+        images = np.ascontiguousarray(held[np.arange(a.images) % len(held)], dtype=np.float32)
+        a.image_size, a.dims = held.shape[2], held.ndim - 2
+    else:
+        images = smooth_images(a.images, a.image_size, a.dims)
     mb = images.nbytes / 2**20
     per_image = images[0].nbytes
     default = shard_images(per_image, len(images), a.shard_mb)
@@ -180,16 +196,12 @@ def main() -> None:
                "write_shard, default, no fsync": lambda path: write_unsynced(path, images, default),
                # zarr's default zstd level (0, i.e. zstd's 3): what the images were stored with before level 1
                "write_shard, default, zstd level 0": lambda path: write_store(path, images, default,
-                                                                              compressors=ZstdCodec(level=0))}
-    try:
-        import tensorstore  # noqa: F401
-
-        # like for like (issue #37): same arrays, layout, record and flushes; only the shard encoding differs
-        options["write_shard via tensorstore, default"] = lambda path: write_tensorstore(path, images, default)
-        options["write_shard via tensorstore, default, uncompressed"] = lambda path: write_tensorstore(
-            path, images, default, compressors=None)
-    except ImportError:
-        print("tensorstore not installed: skipped")
+                                                                              compressors=ZstdCodec(level=0)),
+               # like for like (issue #37): the same arrays, layout, records and flushes; only the shard writer differs
+               f"write_shard, default, {ENCODER_COMMIT}'s own encoder": lambda path: write_old_encoder(
+                   path, images, default),
+               f"write_shard, default, uncompressed, {ENCODER_COMMIT}'s own encoder": lambda path: write_old_encoder(
+                   path, images, default, compressors=None)}
     # 3D: a 128^3 run samples latents and decodes them, so one network's FLOPs would not say its rate; not estimated
     producer = h200_images_per_s(a.image_size) if a.dims == 2 else {"images_per_s": float("nan")}
     rows: list[dict] = []
@@ -214,7 +226,7 @@ def main() -> None:
         print(json.dumps(row), flush=True)
     shutil.rmtree(work, ignore_errors=True)
     date = dt.date.today().isoformat()
-    size = f"{a.image_size}px" if a.dims == 2 else f"{a.image_size}cube"
+    size = (f"{a.image_size}px" if a.dims == 2 else f"{a.image_size}cube") + ("-samples" if a.from_store else "")
     name = f"{date}-{machine_name()}-writer-{size}-{dt.datetime.now():%H%M}.json"  # runs never overwrite
     out = ROOT / "benchmarks" / "results" / name
     out.write_text(json.dumps({"date": date, "machine": machine_name(), "args": vars(a), "megabytes": mb,

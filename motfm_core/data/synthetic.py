@@ -26,7 +26,7 @@ import numpy as np
 import zarr
 from zarr.codecs import ZstdCodec
 
-from motfm_core.data.shards import shard_file, write_whole_shard
+from motfm_core.data.shards import shard_file, sweep_locks, write_rows
 from motfm_core.data.store import SCHEMA_VERSION
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, fsync_dir, fsync_tree, sweep_leftovers, temporary_name
@@ -222,13 +222,15 @@ def require_complete(path: str | Path) -> None:
 
 
 def sweep_store(path: str | Path) -> list[Path]:
-    """Remove what crashed writers left in a synthetic store: staged records and half-written shard files (see
-    `utils.sweep_leftovers`); run before sampling resumes a version."""
+    """Remove what crashed writers left in a synthetic store: staged records, half-written shard files (see
+    `files.sweep_leftovers`) and the lock files of shards tensorstore was writing (`shards.sweep_locks`); run
+    before sampling resumes a version."""
     path = Path(path)
     removed = sweep_leftovers(path / ".staging")
     for array in (p for p in path.iterdir() if (p / "zarr.json").exists() and p.name != "shards"):
         for folder, _, _ in os.walk(array):
             removed += sweep_leftovers(folder)
+        removed += sweep_locks(array)  # a shard tensorstore was writing when its process was killed
     return removed
 
 
@@ -237,10 +239,10 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
                 mask_source: np.ndarray | None = None, extras: dict[str, np.ndarray] | None = None,
                 direct: bool = True, durable: bool = True) -> None:
     """Write one shard's samples, flush them to disk, then publish its completion record (with each file's size)
-    by an atomic rename. A whole shard of each array is encoded as one file here (`shards.write_whole_shard`, the
-    bytes zarr-python writes, verified once per process); the last, partial shard and `direct=False` go through
-    zarr-python. `durable=False` skips the flushes (fsync): faster, but a power cut can leave a record over data
-    that never reached the disk (benchmarks/RESULTS.md, writer options)."""
+    by an atomic rename. Each array's shard is written by tensorstore (`shards.write_rows`: one file, renamed into
+    place); `direct=False` writes through zarr-python instead (the writer benchmark's comparison). `durable=False`
+    skips the flushes (fsync): faster, but a power cut can leave a record over data that never reached the disk
+    (benchmarks/RESULTS.md, writer options)."""
     sync_file, sync_dir = (fsync_tree, fsync_dir) if durable else (_no_sync, _no_sync)
     path = Path(path)
     attrs = json.loads((path / "zarr.json").read_text())["attributes"]
@@ -261,8 +263,9 @@ def write_shard(path: str | Path, index: int, images: np.ndarray, labels: np.nda
         arrays[name] = values
     files = {}
     for name, rows in arrays.items():
-        whole = direct and stop - start == shard_size
-        if not (whole and write_whole_shard(path / name, index, rows)):
+        if direct:
+            write_rows(path / name, start, rows)
+        else:
             zarr.open_array(str(path / name), mode="r+", zarr_format=3)[start:stop] = rows
         target = shard_file(path / name, index)
         if target.exists():

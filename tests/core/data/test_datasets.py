@@ -64,9 +64,9 @@ def test_unfinished_store_and_bad_split_are_refused(tmp_path, phantom_store):
         ZarrImageDataset(phantom_store, split="holdout")
 
 
-def test_second_zarr_implementation_reads_the_sharded_store(synthetic):
-    """tensorstore (Google's C++ Zarr v3) reads what write_shard wrote: whole shards encoded by
-    `motfm_core.data.shards`, the partial last one by zarr-python; sharding codec, chunks, dtypes."""
+def test_both_zarr_implementations_read_the_sharded_store_alike(synthetic):
+    """zarr-python reads what write_shard wrote with tensorstore (Google's C++ Zarr v3) as tensorstore reads it:
+    whole shards and the partial last one; sharding codec, chunks, dtypes."""
     import tensorstore as ts
     import zarr
 

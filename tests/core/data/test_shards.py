@@ -1,140 +1,102 @@
-import json
+import errno
+import os
+import subprocess
+import sys
+import time
 
 import numpy as np
 import pytest
 import zarr
 
 from motfm_core.data import create_synthetic_store, write_shard
-from motfm_core.data.shards import encode_shard, write_whole_shard
-
-
-def _files(array_dir):
-    return {p.relative_to(array_dir): p.read_bytes() for p in array_dir.rglob("*")
-            if p.is_file() and p.name != "zarr.json"}
+from motfm_core.data.shards import LOCK_SUFFIX, shard_file, sweep_locks, write_rows
+from motfm_core.data.synthetic import sweep_store
 
 
 @pytest.mark.parametrize("shape,compress", [((1, 48, 48), True), ((1, 16, 16, 8), True), ((1, 48, 48), False)])
-def test_whole_shards_are_the_bytes_zarr_python_writes(tmp_path, shape, compress):
-    """Every array of a synthetic store, written by write_shard's direct encoder and by zarr-python, gives the same
-    files byte for byte: float32 images (NaN fill, zstd or uncompressed, several chunks per shard), int64 labels
-    and seeds, uint8 masks with all-zero chunks (left out of the index, as zarr-python leaves them) and an all-fill
-    array (no file)."""
+def test_tensorstore_shards_read_back_in_zarr_python_as_zarr_python_writes_them(tmp_path, shape, compress):
+    """Every array of a synthetic store written by write_shard (tensorstore) and by zarr-python holds the same
+    values read back through zarr-python: float32 images (NaN fill, zstd or uncompressed, several chunks per shard),
+    int64 labels and seeds, uint8 masks with all-zero chunks, an all-fill array (no file), and a partial last shard."""
     rng = np.random.default_rng(0)
-    ours, theirs = (create_synthetic_store(tmp_path / name, 64, shape, 32, {"run_key": "k"}, with_masks=True,
+    ours, theirs = (create_synthetic_store(tmp_path / name, 70, shape, 32, {"run_key": "k"}, with_masks=True,
                                            compress=compress) for name in ("ours.zarr", "zarr.zarr"))
-    images = rng.random((64, *shape), dtype=np.float32)
-    masks = (rng.random((64, *shape)) > 0.5).astype(np.uint8)
+    images = rng.random((70, *shape), dtype=np.float32)
+    masks = (rng.random((70, *shape)) > 0.5).astype(np.uint8)
     masks[:20] = 0  # whole chunks of fill value
-    labels, seeds = rng.integers(0, 3, 64), np.arange(64) * 7
-    for i in range(2):
-        rows = slice(32 * i, 32 * (i + 1))
+    labels, seeds = rng.integers(0, 3, 70), np.arange(70) * 7
+    for i, rows in enumerate((slice(0, 32), slice(32, 64), slice(64, 70))):  # the last one partial
+        n = rows.stop - rows.start
         for path, direct in ((ours, True), (theirs, False)):
             write_shard(path, i, images[rows], labels[rows], seeds[rows], masks=masks[rows],
-                        mask_source=np.full(32, -1), direct=direct)
+                        mask_source=np.full(n, -1), direct=direct)
+    a, b = zarr.open_group(str(ours), mode="r"), zarr.open_group(str(theirs), mode="r")
     for name in ("images", "masks", "labels", "seed", "mask_source"):
-        assert _files(ours / name) == _files(theirs / name), name
-    assert not _files(ours / "mask_source")  # all fill value: no shard file, as zarr-python does
-    root = zarr.open_group(str(ours), mode="r")
-    assert root["images"].chunks[0] < 32  # several chunks per shard were encoded
-    assert bool(root["images"].compressors) == compress
-    assert np.array_equal(root["images"][:], images) and np.array_equal(root["masks"][:], masks)
-    assert not list(ours.rglob("*.tmp-*"))  # written under a temporary name, then renamed
+        np.testing.assert_array_equal(a[name][:], b[name][:], err_msg=name)
+    assert np.array_equal(a["images"][:], images) and np.array_equal(a["masks"][:], masks)
+    assert not shard_file(ours / "mask_source", 0).exists()  # all fill value: no shard file, as zarr-python does
+    assert a["images"].chunks[0] < 32 and bool(a["images"].compressors) == compress
+    stored = sum(f.stat().st_size for f in (ours / "images").rglob("*") if f.is_file() and f.name != "zarr.json")
+    assert (stored < images.nbytes) == compress  # the codecs zarr.json names are the ones used
+    assert not [p for p in ours.rglob("*") if ".tmp-" in p.name or p.name.endswith(LOCK_SUFFIX)]
 
 
-def test_layouts_the_encoder_does_not_know_go_through_zarr_python(tmp_path):
-    """A partial last shard, other codecs and a non-whole shard are refused by the encoder (None / False) and
-    written by zarr-python instead, so write_shard still stores them correctly."""
-    path = create_synthetic_store(tmp_path / "s.zarr", 10, (1, 8, 8), 4, {"run_key": "k"})
-    meta = zarr.open_array(str(path / "images")).metadata.to_dict()
-    assert encode_shard(meta, np.zeros((3, 1, 8, 8), np.float32)) is None  # not the shard's full extent
-    zarr.create_array(str(tmp_path / "b.zarr"), shape=(8, 4), chunks=(2, 4), shards=(4, 4), dtype="f4",
-                      compressors=zarr.codecs.BloscCodec())  # blosc: a codec the encoder leaves to zarr-python
-    assert not write_whole_shard(tmp_path / "b.zarr", 0, np.ones((4, 4), np.float32))
-    assert not (tmp_path / "b.zarr" / "c").exists()
-    write_shard(path, 2, np.full((2, 1, 8, 8), 0.25), np.array([1, 2]), np.array([8, 9]))  # partial: zarr-python
-    write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4))  # whole: encoded here
-    images = zarr.open_group(str(path), mode="r")["images"][:]
-    assert (images[:4] == 0.5).all() and np.isnan(images[4:8]).all() and (images[8:] == 0.25).all()
-
-
-@pytest.mark.parametrize("layout", [
-    {"chunk_key_encoding": {"name": "v2", "configuration": {"separator": "."}}},  # chunks at "0.0", not "c/0/0"
-    {"chunk_key_encoding": {"name": "v2"}},
-    {"chunk_key_encoding": {"name": "default", "configuration": {"separator": "."}}},
-    {"fill_value": "0x7fc00000"},  # a fill value given as its bit pattern
-    {"fill_value": [1.0, 2.0]},  # not a number at all (a complex value's form)
-    {"data_type": "complex64"},
-])
-def test_layouts_the_project_does_not_create_are_left_to_zarr_python(tmp_path, layout):
-    """The encoder answers None (zarr-python writes) for every layout other than the project's: other chunk-key
-    encodings, fill values that are not plain numbers, other data types."""
+def test_an_array_created_again_at_the_same_path_is_opened_afresh(tmp_path):
+    """tensorstore handles are cached per process; an array recreated with other codecs (the writer benchmark does
+    this) must be written with its new ones, not the cached handle's."""
     path = create_synthetic_store(tmp_path / "s.zarr", 8, (1, 8, 8), 4, {"run_key": "k"})
-    meta = json.loads((path / "images" / "zarr.json").read_text())  # as write_whole_shard reads it
-    values = np.ones((4, 1, 8, 8), np.float32)
-    assert encode_shard(meta, values)  # the project's own layout: encoded here
-    assert encode_shard({**meta, **layout}, values) is None
+    write_rows(path / "images", 0, np.full((4, 1, 8, 8), 0.5, np.float32))
+    root = zarr.open_group(str(path), mode="r+")
+    del root["images"]
+    root.create_array("images", shape=(8, 1, 8, 8), chunks=(4, 1, 8, 8), shards=(4, 1, 8, 8), dtype="float16",
+                      fill_value=np.nan, compressors=None)
+    write_rows(path / "images", 4, np.full((4, 1, 8, 8), 0.25, np.float32))
+    back = zarr.open_group(str(path), mode="r")["images"]
+    assert back.dtype == np.float16 and np.isnan(back[:4]).all() and (back[4:] == 0.25).all()
+    assert shard_file(path / "images", 1).stat().st_size >= 4 * 64 * 2  # float16, uncompressed: the new codecs
 
 
-def test_v2_chunk_keys_round_trip_through_write_shard(tmp_path):
-    """An array with v2 chunk keys ("." separated): written where zarr reads it, never as fill value."""
-    array = zarr.create_array(str(tmp_path / "a.zarr"), shape=(8, 4), chunks=(2, 4), shards=(4, 4), dtype="f4",
-                              chunk_key_encoding={"name": "v2", "separator": "."}, fill_value=np.nan)
-    assert not write_whole_shard(tmp_path / "a.zarr", 1, np.ones((4, 4), np.float32))
-    array[4:8] = np.ones((4, 4), np.float32)
-    assert (zarr.open_array(str(tmp_path / "a.zarr"))[4:] == 1).all()
+def test_a_full_disk_is_an_os_error_and_leaves_no_half_shard(tmp_path):
+    """On a 1 MiB tmpfs, a shard too large to fit raises OSError(ENOSPC) naming the array (not tensorstore's
+    ValueError, which the flow would take for bad input), and no shard or lock file is left behind."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode:
+        pytest.skip("mounting a small tmpfs needs root")
+    try:
+        path = create_synthetic_store(disk / "s.zarr", 64, (1, 64, 64), 64, {"run_key": "k"}, compress=False)
+        with pytest.raises(OSError) as caught:
+            write_rows(path / "images", 0, np.ones((64, 1, 64, 64), np.float32))
+        assert caught.value.errno == errno.ENOSPC and str(path / "images") in str(caught.value)
+        assert not [p for p in (path / "images").rglob("*") if p.is_file() and p.name != "zarr.json"]
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
 
 
-def test_a_shard_that_does_not_read_back_stops_the_encoder_for_the_process(tmp_path, monkeypatch, caplog):
-    """A zarr upgrade that reads our bytes differently is caught on the first shard: that shard is rewritten
-    through zarr-python (the store reads right), a warning says why, and the encoder is not used again."""
-    from motfm_core.data import shards
-
-    monkeypatch.setattr(shards, "_verified", set())
-    monkeypatch.setattr(shards, "_disabled", [])
-    real_encode = shards.encode_shard
-    calls = []
-
-    def drifted(meta, values):  # what a changed format would look like: other values decoded
-        calls.append(1)
-        return real_encode(meta, values + 1 if values.dtype.kind == "f" else values)
-
-    monkeypatch.setattr(shards, "encode_shard", drifted)
+def test_the_sweep_removes_a_killed_writers_lock_file_and_keeps_a_live_ones(tmp_path):
+    """A writer killed mid-shard leaves tensorstore's lock file (half the shard's bytes); the sweep before a resume
+    removes it, unless a live writer holds its lock (a process of another run still writing)."""
     path = create_synthetic_store(tmp_path / "s.zarr", 8, (1, 8, 8), 4, {"run_key": "k"})
-    with caplog.at_level("WARNING", logger="motfm_core.data.shards"):
-        write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4))
-    assert "writing through zarr-python" in caplog.text and "differs" in caplog.text
-    used = len(calls)
-    write_shard(path, 1, np.full((4, 1, 8, 8), 0.25), np.ones(4), np.arange(4, 8))
-    assert len(calls) == used  # stopped for the rest of the process
-    images = zarr.open_group(str(path), mode="r")["images"][:]
-    assert (images[:4] == 0.5).all() and (images[4:] == 0.25).all()
-
-
-def test_a_failed_shard_write_leaves_no_temporary_file(tmp_path, monkeypatch):
-    from motfm_core.data import shards
-
-    path = create_synthetic_store(tmp_path / "s.zarr", 8, (1, 8, 8), 4, {"run_key": "k"})
-
-    def full_disk(src, dst):
-        raise OSError(28, "No space left on device")
-
-    monkeypatch.setattr(shards.os, "replace", full_disk)
-    with pytest.raises(OSError, match="No space"):
-        write_whole_shard(path / "images", 0, np.ones((4, 1, 8, 8), np.float32))
-    assert not [p for p in (path / "images").rglob("*") if ".tmp-" in p.name]
-
-
-def test_values_stored_in_a_narrower_dtype_read_back_as_equal(tmp_path, monkeypatch, caplog):
-    """float32 samples in a float16 array: the read-back compares with what the array can hold, so rounding is not
-    taken for a changed format (it stopped the encoder in the writer benchmark's float16 option)."""
-    from motfm_core.data import shards
-
-    monkeypatch.setattr(shards, "_verified", set())
-    monkeypatch.setattr(shards, "_disabled", [])
-    zarr.create_array(str(tmp_path / "h.zarr"), shape=(8, 4), chunks=(2, 4), shards=(4, 4), dtype="f2",
-                      fill_value=np.nan)
-    values = np.random.default_rng(0).random((4, 4), dtype=np.float32)
-    with caplog.at_level("WARNING", logger="motfm_core.data.shards"):
-        assert write_whole_shard(tmp_path / "h.zarr", 0, values)
-    assert not shards._disabled and not caplog.text
-    assert np.array_equal(zarr.open_array(str(tmp_path / "h.zarr"))[:4], values.astype(np.float16))
+    stale = shard_file(path / "images", 0).with_name("0" + LOCK_SUFFIX)
+    live = shard_file(path / "images", 1).with_name("1" + LOCK_SUFFIX)
+    for lock in (stale, live):
+        lock.parent.mkdir(parents=True, exist_ok=True)
+        lock.write_bytes(b"half a shard")
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import fcntl, os, sys, time\n"
+        f"fd = os.open({str(live)!r}, os.O_RDWR); fcntl.lockf(fd, fcntl.LOCK_EX); print('held', flush=True)\n"
+        "time.sleep(60)")], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        assert sweep_store(path) == [stale]
+        assert live.exists() and not stale.exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    deadline = time.time() + 10
+    while live.exists() and time.time() < deadline:  # the lock goes with its process
+        sweep_locks(path)
+    assert not live.exists()
+    write_shard(path, 0, np.full((4, 1, 8, 8), 0.5), np.zeros(4), np.arange(4))  # and the shard is written whole
+    assert (zarr.open_group(str(path), mode="r")["images"][:4] == 0.5).all()
