@@ -2,6 +2,7 @@
 
     .venv/bin/python benchmarks/eval_memory.py            # 2D demo set: 1x, 10x, 50x the demo's 120 synthetic images
     .venv/bin/python benchmarks/eval_memory.py --3d       # and 3D stores of 0.5 and 5 GB in a 2 GB memory cgroup
+    .venv/bin/python benchmarks/eval_memory.py --sizes --test-split 1 4 16   # the real test split at 1x, 4x, 16x
 
 Each point runs `motfm_core.evaluation.evaluate.evaluate_run` (downstream arms, quality metrics, memorisation audit)
 in a fresh child process; its peak RSS is the child's `ru_maxrss`. The synthetic stores are written directly (the
@@ -12,6 +13,11 @@ with `eval.memory_mb=0` (every synthetic image read from the store per batch).
 The 3D points write stores of 64^3 volumes, the largest larger than the limit of a cgroup-v1 memory group (root),
 and run the evaluation inside that group (again with both `eval.memory_mb` values): the large one completes only
 if the evaluation never holds the store in memory, and the peak RSS of the sizes side by side is the 3D curve.
+`--test-split` scales the real test split instead (issue #37): the bundled slices at 128 px, their test split
+grown to 512 images at 1x (32 MiB; each test slice repeated with seeded noise as a new subject, so the paired
+statistics still resample subjects) and to the multiples given; train split and synthetic store fixed. Each point
+runs with the test split streamed from the store (`store.open_split`, what the evaluation does) and held whole
+(`load_split`, what it did), so the two curves come from the same code otherwise.
 Writes benchmarks/results/<date>-<machine>-eval-memory.json and appends rows to benchmarks/RESULTS.md.
 """
 
@@ -66,7 +72,11 @@ def write_store(real_path: Path, out: Path, n: int, shard_size: int, seed: int =
 
 def child(args: argparse.Namespace) -> None:
     """Run one evaluation and print its peak RSS and seconds as one JSON line."""
+    from motfm_core.evaluation import evaluate
     from motfm_core.evaluation.evaluate import evaluate_run
+
+    if args.held_test:  # the test split loaded whole, as before issue #37
+        evaluate.open_split = load_split  # type: ignore[assignment]
 
     cfg = EvalConfig(**json.loads(args.child))
     Path(args.run_dir).mkdir(parents=True, exist_ok=True)
@@ -76,10 +86,11 @@ def child(args: argparse.Namespace) -> None:
                       "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 
 
-def run_child(real: Path, synthetic: Path, cfg: EvalConfig, run_dir: Path, cgroup: Path | None = None) -> dict:
+def run_child(real: Path, synthetic: Path, cfg: EvalConfig, run_dir: Path, cgroup: Path | None = None,
+              held_test: bool = False) -> dict:
     """Evaluate in a fresh process (inside `cgroup` when given); its JSON line, or the error it died of."""
     cmd = [sys.executable, __file__, "--child", json.dumps(dataclasses.asdict(cfg)), "--real", str(real),
-           "--synthetic", str(synthetic), "--run-dir", str(run_dir)]
+           "--synthetic", str(synthetic), "--run-dir", str(run_dir), *(["--held-test"] if held_test else [])]
     if cgroup is not None:  # the child joins the group before it starts: every byte it maps is charged there
         cmd = ["sh", "-c", f'echo $$ > {cgroup}/cgroup.procs && exec "$@"', "sh", *cmd]
     res = subprocess.run(cmd, capture_output=True, text=True)
@@ -141,6 +152,60 @@ def bench_3d(work: Path, limit_gb: float, store_gbs: list[float], cfg: EvalConfi
     return rows
 
 
+TEST_BASE = 512  # the test split at 1x (--test-split): 32 MiB of 128 px images
+
+
+def scaled_test_store(base: Path, out: Path, images: int, seed: int = 0) -> Path:
+    """`base` (a real store) with its test split replaced by `images` images: its test slices cycled, each copy
+    plus Gaussian noise (sigma 0.02) and a subject of its own; train and val as they are. Written a block at a time."""
+    from motfm_core.data import write_dataset
+    from motfm_core.data.rows import rows_per_batch
+    from motfm_core.data.store import Blocks, open_store
+
+    root = open_store(base)
+    split = root["split"][:]
+    keep, test = np.nonzero(split != 2)[0], np.nonzero(split == 2)[0]
+    src = np.concatenate([keep, test[np.arange(images) % len(test)]])
+    copy = np.concatenate([np.zeros(len(keep), np.int64), np.arange(images) // len(test)])
+    groups = root["group"][:]
+    group = groups[src] + copy * (int(groups.max()) + 1)  # each copy of a subject is a subject of its own
+    rng = np.random.default_rng(seed)
+    step = rows_per_batch(root["images"])
+
+    def read():
+        for start in range(0, len(src), step):
+            rows = src[start:start + step]
+            x = root["images"].get_orthogonal_selection((rows,))
+            noisy = copy[start:start + step] > 0
+            x[noisy] = np.clip(x[noisy] + rng.normal(0, 0.02, x[noisy].shape), 0, 1)
+            yield x, root["masks"].get_orthogonal_selection((rows,))
+
+    standard = {"images", "masks", "labels", "split", "group"}
+    extra = {k: root[k][:][src] for k in root.array_keys() if k not in standard}
+    attrs = {k: v for k, v in root.attrs.items() if k not in ("fingerprint", "num_samples", "created")}
+    names = list(attrs.get("group_names") or range(int(groups.max()) + 1))
+    attrs["group_names"] = [f"{n}-copy{c}" if c else str(n) for c in range(int(copy.max()) + 1) for n in names]
+    return write_dataset(out, Blocks((len(src), *root["images"].shape[1:]), (len(src), *root["masks"].shape[1:]),
+                                     read), root["labels"][:][src], split[src], group, attrs, extra=extra)
+
+
+def bench_test_split(work: Path, multiples: list[int], cfg: EvalConfig) -> list[dict]:
+    """Peak RSS of the evaluation as the real test split grows (`scaled_test_store`), streamed and held."""
+    base = ingest(DataConfig(image_size=128), work / "real128.zarr")
+    syn = write_store(base, work / "syn128.zarr", 4 * DEMO_SYNTHETIC, shard_size=60)
+    rows = []
+    for mult in multiples:
+        real = scaled_test_store(base, work / f"real-test{mult}.zarr", mult * TEST_BASE)
+        for held in (False, True):
+            run = run_child(real, syn, cfg, work / f"run-test{mult}-{held}", held_test=held)
+            rows.append({"dims": 2, "test_multiple": mult, "test_images": mult * TEST_BASE,
+                         "test_mb": mult * TEST_BASE * 128 * 128 * 5 / 2**20, "test_split": "held" if held else
+                         "streamed", "store_mb": store_bytes(real) / 2**20, "memory_mb": cfg.memory_mb, **run})
+            print(rows[-1], flush=True)
+        shutil.rmtree(real)
+    return rows
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="*", default=[1, 10, 50], help="multiples of the demo's 120")
@@ -148,11 +213,14 @@ def main() -> None:
     p.add_argument("--limit-gb", type=float, default=2.0, help="3D: the memory cgroup's limit")
     p.add_argument("--store-gb", type=float, nargs="+", default=[0.5, 5.0],
                    help="3D: the synthetic stores' sizes (uncompressed GB), one point each")
+    p.add_argument("--test-split", type=int, nargs="*", default=[],
+                   help="multiples of a 512-image real test split at 128 px (streamed and held, each)")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--real", help=argparse.SUPPRESS)
     p.add_argument("--synthetic", help=argparse.SUPPRESS)
     p.add_argument("--run-dir", help=argparse.SUPPRESS)
+    p.add_argument("--held-test", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
@@ -162,7 +230,9 @@ def main() -> None:
     work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="motfm-eval-memory-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        rows = bench_2d(work, args.sizes, cfg)
+        rows = bench_2d(work, args.sizes, cfg) if args.sizes else []
+        if args.test_split:
+            rows += bench_test_split(work, args.test_split, cfg)
         if args.three_d:
             rows += bench_3d(work, args.limit_gb, args.store_gb,
                              dataclasses.replace(cfg, steps=20, seg_steps=10, channels=(8, 16, 32), batch_size=4))
@@ -171,7 +241,8 @@ def main() -> None:
             shutil.rmtree(work, ignore_errors=True)
     date = dt.date.today().isoformat()
     gbs = "-".join(f"{g:g}" for g in args.store_gb)
-    tag = "-".join([*(f"{m}x" for m in args.sizes), *([f"3d-{gbs}gb"] if args.three_d else [])])
+    tag = "-".join([*(f"{m}x" for m in args.sizes), *([f"3d-{gbs}gb"] if args.three_d else []),
+                    *([f"test-split-{'-'.join(f'{m}x' for m in args.test_split)}"] if args.test_split else [])])
     name = f"{date}-{machine_name()}-eval-memory-{tag}.json"  # one file per set of points: runs do not overwrite
     out = ROOT / "benchmarks" / "results" / name
     out.write_text(json.dumps({"date": date, "machine": machine_name(), "command": " ".join(sys.argv[1:]),

@@ -14,7 +14,7 @@ import torch
 import zarr
 from torch.utils.data import ConcatDataset, Dataset, Subset
 
-from motfm_core.data.rows import take_rows
+from motfm_core.data.rows import Rows
 from motfm_core.data.store import SPLITS, open_store
 from motfm_core.data.synthetic import require_complete
 from motfm_core.errors import BadInput
@@ -105,32 +105,3 @@ def as_dask(path: str | Path, name: str = "images"):
         open_store(path)
     arr = root[name]
     return da.from_zarr(arr, chunks=arr.shards or arr.chunks)
-
-
-class Rows:
-    """Chosen rows of several arrays, stacked into one (N, ...) array without copying them. Each part is an array
-    (numpy, or Zarr: read only when its rows are asked for) with the indices of its rows to use (None: all);
-    `rows[idx]` gathers any integer indices into a numpy array. A downstream training set of real images in memory
-    and synthetic images left in their store."""
-
-    def __init__(self, *parts: tuple[Any, np.ndarray | None]) -> None:
-        self.parts = [(a, np.arange(a.shape[0]) if i is None else np.asarray(i, dtype=np.int64)) for a, i in parts]
-        self.starts = np.cumsum([0] + [len(i) for _, i in self.parts])
-        first = self.parts[0][0]
-        if any(a.shape[1:] != first.shape[1:] for a, _ in self.parts):
-            raise ValueError(f"parts of different sample shapes: {[a.shape[1:] for a, _ in self.parts]}")
-        self.shape = (int(self.starts[-1]), *first.shape[1:])
-        self.dtype = np.dtype(first.dtype)
-
-    def __len__(self) -> int:
-        return self.shape[0]
-
-    def __getitem__(self, idx: np.ndarray) -> np.ndarray:
-        idx = np.asarray(idx, dtype=np.int64)
-        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
-        part = np.searchsorted(self.starts, idx, side="right") - 1
-        for k, (array, rows) in enumerate(self.parts):
-            sel = part == k
-            if sel.any():
-                out[sel] = take_rows(array, rows[idx[sel] - self.starts[k]])
-        return out

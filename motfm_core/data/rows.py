@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["row_bytes", "rows_per_batch", "take_rows"]
+__all__ = ["Rows", "largest", "row_bytes", "rows_per_batch", "take_rows"]
 
 
 def row_bytes(array: Any) -> int:
@@ -28,7 +28,7 @@ def take_rows(array: Any, idx: np.ndarray) -> np.ndarray:
     chunk) at a time, each chunk once. Not zarr's `oindex`: on a sharded array it held many times the rows' size
     in memory (RESULTS.md, "Evaluation memory")."""
     idx = np.asarray(idx, dtype=np.int64)
-    if isinstance(array, np.ndarray):
+    if isinstance(array, np.ndarray) or not hasattr(array, "chunks"):  # in memory, or `Rows` (which reads its own)
         return array[idx]
     rows, inverse = np.unique(idx, return_inverse=True)
     out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
@@ -43,3 +43,46 @@ def take_rows(array: Any, idx: np.ndarray) -> np.ndarray:
     if len(rows) == len(idx) and np.array_equal(rows, idx):
         return out  # already sorted and distinct (an arm's rows): no second copy
     return out[inverse]
+
+
+class Rows:
+    """Chosen rows of several arrays, stacked into one (N, ...) array without copying them. Each part is an array
+    (numpy, or Zarr: read only when its rows are asked for) with the indices of its rows to use (None: all);
+    `rows[idx]` gathers integer indices, a slice or one index into a numpy array. A downstream training set of real
+    images in memory and synthetic images left in their store; a real split left in its store (`store.open_split`)."""
+
+    def __init__(self, *parts: tuple[Any, np.ndarray | None]) -> None:
+        self.parts = [(a, np.arange(a.shape[0]) if i is None else np.asarray(i, dtype=np.int64)) for a, i in parts]
+        self.starts = np.cumsum([0] + [len(i) for _, i in self.parts])
+        first = self.parts[0][0]
+        if any(a.shape[1:] != first.shape[1:] for a, _ in self.parts):
+            raise ValueError(f"parts of different sample shapes: {[a.shape[1:] for a, _ in self.parts]}")
+        self.shape = (int(self.starts[-1]), *first.shape[1:])
+        self.dtype = np.dtype(first.dtype)
+
+    def __len__(self) -> int:
+        return self.shape[0]
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    def __getitem__(self, key: np.ndarray | slice | int) -> np.ndarray:
+        if isinstance(key, (int, np.integer)):
+            return self[np.array([key])][0]
+        idx = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key, dtype=np.int64)
+        out = np.empty((len(idx), *self.shape[1:]), dtype=self.dtype)
+        part = np.searchsorted(self.starts, idx, side="right") - 1
+        for k, (array, rows) in enumerate(self.parts):
+            sel = part == k
+            if sel.any():
+                out[sel] = take_rows(array, rows[idx[sel] - self.starts[k]])
+        return out
+
+
+def largest(array: Any) -> Any:
+    """The largest value of `array` (numpy, Zarr or `Rows`), read `rows_per_batch` rows at a time."""
+    if isinstance(array, np.ndarray):
+        return array.max()
+    step = rows_per_batch(array)
+    return max(np.asarray(array[i:i + step]).max() for i in range(0, array.shape[0], step))

@@ -31,13 +31,14 @@ from typing import Any
 import numpy as np
 import zarr
 
-from motfm_core.data.rows import rows_per_batch
+from motfm_core.data.rows import Rows, rows_per_batch
 from motfm_core.data.shards import chunk_key
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, fsync_dir, sweep_leftovers, temporary_name
 
 __all__ = ["SCHEMA_VERSION", "SPLITS", "Blocks", "Splits", "builds", "channel_names", "fingerprint_arrays",
-           "load_split", "load_splits", "open_store", "read_rows", "split_rows", "stratified_subset", "write_dataset"]
+           "load_split", "load_splits", "open_split", "open_store", "read_rows", "split_rows", "stratified_subset",
+           "write_dataset"]
 
 SCHEMA_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -266,7 +267,19 @@ def load_split(path: str | Path, split: str) -> dict[str, np.ndarray]:
     return read_rows(root, split_rows(root, split)[0])
 
 
-Splits = dict[str, dict[str, np.ndarray]]  # {split name: load_split(...) of it}
+def open_split(path: str | Path, split: str) -> dict[str, Any]:
+    """One split with its images (and masks) left in the store as `Rows`, read a batch at a time by whoever reads
+    them; `labels` and `group` (a few bytes a sample) loaded. What the evaluation reads the real test split as, so
+    its memory does not grow with that split."""
+    root = open_store(path)
+    rows, labels = split_rows(root, split)
+    out: dict[str, Any] = {"images": Rows((root["images"], rows)), "labels": labels, "group": root["group"][:][rows]}
+    if "masks" in root.array_keys():
+        out["masks"] = Rows((root["masks"], rows))
+    return out
+
+
+Splits = dict[str, dict[str, Any]]  # {split name: load_split(...) or open_split(...) of it}
 
 
 def load_splits(path: str | Path, names: tuple[str, ...] = ("train", "test")) -> Splits:

@@ -25,8 +25,7 @@ import torch
 import zarr
 
 from motfm_core.config import EvalConfig
-from motfm_core.data.datasets import Rows
-from motfm_core.data.rows import row_bytes, take_rows
+from motfm_core.data.rows import Rows, largest, row_bytes, take_rows
 from motfm_core.data.store import Splits, load_splits, stratified_subset
 from motfm_core.data.synthetic import open_synthetic
 from motfm_core.device import default_device
@@ -37,7 +36,7 @@ from motfm_core.evaluation.metrics import (
     classification_metrics,
     summarise,
 )
-from motfm_core.evaluation.segmentation import predict_masks, segmentation_scores, train_segmenter
+from motfm_core.evaluation.segmentation import score_segmenter, train_segmenter
 from motfm_core.evaluation.statistics import Comparison, compare_arms, paired_interval
 from motfm_core.evaluation.supervised import predict_proba, train_classifier
 from motfm_core.results import Result, optional
@@ -213,7 +212,7 @@ def _train_arm(arm: Arm, src: Any, train: dict[str, Any], test: dict[str, Any], 
     if mask_classes:
         masks = _training_rows(train["masks"], ri, src["masks"], si, cfg.memory_mb)
         seg = train_segmenter(x, masks, mask_classes, cfg, seed, device)
-        scores = segmentation_scores(predict_masks(seg, test["images"], device), test["masks"], mask_classes)
+        scores = score_segmenter(seg, test["images"], test["masks"], mask_classes, device)
     return proba, scores, {"real": int(len(ri)), "synthetic": int(len(si))}
 
 
@@ -265,7 +264,7 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
                                                                                       *by_nfe.values(),
                                                                                       *ddpm.values()])
     # int before + 1: a uint8 maximum of 255 + 1 wrapped to 0 classes (0/255 masks crashed the segmenter)
-    mask_classes = max(int(train["masks"].max()), int(test["masks"].max())) + 1 if segment else 0
+    mask_classes = max(int(largest(train["masks"])), int(largest(test["masks"]))) + 1 if segment else 0
     arms, n = plan_arms(cfg, bool(low_data), tuple(by_nfe), tuple(ddpm)), len(train["labels"])
     results: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in arms}
     seg_results: dict[str, dict[int, dict[str, float]]] = {a.name: {} for a in arms}

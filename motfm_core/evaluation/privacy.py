@@ -62,7 +62,7 @@ class Audit(Result):
     png: str | None = optional()
 
 
-def memorisation_audit(train: np.ndarray, test: np.ndarray, synthetic: Any, quantile: float = 0.01) -> Audit:
+def memorisation_audit(train: np.ndarray, test: Any, synthetic: Any, quantile: float = 0.01) -> Audit:
     """Flags synthetic images nearer to a training image than nearly all unseen real images are; `synthetic` may
     be a Zarr array (read in batches)."""
     d_syn, j_syn = nearest(synthetic, train)

@@ -278,7 +278,7 @@ def scores(real: np.ndarray, fake: np.ndarray, pixels: tuple[Any, Any] | None = 
                   swd_channels=per_channel)
 
 
-def score_nfe_curve(path: str | Path, extractor: "FeatureExtractor", test: np.ndarray, test_feats: np.ndarray
+def score_nfe_curve(path: str | Path, extractor: "FeatureExtractor", test: Any, test_feats: np.ndarray
                     ) -> list[NfePoint]:
     """FID and fine SWD against the real test split of each NFE's fresh samples in `path` (written by the sampling
     stage, `motfm_core.model.sampling.sample_nfe_curve`), beside the seconds per image they took."""
@@ -326,7 +326,7 @@ def _both(synthetic: Diversity | None, real_train: Diversity | None) -> dict[str
     return {"synthetic": synthetic, "real_train": real_train}
 
 
-def reconstruction(test: np.ndarray, record: dict[str, Any], device: torch.device | str = "cpu",
+def reconstruction(test: Any, record: dict[str, Any], device: torch.device | str = "cpu",
                    most: int = 16) -> Reconstruction:
     """The autoencoder of a latent model (`record`, as its checkpoint keeps it) on up to `most` real test images,
     evenly spaced through the split: each encoded and decoded as sampling decodes."""

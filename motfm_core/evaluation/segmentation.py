@@ -18,7 +18,7 @@ from motfm_core.data.rows import rows_per_batch
 from motfm_core.evaluation.supervised import ArrayRows, Downsampled, fit
 from motfm_core.scale import to_model_space
 
-__all__ = ["build_segmenter", "predict_masks", "segmentation_scores", "train_segmenter"]
+__all__ = ["build_segmenter", "predict_masks", "score_segmenter", "segmentation_scores", "train_segmenter"]
 
 def build_segmenter(spatial_dims: int, in_channels: int, num_classes: int, cfg: EvalConfig) -> nn.Module:
     """A small MONAI UNet (residual units, batch norm) with one output channel per mask class; on images pooled by
@@ -46,6 +46,16 @@ def predict_masks(model: nn.Module, x: np.ndarray, device: torch.device, batch: 
     out = [model(to_model_space(torch.from_numpy(x[i:i + batch]).float().to(device))).argmax(1, keepdim=True).cpu()
            for i in range(0, len(x), batch)]
     return torch.cat(out).numpy()
+
+
+def score_segmenter(model: nn.Module, x: ArrayRows, truth: ArrayRows, num_classes: int, device: torch.device,
+                    batch: int = 64) -> dict[str, np.ndarray]:
+    """Per-image Dice and HD95 of the segmenter's masks for images `x` against `truth` (arrays or `Rows`), a batch
+    at a time: neither the images, the truth nor the predicted masks of the whole set are held at once."""
+    batch = rows_per_batch(x, batch)
+    parts = [segmentation_scores(predict_masks(model, np.asarray(x[i:i + batch]), device, batch),
+                                 np.asarray(truth[i:i + batch]), num_classes) for i in range(0, len(x), batch)]
+    return {m: np.concatenate([p[m] for p in parts]) for m in ("dice", "hd95")}
 
 
 def segmentation_scores(pred: np.ndarray, truth: np.ndarray, num_classes: int) -> dict[str, np.ndarray]:

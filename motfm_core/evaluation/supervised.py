@@ -12,8 +12,7 @@ from monai.networks.nets import Classifier
 from torch import nn
 
 from motfm_core.config import EvalConfig
-from motfm_core.data.datasets import Rows
-from motfm_core.data.rows import rows_per_batch
+from motfm_core.data.rows import Rows, rows_per_batch
 from motfm_core.scale import to_model_space
 
 __all__ = ["ArrayRows", "build_classifier", "Downsampled", "fit", "predict_proba", "train_classifier"]

@@ -77,7 +77,7 @@ def test_the_traceback_goes_to_a_temporary_folder_when_the_run_folder_cannot_be_
 # raise sites of ValueError that are a caller's programming error (the project's own code passing wrong shapes),
 # never a user's input: everything else the project raises for bad input is BadInput
 INTERNAL = {("motfm_core/model/paths.py", "sample"), ("motfm_core/model/nets.py", "__init__"),
-            ("motfm_core/model/nets.py", "forward"), ("motfm_core/data/datasets.py", "__init__"),
+            ("motfm_core/model/nets.py", "forward"), ("motfm_core/data/rows.py", "__init__"),
             ("motfm_core/data/synthetic.py", "shard_bounds"), ("motfm_core/data/synthetic.py", "write_shard"),
             ("motfm_core/data/store.py", "write_dataset"), ("motfm_core/data/store.py", "_write_build"),
             ("motfm_core/data/geometry.py", "fit_volume"),
