@@ -2,7 +2,7 @@
 
     .venv/bin/python benchmarks/eval_memory.py            # 2D demo set: 1x, 10x, 50x the demo's 120 synthetic images
     .venv/bin/python benchmarks/eval_memory.py --3d       # and 3D stores of 0.5 and 5 GB in a 2 GB memory cgroup
-    .venv/bin/python benchmarks/eval_memory.py --sizes --test-split 1 4 16   # the real test split at 1x, 4x, 16x
+    .venv/bin/python benchmarks/eval_memory.py --sizes --test-split 1 4 16 --train-split 1 4 16   # real splits
 
 Each point runs `motfm_core.evaluation.evaluate.evaluate_run` (downstream arms, quality metrics, memorisation audit)
 in a fresh child process; its peak RSS is the child's `ru_maxrss`. The synthetic stores are written directly (the
@@ -13,11 +13,11 @@ with `eval.memory_mb=0` (every synthetic image read from the store per batch).
 The 3D points write stores of 64^3 volumes, the largest larger than the limit of a cgroup-v1 memory group (root),
 and run the evaluation inside that group (again with both `eval.memory_mb` values): the large one completes only
 if the evaluation never holds the store in memory, and the peak RSS of the sizes side by side is the 3D curve.
-`--test-split` scales the real test split instead (issue #37): the bundled slices at 128 px, their test split
-grown to 512 images at 1x (32 MiB; each test slice repeated with seeded noise as a new subject, so the paired
-statistics still resample subjects) and to the multiples given; train split and synthetic store fixed. Each point
-runs with the test split streamed from the store (`store.open_split`, what the evaluation does) and held whole
-(`load_split`, what it did), so the two curves come from the same code otherwise.
+`--test-split` and `--train-split` scale a real split instead (issue #37): the bundled slices at 128 px, the split
+grown to 512 images at 1x (32 MiB; each slice repeated with seeded noise as a new subject, so the paired
+statistics still resample subjects) and to the multiples given; the other splits and the synthetic store fixed.
+Each point runs with the real splits streamed from the store (`store.open_split`, what the evaluation does) and
+held whole (`load_split`, what it did), so the two curves come from the same code otherwise.
 Writes benchmarks/results/<date>-<machine>-eval-memory.json and appends rows to benchmarks/RESULTS.md.
 """
 
@@ -75,8 +75,8 @@ def child(args: argparse.Namespace) -> None:
     from motfm_core.evaluation import evaluate
     from motfm_core.evaluation.evaluate import evaluate_run
 
-    if args.held_test:  # the test split loaded whole, as before issue #37
-        evaluate.open_split = load_split  # type: ignore[assignment]
+    if args.held_test:  # the real splits loaded whole, as before issue #37
+        evaluate.open_split = load_split
 
     cfg = EvalConfig(**json.loads(args.child))
     Path(args.run_dir).mkdir(parents=True, exist_ok=True)
@@ -152,19 +152,21 @@ def bench_3d(work: Path, limit_gb: float, store_gbs: list[float], cfg: EvalConfi
     return rows
 
 
-TEST_BASE = 512  # the test split at 1x (--test-split): 32 MiB of 128 px images
+SPLIT_BASE = 512  # a scaled split at 1x (--test-split, --train-split): 32 MiB of 128 px images
 
 
-def scaled_test_store(base: Path, out: Path, images: int, seed: int = 0) -> Path:
-    """`base` (a real store) with its test split replaced by `images` images: its test slices cycled, each copy
-    plus Gaussian noise (sigma 0.02) and a subject of its own; train and val as they are. Written a block at a time."""
+def scaled_split_store(base: Path, out: Path, name: str, images: int, seed: int = 0) -> Path:
+    """`base` (a real store) with its split `name` replaced by `images` images: that split's slices cycled, each
+    copy plus Gaussian noise (sigma 0.02) and a subject of its own; the other splits as they are. Written a block at
+    a time."""
     from motfm_core.data import write_dataset
     from motfm_core.data.rows import rows_per_batch
     from motfm_core.data.store import Blocks, open_store
 
     root = open_store(base)
     split = root["split"][:]
-    keep, test = np.nonzero(split != 2)[0], np.nonzero(split == 2)[0]
+    code = {"train": 0, "val": 1, "test": 2}[name]
+    keep, test = np.nonzero(split != code)[0], np.nonzero(split == code)[0]
     src = np.concatenate([keep, test[np.arange(images) % len(test)]])
     copy = np.concatenate([np.zeros(len(keep), np.int64), np.arange(images) // len(test)])
     groups = root["group"][:]
@@ -189,20 +191,27 @@ def scaled_test_store(base: Path, out: Path, images: int, seed: int = 0) -> Path
                                      read), root["labels"][:][src], split[src], group, attrs, extra=extra)
 
 
-def bench_test_split(work: Path, multiples: list[int], cfg: EvalConfig) -> list[dict]:
-    """Peak RSS of the evaluation as the real test split grows (`scaled_test_store`), streamed and held."""
-    base = ingest(DataConfig(image_size=128), work / "real128.zarr")
-    syn = write_store(base, work / "syn128.zarr", 4 * DEMO_SYNTHETIC, shard_size=60)
+def bench_split(work: Path, name: str, multiples: list[int], cfg: EvalConfig) -> list[dict]:
+    """Peak RSS of the evaluation as the real split `name` grows (`scaled_split_store`), the real splits streamed
+    and held."""
+    base = work / "real128.zarr"
+    if not base.exists():
+        ingest(DataConfig(image_size=128), base)
+    syn = work / "syn128.zarr"
+    if not syn.exists():
+        write_store(base, syn, 4 * DEMO_SYNTHETIC, shard_size=60)
     rows = []
     for mult in multiples:
-        real = scaled_test_store(base, work / f"real-test{mult}.zarr", mult * TEST_BASE)
+        real = scaled_split_store(base, work / f"real-{name}{mult}.zarr", name, mult * SPLIT_BASE)
         for held in (False, True):
-            run = run_child(real, syn, cfg, work / f"run-test{mult}-{held}", held_test=held)
-            rows.append({"dims": 2, "test_multiple": mult, "test_images": mult * TEST_BASE,
-                         "test_mb": mult * TEST_BASE * 128 * 128 * 5 / 2**20, "test_split": "held" if held else
-                         "streamed", "store_mb": store_bytes(real) / 2**20, "memory_mb": cfg.memory_mb, **run})
+            run = run_child(real, syn, cfg, work / f"run-{name}{mult}-{held}", held_test=held)
+            rows.append({"dims": 2, "split": name, "multiple": mult, "split_images": mult * SPLIT_BASE,
+                         "split_mb": mult * SPLIT_BASE * 128 * 128 * 5 / 2**20,
+                         "real_splits": "held" if held else "streamed", "store_mb": store_bytes(real) / 2**20,
+                         "memory_mb": cfg.memory_mb, **run})
             print(rows[-1], flush=True)
-        shutil.rmtree(real)
+        for p in real.parent.glob(f"{real.name}*"):  # the link and its build
+            p.unlink() if p.is_symlink() else shutil.rmtree(p)
     return rows
 
 
@@ -215,6 +224,8 @@ def main() -> None:
                    help="3D: the synthetic stores' sizes (uncompressed GB), one point each")
     p.add_argument("--test-split", type=int, nargs="*", default=[],
                    help="multiples of a 512-image real test split at 128 px (streamed and held, each)")
+    p.add_argument("--train-split", type=int, nargs="*", default=[],
+                   help="multiples of a 512-image real train split at 128 px (streamed and held, each)")
     p.add_argument("--work", default=None, help="scratch folder (default: a temporary one, removed)")
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--real", help=argparse.SUPPRESS)
@@ -231,8 +242,8 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     try:
         rows = bench_2d(work, args.sizes, cfg) if args.sizes else []
-        if args.test_split:
-            rows += bench_test_split(work, args.test_split, cfg)
+        for name, multiples in (("test", args.test_split), ("train", args.train_split)):
+            rows += bench_split(work, name, multiples, cfg) if multiples else []
         if args.three_d:
             rows += bench_3d(work, args.limit_gb, args.store_gb,
                              dataclasses.replace(cfg, steps=20, seg_steps=10, channels=(8, 16, 32), batch_size=4))
@@ -242,14 +253,22 @@ def main() -> None:
     date = dt.date.today().isoformat()
     gbs = "-".join(f"{g:g}" for g in args.store_gb)
     tag = "-".join([*(f"{m}x" for m in args.sizes), *([f"3d-{gbs}gb"] if args.three_d else []),
-                    *([f"test-split-{'-'.join(f'{m}x' for m in args.test_split)}"] if args.test_split else [])])
+                    *([f"test-split-{'-'.join(f'{m}x' for m in args.test_split)}"] if args.test_split else []),
+                    *([f"train-split-{'-'.join(f'{m}x' for m in args.train_split)}"] if args.train_split else [])])
     name = f"{date}-{machine_name()}-eval-memory-{tag}.json"  # one file per set of points: runs do not overwrite
     out = ROOT / "benchmarks" / "results" / name
     out.write_text(json.dumps({"date": date, "machine": machine_name(), "command": " ".join(sys.argv[1:]),
                                "eval_config": dataclasses.asdict(cfg), "rows": rows}, indent=2))
     cols = ["date", "machine", "dims", "synthetic samples (x demo)", "store MB", "eval.memory_mb", "peak RSS MB",
             "seconds", "command", "json"]
-    for r in rows:
+    for r in (r for r in rows if "split" in r):
+        add_row("Evaluation memory against the real splits (`benchmarks/eval_memory.py`, issue #37)",
+                ["date", "machine", "split scaled", "its images (x)", "its MB", "real splits", "peak RSS MB",
+                 "seconds", "command", "json"],
+                [date, machine_name(), r["split"], f"{r['split_images']} ({r['multiple']}x)", f"{r['split_mb']:.0f}",
+                 r["real_splits"], r.get("error") or f"{r['peak_rss_mb']:.0f}", f"{r.get('seconds', float('nan')):.0f}",
+                 f"`benchmarks/eval_memory.py {' '.join(sys.argv[1:])}`", f"results/{name}"])
+    for r in (r for r in rows if "split" not in r):
         add_row("Evaluation memory (`benchmarks/eval_memory.py`)", cols, [
             date, machine_name(), f"{r['dims']}D",
             f"{r['samples']}" + (f" ({r['multiple']}x)" if "multiple" in r else ""),

@@ -17,7 +17,7 @@ import numpy as np
 from motfm_core import __version__
 from motfm_core.allocator import mmap_large_buffers
 from motfm_core.config import EvalConfig, config_hash
-from motfm_core.data.store import load_split, open_split, open_store
+from motfm_core.data.store import open_split, open_store
 from motfm_core.data.versions import hold_version
 from motfm_core.evaluation.downstream import Augmentation, evaluate_augmentation
 from motfm_core.evaluation.privacy import Audit, audit_stores
@@ -101,8 +101,8 @@ def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalCon
         say(f"evaluate: {out} already holds this data, synthetic version and config (key {key}); reusing it")
         return out
     mmap_large_buffers()  # read batches freed go back to the system: memory stays flat however large the store
-    # the test split stays in the store, read a batch at a time by each metric: its size does not set the memory
-    real = {"train": load_split(data_path, "train"), "test": open_split(data_path, "test")}
+    # the real splits stay in the store, read a batch at a time by each metric: their size does not set the memory
+    real = {split: open_split(data_path, split) for split in ("train", "test")}
     with contextlib.ExitStack() as leases:  # another run's pruning leaves the versions read here alone
         for store in (synthetic_path, *low.values(), *by_nfe.values(), *ddpm.values()):
             leases.enter_context(hold_version(store))

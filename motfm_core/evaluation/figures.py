@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from motfm_core.data.store import channel_names, load_split
+from motfm_core.data.store import channel_names, open_split
 from motfm_core.evaluation.downstream import Augmentation
 from motfm_core.evaluation.quality import Quality
 
@@ -38,7 +38,7 @@ def sample_grid(real_path: str | Path, synthetic_path: str | Path, out_png: str 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    real = load_split(real_path, "train")
+    real = open_split(real_path, "train")  # a few images a class are read, not the split
     root = zarr.open_group(str(synthetic_path), mode="r", zarr_format=3)
     sx, sy = root["images"], root["labels"][:]
     smasks = root["masks"] if "masks" in root.array_keys() else None  # overlay the conditioning masks

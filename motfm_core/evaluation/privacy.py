@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import zarr
 
+from motfm_core.data.rows import Rows
 from motfm_core.data.store import Splits, load_splits
 from motfm_core.data.synthetic import open_synthetic
 from motfm_core.evaluation.figures import figure_dpi
@@ -62,7 +63,7 @@ class Audit(Result):
     png: str | None = optional()
 
 
-def memorisation_audit(train: np.ndarray, test: Any, synthetic: Any, quantile: float = 0.01) -> Audit:
+def memorisation_audit(train: Any, test: Any, synthetic: Any, quantile: float = 0.01) -> Audit:
     """Flags synthetic images nearer to a training image than nearly all unseen real images are; `synthetic` may
     be a Zarr array (read in batches)."""
     d_syn, j_syn = nearest(synthetic, train)
@@ -77,7 +78,7 @@ def memorisation_audit(train: np.ndarray, test: Any, synthetic: Any, quantile: f
                  closest=[ClosePair(int(i), int(j_syn[i]), float(d_syn[i])) for i in order[:8]])
 
 
-def closest_pairs_png(train: np.ndarray, synthetic: Any, audit: Audit, out_png: str | Path) -> Path:
+def closest_pairs_png(train: Any, synthetic: Any, audit: Audit, out_png: str | Path) -> Path:
     """Side-by-side PNG of the closest synthetic/train pairs (top row synthetic, bottom row its neighbour)."""
     import matplotlib
 
@@ -112,8 +113,9 @@ def audit_stores(real_path: str | Path, synthetic_path: str | Path, out_png: str
     train, test = real["train"]["images"], real["test"]["images"]
     root = zarr.open_group(str(synthetic_path), mode="r", zarr_format=3)
     indices = root.attrs.get("train_indices")
-    if indices is not None:
-        train = train[np.asarray(indices, dtype=np.int64)]
+    if indices is not None:  # the generator's own share, left where the split is (read as the split is)
+        train = train[np.asarray(indices, dtype=np.int64)] if isinstance(train, np.ndarray) else Rows(
+            (train, np.asarray(indices, dtype=np.int64)))
     synthetic = open_synthetic(synthetic_path)["images"]  # read in batches: memory does not grow with its size
     audit = dataclasses.replace(memorisation_audit(train, test, synthetic, quantile), reference_images=int(len(train)))
     if "redraws" in root.array_keys():

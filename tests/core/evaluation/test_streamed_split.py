@@ -1,5 +1,5 @@
-"""The evaluation reads the real test split from the store a batch at a time (`store.open_split`), and scores
-exactly what it scored with the split held in memory."""
+"""The evaluation reads the real splits from the store a batch at a time (`store.open_split`), and scores exactly
+what it scored with the splits held in memory."""
 
 import dataclasses
 
@@ -48,8 +48,7 @@ def test_the_segmenter_scored_a_batch_at_a_time_scores_as_the_whole_set(phantom_
         np.testing.assert_array_equal(batched[m], whole[m])
 
 
-def test_evaluation_streams_the_test_split_and_scores_it_as_if_held(phantom_store, tmp_path, monkeypatch):
-    from motfm_core.evaluation import evaluate as evaluate_module
+def test_evaluation_streams_the_real_splits_and_scores_them_as_if_held(phantom_store, tmp_path, monkeypatch):
     from motfm_core.evaluation.downstream import evaluate_augmentation
     from motfm_core.evaluation.evaluate import evaluate_run, read_evaluation
     from motfm_core.evaluation.privacy import audit_stores
@@ -64,7 +63,7 @@ def test_evaluation_streams_the_test_split_and_scores_it_as_if_held(phantom_stor
     cfg = EvalConfig(seeds=(0,), steps=6, batch_size=8, channels=(8, 16), ratios=(1.0,), real_fractions=(),
                      seg_steps=3, seg_channels=(8, 16))
     held = {"train": train, "test": load_split(phantom_store, "test")}
-    streamed = {"train": train, "test": open_split(phantom_store, "test")}
+    streamed = {"train": open_split(phantom_store, "train"), "test": open_split(phantom_store, "test")}
     a, b = (evaluate_augmentation(phantom_store, store, cfg, device="cpu", real=r) for r in (held, streamed))
     assert a.per_seed == b.per_seed and a.segmentation == b.segmentation
     qa, qb = (synthetic_quality(phantom_store, store, cfg, device="cpu", real=r) for r in (held, streamed))
@@ -72,14 +71,28 @@ def test_evaluation_streams_the_test_split_and_scores_it_as_if_held(phantom_stor
     ma, mb = (audit_stores(phantom_store, store, real=r) for r in (held, streamed))
     assert ma == mb
 
-    real_load_split = evaluate_module.load_split
+    from motfm_core.data import store as store_module
 
-    def train_only(path, split):
-        if split != "train":
-            pytest.fail(f"the evaluation loaded the {split} split whole")
-        return real_load_split(path, split)
+    def whole_split(root, rows):
+        pytest.fail("the evaluation loaded a real split whole")
 
-    monkeypatch.setattr(evaluate_module, "load_split", train_only)
+    monkeypatch.setattr(store_module, "read_rows", whole_split)
     result = read_evaluation(evaluate_run(phantom_store, store, cfg, tmp_path))
     assert result.augmentation.per_seed == a.per_seed
     assert result.quality.synthetic_vs_test.fid == qa.synthetic_vs_test.fid
+
+
+def test_nearest_reads_references_from_a_store_in_blocks_and_finds_the_same(phantom_store, monkeypatch):
+    """References left in the store are searched a block at a time; every query gets the distance and the index one
+    pass over them in memory gives, ties included (the first of equal distances)."""
+    from motfm_core.model import guard
+
+    train = load_split(phantom_store, "train")["images"]
+    lazy = open_split(phantom_store, "train")["images"]
+    queries = np.concatenate([train[:5], open_split(phantom_store, "test")["images"][:7]])  # exact copies: ties
+    whole = guard.nearest(queries, train)
+    monkeypatch.setattr(guard, "REF_BLOCK_BYTES", 3 * train[0].nbytes)  # blocks of 3 references
+    blocked = guard.nearest(queries, lazy, batch=4)
+    np.testing.assert_array_equal(blocked[0], whole[0])
+    np.testing.assert_array_equal(blocked[1], whole[1])
+    assert (blocked[0][:5] == 0).all() and (blocked[1][:5] == np.arange(5)).all()
