@@ -183,3 +183,61 @@ def test_diversity_with_one_image_per_class_says_there_is_nothing_to_compare():
     images = np.random.RandomState(0).rand(3, 1, 16, 16).astype(np.float32)
     assert diversity(images, np.array([0, 1, 2])) is None
     assert diversity(images, np.array([0, 0, 1])) is not None
+
+
+def _swd_in_one_pass(real, fake, levels=3, n=64, size=7, projections=256, seed=0, most=2000):
+    """SWD as it was computed before it read its images a batch at a time: whole sets, whole pyramids."""
+    import torch
+    import torch.nn.functional as F
+
+    def pick(x):
+        rows = np.arange(len(x)) if len(x) <= most else np.sort(np.random.RandomState(seed).choice(len(x), most,
+                                                                                                   replace=False))
+        x = np.asarray(x)[rows]
+        return torch.from_numpy(np.asarray(x[..., x.shape[-1] // 2] if x.ndim == 5 else x, dtype=np.float64))
+
+    def pyramid(x):
+        out, cur = [], x
+        for _ in range(levels - 1):
+            down = F.avg_pool2d(cur, 2)
+            out.append(cur - F.interpolate(down, scale_factor=2, mode="bilinear", align_corners=False))
+            cur = down
+        return out + [cur]
+
+    def patches(x, g):
+        b, _, h, w = x.shape
+        i = torch.randint(0, h - size + 1, (b, n), generator=g)
+        j = torch.randint(0, w - size + 1, (b, n), generator=g)
+        return x.unfold(2, size, 1).unfold(3, size, 1)[torch.arange(b)[:, None].expand(b, n), :, i, j].reshape(
+            b * n, -1)
+
+    g = torch.Generator().manual_seed(seed)
+    out = {}
+    for lvl, (la, lb) in enumerate(zip(pyramid(pick(real)), pyramid(pick(fake)))):
+        pa, pb = patches(la, g), patches(lb, g)
+        m = min(len(pa), len(pb))
+        pa, pb = pa[torch.randperm(len(pa), generator=g)[:m]], pb[torch.randperm(len(pb), generator=g)[:m]]
+        both = torch.cat([pa, pb])
+        mu, sd = both.mean(0), both.std(0) + 1e-8
+        d = torch.randn(pa.shape[1], projections, generator=g, dtype=torch.float64)
+        d = d / d.norm(dim=0, keepdim=True)
+        a, b = ((pa - mu) / sd) @ d, ((pb - mu) / sd) @ d
+        out[f"level{lvl}"] = float((a.sort(0).values - b.sort(0).values).abs().mean() * 1e3)
+    return out
+
+
+@pytest.mark.parametrize("shape,most", [((40, 1, 48, 48), 2000), ((30, 2, 32, 32, 9), 2000), ((50, 1, 48, 48), 20)])
+def test_swd_read_a_batch_at_a_time_equals_the_one_pass_over_whole_sets(shape, most, monkeypatch):
+    """SWD keeps patches, not images or pyramids, reading a batch of images at a time (the real test split stays
+    in the store): every draw is made in the order of one pass over the whole sets, so the scores are the same,
+    for 2D, for 3D volumes of two channels, and with the `most` subsample."""
+    from motfm_core.data.rows import Rows
+    from motfm_core.evaluation import quality
+    from motfm_core.evaluation.quality import swd
+
+    rng = np.random.default_rng(0)
+    real, fake = rng.random(shape).astype(np.float32), rng.random((shape[0] - 7, *shape[1:])).astype(np.float32)
+    monkeypatch.setattr(quality, "rows_per_batch", lambda array, most=256, budget=0: 8)  # batches of 8
+    got = swd(Rows((real, None)), fake, most=most)
+    want = _swd_in_one_pass(real, fake, most=most)
+    assert {k: got[k] for k in want} == want
