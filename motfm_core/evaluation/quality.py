@@ -247,8 +247,9 @@ def swd(real: Any, fake: Any, levels: int = 3, patches_per_image: int = 64, size
 
     Images (N, C, H, W[, D]) in [0, 1] (numpy, Zarr or `Rows`, read a batch at a time: only the patches compared
     are held); 3D volumes are scored on their middle slice along the last axis; a set of more than `most` images is
-    scored on `most` of them at random (patches are matched in number between the sets anyway). Level 0 is the finest detail; fewer levels are used when the image is too small;
-    lower is better. Patches hold every channel; `channel` scores one alone.
+    scored on `most` of them at random (patches are matched in number between the sets anyway). Level 0 is the
+    finest detail; fewer levels are used when the image is too small; lower is better. Patches hold every channel;
+    `channel` scores one alone.
     """
     g = torch.Generator().manual_seed(seed)
     side = min(real.shape[2:4])
