@@ -35,7 +35,7 @@ def take_rows(array: Any, idx: np.ndarray) -> np.ndarray:
     out = np.empty((len(rows), *array.shape[1:]), dtype=array.dtype)
     chunk, step = array.chunks[0], rows_per_batch(array)
     if getattr(array, "shards", None) is None:  # unsharded (the real store: a chunk a sample): just the rows' chunks
-        for i in range(0, len(rows), step):  # (slices would read every row between, 5.7x slower for a random batch)
+        for i in range(0, len(rows), step):  # (slices would read every row between the ones asked for)
             out[i:i + step] = array.get_orthogonal_selection((rows[i:i + step],))
         return out if len(rows) == len(idx) and np.array_equal(rows, idx) else out[inverse]
     i = 0

@@ -1,8 +1,8 @@
 """Writing rows of a synthetic store's arrays with tensorstore, and where Zarr keeps a shard.
 
 Why tensorstore: compared like for like (the same arrays, layout, codecs, completion records and flushes), it wrote
-the default layout 35% faster than the shard encoder this module held before, 2D and 3D alike, since it compresses
-a shard's chunks on several threads (benchmarks/RESULTS.md, writer options). It writes the Zarr v3 sharding
+the default layout faster than the shard encoder this module held before, 2D and 3D alike, since it compresses a
+shard's chunks on several threads (benchmarks/RESULTS.md, writer options). It writes the Zarr v3 sharding
 format the arrays' zarr.json describe, so zarr-python and every other Zarr v3 reader read the stores (tested).
 
 Each array is opened once per process, with tensorstore's own fsync off: `synthetic.write_shard` flushes every

@@ -37,8 +37,8 @@ __all__ = ["CHUNK_BYTES", "StoreDamaged", "completed_shards", "create_synthetic_
            "write_shard"]
 
 CHUNK_BYTES = 128 * 1024  # per-chunk overhead dominates below this (one-sample chunks capped the writer)
-# zstd level 1 for the images: 2.7x faster than zarr's default (level 0, i.e. zstd's 3) on the demo's samples at
-# the same size (63% of their bytes against 62%), 3.6x on 128^3 volumes (benchmarks/RESULTS.md, writer options)
+# zstd level 1 for the images: faster than zarr's default (level 0, i.e. zstd's 3) at the same size on real samples,
+# so the writer keeps up with a fast sampler (benchmarks/RESULTS.md, writer options)
 IMAGE_ZSTD_LEVEL = 1
 # a store sized by bytes still has at least this many shards when it has the samples: one per GPU of an 8-GPU
 # node, and a progress bar that moves
