@@ -16,8 +16,9 @@ if the evaluation never holds the store in memory, and the peak RSS of the sizes
 `--test-split` and `--train-split` scale a real split instead (issue #37): the bundled slices at 128 px, the split
 grown to 512 images at 1x (32 MiB; each slice repeated with seeded noise as a new subject, so the paired
 statistics still resample subjects) and to the multiples given; the other splits and the synthetic store fixed.
-Each point runs with the real splits streamed from the store (`store.open_split`, what the evaluation does) and
-held whole (`load_split`, what it did), so the two curves come from the same code otherwise.
+Each point runs with the real splits streamed from the store (`store.open_split`, what the evaluation does with a
+split over `eval.memory_mb`) and held whole (`load_split`, what it did with every split), whatever their size, so
+the two curves come from the same code otherwise.
 Writes benchmarks/results/<date>-<machine>-eval-memory.json and appends rows to benchmarks/RESULTS.md.
 """
 
@@ -75,8 +76,9 @@ def child(args: argparse.Namespace) -> None:
     from motfm_core.evaluation import evaluate
     from motfm_core.evaluation.evaluate import evaluate_run
 
-    if args.held_test:  # the real splits loaded whole, as before issue #37
-        evaluate.open_split = load_split
+    # the real splits loaded whole whatever their size (as before issue #37), or always read from the store
+    forced = load_split if args.held_test else evaluate.open_split
+    evaluate.real_split = lambda path, split, memory_mb, say=None: forced(path, split)
 
     cfg = EvalConfig(**json.loads(args.child))
     Path(args.run_dir).mkdir(parents=True, exist_ok=True)

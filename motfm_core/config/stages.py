@@ -243,8 +243,8 @@ class EvalConfig:
     # the downstream models (and the quality metrics' feature extractor) see images average-pooled by this factor per
     # axis; a segmenter's masks are predicted back at native size (1 = native; 2 makes 128^3 volumes 8x cheaper)
     downsample: int = 1
-    # an arm's synthetic images up to this size are loaded for its training; more are read from the store a batch at a
-    # time (same batches, same result), so memory stays flat however many there are
+    # an arm's synthetic images, and each real split (images and masks), up to this size are loaded; more are read
+    # from the store a batch at a time (same batches, same result), so memory stays flat however many there are
     memory_mb: int = 512
     # "as useful as": two arms (an NFE and the best one, flow matching and the DDPM baseline) count as equivalent
     # when the 90% interval of their paired difference lies within +- this (accuracy; Dice for the segmenter)

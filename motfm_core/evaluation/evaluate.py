@@ -17,7 +17,8 @@ import numpy as np
 from motfm_core import __version__
 from motfm_core.allocator import mmap_large_buffers
 from motfm_core.config import EvalConfig, config_hash
-from motfm_core.data.store import open_split, open_store
+from motfm_core.data.rows import row_bytes
+from motfm_core.data.store import load_split, open_split, open_store
 from motfm_core.data.versions import hold_version
 from motfm_core.evaluation.downstream import Augmentation, evaluate_augmentation
 from motfm_core.evaluation.privacy import Audit, audit_stores
@@ -61,6 +62,21 @@ def read_evaluation(path: str | Path) -> Evaluation:
     return Evaluation.from_json(json.loads(Path(path).read_text()))
 
 
+def real_split(data_path: str | Path, split: str, memory_mb: int, say: Callable[[str], None] = log.info
+               ) -> dict[str, Any]:
+    """One real split as the evaluation reads it: loaded when its images and masks fit `memory_mb` (eval.memory_mb,
+    as an arm's synthetic images are), else left in the store and read a batch at a time by each metric
+    (`store.open_split`), so a split's size never sets the memory. The scores are the same either way (tested);
+    reading from the store costs time (benchmarks/RESULTS.md, "Evaluation memory against the real splits")."""
+    lazy = open_split(data_path, split)
+    size = sum(row_bytes(lazy[k]) * len(lazy[k]) for k in ("images", "masks") if k in lazy)
+    if size <= memory_mb * 2**20:
+        return load_split(data_path, split)
+    say(f"evaluate: the real {split} split ({size / 2**20:.0f} MB) is over eval.memory_mb ({memory_mb}); reading "
+        "it from the store a batch at a time")
+    return lazy
+
+
 def evaluation_key(data_path: str | Path, synthetic_path: str | Path, cfg: EvalConfig,
                    low_data: Mapping[float, str | Path], nfe_stores: Mapping[int, str | Path] | None = None,
                    nfe_curve: str | Path | None = None, ddpm_stores: Mapping[int, str | Path] | None = None) -> str:
@@ -101,8 +117,7 @@ def evaluate_run(data_path: str | Path, synthetic_path: str | Path, cfg: EvalCon
         say(f"evaluate: {out} already holds this data, synthetic version and config (key {key}); reusing it")
         return out
     mmap_large_buffers()  # read batches freed go back to the system: memory stays flat however large the store
-    # the real splits stay in the store, read a batch at a time by each metric: their size does not set the memory
-    real = {split: open_split(data_path, split) for split in ("train", "test")}
+    real = {split: real_split(data_path, split, cfg.memory_mb, say) for split in ("train", "test")}
     with contextlib.ExitStack() as leases:  # another run's pruning leaves the versions read here alone
         for store in (synthetic_path, *low.values(), *by_nfe.values(), *ddpm.values()):
             leases.enter_context(hold_version(store))

@@ -76,10 +76,17 @@ def test_evaluation_streams_the_real_splits_and_scores_them_as_if_held(phantom_s
     def whole_split(root, rows):
         pytest.fail("the evaluation loaded a real split whole")
 
+    for name in ("held", "streamed"):
+        (tmp_path / name).mkdir()
+    held_run = read_evaluation(evaluate_run(phantom_store, store, cfg, tmp_path / "held"))  # splits under 512 MB
     monkeypatch.setattr(store_module, "read_rows", whole_split)
-    result = read_evaluation(evaluate_run(phantom_store, store, cfg, tmp_path))
-    assert result.augmentation.per_seed == a.per_seed
-    assert result.quality.synthetic_vs_test.fid == qa.synthetic_vs_test.fid
+    lines = []
+    streamed_cfg = dataclasses.replace(cfg, memory_mb=0)  # every split over it: read from the store
+    result = read_evaluation(evaluate_run(phantom_store, store, streamed_cfg, tmp_path / "streamed",
+                                          progress=lines.append))
+    assert result.augmentation.per_seed == held_run.augmentation.per_seed == a.per_seed
+    assert result.quality.synthetic_vs_test.fid == held_run.quality.synthetic_vs_test.fid == qa.synthetic_vs_test.fid
+    assert any("real test split" in line and "over eval.memory_mb (0)" in line for line in lines)
 
 
 def test_nearest_reads_references_from_a_store_in_blocks_and_finds_the_same(phantom_store, monkeypatch):
