@@ -188,7 +188,8 @@ def test_diversity_with_one_image_per_class_says_there_is_nothing_to_compare():
 def _swd_in_one_pass(real, fake, levels=3, n=64, size=7, projections=256, seed=0, most=2000):
     """SWD as it was computed before it read its images a batch at a time: whole sets, whole pyramids."""
     import torch
-    import torch.nn.functional as F
+
+    from motfm_core.evaluation.quality import _laplacian_pyramid
 
     def pick(x):
         rows = np.arange(len(x)) if len(x) <= most else np.sort(np.random.RandomState(seed).choice(len(x), most,
@@ -196,13 +197,8 @@ def _swd_in_one_pass(real, fake, levels=3, n=64, size=7, projections=256, seed=0
         x = np.asarray(x)[rows]
         return torch.from_numpy(np.asarray(x[..., x.shape[-1] // 2] if x.ndim == 5 else x, dtype=np.float64))
 
-    def pyramid(x):
-        out, cur = [], x
-        for _ in range(levels - 1):
-            down = F.avg_pool2d(cur, 2)
-            out.append(cur - F.interpolate(down, scale_factor=2, mode="bilinear", align_corners=False))
-            cur = down
-        return out + [cur]
+    def pyramid(x):  # the whole set's pyramid at once (the per-image filter itself is the module's)
+        return _laplacian_pyramid(x, levels)
 
     def patches(x, g):
         b, _, h, w = x.shape
