@@ -189,7 +189,7 @@ def _swd_in_one_pass(real, fake, levels=3, n=64, size=7, projections=256, seed=0
     """SWD as it was computed before it read its images a batch at a time: whole sets, whole pyramids."""
     import torch
 
-    from motfm_core.evaluation.quality import _laplacian_pyramid
+    from motfm_core.evaluation.swd import _laplacian_pyramid
 
     def pick(x):
         rows = np.arange(len(x)) if len(x) <= most else np.sort(np.random.RandomState(seed).choice(len(x), most,
@@ -228,12 +228,12 @@ def test_swd_read_a_batch_at_a_time_equals_the_one_pass_over_whole_sets(shape, m
     in the store): every draw is made in the order of one pass over the whole sets, so the scores are the same,
     for 2D, for 3D volumes of two channels, and with the `most` subsample."""
     from motfm_core.data.rows import Rows
-    from motfm_core.evaluation import quality
-    from motfm_core.evaluation.quality import swd
+    from motfm_core.evaluation import swd as swd_module
+    from motfm_core.evaluation.swd import swd
 
     rng = np.random.default_rng(0)
     real, fake = rng.random(shape).astype(np.float32), rng.random((shape[0] - 7, *shape[1:])).astype(np.float32)
-    monkeypatch.setattr(quality, "rows_per_batch", lambda array, most=256, budget=0: 8)  # batches of 8
+    monkeypatch.setattr(swd_module, "rows_per_batch", lambda array, most=256, budget=0: 8)  # batches of 8
     got = swd(Rows((real, None)), fake, most=most)
     want = _swd_in_one_pass(real, fake, most=most)
     assert {k: got[k] for k in want} == want
