@@ -99,8 +99,8 @@ class PipelineConfig:
             out.check_latent()
         diffusion = out.sample.solver in ("ddpm", "ddim")
         if diffusion != (out.model.prediction == "epsilon"):  # refused here, not after the whole training
-            fix = ("a flow-matching solver (euler, midpoint, heun, rk4, dopri5), or model.prediction='epsilon' for "
-                   "the DDPM baseline" if diffusion else "sample.solver 'ddpm' or 'ddim' for an epsilon model")
+            fix = ("a flow-matching solver (euler, midpoint, heun, rk4, dopri5, rflow), or model.prediction='epsilon' "
+                   "for the DDPM baseline" if diffusion else "sample.solver 'ddpm' or 'ddim' for an epsilon model")
             raise BadInput(f"sample.solver={out.sample.solver!r} cannot sample a model with model.prediction="
                            f"{out.model.prediction!r}; use {fix}")
         if out.eval.ddpm_arms and out.model.prediction == "epsilon":

@@ -9,7 +9,7 @@ __all__ = ["Coupling", "Compression", "DdimSpacing", "EnhanceTask", "Fit", "Grad
            "MaskConditioning", "MaskSource", "ModelSize", "Precision", "Prediction", "Solver", "SOLVER_CHOICES",
            "Space", "SpatialDims", "TimeSampling"]
 
-Solver = Literal["euler", "midpoint", "heun", "rk4", "dopri5", "ddpm", "ddim"]
+Solver = Literal["euler", "midpoint", "heun", "rk4", "dopri5", "rflow", "ddpm", "ddim"]
 DdimSpacing = Literal["linspace", "trailing"]
 ModelSize = Literal["small", "medium", "large"]
 MaskConditioning = Literal["auto", "none", "concat", "controlnet"]

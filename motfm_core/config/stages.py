@@ -151,7 +151,8 @@ class SampleConfig:
     # flush each shard's data to disk before its completion record (a power cut then never leaves a record over
     # lost data); false writes faster where a lost run is simply re-run (benchmarks/RESULTS.md, writer options)
     fsync: bool = True
-    solver: Solver = "euler"  # flow models: euler/midpoint/heun/rk4/dopri5; DDPM models: ddpm (1000) or ddim
+    # flow models: euler/midpoint/heun/rk4/dopri5, or rflow (MONAI's RFlowScheduler loop); DDPM: ddpm (1000) or ddim
+    solver: Solver = "euler"
     # DDIM only: where its steps sit among the DDPM's 1000. "trailing" (999, 899, .., 99 for 10 steps: each step
     # lands on the next one evaluated) or "linspace" (MONAI's default: 999, 888, .., 111, 0, while each step moves
     # the sample 1000 // steps back, to 899 from 999); trailing measured far better at few steps

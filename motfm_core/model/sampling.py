@@ -98,7 +98,7 @@ def generate(
     if diffusion != (m.prediction == "epsilon"):
         kind = "a DDPM (epsilon) model" if m.prediction == "epsilon" else "a flow-matching (velocity) model"
         raise BadInput(f"solver {cfg.solver!r} cannot sample {kind}; use "
-                       + ("'ddpm' or 'ddim'" if m.prediction == "epsilon" else "euler/midpoint/heun/rk4/dopri5"))
+                       + ("'ddpm' or 'ddim'" if m.prediction == "epsilon" else "euler/midpoint/heun/rk4/dopri5/rflow"))
     shape = m.sample_shape
     device = torch.device(device)
     bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device.type == "cuda")

@@ -5,7 +5,9 @@ the number of velocity evaluations (NFE) it actually spent, counted by a wrapper
 `steps` is the number of solver steps: Euler spends `steps` evaluations, midpoint and Heun 2 per
 step, RK4 4 per step. One step works for all of them. `dopri5` is adaptive (Dormand-Prince 5(4)
 with error control, written here so that NFE is counted exactly); `steps` is then ignored and the
-NFE follows from the tolerances.
+NFE follows from the tolerances. `rflow` is MONAI's `RFlowScheduler` inference loop (the sampler of MONAI's and
+MAISI's rectified-flow models) at its default settings, so a comparison "against MONAI's 30-step sampler" runs
+MONAI's own loop on our weights rather than our reading of it.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import torch
 
 from motfm_core.errors import BadInput
 
-__all__ = ["dopri5", "euler", "METHODS", "solve", "SOLVERS", "Velocity"]
+__all__ = ["dopri5", "euler", "METHODS", "rflow", "RFLOW_TIMESTEPS", "solve", "SOLVERS", "Velocity"]
 
 Velocity = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -61,7 +63,8 @@ def _step_rk4(v: _Counted, x: torch.Tensor, t: float, h: float) -> torch.Tensor:
 
 
 SOLVERS = {"euler": _step_euler, "midpoint": _step_midpoint, "heun": _step_heun, "rk4": _step_rk4}
-METHODS = (*SOLVERS, "dopri5")
+METHODS = (*SOLVERS, "dopri5", "rflow")
+RFLOW_TIMESTEPS = 1000  # RFlowScheduler's num_train_timesteps default: its time runs 1000 (noise) -> 0 (data)
 
 
 # Dormand-Prince 5(4) tableau (FSAL: the last stage of a step is the first of the next).
@@ -106,8 +109,12 @@ def solve(
     """Integrate from x0 at t0 to t1 in `steps` equal steps (dopri5: adaptive to rtol/atol); returns (x(t1), NFE)."""
     if method == "dopri5":
         return dopri5(velocity, x0, rtol=rtol, atol=atol, t0=t0, t1=t1)
+    if method == "rflow":
+        if (t0, t1) != (0.0, 1.0):
+            raise BadInput(f"solver 'rflow' integrates from noise (t=0) to data (t=1) only, not {t0}..{t1}; use euler")
+        return rflow(velocity, x0, steps)
     if method not in SOLVERS:
-        raise BadInput(f"unknown solver {method!r}; choose one of {sorted(SOLVERS) + ['dopri5']}")
+        raise BadInput(f"unknown solver {method!r}; choose one of {sorted(METHODS)}")
     step, v = SOLVERS[method], _Counted(velocity)
     grid, x = _grid(steps, t0, t1), x0
     for ta, tb in zip(grid[:-1], grid[1:]):
@@ -118,3 +125,22 @@ def solve(
 def euler(velocity: Velocity, x0: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
     """Explicit Euler: exactly `steps` network evaluations."""
     return solve(velocity, x0, steps, "euler")
+
+
+def rflow(velocity: Velocity, x0: torch.Tensor, steps: int) -> tuple[torch.Tensor, int]:
+    """MONAI's `RFlowScheduler` with its defaults (1000 training timesteps, timesteps rounded to integers, no
+    resolution-dependent shift) and its documented loop: `set_timesteps(steps)`, then per timestep t with the next
+    one t' (0 after the last) `x = step(v(x, t), t, x, t')`, a step of (t - t') / 1000. Its time runs from 1000
+    (noise) to 0 (data) and ours from 0 to 1, so the network is asked at 1 - t / 1000. The maths is Euler's on
+    MONAI's grid (rounded, so at 30 steps not quite even): one network evaluation a step."""
+    from monai.networks.schedulers import RFlowScheduler
+
+    if steps < 1:
+        raise BadInput(f"rflow steps must be >= 1, got {steps}")
+    scheduler = RFlowScheduler(num_train_timesteps=RFLOW_TIMESTEPS)
+    scheduler.set_timesteps(steps, device=x0.device)
+    times = [int(t) for t in scheduler.timesteps.tolist()]
+    v, x = _Counted(velocity), x0
+    for t, t_next in zip(times, [*times[1:], 0]):
+        x, _ = scheduler.step(v(x, 1.0 - t / RFLOW_TIMESTEPS), t, x, t_next)
+    return x, v.calls

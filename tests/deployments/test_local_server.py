@@ -221,7 +221,7 @@ def test_a_bad_choice_is_refused_through_the_api_before_a_run_starts(server, tmp
     res = _prefect(env, "deployment", "inspect", "synth-and-eval/synth-and-eval")
     schema = "".join(res.stdout.split())  # the CLI pretty-prints over several lines
     assert res.returncode == 0, res.stderr[-2000:]
-    assert "'enum':['euler','midpoint','heun','rk4','dopri5','ddpm','ddim']" in schema, res.stdout[-3000:]
+    assert "'enum':['euler','midpoint','heun','rk4','dopri5','rflow','ddpm','ddim']" in schema, res.stdout[-3000:]
     assert "'enum':['small','medium','large']" in schema
     bad = _run(env, {**TINY, "run_name": "bad", "output_root": str(tmp_path), "solver": "magic"}, watch=False)
     assert bad.returncode != 0 and "magic" in bad.stdout + bad.stderr, bad.stdout[-2000:] + bad.stderr[-2000:]

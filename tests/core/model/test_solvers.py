@@ -71,3 +71,42 @@ def test_dopri5_is_accurate_and_counts_its_evaluations():
     assert nfe_loose < nfe_tight
     assert abs(float(x_tight) - math.exp(-1.5)) < abs(float(x_loose) - math.exp(-1.5)) + 1e-12
     assert abs(float(x_tight) - math.exp(-1.5)) < 1e-7
+
+
+def _time_varying(x, t):
+    return torch.cos(3 * t)[:, None] - x * t[:, None]
+
+
+def test_rflow_is_euler_where_monai_grid_is_even():
+    """1000 / 10 is whole, so MONAI's rounded timesteps are our even grid: the same images to float rounding."""
+    x0 = torch.randn(4, 3, dtype=torch.float64)
+    ours, nfe_ours = solve(_time_varying, x0, 10, "euler")
+    theirs, nfe_theirs = solve(_time_varying, x0, 10, "rflow")
+    assert nfe_ours == nfe_theirs == 10
+    assert torch.allclose(ours, theirs, atol=1e-12)
+
+
+def test_rflow_at_30_steps_is_euler_on_monai_rounded_grid():
+    """At 30 steps MONAI rounds its timesteps (1000, 967, 933, ...): one evaluation a step, at t = 1 - t_monai / 1000,
+    each step as long as the gap to the next rounded timestep."""
+    seen = []
+
+    def v(x, t):
+        seen.append(float(t[0]))
+        return _time_varying(x, t)
+
+    x0 = torch.randn(2, 3, dtype=torch.float64)
+    x, nfe = solve(v, x0, 30, "rflow")
+    assert nfe == len(seen) == 30
+    grid = [1.0 - round((1 - i / 30) * 1000) / 1000 for i in range(30)] + [1.0]
+    assert seen == pytest.approx(grid[:-1], abs=1e-7)  # the network is asked at float32 times
+    assert seen[:3] == pytest.approx([0.0, 0.033, 0.067], abs=1e-7)
+    expected = x0.clone()
+    for a, b in zip(grid[:-1], grid[1:]):
+        expected = expected + (b - a) * _time_varying(expected, torch.full((2,), a, dtype=torch.float64))
+    assert torch.allclose(x, expected, atol=1e-6)  # MONAI's step length is a float32 quotient
+
+
+def test_rflow_refuses_a_partial_interval():
+    with pytest.raises(ValueError, match="noise \\(t=0\\) to data"):
+        solve(lambda x, t: x, torch.zeros(1, 1), 4, "rflow", t0=0.5)

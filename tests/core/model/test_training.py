@@ -268,3 +268,16 @@ def test_a_training_set_larger_than_the_memory_given_is_read_from_the_store(tmp_
     resumed = torch.load(train_flow_matching(store, model_cfg, cfg, tmp_path / "b", device="cpu"), weights_only=True)
     for k, v in ckpt["ema"].items():
         torch.testing.assert_close(resumed["ema"][k], v)
+
+
+def test_monai_rflow_sampler_on_our_weights(tiny_checkpoint):
+    """sample.solver=rflow runs MONAI's RFlowScheduler loop on a trained generator: at 10 steps its grid is Euler's,
+    so the images are Euler's to float32 rounding, at the same NFE (at 30 steps, on MONAI's rounded grid, they move)."""
+    model, _ = load_checkpoint(tiny_checkpoint)
+    labels, seeds = sample_plan(3, SampleConfig(samples_per_class=2))
+    euler, nfe_euler = generate(model, labels, seeds, SampleConfig(samples_per_class=2, nfe=10, solver="euler"))
+    rflow, nfe_rflow = generate(model, labels, seeds, SampleConfig(samples_per_class=2, nfe=10, solver="rflow"))
+    assert nfe_euler == nfe_rflow == 10
+    np.testing.assert_allclose(rflow, euler, atol=1e-5)
+    assert np.abs(rflow - generate(model, labels, seeds, SampleConfig(samples_per_class=2, nfe=30,
+                                                                      solver="rflow"))[0]).max() > 0
