@@ -33,8 +33,8 @@ from motfm_core.files import atomic_path, fsync_dir, fsync_tree, sweep_leftovers
 
 __all__ = ["CHUNK_BYTES", "StoreDamaged", "completed_shards", "create_synthetic_store", "damaged_shards",
            "incomplete_shards", "load_synthetic", "num_shards", "open_synthetic", "require_complete",
-           "samples_per_chunk", "shard_bounds", "shard_complete", "shard_images", "shard_states", "sweep_store",
-           "write_shard"]
+           "samples_per_chunk", "sampling_seconds", "shard_bounds", "shard_complete", "shard_images", "shard_states",
+           "sweep_store", "write_shard"]
 
 CHUNK_BYTES = 128 * 1024  # per-chunk overhead dominates below this (one-sample chunks capped the writer)
 # zstd level 1 for the images: faster than zarr's default (level 0, i.e. zstd's 3) at the same size on real samples,
@@ -187,6 +187,16 @@ def completed_shards(path: str | Path) -> dict[int, dict[str, Any]]:
     """{index: completion-record attributes} of every complete shard (record present, files whole): the one
     definition every reader uses."""
     return shard_states(path)[0]
+
+
+def sampling_seconds(path: str | Path) -> tuple[float, str]:
+    """Seconds per image the store's sampling took (the sum over its complete shards' records, copy-guard redraws
+    included, over the store's samples) and the device it ran on ("?" before any shard is complete)."""
+    import zarr
+
+    records = list(completed_shards(path).values())
+    n = zarr.open_group(str(path), mode="r", zarr_format=3).attrs["num_samples"]
+    return sum(r["seconds"] for r in records) / max(1, n), records[0].get("device", "?") if records else "?"
 
 
 def incomplete_shards(path: str | Path) -> list[int]:

@@ -28,7 +28,7 @@ from torch import nn
 from motfm_core.config import EvalConfig
 from motfm_core.data.rows import rows_per_batch, take_rows
 from motfm_core.data.store import Splits, channel_names, load_split, load_splits, open_store
-from motfm_core.data.synthetic import open_synthetic
+from motfm_core.data.synthetic import open_synthetic, sampling_seconds
 from motfm_core.device import default_device
 from motfm_core.evaluation.supervised import train_classifier
 from motfm_core.evaluation.swd import swd
@@ -53,6 +53,7 @@ class Scores(Result):
     density: float | None = optional()  # reports written before density/coverage lack them
     coverage: float | None = optional()
     swd_channels: dict[str, float] | None = optional()  # fine SWD of each channel alone, for multi-channel images
+    seconds_per_image: float | None = optional()  # a synthetic store's: what sampling it took an image (its records)
 
 
 @dataclass(frozen=True)
@@ -244,7 +245,8 @@ def synthetic_quality(real_path: str | Path, synthetic_path: str | Path, cfg: Ev
     names = channel_names(open_store(real_path).attrs, int(fake.shape[1]))
     for name, store in (arm_stores or {}).items():
         x = open_synthetic(store)["images"]
-        arm_scores[name] = scores(feats["test"], extractor(x), (images["test"], x), names)
+        arm_scores[name] = dataclasses.replace(scores(feats["test"], extractor(x), (images["test"], x), names),
+                                               seconds_per_image=sampling_seconds(store)[0])
     record = open_store(synthetic_path).attrs.get("autoencoder")
     factor = cfg.downsample if cfg is not None else 1
     return dataclasses.replace(

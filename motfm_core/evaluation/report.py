@@ -21,7 +21,7 @@ import zarr
 from motfm_core import code_version
 from motfm_core.config import TrainConfig
 from motfm_core.data.store import channel_names, open_store
-from motfm_core.data.synthetic import completed_shards
+from motfm_core.data.synthetic import sampling_seconds
 from motfm_core.errors import BadInput
 from motfm_core.evaluation.evaluate import Evaluation, read_evaluation
 from motfm_core.evaluation.figures import gain_figure, loss_figure, sample_grid
@@ -189,7 +189,7 @@ def render_markdown(report: Report, grid_name: str, gains_png: str | None = None
     for arm, s in ev.summary.items():
         lines.append(f"| {arm} | {fmt(s['accuracy'])} | {fmt(s['macro_f1'])} | {fmt(s['auroc'])} |")
     lines += gains_table(evaluation)
-    lines += nfe_lines(evaluation, report.sampling.nfe)
+    lines += nfe_lines(evaluation, report.sampling.nfe, report.sampling.seconds_per_image)
     lines += quality_lines(evaluation.quality)
     lines += memorisation_lines(evaluation.memorisation)
     lines += enhancement_lines(report.enhancement)
@@ -239,8 +239,7 @@ def gather(run_name: str, config: dict[str, Any], data_path: str, checkpoint: st
     losses = ckpt["losses"]
     every = max(1, math.ceil(len(losses) / 200))  # a point per step for short runs (one 50-step mean was one dot)
     syn = zarr.open_group(synthetic_path, mode="r", zarr_format=3)
-    shard_info = list(completed_shards(synthetic_path).values())
-    seconds = sum(s["seconds"] for s in shard_info)
+    seconds, device = sampling_seconds(synthetic_path)
     return Report(
         run_name=run_name, code_version=code_version(), config=config,
         dataset=DatasetInfo(path=data_path, source=data.attrs["source"], fingerprint=data.attrs["fingerprint"],
@@ -258,8 +257,7 @@ def gather(run_name: str, config: dict[str, Any], data_path: str, checkpoint: st
                               nfe=syn.attrs["nfe"], guidance=syn.attrs["guidance"],
                               mask_source=syn.attrs.get("mask_source"),
                               copy_guard=syn.attrs.get("copy_threshold") is not None,
-                              seconds_per_image=seconds / max(1, syn.attrs["num_samples"]),
-                              device=shard_info[0].get("device", "?") if shard_info else "?",
+                              seconds_per_image=seconds, device=device,
                               checkpoint_sha256=syn.attrs["checkpoint_sha256"],
                               version=version_name(synthetic_path)),
         evaluation=read_evaluation(evaluation_path),

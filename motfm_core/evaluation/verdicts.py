@@ -40,10 +40,11 @@ def cheapest_nfe(nfes: list[int], arm_of: Callable[[int], str], comparisons: lis
     return (min(ok), best) if ok else None
 
 
-def nfe_lines(evaluation: Evaluation, main_nfe: int) -> list[str]:
+def nfe_lines(evaluation: Evaluation, main_nfe: int, main_seconds: float | None = None) -> list[str]:
     """The report's downstream-value-per-NFE section: per NFE of the flow (and per DDIM NFE of the DDPM baseline,
-    when measured), the quality of the store the arms train on beside the gains of its `real+synthetic` and
-    `synthetic` arms, and the cheapest flow NFE that matches the best."""
+    when measured), what sampling its store took an image (`main_seconds`: the run's own store's) and the store's
+    quality beside the gains of its `real+synthetic` and `synthetic` arms, and the cheapest flow NFE that matches
+    the best."""
     ev, q = evaluation.augmentation, evaluation.quality
     nfes = sorted({main_nfe, *(a.nfe for a in ev.arms if a.nfe and a.family == "flow")})
     ddpm = sorted({a.nfe for a in ev.arms if a.family == "ddpm"})
@@ -51,26 +52,32 @@ def nfe_lines(evaluation: Evaluation, main_nfe: int) -> list[str]:
         return []
     curve = {p.nfe: (p.fid, p.swd_fine) for p in q.nfe_curve or []}  # for evaluations made before arm_stores
     stores = {name: (s.fid, (s.swd or {}).get("level0", float("nan"))) for name, s in (q.arm_stores or {}).items()}
+    seconds = {name: s.seconds_per_image for name, s in (q.arm_stores or {}).items()}
     main = q.synthetic_vs_test  # the main store itself, at its own NFE
     stores["NFE " + str(main_nfe)] = (main.fid, (main.swd or {}).get("level0", float("nan")))
+    seconds["NFE " + str(main_nfe)] = main_seconds
 
     def arm(prefix: str, n: int, family: str = "flow") -> str:
         if family == "ddpm":
             return f"{prefix} DDPM NFE {n}"
         return prefix if n == main_nfe else f"{prefix} NFE {n}"
 
-    def row(model: str, n: int, family: str, quality: tuple[float, float] | None) -> str:
+    def row(model: str, n: int, family: str, store: str, quality: tuple[float, float] | None) -> str:
         cells = f"{quality[0]:.3f} | {quality[1]:.0f}" if quality else "n/a | n/a"
-        return (f"| {model} | {n} | {cells} | {signed(ev.gains[arm('real+synthetic', n, family)]['accuracy'])} | "
+        sec = seconds.get(store)
+        return (f"| {model} | {n} | {'n/a' if sec is None else f'{sec * 1e3:.1f}'} | {cells} | "
+                f"{signed(ev.gains[arm('real+synthetic', n, family)]['accuracy'])} | "
                 f"{signed(ev.gains[arm('synthetic', n, family)]['accuracy'])} |")
 
     lines = ["", "Downstream value per NFE (each store sampled at that NFE, the same arms and seeds; gains over "
-             "`real`, 95% CI over seeds and test subjects; FID and fine SWD of the store the arms train on against "
+             "`real`, 95% CI over seeds and test subjects; what sampling the store took an image, copy-guard "
+             "redraws included, on the sampling device; FID and fine SWD of the store the arms train on against "
              "real test):", "",
-             "| generator | NFE | FID | fine SWD | real+synthetic accuracy gain | synthetic-only accuracy gain |",
-             "|---|---|---|---|---|---|"]
-    lines += [row("flow matching (Euler)", n, "flow", stores.get(f"NFE {n}", curve.get(n))) for n in nfes]
-    lines += [row("DDPM baseline (DDIM)", n, "ddpm", stores.get(f"DDPM NFE {n}")) for n in ddpm]
+             "| generator | NFE | ms / image | FID | fine SWD | real+synthetic accuracy gain | "
+             "synthetic-only accuracy gain |",
+             "|---|---|---|---|---|---|---|"]
+    lines += [row("flow matching (Euler)", n, "flow", f"NFE {n}", stores.get(f"NFE {n}", curve.get(n))) for n in nfes]
+    lines += [row("DDPM baseline (DDIM)", n, "ddpm", f"DDPM NFE {n}", stores.get(f"DDPM NFE {n}")) for n in ddpm]
     found = cheapest_nfe(nfes, lambda n: arm("real+synthetic", n), ev.comparisons)
     if found is not None and len(nfes) > 1:
         cheapest, best = found

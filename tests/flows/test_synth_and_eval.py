@@ -198,6 +198,14 @@ def test_report_has_quality_against_its_baseline_and_enhancement(harness, tmp_pa
     assert {"real+synthetic DDPM NFE 3", "synthetic DDPM NFE 3"} <= set(report["evaluation"]["gains"])
     assert q["arm_stores"]["DDPM NFE 3"]["fid"] >= 0
     assert "| DDPM baseline (DDIM) | 3 |" in md and "vs the DDPM baseline at its best DDIM NFE (3)" in md
+    # each store's sampling cost (its shard records), in the per-NFE table beside its gains
+    from motfm_core.data.synthetic import sampling_seconds
+
+    ddpm_seconds = sampling_seconds(tmp_path / "q" / "baseline-ddpm" / "nfe-3" / "synthetic" / "latest")[0]
+    assert q["arm_stores"]["DDPM NFE 3"]["seconds_per_image"] == pytest.approx(ddpm_seconds) and ddpm_seconds > 0
+    assert f"| DDPM baseline (DDIM) | 3 | {ddpm_seconds * 1e3:.1f} |" in md
+    main = report["sampling"]
+    assert f"| flow matching (Euler) | {main['nfe']} | {main['seconds_per_image'] * 1e3:.1f} |" in md
 
     e, sr = report["enhancement"]
     assert e["config"]["task"] == "denoise" and e["nfe"] == 2 and "flow" in e
