@@ -28,13 +28,15 @@ PREFETCH = 2  # batches each worker reads ahead
 
 
 class RandomBatches(IterableDataset):
-    """(images (B, C, *S) float32, labels (B,), masks (B, 1, *S) uint8 or an empty tensor) of steps
-    `start`..`stop` - 1, each of `batch` rows of `rows` (store rows) drawn from (seed, step)."""
+    """(images (B, C, *S) float32, labels (B,), masks (B, 1, *S) uint8) of steps `start`..`stop` - 1, each of
+    `batch` rows of `rows` (store rows) drawn from (seed, step); images or masks not asked for (`images`, `masks`)
+    are empty tensors (a mask generator reads only the masks)."""
 
     def __init__(self, path: str | Path, rows: np.ndarray, labels: np.ndarray, batch: int, seed: int, start: int,
-                 stop: int, masks: bool) -> None:
+                 stop: int, masks: bool, images: bool = True) -> None:
         self.path, self.rows, self.labels = str(Path(path).resolve()), np.asarray(rows), np.asarray(labels)
         self.batch, self.seed, self.start, self.stop, self.masks = batch, seed, start, stop, masks
+        self.images = images
 
     def indices(self, step: int) -> np.ndarray:
         """Positions into `rows` of step `step`'s batch."""
@@ -46,7 +48,7 @@ class RandomBatches(IterableDataset):
         root: Any = zarr.open_group(self.path, mode="r", zarr_format=3)  # opened here: in the worker process
         for step in range(self.start + first, self.stop, every):
             idx = self.indices(step)
-            images = torch.from_numpy(take_rows(root["images"], self.rows[idx]))
+            images = torch.from_numpy(take_rows(root["images"], self.rows[idx])) if self.images else torch.empty(0)
             masks = torch.from_numpy(take_rows(root["masks"], self.rows[idx])) if self.masks else torch.empty(0)
             yield images, torch.from_numpy(self.labels[idx]).long(), masks
 

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from motfm_core import __version__
 from motfm_core.config import AutoencoderConfig, ModelConfig, TrainConfig, config_hash
 from motfm_core.data.loader import RandomBatches, batch_loader, loader_bytes
+from motfm_core.data.rows import largest
 from motfm_core.data.store import channel_names, open_store
 from motfm_core.device import default_device
 from motfm_core.errors import BadInput, InputMissing
@@ -36,7 +37,14 @@ from motfm_core.model.latents import encode_train_split
 from motfm_core.model.memory import MemoryPlanError, is_out_of_memory, out_of_memory, plan_training
 from motfm_core.model.nets import VelocityUNet, build_model
 from motfm_core.model.step import ema_decay, flow_matching_loss, train_step
-from motfm_core.model.trainset import masked, streams, training_bytes, training_rows, training_set
+from motfm_core.model.trainset import (
+    masked,
+    one_hot,
+    streams,
+    training_bytes,
+    training_rows,
+    training_set,
+)
 from motfm_core.scale import to_model_space
 
 __all__ = ["ema_decay", "flow_matching_loss", "load_checkpoint", "model_for_data", "PROGRESS_SECONDS", "reflow_pairs",
@@ -87,7 +95,8 @@ def model_for_data(cfg: ModelConfig, data_path: str | Path, target: str = "image
         raise BadInput(f"target must be one of {TARGETS}, got {target!r}")
     root = open_store(data_path)
     has_masks = "masks" in root.array_keys()
-    mask_classes = (len(root.attrs.get("mask_names", [])) or int(root["masks"][:].max()) + 1) if has_masks else 0
+    # (a block of masks at a time: a store's masks need not fit in memory)
+    mask_classes = (len(root.attrs.get("mask_names", [])) or int(largest(root["masks"])) + 1) if has_masks else 0
     values = asdict(cfg)
     values["num_classes"] = len(root.attrs["class_names"])
     if target == "masks":
@@ -198,7 +207,9 @@ def train_flow_matching(
         if not streams(target, latents, cfg):
             raise
         # too large to hold: read from the store a batch at a time, the plan counting what the loader holds
-        per = 4 * math.prod(model_cfg.sample_shape) + (math.prod(model_cfg.spatial_shape) if masked(model_cfg) else 0)
+        # a row as the loader holds it: the image and its uint8 mask (the mask generator: the mask alone)
+        per = (4 * math.prod(model_cfg.sample_shape) if target == "images" else 0) + (
+            math.prod(model_cfg.spatial_shape) if masked(model_cfg) or target == "masks" else 0)
         plan, stream = plan_training(model_cfg, cfg, dev, loader_bytes(per, cfg.batch_size)), True
         say(f"train: the training set ({held / 1e9:.2f} GB) does not fit beside a step; reading it from the store "
             "a batch at a time")
@@ -310,12 +321,15 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
     first_step, last_said, t_steady = step, t_start, t_start
     model.train()
     read = None if not stream else iter(batch_loader(
-        RandomBatches(data_path, rows[idx], labels[idx], batch, cfg.seed, step, cfg.steps, masked(model_cfg)),
+        RandomBatches(data_path, rows[idx], labels[idx], batch, cfg.seed, step, cfg.steps,
+                      masks=masked(model_cfg) or target == "masks", images=target == "images"),
         pin=device.type == "cuda"))
     while step < cfg.steps:
         x0 = None
         if read is not None:  # the next step's batch, read ahead by the loader's workers
             images, y, m = (t.to(device, non_blocking=True) for t in next(read))
+            if target == "masks":  # the mask generator learns one-hot masks, as `training_set` gives them held
+                images = one_hot(m, model_cfg.in_channels)  # the model's width: one channel per mask class
             x1, mask = to_model_space(images), m if masked(model_cfg) else None
         else:
             i = torch.randint(0, n, (batch,), generator=gen, device=device)

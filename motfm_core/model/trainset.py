@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 import zarr
 
 from motfm_core.config import ModelConfig, TrainConfig
+from motfm_core.data.rows import Rows, largest
 from motfm_core.data.store import open_store, read_rows, split_rows, stratified_subset
 from motfm_core.errors import BadInput
 
-__all__ = ["masked", "streams", "training_bytes", "training_rows", "training_set"]
+__all__ = ["mask_classes", "masked", "one_hot", "streams", "training_bytes", "training_rows", "training_set"]
 
 
 def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images",
@@ -35,9 +37,8 @@ def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images"
         if "masks" not in out:
             raise BadInput(f"{data_path}: a mask generator needs a dataset with masks; this one has none")
         # the classes of the whole train split, as the image model sees them (uint8 masks only)
-        k = (int(root["masks"].get_orthogonal_selection((rows,)).max()) if latents is None
-             else int(out["masks"].max())) + 1
-        out["images"] = np.moveaxis(np.eye(k, dtype=np.float32)[out["masks"][:, 0]], -1, 1)
+        k = mask_classes(root, rows) if latents is None else int(out["masks"].max()) + 1
+        out["images"] = one_hot(torch.from_numpy(out["masks"]), k).numpy()
         out.pop("masks")
     return out
 
@@ -51,8 +52,21 @@ def training_rows(root: Any, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, 
 
 def streams(target: str, latents: Path | None, cfg: TrainConfig) -> bool:
     """Whether a training set can be read from the store a batch at a time instead of held whole: a generator of
-    images (a latent model's latents, reflow's couplings and the mask generator's one-hot masks are held)."""
-    return target == "images" and latents is None and not cfg.reflow_from
+    images, or the mask generator (its masks read, one-hot encoded per batch); a latent model's latents and
+    reflow's couplings are held."""
+    return target in ("images", "masks") and latents is None and not cfg.reflow_from
+
+
+def one_hot(masks: torch.Tensor, k: int) -> torch.Tensor:
+    """Masks (N, 1, *S) of labels 0..k-1 as float32 one-hot images (N, k, *S): what a mask generator learns, held
+    or read a batch at a time."""
+    return torch.nn.functional.one_hot(masks[:, 0].long(), k).movedim(-1, 1).float()
+
+
+def mask_classes(root: Any, rows: np.ndarray) -> int:
+    """The mask classes of the train split's `rows` (its largest label + 1), as the image model sees them: read a
+    block of rows at a time, never the split's masks whole."""
+    return int(largest(Rows((root["masks"], rows)))) + 1
 
 
 def training_bytes(data_path: str | Path, cfg: TrainConfig, model_cfg: ModelConfig, target: str = "images") -> int:

@@ -6,7 +6,7 @@ import torch
 
 from motfm_core.config import ModelConfig, SampleConfig, TrainConfig
 from motfm_core.model.sampling import generate, sample_plan
-from motfm_core.model.training import flow_matching_loss, load_checkpoint, train_flow_matching
+from motfm_core.model.training import flow_matching_loss, load_checkpoint, model_for_data, train_flow_matching
 from tests.conftest import TINY_MODEL
 
 MODEL = ModelConfig(image_size=16, num_classes=3, **TINY_MODEL)
@@ -281,3 +281,53 @@ def test_monai_rflow_sampler_on_our_weights(tiny_checkpoint):
     np.testing.assert_allclose(rflow, euler, atol=1e-5)
     assert np.abs(rflow - generate(model, labels, seeds, SampleConfig(samples_per_class=2, nfe=30,
                                                                       solver="rflow"))[0]).max() > 0
+
+
+def test_a_mask_generator_larger_than_the_memory_given_reads_its_masks_from_the_store(tmp_path, monkeypatch):
+    """The mask generator (sample.mask_source=generated) trains on one-hot masks: too many for train.memory_gb, it
+    reads the uint8 masks a batch at a time (never the images, never the whole set) and one-hot encodes each batch
+    to the model's width (a channel per mask class), as the held set is encoded."""
+    from motfm_core.data.loader import RandomBatches
+    from motfm_core.data.store import open_store, write_dataset
+    from motfm_core.model import trainset
+    from motfm_core.model.memory import MemoryPlanError, plan_training
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    masks = rng.integers(0, 3, (n, 1, 32, 32), dtype=np.uint8)
+    masks[:, :, 0, 0] = np.minimum(masks[:, :, 0, 0], 1)
+    store = write_dataset(tmp_path / "big.zarr", rng.random((n, 1, 32, 32), dtype=np.float32), np.arange(n) % 2,
+                          np.zeros(n, np.uint8), np.arange(n, dtype=np.int32),
+                          {"source": "test", "class_names": ["a", "b"]}, masks=masks)
+    model_cfg = ModelConfig(image_size=32, num_classes=2, gradient_checkpointing="off", **TINY_MODEL)
+    step_gb = plan_training(replace(model_cfg, in_channels=3), TrainConfig(batch_size=8), "cpu").step_gb
+    cfg = TrainConfig(steps=4, batch_size=8, warmup_steps=2, checkpoint_every=2, memory_gb=step_gb + 0.008)
+    held = trainset.training_bytes(store, cfg, model_for_data(model_cfg, store, "masks"), "masks")
+    assert held == n * 3 * 32 * 32 * 4  # one-hot float32: 37 MB, over what is left beside a step
+
+    reads: list[int] = []
+    original = RandomBatches.__iter__
+
+    def spy(self):
+        assert not self.images and self.masks  # the mask generator reads masks only
+        for images, y, m in original(self):
+            reads.append(len(m))
+            yield images, y, m
+
+    def whole_set(*a, **k):
+        raise AssertionError("the whole training set was read")
+
+    monkeypatch.setattr(RandomBatches, "__iter__", spy)
+    monkeypatch.setattr(trainset, "read_rows", whole_set)
+    said: list[str] = []
+    final = train_flow_matching(store, model_cfg, cfg, tmp_path / "m", device="cpu", progress=said.append,
+                                target="masks")
+    with pytest.raises(MemoryPlanError):
+        plan_training(model_for_data(model_cfg, store, "masks"), cfg, "cpu", held)
+    assert any("reading it from the store a batch at a time" in s for s in said) and reads == [8] * 4
+    model, meta = load_checkpoint(final)
+    assert meta["target"] == "masks" and meta["num_train"] == n and model.cfg.in_channels == 3
+    root = open_store(store)
+    assert trainset.mask_classes(root, np.arange(n)) == 3
+    part = torch.from_numpy(masks[:5])
+    assert torch.equal(trainset.one_hot(part, 3).argmax(1, keepdim=True), part.long())
