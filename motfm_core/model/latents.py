@@ -19,7 +19,7 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import AutoencoderKL
 
 from motfm_core.config import AutoencoderConfig
-from motfm_core.data.rows import take_rows
+from motfm_core.data.rows import largest, take_rows
 from motfm_core.data.store import SPLITS, open_store, stratified_subset
 from motfm_core.device import default_device
 from motfm_core.errors import InputMissing
@@ -31,6 +31,8 @@ from motfm_core.scale import to_image_space, to_model_space
 __all__ = ["encode_train_split", "LatentCodec", "latent_masks"]
 
 log = logging.getLogger(__name__)
+
+ENCODE_BATCH = 8  # training images encoded (and their latents written) at a time
 
 
 def encode_train_split(data_path: str | Path, autoencoder: str | Path, cfg: AutoencoderConfig,
@@ -56,28 +58,41 @@ def encode_train_split(data_path: str | Path, autoencoder: str | Path, cfg: Auto
     rows = np.nonzero(root["split"][:] == SPLITS["train"])[0]
     indices = stratified_subset(np.asarray(root["labels"][:])[rows], real_fraction, subset_seed)
     rows = rows[indices]
-    t0, latents = time.time(), []
-    for i in range(0, len(rows), 8):
-        latents.append(codec.encode(torch.from_numpy(take_rows(root["images"], rows[i:i + 8])).to(dev)).cpu())
-    z = torch.cat(latents).numpy()
-    mean, std = float(z.mean()), float(z.std())
-    record = {"checkpoint": str(Path(autoencoder).resolve()), "sha256": sha, "mean": mean, "scale": 1.0 / std,
-              "tile": cfg.tile, "overlap": cfg.tile_overlap, "sample_shape": list(root["images"].shape[1:])}
-    z = ((z - mean) / std).astype(np.float32)
-    say(f"autoencoder: encoded {len(rows)} training images to {z.shape[1]} x {'x'.join(map(str, z.shape[2:]))} "
-        f"latents in {time.time() - t0:.0f}s (mean {mean:.3f}, std {std:.3f}: scaled to unit variance)")
     if out.exists():
         shutil.rmtree(out)  # a cache of another autoencoder or dataset
+    t0, total, squares, count = time.time(), 0.0, 0.0, 0
     with atomic_path(out) as tmp:
+        # written a batch at a time as encoded, then scaled in place: the share's latents are never held whole
         group = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        group.create_array("images", data=z, chunks=(1, *z.shape[1:]))
+        images: Any = None
+        for i in range(0, len(rows), ENCODE_BATCH):
+            z = codec.encode(torch.from_numpy(take_rows(root["images"], rows[i:i + ENCODE_BATCH])).to(dev)).cpu()
+            z64 = z.numpy().astype(np.float64)
+            total, squares, count = total + z64.sum(), squares + (z64 ** 2).sum(), count + z64.size
+            if images is None:
+                images = group.create_array("images", shape=(len(rows), *z.shape[1:]), chunks=(1, *z.shape[1:]),
+                                            dtype="float32")
+            images[i:i + len(z)] = z.numpy()
+        mean = float(total / count)
+        std = float(np.sqrt(max(squares / count - mean ** 2, 0.0)))
+        for i in range(0, len(rows), ENCODE_BATCH):
+            images[i:i + ENCODE_BATCH] = ((images[i:i + ENCODE_BATCH] - mean) / std).astype(np.float32)
+        record = {"checkpoint": str(Path(autoencoder).resolve()), "sha256": sha, "mean": mean, "scale": 1.0 / std,
+                  "tile": cfg.tile, "overlap": cfg.tile_overlap, "sample_shape": list(root["images"].shape[1:])}
+        say(f"autoencoder: encoded {len(rows)} training images to {images.shape[1]} x "
+            f"{'x'.join(map(str, images.shape[2:]))} latents in {time.time() - t0:.0f}s (mean {mean:.3f}, std "
+            f"{std:.3f}: scaled to unit variance)")
         group.create_array("labels", data=np.asarray(root["labels"][:])[rows].astype(np.int64))
         group.create_array("indices", data=indices.astype(np.int64))
         if "masks" in root.array_keys():
-            classes = len(root.attrs.get("mask_names", [])) or int(np.asarray(root["masks"][:]).max()) + 1
-            masks = np.concatenate([latent_masks(take_rows(root["masks"], rows[i:i + 8]), codec.factor, classes)
-                                    for i in range(0, len(rows), 8)])
-            group.create_array("masks", data=masks, chunks=(1, *masks.shape[1:]))
+            classes = len(root.attrs.get("mask_names", [])) or int(largest(root["masks"])) + 1
+            grid = None
+            for i in range(0, len(rows), ENCODE_BATCH):
+                m = latent_masks(take_rows(root["masks"], rows[i:i + ENCODE_BATCH]), codec.factor, classes)
+                if grid is None:
+                    grid = group.create_array("masks", shape=(len(rows), *m.shape[1:]), chunks=(1, *m.shape[1:]),
+                                              dtype="uint8")
+                grid[i:i + len(m)] = m
         group.attrs.update({"key": key, "record": record, "source": str(data_path)})
     return out
 

@@ -280,7 +280,16 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
     from the store a batch at a time (`RandomBatches`), not held."""
     device, last = rank.device, out_dir / "last.pt"
     attrs = dict(open_store(data_path).attrs)
-    if stream:
+    source = data_path if latents is None else latents  # the store the batches are read from
+    if stream and latents is not None:  # every row of the latents' store is of this generator's share
+        z = zarr.open_group(str(latents), mode="r", zarr_format=3)
+        labels, idx = np.asarray(z["labels"][:]), np.asarray(z["indices"][:])
+        rows = np.arange(len(labels))
+        data = {"labels": labels, "indices": idx}
+        idx = rows
+        x_all = m_all = None
+        y_all = torch.from_numpy(labels).long().to(device)
+    elif stream:
         rows, labels, idx = training_rows(open_store(data_path), cfg)
         data = {"labels": labels[idx], "indices": idx}
         x_all = m_all = None
@@ -321,7 +330,7 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
     first_step, last_said, t_steady = step, t_start, t_start
     model.train()
     read = None if not stream else iter(batch_loader(
-        RandomBatches(data_path, rows[idx], labels[idx], batch, cfg.seed, step, cfg.steps,
+        RandomBatches(source, rows[idx], labels[idx], batch, cfg.seed, step, cfg.steps,
                       masks=masked(model_cfg) or target == "masks", images=target == "images"),
         pin=device.type == "cuda"))
     while step < cfg.steps:
@@ -330,7 +339,9 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
             images, y, m = (t.to(device, non_blocking=True) for t in next(read))
             if target == "masks":  # the mask generator learns one-hot masks, as `training_set` gives them held
                 images = one_hot(m, model_cfg.in_channels)  # the model's width: one channel per mask class
-            x1, mask = to_model_space(images), m if masked(model_cfg) else None
+            # (latents are already of unit variance: model space)
+            x1 = to_model_space(images) if latents is None else images
+            mask = m if masked(model_cfg) else None
         else:
             i = torch.randint(0, n, (batch,), generator=gen, device=device)
             x0 = None if pairs is None else pairs["x0"][i]

@@ -52,9 +52,9 @@ def training_rows(root: Any, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, 
 
 def streams(target: str, latents: Path | None, cfg: TrainConfig) -> bool:
     """Whether a training set can be read from the store a batch at a time instead of held whole: a generator of
-    images, or the mask generator (its masks read, one-hot encoded per batch); a latent model's latents and
-    reflow's couplings are held."""
-    return target in ("images", "masks") and latents is None and not cfg.reflow_from
+    images (or of a latent model's latents, from their own store), or the mask generator (its masks read, one-hot
+    encoded per batch); reflow's couplings (`train.reflow_pairs` of them) are held."""
+    return target in ("images", "masks") and not cfg.reflow_from
 
 
 def one_hot(masks: torch.Tensor, k: int) -> torch.Tensor:

@@ -255,3 +255,56 @@ def test_the_latent_path_takes_several_channels(phantom_store, tmp_path):
     codec = LatentCodec.load(dict(z.attrs["record"]))
     decoded = codec.decode(torch.from_numpy(np.asarray(z["images"][:2])))
     assert decoded.shape == (2, 2, 16, 16)
+
+
+def test_latents_larger_than_the_memory_given_are_read_from_their_store(tiny_autoencoder, tmp_path, monkeypatch):
+    """A latent model whose encoded share does not fit beside a step (train.memory_gb) trains on batches read from
+    latents.zarr (never the set held, never the images again), and the latents were written there a batch at a
+    time, at unit variance."""
+    from dataclasses import replace
+
+    from motfm_core.data.loader import RandomBatches
+    from motfm_core.data.store import write_dataset
+    from motfm_core.model import trainset
+    from motfm_core.model.memory import plan_training
+    from motfm_core.model.training import load_checkpoint, model_for_data, train_flow_matching
+
+    rng = np.random.default_rng(0)
+    n = 3000
+    masks = (rng.random((n, 1, 16, 16)) < 0.3).astype(np.uint8)
+    store = write_dataset(tmp_path / "big.zarr", rng.random((n, 1, 16, 16), dtype=np.float32), np.arange(n) % 3,
+                          np.zeros(n, np.uint8), np.arange(n, dtype=np.int32),
+                          {"source": "test", "class_names": ["a", "b", "c"]}, masks=masks)
+    cfg = PipelineConfig.from_overrides({
+        "data": {"image_size": 16}, "autoencoder": dict(TINY_AE),
+        "model": {"space": "latent", "mask_conditioning": "concat", "channels": [16, 16],
+                  "attention_levels": [False, False], "norm_num_groups": 8, "num_head_channels": 8},
+        "train": {"steps": 4, "batch_size": 8, "warmup_steps": 1, "checkpoint_every": 2}})
+    model_cfg = model_for_data(cfg.model, store)
+    step_gb = plan_training(model_cfg, cfg.train, "cpu").step_gb
+    held = trainset.training_bytes(store, cfg.train, model_cfg)
+    assert held == n * (2 * 4 * 4 * 4 + 4 * 4)  # float32 latents and uint8 masks on the latent grid
+    train = replace(cfg.train, memory_gb=step_gb + 1e-4)  # 100 kB beside a step: less than the 432 kB set
+
+    paths: list[str] = []
+    original = RandomBatches.__iter__
+
+    def spy(self):
+        paths.append(self.path)
+        yield from original(self)
+
+    def whole_set(*a, **k):
+        raise AssertionError("the whole training set was read")
+
+    monkeypatch.setattr(RandomBatches, "__iter__", spy)
+    monkeypatch.setattr("motfm_core.model.training.training_set", whole_set)
+    said: list[str] = []
+    ckpt = train_flow_matching(store, cfg.model, train, tmp_path / "gen", progress=said.append,
+                               autoencoder=tiny_autoencoder, autoencoder_cfg=cfg.autoencoder)
+    assert any("reading it from the store a batch at a time" in s for s in said)
+    assert paths and all(p.endswith("latents.zarr") for p in paths)
+    _, meta = load_checkpoint(ckpt)
+    assert meta["num_train"] == n and meta["autoencoder"]["sha256"]  # every row is in the train split
+    z = zarr.open_group(str(tmp_path / "gen" / "latents.zarr"), mode="r")
+    latents = np.asarray(z["images"][:])
+    assert abs(latents.mean()) < 1e-4 and abs(latents.std() - 1) < 1e-4 and z["masks"].shape == (n, 1, 4, 4)
