@@ -42,7 +42,7 @@ from motfm_core.evaluation.supervised import predict_proba, train_classifier
 from motfm_core.results import Result, optional
 
 __all__ = ["Arm", "Augmentation", "SegmentationResult", "Sizes", "evaluate_augmentation", "low_data_stores",
-           "plan_arms"]
+           "plan_arms", "train_arm"]
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +199,7 @@ def _open_arm_stores(synthetic_path: str | Path, low_data: dict[float, str | Pat
     return stores, by_nfe, ddpm
 
 
-def _train_arm(arm: Arm, src: Any, train: dict[str, Any], test: dict[str, Any], seed: int, k: int,
+def train_arm(arm: Arm, src: Any, train: dict[str, Any], test: dict[str, Any], seed: int, k: int,
                mask_classes: int, cfg: EvalConfig, device: torch.device
                ) -> tuple[np.ndarray, dict[str, np.ndarray] | None, dict[str, int]]:
     """One arm at one seed: its classifier's class probabilities on the test images, its segmenter's per-image
@@ -275,7 +275,7 @@ def evaluate_augmentation(real_path: str | Path, synthetic_path: str | Path, cfg
     for seed in cfg.seeds:
         for arm in arms:
             src = (ddpm if arm.family == "ddpm" else by_nfe)[arm.nfe] if arm.nfe else stores[arm.generator]
-            proba, scores, sizes[arm.name] = _train_arm(arm, src, train, test, seed, k, mask_classes, cfg, device)
+            proba, scores, sizes[arm.name] = train_arm(arm, src, train, test, seed, k, mask_classes, cfg, device)
             probas[arm.name].append(proba)
             results[arm.name][seed] = classification_metrics(test["labels"], proba)
             line = ", ".join(f"{m} {v:.3f}" for m, v in results[arm.name][seed].items())
