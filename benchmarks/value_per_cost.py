@@ -1,8 +1,8 @@
 """Downstream value per second of sampling, judged by paired statistics (issue #35 item 2).
 
-    .venv/bin/python benchmarks/value_per_cost.py              # the bench budget, 10 seeds (hours on 2 CPU cores)
+    .venv/bin/python benchmarks/value_per_cost.py              # the bench budget, 10 seeds (~46 min on 2 CPU cores)
     .venv/bin/python benchmarks/value_per_cost.py --quick      # a smoke test of every phase (minutes)
-    .venv/bin/python benchmarks/value_per_cost.py --retime     # only re-measure the seconds per image (alone!)
+    .venv/bin/python benchmarks/value_per_cost.py --retime     # measure the seconds per image again (run it alone)
 
 At the budget where a gain is measurable here, the bench preset's leak-free low-data share: a flow-matching
 generator and the same-backbone DDPM (epsilon prediction, the same network and recipe) are trained on one
