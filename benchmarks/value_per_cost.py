@@ -35,7 +35,7 @@ import sys
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -50,6 +50,7 @@ from results_table import add_row
 from flows.presets import PRESETS
 from flows.synth_and_eval import build_config
 from motfm_core.config import PipelineConfig
+from motfm_core.config.choices import Solver
 from motfm_core.data import ingest
 from motfm_core.data.store import load_splits
 from motfm_core.data.synthetic import completed_shards, load_synthetic
@@ -116,7 +117,8 @@ def sample_config(cfg: PipelineConfig, way: Way, per_class: int):
     """The run's sample settings at this way's solver and steps; shards of 64 images, so the network sees batches
     of 64 (the default layout's at least 8 shards would cut this small store into batches of 15, and the 1,000-step
     chain costs 1,000 passes a batch)."""
-    return replace(cfg.sample, solver=way.solver, nfe=way.nfe, samples_per_class=per_class, shard_size=64)
+    return replace(cfg.sample, solver=cast(Solver, way.solver), nfe=way.nfe, samples_per_class=per_class,
+                   shard_size=64)
 
 
 def sample_stores(cfg: PipelineConfig, ckpts: dict[str, Path], work: Path, per_class: int,
@@ -186,7 +188,7 @@ def downstream(cfg: PipelineConfig, data: Path, stores: dict[str, str], fraction
     real = load_splits(data)
     train, test = real["train"], real["test"]
     base = BASE.format(fraction)
-    arms = [(Arm(base, fraction, 0.0, None), None)]
+    arms: list[tuple[Arm, str | None]] = [(Arm(base, fraction, 0.0, None), None)]
     for name, path in stores.items():
         low_data_stores({fraction: path}, train["labels"], cfg.eval)  # refuses a store not trained on this share
         arms.append((Arm(f"{base}+{name}", fraction, cfg.eval.synthetic_ratio, base, generator=fraction), path))
@@ -198,8 +200,8 @@ def downstream(cfg: PipelineConfig, data: Path, stores: dict[str, str], fraction
     cache = work / "downstream"
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    for arm, path in arms:
-        src = load_synthetic(path) if path else {"images": train["images"][:0], "labels": train["labels"][:0],
+    for arm, where in arms:
+        src = load_synthetic(where) if where else {"images": train["images"][:0], "labels": train["labels"][:0],
                                                   "masks": train["masks"][:0]}
         for seed in cfg.eval.seeds:
             file = cache / f"{arm.name.replace(' ', '_').replace('%', 'pc').replace('+', '_')}-{seed}.npz"

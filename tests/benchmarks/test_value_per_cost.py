@@ -13,7 +13,8 @@ def _outputs(rng, flips: dict[str, int], seeds: int = 4, n: int = 40):
     `flips[arm]` images wrong, and per-image Dice equal to the reference's (plus `flips` of 0.1 lower)."""
     y = np.arange(n) % 2
     right = np.eye(2)[y] * 0.8 + 0.1
-    probas, dice = {}, {}
+    probas: dict[str, list[np.ndarray]] = {}
+    dice: dict[str, list[np.ndarray]] = {}
     for arm, k in {BASE: n // 4, REFERENCE: 0, **flips}.items():
         name = arm if arm == BASE else f"{BASE}+{arm}"
         probas[name], dice[name] = [], []
