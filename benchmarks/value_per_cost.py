@@ -19,7 +19,8 @@ two-level paired bootstrap (seeds x test subjects, `motfm_core.evaluation.statis
 difference to the reference arm with its equivalence verdict (two one-sided tests at `eval.equivalence_margin`).
 
 Every phase resumes: the generators from their checkpoints, the stores shard by shard, the downstream models per
-(arm, seed) from their saved outputs, the timings from timing.json (`--retime` measures them again: run that when
+(arm, seed) from their saved outputs (keyed by the stores and eval settings), the timings from
+timing-<checkpoints' key>.json (`--retime` measures them again: run that when
 nothing else runs, the seconds are only as clean as the machine is idle). Writes
 benchmarks/results/<date>-<machine>-value-per-cost.{json,png} and the table to benchmarks/RESULTS.md.
 """
@@ -49,17 +50,18 @@ from results_table import add_row
 
 from flows.presets import PRESETS
 from flows.synth_and_eval import build_config
-from motfm_core.config import PipelineConfig
+from motfm_core.config import DataConfig, PipelineConfig
 from motfm_core.config.choices import Solver
 from motfm_core.data import ingest
-from motfm_core.data.store import load_splits
+from motfm_core.data.store import load_splits, open_store
 from motfm_core.data.synthetic import completed_shards, load_synthetic
 from motfm_core.evaluation.downstream import Arm, low_data_stores, train_arm
 from motfm_core.evaluation.quality import FeatureExtractor, fid
 from motfm_core.evaluation.statistics import compare_arms, paired_interval
-from motfm_core.files import write_json_atomic
+from motfm_core.files import file_sha256, write_json_atomic
 from motfm_core.model.sampling import Sampler, prepare_version, sample_shard
 from motfm_core.model.training import train_flow_matching
+from motfm_core.typed import config_hash
 
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -98,7 +100,7 @@ def bench_config(args: argparse.Namespace) -> PipelineConfig:
         overrides["data"] = {"image_size": 32}
         overrides["train"].update(steps=30, warmup_steps=5, checkpoint_every=10)
         overrides["eval"].update(steps=20, seg_steps=10)
-    return build_config(overrides=overrides)
+    return build_config(dataset=args.dataset, overrides=overrides)
 
 
 def say(line: str) -> None:
@@ -197,7 +199,8 @@ def downstream(cfg: PipelineConfig, data: Path, stores: dict[str, str], fraction
     probas: dict[str, list[np.ndarray]] = {}
     dice: dict[str, list[np.ndarray]] = {}
     sizes = {}
-    cache = work / "downstream"
+    # keyed by what the models depend on: another dataset, generator or eval setting never reuses these outputs
+    cache = work / "downstream" / config_hash(cfg.eval, *(open_store(p).attrs["run_key"] for p in stores.values()))
     cache.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for arm, where in arms:
@@ -334,6 +337,9 @@ def write_table(result: dict[str, Any], json_name: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--work", default=str(ROOT / "outputs" / "value-per-cost"))
+    p.add_argument("--dataset", default=DataConfig.source,
+                   help="the data source, as the flow's --dataset takes it (a folder of your own: its test split's "
+                        "subjects decide how narrow the intervals can be)")
     p.add_argument("--fraction", type=float, default=0.25, help="the real share the generators train on")
     p.add_argument("--seeds", type=int, default=10, help="downstream seeds (0 .. n-1)")
     p.add_argument("--ddpm-steps", type=int, default=1000, help="the DDPM chain's steps (0: leave it out)")
@@ -369,7 +375,8 @@ def main() -> None:
     stores = sample_stores(cfg, ckpts, work, per_class, todo)
     if args.phase == "sample":
         return
-    timing = time_ways(cfg, ckpts, todo, args.time_images, args.repeats, work / "timing.json", args.retime)
+    timed = work / f"timing-{config_hash(*(file_sha256(c) for c in ckpts.values()), args.time_images)}.json"
+    timing = time_ways(cfg, ckpts, todo, args.time_images, args.repeats, timed, args.retime)
     if args.phase == "time":
         return
     seconds = {n: t["seconds_per_image"] for n, t in timing.items()}
