@@ -15,15 +15,15 @@ import shutil
 import socket
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 from motfm_core.errors import BadInput
 
 __all__ = ["atomic_path", "disk_full_line", "file_sha256", "folder_holder", "FolderBusy", "fsync_dir", "fsync_tree",
-           "HOLD_FILE", "hold_folder", "is_out_of_disk", "sweep_leftovers", "system_error", "temporary_name",
-           "write_json_atomic"]
+           "HOLD_FILE", "hold_folder", "held_in_turn", "is_out_of_disk", "sweep_leftovers", "system_error",
+           "temporary_name", "write_json_atomic"]
 
 
 @functools.cache
@@ -188,6 +188,12 @@ def _try_lock(fd: int) -> bool:
     return True
 
 
+def _say_holder(fd: int) -> None:
+    """Write who holds a lock file (pid, host, since when) into it, for whoever finds it held."""
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+
+
 def folder_holder(folder: str | Path) -> str | None:
     """Who holds `folder` (`hold_folder`'s text: pid, host, since when), or None when nobody does."""
     lock = Path(folder) / HOLD_FILE
@@ -217,9 +223,28 @@ def hold_folder(folder: str | Path, what: str = "run") -> Iterator[Path]:
             holder = (folder / HOLD_FILE).read_text().strip() or "another process"
             raise FolderBusy(f"{folder}: in use by another {what} ({holder}); wait for it to end, or give this one "
                              "another --run-name")
-        os.ftruncate(fd, 0)
-        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()} since {time.strftime('%Y-%m-%d %H:%M:%S')}".encode())
+        _say_holder(fd)
         yield folder
+    finally:
+        os.close(fd)  # releases the lock; the file stays (removing it would race a process opening it)
+
+
+@contextlib.contextmanager
+def held_in_turn(lock: str | Path, what: str, say: Callable[[str], None]) -> Iterator[Path]:
+    """Hold the file `lock` (an exclusive flock, released when this process ends however it ends) for the block,
+    waiting for the process that holds it first, and saying so once (naming it): two processes doing the same work
+    into the same place take turns, and the second finds the first one's result."""
+    lock = Path(lock)
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        if not _try_lock(fd):
+            import fcntl
+
+            say(f"{what}: waiting for {lock.read_text().strip() or 'another process'} (it holds {lock})")
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        _say_holder(fd)
+        yield lock
     finally:
         os.close(fd)  # releases the lock; the file stays (removing it would race a process opening it)
 

@@ -22,6 +22,7 @@ from motfm_core.data.prepare import prepare
 from motfm_core.data.readers import read_folder, read_medmnist
 from motfm_core.data.store import SCHEMA_VERSION, open_store, write_dataset
 from motfm_core.errors import InputMissing
+from motfm_core.files import held_in_turn
 
 __all__ = [
     "MIN_TEST", "MIN_TRAIN_PER_CLASS", "MIN_VAL", "check_sizes", "check_source", "ingest", "load_source", "prepare",
@@ -92,6 +93,13 @@ def ingest(cfg: DataConfig, out_path: str | Path, progress: Callable[[str], None
     cluster at `scheduler` or a local one when it has more than a few rows); the other sources in memory."""
     say = progress or log.info
     out_path = Path(out_path)
+    # two ingests into one store take turns: the second finds the first one's store (and reuses it when it is the
+    # same build); at once, one removed the row parts the other was still reading
+    with held_in_turn(out_path.with_name(out_path.name + ".lock"), "ingest", say):
+        return _ingest(cfg, out_path, say, scheduler)
+
+
+def _ingest(cfg: DataConfig, out_path: Path, say: Callable[[str], None], scheduler: str) -> Path:
     content = {k: v for k, v in asdict(cfg).items() if k not in ("keep_previous", "workers")}  # not what is built
     key = config_hash(content, source_signature(cfg.source), __version__, SCHEMA_VERSION)
     if (out_path / "zarr.json").exists():

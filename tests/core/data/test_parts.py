@@ -261,3 +261,23 @@ def test_a_full_disk_mid_ingest_leaves_whole_parts_and_no_store(tmp_path, monkey
     ingest(_cfg(src), store, progress=said.append)
     assert any("resuming: 2 of 10 rows already prepared" in s for s in said)
     assert open_store(store).attrs["num_samples"] == 10
+
+
+def test_two_ingests_of_one_folder_into_one_store_at_once_both_end_with_the_whole_store(tmp_path):
+    """Two runs at once: two processes ingest the same folder into the same store (each slowed between rows). They
+    take turns: the second waits for the first (at once, the first removed the row parts the second was reading)
+    and reuses its store. Both succeed, only one prepares the rows, the store equals an uninterrupted ingest's,
+    and no temporary file is left."""
+    src = _folder(tmp_path / "src", 12)
+    store = tmp_path / "run" / "dataset.zarr"
+    script = tmp_path / "ingest.py"
+    script.write_text(KILLED.replace("Path(sys.argv[2]))", "Path(sys.argv[2]), progress=print)"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, str(script), str(src), str(store)], cwd=ROOT, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], [o[1][-2000:] for o in outs]
+    said = [o[0] for o in outs]
+    assert sum("rows prepared here" in out for out in said) == 1 and sum("reusing it" in out for out in said) == 1, said
+    _same_store(store, ingest(_cfg(src), tmp_path / "whole" / "dataset.zarr"))
+    _no_leftovers(tmp_path)
