@@ -233,20 +233,36 @@ def hold_folder(folder: str | Path, what: str = "run") -> Iterator[Path]:
 def held_in_turn(lock: str | Path, what: str, say: Callable[[str], None]) -> Iterator[Path]:
     """Hold the file `lock` (an exclusive flock, released when this process ends however it ends) for the block,
     waiting for the process that holds it first, and saying so once (naming it): two processes doing the same work
-    into the same place take turns, and the second finds the first one's result."""
+    into the same place take turns, and the second finds the first one's result. The holder removes the file before
+    it lets go, so nothing is left behind; a waiter that then holds a removed file opens the path again."""
+    import fcntl
+
     lock = Path(lock)
     lock.parent.mkdir(parents=True, exist_ok=True)
-    fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
-    try:
+    waited = False
+    while True:
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         if not _try_lock(fd):
-            import fcntl
-
-            say(f"{what}: waiting for {lock.read_text().strip() or 'another process'} (it holds {lock})")
+            if not waited:
+                # read through our own descriptor: the holder may remove the path meanwhile, or not have written yet
+                holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+                say(f"{what}: waiting for {holder} (it holds {lock})")
+                waited = True
             fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(lock).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)  # the holder before removed this file as it let go
+    try:
         _say_holder(fd)
         yield lock
     finally:
-        os.close(fd)  # releases the lock; the file stays (removing it would race a process opening it)
+        with contextlib.suppress(FileNotFoundError):
+            lock.unlink()  # while still held: a waiter finds its file gone and takes a fresh one
+        os.close(fd)
 
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)  # no space left, disk quota exceeded

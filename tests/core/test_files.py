@@ -124,3 +124,31 @@ def test_a_dead_writer_of_this_namespace_is_swept_at_once_and_a_live_one_kept(tm
     crashed = [p for p in tmp_path.iterdir() if p != mine]
     assert len(crashed) == 1
     assert sweep_leftovers(tmp_path) == crashed and mine.exists()
+
+
+def test_held_in_turn_lets_one_holder_in_at_a_time_and_leaves_no_file(tmp_path):
+    """Four holders at once (flock conflicts between separate opens, threads included): never two inside together,
+    the waiters say whom they wait for, and the last one out removes the lock file (each holder removes it before
+    letting go; a waiter left holding the removed file takes the path afresh)."""
+    import threading
+
+    from motfm_core.files import held_in_turn
+
+    lock, inside, overlaps, said = tmp_path / "x.lock", [], [], []
+
+    def hold(i: int) -> None:
+        with held_in_turn(lock, "work", said.append):
+            inside.append(i)
+            if len(inside) > 1:
+                overlaps.append(list(inside))
+            time.sleep(0.05)
+            inside.remove(i)
+
+    threads = [threading.Thread(target=hold, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert overlaps == [] and not lock.exists()
+    # (a holder that has just opened the file may not have written its pid yet: "another process" then)
+    assert said and all(s.startswith("work: waiting for ") and str(lock) in s for s in said)

@@ -281,3 +281,4 @@ def test_two_ingests_of_one_folder_into_one_store_at_once_both_end_with_the_whol
     assert sum("rows prepared here" in out for out in said) == 1 and sum("reusing it" in out for out in said) == 1, said
     _same_store(store, ingest(_cfg(src), tmp_path / "whole" / "dataset.zarr"))
     _no_leftovers(tmp_path)
+    assert not (tmp_path / "run" / "dataset.zarr.lock").exists()  # the last holder removed it
