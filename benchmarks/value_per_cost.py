@@ -54,7 +54,7 @@ from motfm_core.config import DataConfig, PipelineConfig
 from motfm_core.config.choices import Solver
 from motfm_core.data import ingest
 from motfm_core.data.store import load_splits, open_store
-from motfm_core.data.synthetic import completed_shards, load_synthetic
+from motfm_core.data.synthetic import completed_shards, load_synthetic, sampling_seconds
 from motfm_core.evaluation.downstream import Arm, low_data_stores, train_arm
 from motfm_core.evaluation.quality import FeatureExtractor, fid
 from motfm_core.evaluation.statistics import compare_arms, paired_interval
@@ -134,20 +134,10 @@ def sample_stores(cfg: PipelineConfig, ckpts: dict[str, Path], work: Path, per_c
         t0 = time.time()
         for i in shards:
             sample_shard(ckpts[way.family], store, i, sc)
-        done = completed_shards(store)
-        n = sum(r["count"] for r in done.values()) if all("count" in r for r in done.values()) else None
-        seconds = sum(r["seconds"] for r in done.values())
-        n = n or per_class * len(open_classes(store))
         say(f"sample: {way.name}: {store} ({len(shards)} shard(s) written in {time.time() - t0:.0f} s)")
-        out[way.name] = {"store": str(store), "store_seconds_per_image": seconds / n,
-                         "redrawn": int(sum(r.get("rejected", 0) for r in done.values()))}
+        out[way.name] = {"store": str(store), "store_seconds_per_image": sampling_seconds(store)[0],
+                         "redrawn": int(sum(r.get("rejected", 0) for r in completed_shards(store).values()))}
     return out
-
-
-def open_classes(store: str | Path) -> list[str]:
-    import zarr
-
-    return list(zarr.open_group(str(store), mode="r", zarr_format=3).attrs["class_names"])
 
 
 def time_ways(cfg: PipelineConfig, ckpts: dict[str, Path], todo: list[Way], images: int, repeats: int,

@@ -31,14 +31,14 @@ from typing import Any
 import numpy as np
 import zarr
 
-from motfm_core.data.rows import Rows, rows_per_batch
+from motfm_core.data.rows import Rows, largest, rows_per_batch
 from motfm_core.data.shards import chunk_key
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, fsync_dir, sweep_leftovers, temporary_name
 
 __all__ = ["SCHEMA_VERSION", "SPLITS", "Blocks", "Splits", "builds", "channel_names", "fingerprint_arrays",
-           "load_split", "load_splits", "open_split", "open_store", "read_rows", "split_rows", "stratified_subset",
-           "write_dataset"]
+           "load_split", "load_splits", "mask_classes", "open_split", "open_store", "read_rows", "split_rows",
+           "stratified_subset", "write_dataset"]
 
 SCHEMA_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -219,6 +219,15 @@ def stratified_subset(labels: np.ndarray, fraction: float, seed: int) -> np.ndar
     keep = [rng.choice(idx, max(1, int(round(fraction * len(idx)))), replace=False)
             for idx in (np.nonzero(labels == c)[0] for c in np.unique(labels))]
     return np.sort(np.concatenate(keep))
+
+
+def mask_classes(root: Any) -> int:
+    """The classes of an opened store's masks: as many as its `mask_names`, else its largest label + 1 (read a block
+    of rows at a time: a store's masks need not fit in memory); 0 without masks. What a mask-conditioned model and
+    the mask generator are sized to."""
+    if "masks" not in root.array_keys():
+        return 0
+    return len(root.attrs.get("mask_names", [])) or int(largest(root["masks"])) + 1
 
 
 def channel_names(attrs: Any, channels: int) -> list[str]:

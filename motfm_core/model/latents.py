@@ -19,8 +19,8 @@ from monai.inferers import sliding_window_inference
 from monai.networks.nets import AutoencoderKL
 
 from motfm_core.config import AutoencoderConfig
-from motfm_core.data.rows import largest, take_rows
-from motfm_core.data.store import SPLITS, open_store, stratified_subset
+from motfm_core.data.rows import take_rows
+from motfm_core.data.store import SPLITS, mask_classes, open_store, stratified_subset
 from motfm_core.device import default_device
 from motfm_core.errors import InputMissing
 from motfm_core.files import atomic_path, file_sha256
@@ -85,7 +85,7 @@ def encode_train_split(data_path: str | Path, autoencoder: str | Path, cfg: Auto
         group.create_array("labels", data=np.asarray(root["labels"][:])[rows].astype(np.int64))
         group.create_array("indices", data=indices.astype(np.int64))
         if "masks" in root.array_keys():
-            classes = len(root.attrs.get("mask_names", [])) or int(largest(root["masks"])) + 1
+            classes = mask_classes(root)
             grid = None
             for i in range(0, len(rows), ENCODE_BATCH):
                 m = latent_masks(take_rows(root["masks"], rows[i:i + ENCODE_BATCH]), codec.factor, classes)

@@ -26,8 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from motfm_core import __version__
 from motfm_core.config import AutoencoderConfig, ModelConfig, TrainConfig, config_hash
 from motfm_core.data.loader import RandomBatches, batch_loader, loader_bytes
-from motfm_core.data.rows import largest
-from motfm_core.data.store import channel_names, open_store
+from motfm_core.data.store import channel_names, mask_classes, open_store
 from motfm_core.device import default_device
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import file_sha256
@@ -95,15 +94,14 @@ def model_for_data(cfg: ModelConfig, data_path: str | Path, target: str = "image
         raise BadInput(f"target must be one of {TARGETS}, got {target!r}")
     root = open_store(data_path)
     has_masks = "masks" in root.array_keys()
-    # (a block of masks at a time: a store's masks need not fit in memory)
-    mask_classes = (len(root.attrs.get("mask_names", [])) or int(largest(root["masks"])) + 1) if has_masks else 0
+    classes = mask_classes(root)
     values = asdict(cfg)
     values["num_classes"] = len(root.attrs["class_names"])
     if target == "masks":
         if not has_masks:
             raise BadInput(f"{data_path}: sample.mask_source='generated' needs a dataset with masks; this one has "
                            "none")
-        values.update(in_channels=mask_classes, mask_conditioning="none", mask_classes=0)
+        values.update(in_channels=classes, mask_conditioning="none", mask_classes=0)
     else:
         if cfg.space == "pixel":  # latent: the autoencoder's latent channels, set from the config
             values["in_channels"] = int(root["images"].shape[1])
@@ -113,7 +111,7 @@ def model_for_data(cfg: ModelConfig, data_path: str | Path, target: str = "image
         if mode != "none" and not has_masks:
             raise BadInput(f"{data_path}: model.mask_conditioning={mode!r} needs a dataset with masks, and this one "
                            "has none; use model.mask_conditioning='none' (or 'auto')")
-        values.update(mask_conditioning=mode, mask_classes=mask_classes if mode != "none" else 0)
+        values.update(mask_conditioning=mode, mask_classes=classes if mode != "none" else 0)
     out = ModelConfig(**values)
     out.validate()
     return out
@@ -204,7 +202,7 @@ def train_flow_matching(
     try:
         plan = plan_training(model_cfg, cfg, dev, held)
     except MemoryPlanError:
-        if not streams(target, latents, cfg):
+        if not streams(cfg):
             raise
         # too large to hold: read from the store a batch at a time, the plan counting what the loader holds
         # a row as the loader holds it: the image and its uint8 mask (the mask generator: the mask alone)
@@ -281,17 +279,15 @@ def _fit(data_path: str | Path, model_cfg: ModelConfig, cfg: TrainConfig, out_di
     device, last = rank.device, out_dir / "last.pt"
     attrs = dict(open_store(data_path).attrs)
     source = data_path if latents is None else latents  # the store the batches are read from
-    if stream and latents is not None:  # every row of the latents' store is of this generator's share
-        z = zarr.open_group(str(latents), mode="r", zarr_format=3)
-        labels, idx = np.asarray(z["labels"][:]), np.asarray(z["indices"][:])
-        rows = np.arange(len(labels))
-        data = {"labels": labels, "indices": idx}
-        idx = rows
-        x_all = m_all = None
-        y_all = torch.from_numpy(labels).long().to(device)
-    elif stream:
-        rows, labels, idx = training_rows(open_store(data_path), cfg)
-        data = {"labels": labels[idx], "indices": idx}
+    if stream:
+        if latents is not None:  # every row of the latents' store is of this generator's share
+            z = zarr.open_group(str(latents), mode="r", zarr_format=3)
+            labels = np.asarray(z["labels"][:])
+            rows = idx = np.arange(len(labels))
+            data = {"labels": labels, "indices": np.asarray(z["indices"][:])}
+        else:
+            rows, labels, idx = training_rows(open_store(data_path), cfg)
+            data = {"labels": labels[idx], "indices": idx}
         x_all = m_all = None
         y_all = torch.from_numpy(labels[idx]).long().to(device)
     else:

@@ -12,11 +12,10 @@ import torch
 import zarr
 
 from motfm_core.config import ModelConfig, TrainConfig
-from motfm_core.data.rows import Rows, largest
-from motfm_core.data.store import open_store, read_rows, split_rows, stratified_subset
+from motfm_core.data.store import mask_classes, open_store, read_rows, split_rows, stratified_subset
 from motfm_core.errors import BadInput
 
-__all__ = ["mask_classes", "masked", "one_hot", "streams", "training_bytes", "training_rows", "training_set"]
+__all__ = ["masked", "one_hot", "streams", "training_bytes", "training_rows", "training_set"]
 
 
 def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images",
@@ -36,8 +35,9 @@ def training_set(data_path: str | Path, cfg: TrainConfig, target: str = "images"
     if target == "masks":
         if "masks" not in out:
             raise BadInput(f"{data_path}: a mask generator needs a dataset with masks; this one has none")
-        # the classes of the whole train split, as the image model sees them (uint8 masks only)
-        k = mask_classes(root, rows) if latents is None else int(out["masks"].max()) + 1
+        # one channel per class of the store's masks, as the model is sized (`model_for_data`) and as a streamed
+        # batch is encoded: a class missing from this share still gets its channel
+        k = mask_classes(root) if latents is None else int(out["masks"].max()) + 1
         out["images"] = one_hot(torch.from_numpy(out["masks"]), k).numpy()
         out.pop("masks")
     return out
@@ -50,23 +50,17 @@ def training_rows(root: Any, cfg: TrainConfig) -> tuple[np.ndarray, np.ndarray, 
     return rows, labels, stratified_subset(labels, cfg.real_fraction, cfg.subset_seed)
 
 
-def streams(target: str, latents: Path | None, cfg: TrainConfig) -> bool:
-    """Whether a training set can be read from the store a batch at a time instead of held whole: a generator of
-    images (or of a latent model's latents, from their own store), or the mask generator (its masks read, one-hot
-    encoded per batch); reflow's couplings (`train.reflow_pairs` of them) are held."""
-    return target in ("images", "masks") and not cfg.reflow_from
+def streams(cfg: TrainConfig) -> bool:
+    """Whether a training set can be read from the store a batch at a time instead of held whole: every one can (a
+    generator's images, a latent model's latents from their own store, the mask generator's masks one-hot encoded
+    per batch) but reflow's couplings (`train.reflow_pairs` of them, made by the teacher), which are held."""
+    return not cfg.reflow_from
 
 
 def one_hot(masks: torch.Tensor, k: int) -> torch.Tensor:
     """Masks (N, 1, *S) of labels 0..k-1 as float32 one-hot images (N, k, *S): what a mask generator learns, held
     or read a batch at a time."""
     return torch.nn.functional.one_hot(masks[:, 0].long(), k).movedim(-1, 1).float()
-
-
-def mask_classes(root: Any, rows: np.ndarray) -> int:
-    """The mask classes of the train split's `rows` (its largest label + 1), as the image model sees them: read a
-    block of rows at a time, never the split's masks whole."""
-    return int(largest(Rows((root["masks"], rows)))) + 1
 
 
 def training_bytes(data_path: str | Path, cfg: TrainConfig, model_cfg: ModelConfig, target: str = "images") -> int:

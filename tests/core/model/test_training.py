@@ -288,7 +288,7 @@ def test_a_mask_generator_larger_than_the_memory_given_reads_its_masks_from_the_
     reads the uint8 masks a batch at a time (never the images, never the whole set) and one-hot encodes each batch
     to the model's width (a channel per mask class), as the held set is encoded."""
     from motfm_core.data.loader import RandomBatches
-    from motfm_core.data.store import open_store, write_dataset
+    from motfm_core.data.store import mask_classes, open_store, write_dataset
     from motfm_core.model import trainset
     from motfm_core.model.memory import MemoryPlanError, plan_training
 
@@ -327,7 +327,6 @@ def test_a_mask_generator_larger_than_the_memory_given_reads_its_masks_from_the_
     assert any("reading it from the store a batch at a time" in s for s in said) and reads == [8] * 4
     model, meta = load_checkpoint(final)
     assert meta["target"] == "masks" and meta["num_train"] == n and model.cfg.in_channels == 3
-    root = open_store(store)
-    assert trainset.mask_classes(root, np.arange(n)) == 3
+    assert mask_classes(open_store(store)) == 3
     part = torch.from_numpy(masks[:5])
     assert torch.equal(trainset.one_hot(part, 3).argmax(1, keepdim=True), part.long())
