@@ -21,7 +21,8 @@ import numpy as np
 
 from motfm_core.errors import BadInput
 
-__all__ = ["axis_codes", "canonical", "check_affine", "fit_volume", "Image", "spacing_of", "stack_channels"]
+__all__ = ["anti_aliasing_sigma", "axis_codes", "canonical", "check_affine", "fit_volume", "Image", "smooth",
+           "spacing_of", "stack_channels"]
 
 SHEAR_TOLERANCE = 1e-3  # |cos| between two voxel axes above which an affine is sheared, not merely oblique-rounded
 
@@ -150,7 +151,34 @@ def _bounding_box(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(start), np.asarray(end)
 
 
-CHANNELS_AT_ONCE = 2  # sequences resampled together: fewer hold less memory, one alone smooths slowest (RESULTS.md)
+CHANNELS_AT_ONCE = 1  # sequences resampled together: each costs the same alone (scipy filters), and holds least
+TRUNCATED = 4.0  # MONAI GaussianFilter's default: the kernel spans 4 sigma each side
+
+
+def anti_aliasing_sigma(before: tuple[int, ...], after: tuple[int, ...]) -> tuple[float, ...]:
+    """The Gaussian sigma per axis that MONAI's `Resize(anti_aliasing=True)` (and skimage's `resize`) smooths with
+    before shrinking `before` to `after`: (factor - 1) / 2 on axes that shrink, 0 on the others (float32, as MONAI
+    computes it)."""
+    factors = np.asarray(before, np.float32) / np.asarray(after, np.float32)
+    return tuple(float(s) for s in np.maximum((factors - np.float32(1)) / np.float32(2), np.float32(0)))
+
+
+def smooth(x: np.ndarray, sigma: tuple[float, ...]) -> np.ndarray:
+    """(C, *S) smoothed along each spatial axis by MONAI's Gaussian (`gaussian_1d`, erf approximation, truncated at
+    4 sigma, zero padding, axis 0 first), as MONAI's `GaussianSmooth` smooths, to float32 rounding. The filtering is
+    scipy's `correlate1d`: MONAI runs each 1-D kernel as a depthwise conv3d, which is several times slower on a CPU
+    (RESULTS.md, "Ingest at scale")."""
+    import torch
+    from monai.networks.layers.convutils import gaussian_1d
+    from scipy.ndimage import correlate1d
+
+    out = np.ascontiguousarray(x, np.float32)
+    for axis, s in enumerate(sigma, start=1):
+        if s > 0:
+            kernel = gaussian_1d(torch.tensor(s, dtype=torch.float32), truncated=TRUNCATED, approx="erf").numpy()
+            out = correlate1d(out, kernel.astype(np.float64), axis=axis, mode="constant", cval=0.0,
+                              output=np.float32)
+    return out
 
 
 def fit_volume(image: np.ndarray, mask: np.ndarray | None, affine: np.ndarray, target: tuple[int, ...], fit: str,
@@ -160,7 +188,7 @@ def fit_volume(image: np.ndarray, mask: np.ndarray | None, affine: np.ndarray, t
     resampled as they are: normalising after the fit compares volumes of any spacing on one grid."""
     import torch
     from monai.data import MetaTensor
-    from monai.transforms import GaussianSmooth, Resize, ResizeWithPadOrCrop, Spacing, SpatialCrop
+    from monai.transforms import Resize, ResizeWithPadOrCrop, Spacing, SpatialCrop
 
     start, end = _bounding_box(image)
     spacing = np.array(spacing_of(affine))
@@ -174,6 +202,7 @@ def fit_volume(image: np.ndarray, mask: np.ndarray | None, affine: np.ndarray, t
         extent = (end - start) * spacing
         side = float(np.max(extent / np.array(target)))  # one spacing for every axis: the largest that fits
         size = tuple(int(min(t, max(1, round(e / side)))) for e, t in zip(extent, target))
+        sigma = anti_aliasing_sigma(tuple(int(v) for v in end - start), size)  # Resize(anti_aliasing=True)'s
     else:
         centre = (start + end) / 2.0
         half = np.array(target) * spacing_mm / spacing / 2.0 + 1  # the target's half-extent in source voxels
@@ -186,11 +215,11 @@ def fit_volume(image: np.ndarray, mask: np.ndarray | None, affine: np.ndarray, t
     def place(one: np.ndarray, nearest: bool) -> MetaTensor:
         """Some channels (k, *S) on the stored grid."""
         t = crop(MetaTensor(torch.from_numpy(np.ascontiguousarray(one, np.float32)), affine=torch.as_tensor(affine)))
+        if not nearest and any(sigma):  # what Resize(anti_aliasing=True) or GaussianSmooth would do, faster
+            t = MetaTensor(torch.from_numpy(smooth(t.numpy(), sigma)), affine=t.affine)
         if fit == "fov":
-            t = Resize(size, mode="nearest")(t) if nearest else Resize(size, mode=mode, anti_aliasing=True)(t)
+            t = Resize(size, mode="nearest" if nearest else mode)(t)
         else:
-            if not nearest and any(sigma):
-                t = GaussianSmooth(sigma=sigma)(t)
             t = Spacing(pixdim=(spacing_mm,) * len(target), mode="nearest" if nearest else mode)(t)
         return pad(t)
 

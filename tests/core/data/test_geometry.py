@@ -61,6 +61,33 @@ def test_fov_keeps_the_aspect_in_millimetres_and_records_the_grid():
     np.testing.assert_allclose(centre_mm, (affine @ np.array([19.5, 19.5, 6.0, 1.0]))[:3], atol=1.0)
 
 
+@pytest.mark.parametrize("fit", ["fov", "crop"])
+def test_the_smoothing_is_monais_to_float_rounding(fit):
+    """`fit_volume` smooths with scipy what MONAI's Resize(anti_aliasing=True) (fov) or GaussianSmooth (crop, before
+    Spacing) smooths with a conv3d: the same kernel and padding, so the stored volume differs by float rounding only."""
+    import torch
+    from monai.data import MetaTensor
+    from monai.transforms import GaussianSmooth, Resize, ResizeWithPadOrCrop, Spacing, SpatialCrop
+
+    rng = np.random.default_rng(0)
+    vol = np.zeros((2, 70, 64, 30), np.float32)
+    vol[:, 3:67, 5:60, 2:28] = rng.random((2, 64, 55, 26), dtype=np.float32)  # 1 x 1 x 2.5 mm: 64 x 55 x 65 mm
+    affine = np.diag([1.0, 1.0, 2.5, 1.0])
+    x, _, grid = fit_volume(vol, None, affine, (32, 32, 32), fit, spacing_mm=2.0)
+    t = MetaTensor(torch.from_numpy(vol), affine=torch.as_tensor(affine))
+    if fit == "fov":  # the crop, the size and the resize as MONAI would do them with its own anti-aliasing
+        t = SpatialCrop(roi_start=(3, 5, 2), roi_end=(67, 60, 28))(t)
+        extent = np.array([64, 55, 26]) * (1.0, 1.0, 2.5)
+        size = tuple(int(min(32, round(e / max(extent / 32)))) for e in extent)  # one spacing, the largest that fits
+        t = Resize(size, mode="trilinear", anti_aliasing=True)(t)
+    else:
+        t = SpatialCrop(roi_start=(2, 0, 1), roi_end=(68, 64, 29))(t)  # the target's extent around the centre, + 1
+        t = Spacing(pixdim=(2.0, 2.0, 2.0), mode="trilinear")(GaussianSmooth(sigma=(0.5, 0.5, 0.0))(t))
+    want = ResizeWithPadOrCrop((32, 32, 32))(t)
+    np.testing.assert_allclose(x, want.numpy(), rtol=0, atol=1e-6)
+    np.testing.assert_allclose(grid, np.asarray(want.affine), atol=1e-9)
+
+
 def test_crop_resamples_to_a_fixed_spacing_around_the_foreground():
     vol = np.zeros((60, 60, 20), np.float32)
     vol[5:25, 30:50, 8:12] = 1.0
