@@ -24,6 +24,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -128,17 +129,24 @@ def _write_build(build: Path, blocks: Blocks, labels: np.ndarray, split: np.ndar
         masks = None if blocks.mask_shape is None else root.create_array(
             "masks", shape=blocks.mask_shape, dtype=np.uint8, chunks=(1, *blocks.mask_shape[1:]))
         fp = hashlib.sha256(str((tuple(int(s) for s in blocks.shape), np.dtype(np.float32).str)).encode())
+
+        def check_and_hash(block: np.ndarray) -> bool:  # numpy and hashlib let go of the GIL: runs beside the write
+            finite = bool(np.isfinite(block).all())
+            fp.update(memoryview(block).cast("B"))  # the block's bytes, in order, without a copy
+            return finite
+
         at = 0
-        for block, mask in blocks.read():
-            block = np.ascontiguousarray(block, dtype=np.float32)
-            if not np.isfinite(block).all():
-                raise BadInput(f"{build.name}: images {at}..{at + len(block) - 1} contain NaN/inf; fix the source "
-                               "files before ingesting")
-            images[at:at + len(block)] = block
-            if masks is not None:
-                masks[at:at + len(block)] = np.asarray(mask, dtype=np.uint8)
-            fp.update(block.tobytes())
-            at += len(block)
+        with ThreadPoolExecutor(1) as beside:
+            for block, mask in blocks.read():
+                block = np.ascontiguousarray(block, dtype=np.float32)
+                checked = beside.submit(check_and_hash, block)
+                images[at:at + len(block)] = block  # a block with NaN is written, then refused: the build is discarded
+                if masks is not None:
+                    masks[at:at + len(block)] = np.asarray(mask, dtype=np.uint8)
+                if not checked.result():
+                    raise BadInput(f"{build.name}: images {at}..{at + len(block) - 1} contain NaN/inf; fix the "
+                                   "source files before ingesting")
+                at += len(block)
         if at != n:
             raise ValueError(f"{build}: the blocks held {at} samples, the images' shape says {n}")
         root.create_array("labels", data=labels.astype(np.int64), chunks=(n,))
