@@ -132,7 +132,7 @@ def _write_build(build: Path, blocks: Blocks, labels: np.ndarray, split: np.ndar
 
         def check_and_hash(block: np.ndarray) -> bool:  # numpy and hashlib let go of the GIL: runs beside the write
             finite = bool(np.isfinite(block).all())
-            fp.update(memoryview(block).cast("B"))  # the block's bytes, in order, without a copy
+            fp.update(block.data)  # the block's bytes (C order), without a copy
             return finite
 
         at = 0
