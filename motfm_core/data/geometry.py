@@ -81,9 +81,10 @@ def canonical(pixels: np.ndarray, affine: np.ndarray, path: Path, modality: str 
 
     check_affine(affine, str(path))
     turned = nib.as_closest_canonical(nib.Nifti1Image(pixels, affine))
+    # C order once, here: a flipped volume is otherwise a view with negative strides, which numpy's results keep
+    # (ufuncs follow the input's layout), so every later pass over it (and each ravel) copied it again
     out = np.asarray(turned.dataobj, dtype=np.float32)
-    if out.ndim == 4:
-        out = np.ascontiguousarray(np.moveaxis(out, -1, 0))
+    out = np.ascontiguousarray(np.moveaxis(out, -1, 0) if out.ndim == 4 else out)
     return Image(out, spacing_of(turned.affine), np.asarray(turned.affine, float), axis_codes(affine), modality,
                  channel_first=out.ndim == 4)
 
