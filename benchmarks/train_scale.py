@@ -8,7 +8,8 @@ or speed) are written once, a block at a time. Each case trains a small network 
 60 steps; 3D 16/32/32, batch 2, 15 steps) in a fresh process; `stream` cases set train.memory_gb to the step's
 planned need plus 10 MB, so the set cannot be held and is read from the store. Peak memory is the largest sum of
 PSS over the process and its children (the DataLoader's workers, where there are any); speed is the steady seconds
-per step (the first step excluded).
+per step (the first step excluded). Identical 2D runs differ by several percent, as much as held and read differ, so
+the 2D 1x pair runs REPEATS times, held and read in turn (`<case>#<k>`), and the comparison takes their medians.
 Each case's figures are kept in `<work>/cases/<case>.json` (a re-run resumes). Writes
 benchmarks/results/<date>-<machine>-train-scale.json.
 """
@@ -34,6 +35,7 @@ from results_table import keep_case, save_results  # noqa: E402
 SETS = {"2d": ((1, 128, 128), 1000, {"channels": (16, 32, 64), "attention_levels": (False, False, False)}, 8),
         "3d": ((1, 64, 64, 64), 100, {"channels": (16, 32, 32), "attention_levels": (False, False, False)}, 2)}
 STEPS = {"2d": 60, "3d": 15}  # a 2D step is short: 15 of them varied +-20% between identical runs
+REPEATS = 3  # runs of the 2D 1x pair (held, then read from the store), in turn
 
 
 def store(work: Path, dims: str, scale: int) -> Path:
@@ -82,7 +84,7 @@ def case(work: Path, name: str) -> dict:
     kept = work / "cases" / f"{name}.json"
     if kept.exists():
         return json.loads(kept.read_text())
-    dims, scale, how = name.split("-")
+    dims, scale, how = name.split("#")[0].split("-")
     data = store(work, dims, int(scale[1:]))
     log = work / "logs" / f"{name}.log"
     log.parent.mkdir(parents=True, exist_ok=True)
@@ -101,9 +103,14 @@ def main() -> None:
     if args.child:
         return child(*args.child)
     names = [f"{d}-{s}-{h}" for d in SETS for s, h in (("x1", "held"), ("x1", "stream"), ("x16", "stream"))]
+    names += [f"2d-x1-{h}#{k}" for k in range(2, REPEATS + 1) for h in ("held", "stream")]
     results = [case(args.work, n) for n in names]
     out = save_results("train-scale", results)
     print(out)
+    held, read = ([r["s_per_step"] for r in results if r["case"].split("#")[0] == f"2d-x1-{h}"]
+                  for h in ("held", "stream"))
+    print(f"2D 1x, median of {len(held)}: held {np.median(held):.3f} s/step {held}, read from the store "
+          f"{np.median(read):.3f} {read}: {np.median(read) / np.median(held) - 1:+.1%}")
 
 
 if __name__ == "__main__":
