@@ -6,7 +6,8 @@
 Cases, each in a fresh process whose peak memory is the largest sum of PSS (proportional set size: a page shared
 by n processes counts 1/n in each) over it and its children, the Dask workers:
 - `ingest-<N>-w<W>`: `ingest` of the first N subjects (20, 80, 320) with data.workers=W (1: in the process itself);
-  `ingest-80-d1`: on a local cluster of one Dask worker (one thread), the comparison for two;
+  `ingest-80-d1`: on a local cluster of one Dask worker (one thread), the comparison for two; besides the wall
+  time, the steady seconds per row while rows are prepared (from the progress lines);
 - `nibabel-<N>`: nibabel alone reading and decompressing the same files (get_fdata, float32), one process: the
   rate a worker could at most reach;
 - `kill-<N>`: an ingest (2 workers) killed with SIGKILL once half its rows are prepared, then run again: the rows the
@@ -111,6 +112,17 @@ def run_nibabel(src: str) -> None:
         np.asarray(nib.load(str(f)).get_fdata(dtype=np.float32))
 
 
+def steady_seconds_per_row(log: Path) -> float | None:
+    """Seconds per row while rows are prepared, from an ingest's progress lines (`ingest: 8/80 rows prepared ...
+    (6.7s)`): from the first line to the last, so the start (a local cluster's, the first row's imports) and the
+    store's write after the last row are left out."""
+    seen = [(int(m.group(1)), float(m.group(2))) for m in
+            re.finditer(r"ingest: (\d+)/\d+ rows prepared .*\(([\d.]+)s\)", log.read_text())] if log.exists() else []
+    if len(seen) < 2 or seen[-1][0] == seen[0][0]:
+        return None
+    return (seen[-1][1] - seen[0][1]) / (seen[-1][0] - seen[0][0])
+
+
 def case(work: Path, name: str) -> dict:
     """Measure one case (or return its kept figures)."""
     kept = work / "cases" / f"{name}.json"
@@ -175,6 +187,9 @@ def main() -> None:
     names = ["nibabel-80", "ingest-20-w2", "ingest-80-w2", "ingest-80-w1", "ingest-80-d1", "ingest-320-w2", "kill-80",
              "before-20"]
     results = [case(args.work, name) for name in args.cases or names]
+    for got in results:
+        if got["case"].startswith("ingest-"):
+            got["steady_seconds_per_row"] = steady_seconds_per_row(args.work / "logs" / f"{got['case']}.log")
     if args.cases:
         return
     out = save_results("ingest-scale", results)
