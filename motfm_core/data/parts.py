@@ -3,10 +3,12 @@
 The split, the class map and the store's layout are decided from labels.csv before any pixel is read. Each row is
 then read, prepared (`prepare_sample`) and written whole as a part, `<store>.parts/row-<i>.npz` (a temporary name,
 then a rename: the part existing is the row's completion record), in this process or, for more than `FEW` rows, on
-the Dask cluster the sampler uses (a worker lost mid-row leaves no part; Dask runs the row again elsewhere). The
-store is then written from the parts, a few at a time (BLOCK_BYTES), and the parts removed. An interrupted ingest
-resumes at the rows without a part; a part whose files changed since is prepared again; a labels.csv that changed
-since is refused (`plan.json` keeps the one the parts were prepared for).
+the Dask cluster the sampler uses (a worker lost mid-row leaves no part; Dask runs the row again elsewhere). Before
+its part, the worker encodes the row's images as the store holds them (`row-<i>.zarr`), so encoding runs on every
+worker. The store is then written from the parts, a few at a time (BLOCK_BYTES): images checked and fingerprinted
+from the part, their encoded chunks linked in; masks mapped to classes and written. The parts are then removed.
+An interrupted ingest resumes at the rows without a part; a part whose files changed since is prepared again; a
+labels.csv that changed since is refused (`plan.json` keeps the one the parts were prepared for).
 """
 
 from __future__ import annotations
@@ -42,7 +44,7 @@ from motfm_core.data.readers import (
     list_folder,
     read_row,
 )
-from motfm_core.data.store import Blocks
+from motfm_core.data.store import Blocks, images_array
 from motfm_core.errors import BadInput
 from motfm_core.files import atomic_path, sweep_leftovers, write_json_atomic
 
@@ -70,6 +72,19 @@ def _part(parts: Path, row: Row) -> Path:
     return parts / f"row-{row.index:06d}.npz"
 
 
+def _encoded(part: Path) -> Path:
+    """Where a part's images are kept encoded as the store holds them (an `images_array`, a chunk per piece)."""
+    return part.with_suffix(".zarr")
+
+
+def _encode(images: np.ndarray, path: Path) -> None:
+    """A row's pieces encoded as the store's images are, on the worker that prepared them: the store's writer links
+    their chunk files instead of encoding every row in one process (`Blocks.encoded`)."""
+    shutil.rmtree(path, ignore_errors=True)  # a row prepared again (its files changed): replaced whole
+    with atomic_path(path) as tmp:
+        images_array(tmp, images.shape)[:] = images
+
+
 def _signature(folder: Path, row: Row) -> list[list[Any]]:
     """(path, size, mtime) of every file the row reads (a DICOM series: each file in its folder)."""
     out = []
@@ -95,7 +110,9 @@ def prepare_row(listing: Listing, row: Row, cfg: DataConfig, parts: str) -> dict
               "record": np.array(json.dumps(record))}
     if p.masks is not None:
         arrays["masks"] = p.masks
-    with atomic_path(_part(Path(parts), row)) as tmp, open(tmp, "wb") as f:
+    part = _part(Path(parts), row)
+    _encode(p.images, _encoded(part))
+    with atomic_path(part) as tmp, open(tmp, "wb") as f:  # the row's completion record: written last
         np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads the keywords as allow_pickle
     del raw, p, arrays
     trim_freed()  # the row's volumes, freed, go back to the system: a worker holds one row at a time
@@ -236,8 +253,14 @@ def _from_parts(listing: Listing, parts: Path, split: np.ndarray, cfg: DataConfi
                 yield np.concatenate(images), np.concatenate(masks) if classes else None
                 images, masks = [], []
 
+    starts = np.cumsum([0, *rep])
+
+    def encoded(i: int) -> tuple[Path, int]:  # store row i: piece i - starts[k] of part k
+        k = int(np.searchsorted(starts, i, side="right")) - 1
+        return _encoded(files[k]), i - int(starts[k])
+
     arrays: dict[str, Any] = {
-        "images": Blocks((n, *sample), (n, 1, *sample[1:]) if classes else None, read), "masks": None,
+        "images": Blocks((n, *sample), (n, 1, *sample[1:]) if classes else None, read, encoded), "masks": None,
         "labels": np.repeat([r.label for r in listing.rows], rep), "split": np.repeat(split, rep).astype(np.uint8),
         "group_names": [r.subject for r, k in zip(listing.rows, rep) for _ in range(k)],
         "intensity": np.concatenate(windows), "fits": [r["fit"] for r in records],

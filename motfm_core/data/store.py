@@ -38,8 +38,8 @@ from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, fsync_dir, sweep_leftovers, temporary_name
 
 __all__ = ["SCHEMA_VERSION", "SPLITS", "Blocks", "Splits", "builds", "channel_names", "fingerprint_arrays",
-           "load_split", "load_splits", "mask_classes", "open_split", "open_store", "read_rows", "split_rows",
-           "stratified_subset", "write_dataset"]
+           "images_array", "load_split", "load_splits", "mask_classes", "open_split", "open_store", "read_rows",
+           "split_rows", "stratified_subset", "write_dataset"]
 
 SCHEMA_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -71,6 +71,9 @@ class Blocks:
     shape: tuple[int, ...]  # images (N, C, H, W[, D])
     mask_shape: tuple[int, ...] | None  # masks (N, 1, H, W[, D]), or None
     read: Callable[[], Iterator[tuple[np.ndarray, np.ndarray | None]]]  # (images, masks) blocks, N rows in all
+    # where image row i is already encoded, (an `images_array` folder, its row), or None: its chunk file is linked
+    # into the store, not encoded again (an ingest's Dask workers encode the rows they prepare); None: encode all
+    encoded: Callable[[int], tuple[Path, int] | None] | None = None
 
     @classmethod
     def of(cls, images: np.ndarray, masks: np.ndarray | None) -> Blocks:
@@ -79,6 +82,42 @@ class Blocks:
         return cls(images.shape, None if masks is None else masks.shape,
                    lambda: ((images[i:i + step], None if masks is None else masks[i:i + step])
                             for i in range(0, len(images), step)))
+
+
+def images_array(path: str | Path, shape: tuple[int, ...]) -> Any:
+    """A new Zarr v3 float32 array of images at `path`, one chunk per sample: the store's `images`, and what an
+    ingest's worker encodes its rows into (`Blocks.encoded`), so the two agree byte for byte."""
+    return zarr.create_array(str(path), shape=shape, dtype=np.float32, chunks=(1, *shape[1:]), zarr_format=3)
+
+
+_ENCODING = ("data_type", "chunk_grid", "chunk_key_encoding", "codecs", "fill_value")  # what a chunk's bytes depend on
+
+
+def _link_encoded(blocks: Blocks, images: Path, at: int, count: int) -> bool:
+    """Rows at..at+count-1 linked into the array `images` from where `blocks.encoded` says they are encoded (a hard
+    link, else a copy: the source stays whole for a resumed ingest); False, linking none, unless every row is there
+    with the same encoding (a chunk missing at the source, all fill value or lost, is encoded again, never assumed)."""
+    if blocks.encoded is None:
+        return False
+    meta = json.loads((images / "zarr.json").read_text())
+    zeros = (0,) * (len(meta["shape"]) - 1)
+    pairs = []
+    for row in range(at, at + count):
+        where = blocks.encoded(row)
+        if where is None or not (where[0] / "zarr.json").exists():
+            return False
+        source = json.loads((where[0] / "zarr.json").read_text())
+        chunk = where[0] / chunk_key(source, (where[1], *zeros))
+        if any(source.get(k) != meta.get(k) for k in _ENCODING) or not chunk.exists():
+            return False
+        pairs.append((chunk, images / chunk_key(meta, (row, *zeros))))
+    for chunk, to in pairs:
+        to.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(chunk, to)
+        except OSError:  # a file system without hard links
+            shutil.copyfile(chunk, to)
+    return True
 
 
 def write_dataset(
@@ -125,7 +164,7 @@ def _write_build(build: Path, blocks: Blocks, labels: np.ndarray, split: np.ndar
     n = blocks.shape[0]
     with atomic_path(build) as tmp:
         root = zarr.open_group(str(tmp), mode="w", zarr_format=3)
-        images = root.create_array("images", shape=blocks.shape, dtype=np.float32, chunks=(1, *blocks.shape[1:]))
+        images = images_array(tmp / "images", blocks.shape)
         masks = None if blocks.mask_shape is None else root.create_array(
             "masks", shape=blocks.mask_shape, dtype=np.uint8, chunks=(1, *blocks.mask_shape[1:]))
         fp = hashlib.sha256(str((tuple(int(s) for s in blocks.shape), np.dtype(np.float32).str)).encode())
@@ -140,7 +179,8 @@ def _write_build(build: Path, blocks: Blocks, labels: np.ndarray, split: np.ndar
             for block, mask in blocks.read():
                 block = np.ascontiguousarray(block, dtype=np.float32)
                 checked = beside.submit(check_and_hash, block)
-                images[at:at + len(block)] = block  # a block with NaN is written, then refused: the build is discarded
+                if not _link_encoded(blocks, tmp / "images", at, len(block)):
+                    images[at:at + len(block)] = block  # with NaN: written, then refused, and the build discarded
                 if masks is not None:
                     masks[at:at + len(block)] = np.asarray(mask, dtype=np.uint8)
                 if not checked.result():

@@ -66,13 +66,20 @@ def _no_leftovers(root: Path) -> None:
 
 
 @pytest.mark.parametrize("dims", [3, 2])
-def test_a_folder_streams_into_the_store_the_in_memory_path_builds(tmp_path, dims):
-    """The parts path and the whole-set path (`load_source`) give the same arrays and notes, 3D and sliced 2D."""
+def test_a_folder_streams_into_the_store_the_in_memory_path_builds(tmp_path, dims, monkeypatch):
+    """The parts path and the whole-set path (`load_source`) give the same arrays and notes, 3D and sliced 2D; every
+    image chunk is the one the row's worker encoded, linked in (a volume in 2D: one per slice kept)."""
+    from motfm_core.data import store as store_module
+
     src = _folder(tmp_path / "src", 12)
     cfg = _cfg(src, spatial_dims=dims, image_size=16 if dims == 3 else 24)
+    linked, link = [], os.link
+    monkeypatch.setattr(store_module.os, "link", lambda a, b: (linked.append(b), link(a, b)))
     store = ingest(cfg, tmp_path / "out" / "dataset.zarr")
     arrays, attrs = load_source(cfg)
     root = open_store(store)
+    chunks = [b for b in linked if "/images/c/" in str(b)]  # (zarr links its own metadata files in place)
+    assert len(chunks) == len(arrays["images"]) == root["images"].shape[0]
     np.testing.assert_array_equal(root["images"][:], arrays["images"])
     np.testing.assert_array_equal(root["masks"][:], arrays["masks"])
     np.testing.assert_array_equal(root["split"][:], arrays["split"])

@@ -13,7 +13,7 @@ from motfm_core.data import (
     write_dataset,
     write_shard,
 )
-from motfm_core.data.store import builds, fingerprint_arrays
+from motfm_core.data.store import Blocks, builds, fingerprint_arrays, images_array
 
 
 def _arrays(n=10, dims=2):
@@ -327,3 +327,34 @@ def test_a_store_of_the_layout_before_links_is_moved_aside_and_kept(tmp_path):
     assert path.is_symlink() and np.allclose(open_store(path)["images"][:], images * 0.5)
     kept = [b for b in builds(path) if b.name.startswith("d.zarr.old-")]
     assert len(kept) == 1 and np.allclose(open_store(kept[0])["images"][:], images)
+
+
+def test_rows_encoded_by_an_ingest_worker_are_linked_into_the_store_not_encoded_again(tmp_path):
+    """`Blocks.encoded`: a row's chunk already encoded as the store encodes it is linked in (the source stays whole
+    for a resumed ingest); a block with any row not so encoded (its chunk lost, or another encoding) is encoded
+    again, whole. Either way the store is the one a plain write gives."""
+    images, labels, split, group = _arrays(dims=3)
+    plain = write_dataset(tmp_path / "plain.zarr", images, labels, split, group, {"class_names": ["a"]})
+    for i in range(len(images)):
+        images_array(tmp_path / f"row{i}.zarr", images[i:i + 1].shape)[:] = images[i:i + 1]
+    (tmp_path / "row7.zarr" / "c" / "0" / "0" / "0" / "0" / "0").unlink()  # lost: rows 5..9 are encoded again
+    blocks = Blocks(images.shape, None, lambda: ((images[i:i + 5], None) for i in (0, 5)),
+                    lambda i: (tmp_path / f"row{i}.zarr", 0))
+    linked = write_dataset(tmp_path / "linked.zarr", blocks, labels, split, group, {"class_names": ["a"]})
+    assert open_store(linked).attrs["fingerprint"] == open_store(plain).attrs["fingerprint"]
+    np.testing.assert_array_equal(open_store(linked)["images"][:], images)
+
+    def chunk(store, i):
+        return store.resolve() / "images" / "c" / str(i) / "0" / "0" / "0" / "0"
+
+    source = [tmp_path / f"row{i}.zarr" / "c" / "0" / "0" / "0" / "0" / "0" for i in range(len(images))]
+    assert all(chunk(linked, i).samefile(source[i]) for i in range(5))  # linked, and the sources kept
+    assert not any(chunk(linked, i).samefile(source[i]) for i in (5, 6, 8, 9))
+    other = zarr.create_array(str(tmp_path / "other.zarr"), shape=images[:1].shape, dtype=np.float32,
+                              chunks=images[:1].shape, compressors=None)  # another encoding: never linked
+    other[:] = images[:1]
+    blocks = Blocks(images.shape, None, lambda: ((images[i:i + 5], None) for i in (0, 5)),
+                    lambda i: (tmp_path / "other.zarr", 0) if i == 0 else (tmp_path / f"row{i}.zarr", 0))
+    again = write_dataset(tmp_path / "again.zarr", blocks, labels, split, group, {"class_names": ["a"]})
+    assert open_store(again).attrs["fingerprint"] == open_store(plain).attrs["fingerprint"]
+    assert not chunk(again, 1).samefile(source[1])  # its block was encoded, whole
