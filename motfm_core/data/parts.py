@@ -4,9 +4,10 @@ The split, the class map and the store's layout are decided from labels.csv befo
 then read, prepared (`prepare_sample`) and written whole as a part, `<store>.parts/row-<i>.npz` (a temporary name,
 then a rename: the part existing is the row's completion record), in this process or, for more than `FEW` rows, on
 the Dask cluster the sampler uses (a worker lost mid-row leaves no part; Dask runs the row again elsewhere). Before
-its part, the worker encodes the row's images as the store holds them (`row-<i>.zarr`), so encoding runs on every
-worker. The store is then written from the parts, a few at a time (BLOCK_BYTES): images checked and fingerprinted
-from the part, their encoded chunks linked in; masks mapped to classes and written. The parts are then removed.
+its part, the worker encodes the row's images as the store holds them (`row-<i>-<id>.zarr`, named by the part), so
+compression runs on every worker and the parts hold no raw copy. The store is then written from the parts, a few
+at a time (BLOCK_BYTES): images decoded, checked and fingerprinted, their chunk files linked in; masks mapped to
+classes and written. The parts are then removed.
 An interrupted ingest resumes at the rows without a part; a part whose files changed since is prepared again; a
 labels.csv that changed since is refused (`plan.json` keeps the one the parts were prepared for).
 """
@@ -19,12 +20,14 @@ import logging
 import os
 import shutil
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import zarr
 
 from motfm_core.allocator import trim_freed
 from motfm_core.cluster import dask_client
@@ -44,7 +47,7 @@ from motfm_core.data.readers import (
     list_folder,
     read_row,
 )
-from motfm_core.data.store import Blocks, images_array
+from motfm_core.data.store import Blocks, chunk_sizes, images_array
 from motfm_core.errors import BadInput
 from motfm_core.files import atomic_path, sweep_leftovers, write_json_atomic
 
@@ -72,17 +75,21 @@ def _part(parts: Path, row: Row) -> Path:
     return parts / f"row-{row.index:06d}.npz"
 
 
-def _encoded(part: Path) -> Path:
-    """Where a part's images are kept encoded as the store holds them (an `images_array`, a chunk per piece)."""
-    return part.with_suffix(".zarr")
-
-
-def _encode(images: np.ndarray, path: Path) -> None:
-    """A row's pieces encoded as the store's images are, on the worker that prepared them: the store's writer links
-    their chunk files instead of encoding every row in one process (`Blocks.encoded`)."""
-    shutil.rmtree(path, ignore_errors=True)  # a row prepared again (its files changed): replaced whole
-    with atomic_path(path) as tmp:
+def _encode(images: np.ndarray, parts: Path, row: Row) -> tuple[str, list[int]]:
+    """A row's pieces encoded as the store's images are (an `images_array`, a chunk per piece), on the worker that
+    prepared them, so the store's writer links their chunk files instead of encoding every row in one process
+    (`Blocks.encoded`). Each run of a row writes its own folder (a lost worker's task may run twice, at once): the
+    part written after it names the one to use, with its chunk sizes. Returns (folder name, chunk sizes)."""
+    name = f"row-{row.index:06d}-{uuid.uuid4().hex[:8]}.zarr"
+    with atomic_path(parts / name) as tmp:
         images_array(tmp, images.shape)[:] = images
+    return name, chunk_sizes(parts / name)
+
+
+def _intact(parts: Path, record: dict[str, Any]) -> bool:
+    """Whether the images a part's record names are there whole (every chunk file of the size written)."""
+    encoded = parts / record.get("encoded", "")
+    return "encoded" in record and (encoded / "zarr.json").exists() and chunk_sizes(encoded) == record["chunk_bytes"]
 
 
 def _signature(folder: Path, row: Row) -> list[list[Any]]:
@@ -105,14 +112,12 @@ def prepare_row(listing: Listing, row: Row, cfg: DataConfig, parts: str) -> dict
               "fit": p.fit, "mode": p.mode, "mask_values": p.mask_values,
               "spacing": None if raw.spacings[0] is None else [float(s) for s in raw.spacings[0]],
               "orientation": raw.orientations[0]}
+    record["encoded"], record["chunk_bytes"] = _encode(p.images, Path(parts), row)
     grids = np.stack([np.full((4, 4), np.nan) if g is None else g for g in p.grids])
-    arrays = {"images": p.images, "grids": grids, "windows": np.array(p.windows, dtype=np.float64),
-              "record": np.array(json.dumps(record))}
+    arrays = {"grids": grids, "windows": np.array(p.windows, dtype=np.float64), "record": np.array(json.dumps(record))}
     if p.masks is not None:
         arrays["masks"] = p.masks
-    part = _part(Path(parts), row)
-    _encode(p.images, _encoded(part))
-    with atomic_path(part) as tmp, open(tmp, "wb") as f:  # the row's completion record: written last
+    with atomic_path(_part(Path(parts), row)) as tmp, open(tmp, "wb") as f:  # the row's completion record: last
         np.savez(f, **arrays)  # type: ignore[arg-type]  # numpy's stub reads the keywords as allow_pickle
     del raw, p, arrays
     trim_freed()  # the row's volumes, freed, go back to the system: a worker holds one row at a time
@@ -156,11 +161,13 @@ def _open_parts(parts: Path, key: str, listing: Listing, say: Callable[[str], No
 
 
 def _pending(listing: Listing, parts: Path) -> list[Row]:
-    """The rows without a part, or whose part was prepared from files that changed since."""
+    """The rows without a part, whose part was prepared from files that changed since, or whose encoded images are
+    not there whole (a file lost, or a part of the layout before images were encoded on the workers)."""
     todo = []
     for row in listing.rows:
         part = _part(parts, row)
-        if not part.exists() or _record(part)["signature"] != _signature(listing.folder, row):
+        record = _record(part) if part.exists() else None
+        if record is None or record["signature"] != _signature(listing.folder, row) or not _intact(parts, record):
             todo.append(row)
     return todo
 
@@ -244,10 +251,13 @@ def _from_parts(listing: Listing, parts: Path, split: np.ndarray, cfg: DataConfi
     def read() -> Any:  # several parts per write: zarr encodes a write's chunks concurrently (a small gain: RESULTS.md)
         images: list[np.ndarray] = []
         masks: list[np.ndarray] = []
-        for i, f in enumerate(files):
-            with np.load(f) as z:
-                images.append(z["images"])
-                if classes:
+        for i, (f, r) in enumerate(zip(files, records)):
+            if not _intact(parts, r):
+                raise BadInput(f"{parts / r['encoded']}: the encoded images of {r['file']} changed or went missing "
+                               f"while the store was written; run the ingest again (it prepares that row again)")
+            images.append(np.asarray(zarr.open_array(str(parts / r["encoded"]), mode="r")[:]))
+            if classes:
+                with np.load(f) as z:
                     masks.append(to_classes(z["masks"], classes))
             if sum(a.nbytes for a in images) >= BLOCK_BYTES or i == len(files) - 1:
                 yield np.concatenate(images), np.concatenate(masks) if classes else None
@@ -257,7 +267,7 @@ def _from_parts(listing: Listing, parts: Path, split: np.ndarray, cfg: DataConfi
 
     def encoded(i: int) -> tuple[Path, int]:  # store row i: piece i - starts[k] of part k
         k = int(np.searchsorted(starts, i, side="right")) - 1
-        return _encoded(files[k]), i - int(starts[k])
+        return parts / records[k]["encoded"], i - int(starts[k])
 
     arrays: dict[str, Any] = {
         "images": Blocks((n, *sample), (n, 1, *sample[1:]) if classes else None, read, encoded), "masks": None,

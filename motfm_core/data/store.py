@@ -37,9 +37,9 @@ from motfm_core.data.shards import chunk_key
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, fsync_dir, sweep_leftovers, temporary_name
 
-__all__ = ["SCHEMA_VERSION", "SPLITS", "Blocks", "Splits", "builds", "channel_names", "fingerprint_arrays",
-           "images_array", "load_split", "load_splits", "mask_classes", "open_split", "open_store", "read_rows",
-           "split_rows", "stratified_subset", "write_dataset"]
+__all__ = ["SCHEMA_VERSION", "SPLITS", "Blocks", "Splits", "builds", "channel_names", "chunk_sizes",
+           "fingerprint_arrays", "images_array", "load_split", "load_splits", "mask_classes", "open_split",
+           "open_store", "read_rows", "split_rows", "stratified_subset", "write_dataset"]
 
 SCHEMA_VERSION = 1
 SPLITS = {"train": 0, "val": 1, "test": 2}
@@ -230,6 +230,12 @@ def _chunk_files(array_dir: Path) -> list[Path]:
     n = -(-meta["shape"][0] // meta["chunk_grid"]["configuration"]["chunk_shape"][0])
     rest = [0] * (len(meta["shape"]) - 1)
     return [array_dir / chunk_key(meta, (i, *rest)) for i in range(n)]
+
+
+def chunk_sizes(array_dir: str | Path) -> list[int]:
+    """The size of each chunk file along the first axis of a Zarr v3 array written a row per chunk (`write_dataset`,
+    `images_array`); 0 where there is none (all fill value, or lost)."""
+    return _chunk_bytes(Path(array_dir))
 
 
 def _chunk_bytes(array_dir: Path) -> list[int]:

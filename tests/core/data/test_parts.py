@@ -133,6 +133,34 @@ def test_an_interrupted_ingest_resumes_at_the_rows_left_and_a_changed_labels_csv
     assert not parts_dir(store).exists()
 
 
+def test_a_part_whose_encoded_images_were_lost_is_prepared_again_on_resume(tmp_path, monkeypatch):
+    """A row's images live in the chunk files its worker encoded, which the part names with their sizes: a chunk
+    lost after the part was written is not trusted, and the resume prepares that row again; the store is the one
+    an uninterrupted ingest writes."""
+    src = _folder(tmp_path / "src", 10)
+    whole = ingest(_cfg(src), tmp_path / "whole" / "dataset.zarr")
+    store = tmp_path / "run" / "dataset.zarr"
+
+    def stops(*args, **kwargs):
+        raise Injected  # every row prepared, the store not yet written
+
+    monkeypatch.setattr(parts, "_from_parts", stops)
+    with pytest.raises(Injected):
+        ingest(_cfg(src), store)
+    monkeypatch.undo()
+    [encoded] = parts_dir(store).glob("row-000003-*.zarr")
+    [chunk] = [f for f in (encoded / "c").rglob("*") if f.is_file()]
+    chunk.unlink()
+    calls, real = [], parts.prepare_row
+    monkeypatch.setattr(parts, "prepare_row",
+                        lambda listing, row, *a: (calls.append(row.index), real(listing, row, *a))[1])
+    said: list[str] = []
+    ingest(_cfg(src), store, progress=said.append)
+    assert calls == [3] and any("resuming: 9 of 10 rows already prepared" in s for s in said)
+    _same_store(store, whole)
+    _no_leftovers(tmp_path)
+
+
 def test_a_changed_file_is_prepared_again_on_resume(tmp_path, monkeypatch):
     """A part whose file was replaced after it was prepared is not trusted: the resume prepares that row again."""
     src = _folder(tmp_path / "src", 10)
