@@ -21,7 +21,9 @@ import os
 import shutil
 import time
 import uuid
+from collections import deque
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +59,7 @@ log = logging.getLogger(__name__)
 FEW = 8  # rows prepared in this process; more fan out over Dask workers (a local cluster takes seconds to start)
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES  # a 2D run may slice these (and DICOM series) into many samples
 BLOCK_BYTES = 2**27  # parts written to the store at once (128 MiB): several chunks, which zarr encodes concurrently
+DECODE_AHEAD = 2  # parts decoded ahead of the store's write, in threads: the workers are done, their cores free
 MOST_WORKERS = 8  # a local cluster's workers by default: each holds a volume or two and its own torch
 
 
@@ -248,20 +251,33 @@ def _from_parts(listing: Listing, parts: Path, split: np.ndarray, cfg: DataConfi
     rep = [r["pieces"] for r in records]
     n, sample = sum(rep), (records[0]["channels"], *cfg.spatial_shape)
 
+    def load(k: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Part k's images, decoded (zstd lets go of the GIL: a few parts decode at once), and its masks as classes."""
+        f, r = files[k], records[k]
+        if not _intact(parts, r):
+            raise BadInput(f"{parts / r['encoded']}: the encoded images of {r['file']} changed or went missing "
+                           f"while the store was written; run the ingest again (it prepares that row again)")
+        images = np.asarray(zarr.open_array(str(parts / r["encoded"]), mode="r")[:])
+        if not classes:
+            return images, None
+        with np.load(f) as z:
+            return images, to_classes(z["masks"], classes)
+
     def read() -> Any:  # several parts per write: zarr encodes a write's chunks concurrently (a small gain: RESULTS.md)
         images: list[np.ndarray] = []
         masks: list[np.ndarray] = []
-        for i, (f, r) in enumerate(zip(files, records)):
-            if not _intact(parts, r):
-                raise BadInput(f"{parts / r['encoded']}: the encoded images of {r['file']} changed or went missing "
-                               f"while the store was written; run the ingest again (it prepares that row again)")
-            images.append(np.asarray(zarr.open_array(str(parts / r["encoded"]), mode="r")[:]))
-            if classes:
-                with np.load(f) as z:
-                    masks.append(to_classes(z["masks"], classes))
-            if sum(a.nbytes for a in images) >= BLOCK_BYTES or i == len(files) - 1:
-                yield np.concatenate(images), np.concatenate(masks) if classes else None
-                images, masks = [], []
+        with ThreadPoolExecutor(DECODE_AHEAD) as pool:
+            coming = deque(pool.submit(load, k) for k in range(min(DECODE_AHEAD, len(files))))
+            for i in range(len(files)):
+                part_images, part_masks = coming.popleft().result()
+                if i + DECODE_AHEAD < len(files):
+                    coming.append(pool.submit(load, i + DECODE_AHEAD))
+                images.append(part_images)
+                if part_masks is not None:
+                    masks.append(part_masks)
+                if sum(a.nbytes for a in images) >= BLOCK_BYTES or i == len(files) - 1:
+                    yield np.concatenate(images), np.concatenate(masks) if classes else None
+                    images, masks = [], []
 
     starts = np.cumsum([0, *rep])
 
