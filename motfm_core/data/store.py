@@ -31,13 +31,14 @@ from typing import Any
 
 import numpy as np
 import zarr
+from zarr.codecs import ZstdCodec
 
 from motfm_core.data.rows import Rows, largest, rows_per_batch
 from motfm_core.data.shards import chunk_key
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, fsync_dir, sweep_leftovers, temporary_name
 
-__all__ = ["SCHEMA_VERSION", "SPLITS", "Blocks", "Splits", "builds", "channel_names", "chunk_sizes",
+__all__ = ["IMAGE_ZSTD_LEVEL", "SCHEMA_VERSION", "SPLITS", "Blocks", "Splits", "builds", "channel_names", "chunk_sizes",
            "fingerprint_arrays", "images_array", "load_split", "load_splits", "mask_classes", "open_split",
            "open_store", "read_rows", "split_rows", "stratified_subset", "write_dataset"]
 
@@ -84,10 +85,16 @@ class Blocks:
                             for i in range(0, len(images), step)))
 
 
+# zstd level 1 for images, real and synthetic: faster than zarr's default (level 0, i.e. zstd's 3) at about the same
+# size, so writers keep up (benchmarks/RESULTS.md, "Writer options" and "Ingest at scale")
+IMAGE_ZSTD_LEVEL = 1
+
+
 def images_array(path: str | Path, shape: tuple[int, ...]) -> Any:
     """A new Zarr v3 float32 array of images at `path`, one chunk per sample: the store's `images`, and what an
     ingest's worker encodes its rows into (`Blocks.encoded`), so the two agree byte for byte."""
-    return zarr.create_array(str(path), shape=shape, dtype=np.float32, chunks=(1, *shape[1:]), zarr_format=3)
+    return zarr.create_array(str(path), shape=shape, dtype=np.float32, chunks=(1, *shape[1:]), zarr_format=3,
+                             compressors=ZstdCodec(level=IMAGE_ZSTD_LEVEL))
 
 
 _ENCODING = ("data_type", "chunk_grid", "chunk_key_encoding", "codecs", "fill_value")  # what a chunk's bytes depend on

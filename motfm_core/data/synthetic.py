@@ -27,7 +27,7 @@ import zarr
 from zarr.codecs import ZstdCodec
 
 from motfm_core.data.shards import shard_file, sweep_locks, write_rows
-from motfm_core.data.store import SCHEMA_VERSION
+from motfm_core.data.store import IMAGE_ZSTD_LEVEL, SCHEMA_VERSION
 from motfm_core.errors import BadInput, InputMissing
 from motfm_core.files import atomic_path, fsync_dir, fsync_tree, sweep_leftovers, temporary_name
 
@@ -37,9 +37,6 @@ __all__ = ["CHUNK_BYTES", "StoreDamaged", "completed_shards", "create_synthetic_
            "sweep_store", "write_shard"]
 
 CHUNK_BYTES = 128 * 1024  # per-chunk overhead dominates below this (one-sample chunks capped the writer)
-# zstd level 1 for the images: faster than zarr's default (level 0, i.e. zstd's 3) at the same size on real samples,
-# so the writer keeps up with a fast sampler (benchmarks/RESULTS.md, writer options)
-IMAGE_ZSTD_LEVEL = 1
 # a store sized by bytes still has at least this many shards when it has the samples: one per GPU of an 8-GPU
 # node, and a progress bar that moves
 MIN_SHARDS = 8
