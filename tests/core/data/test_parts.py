@@ -267,31 +267,45 @@ def test_a_bad_file_in_a_parallel_ingest_stops_it_in_one_line_and_keeps_the_rows
     _no_leftovers(tmp_path)
 
 
-def test_a_full_disk_mid_ingest_leaves_whole_parts_and_no_store(tmp_path, monkeypatch):
-    """ENOSPC while the third row's part is written: the error is a full disk (never retried, one line in the CLI),
-    the two parts before it are whole, nothing half-written is left, no store claims a row; the resume finishes."""
+@pytest.mark.parametrize("where", ["part", "images"])
+def test_a_full_disk_mid_ingest_leaves_whole_parts_and_no_store(tmp_path, monkeypatch, where):
+    """ENOSPC while the third row's part, or its encoded images, are written: the error is a full disk (never
+    retried, one line in the CLI), the two parts before it are whole, nothing half-written is left, no store claims
+    a row; the resume finishes."""
     import errno
 
     from motfm_core.files import is_out_of_disk
 
     src = _folder(tmp_path / "src", 10)
     store = tmp_path / "run" / "dataset.zarr"
-    real, count = np.savez, []
+    real_savez, real_images, count = np.savez, parts.images_array, []
+    full = OSError(errno.ENOSPC, "No space left on device")
 
-    def fills(f, **arrays):
+    def fills_part(f, **arrays):
         count.append(1)
         if len(count) == 3:
             f.write(b"\0" * 100)  # part of the bytes reached the disk before it filled
-            raise OSError(errno.ENOSPC, "No space left on device")
-        return real(f, **arrays)
+            raise full
+        return real_savez(f, **arrays)
 
-    monkeypatch.setattr(parts.np, "savez", fills)
+    def fills_images(path, shape):
+        count.append(1)
+        if len(count) == 3:
+            Path(path).mkdir()
+            (Path(path) / "zarr.json").write_bytes(b"\0" * 100)
+            raise full
+        return real_images(path, shape)
+
+    if where == "part":
+        monkeypatch.setattr(parts.np, "savez", fills_part)
+    else:
+        monkeypatch.setattr(parts, "images_array", fills_images)
     with pytest.raises(OSError) as e:
         ingest(_cfg(src), store)
     assert is_out_of_disk(e.value) and not store.exists()
     assert len(list(parts_dir(store).glob("row-*.npz"))) == 2
     _no_leftovers(tmp_path)
-    monkeypatch.setattr(parts.np, "savez", real)
+    monkeypatch.undo()
     said: list[str] = []
     ingest(_cfg(src), store, progress=said.append)
     assert any("resuming: 2 of 10 rows already prepared" in s for s in said)
