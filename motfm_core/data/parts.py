@@ -5,9 +5,9 @@ then read, prepared (`prepare_sample`) and written whole as a part, `<store>.par
 then a rename: the part existing is the row's completion record), in this process or, for more than `FEW` rows, on
 the Dask cluster the sampler uses (a worker lost mid-row leaves no part; Dask runs the row again elsewhere). Before
 its part, the worker encodes the row's images as the store holds them (`row-<i>-<id>.zarr`, named by the part), so
-compression runs on every worker and the parts hold no raw copy. The store is then written from the parts, a few
-at a time (BLOCK_BYTES): images decoded, checked and fingerprinted, their chunk files linked in; masks mapped to
-classes and written. The parts are then removed.
+compression runs on every worker and the parts hold no raw copy of the images. The store is then written from
+the parts, a part at a time: images decoded (a few ahead), checked and fingerprinted, their chunk files linked in;
+masks mapped to classes and written. The parts are then removed.
 An interrupted ingest resumes at the rows without a part; a part whose files changed since is prepared again; a
 labels.csv that changed since is refused (`plan.json` keeps the one the parts were prepared for).
 """
@@ -58,7 +58,6 @@ __all__ = ["FEW", "default_workers", "parts_dir", "prepare_folder", "prepare_row
 log = logging.getLogger(__name__)
 FEW = 8  # rows prepared in this process; more fan out over Dask workers (a local cluster takes seconds to start)
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + DICOM_SUFFIXES  # a 2D run may slice these (and DICOM series) into many samples
-BLOCK_BYTES = 2**27  # parts written to the store at once (128 MiB): several chunks, which zarr encodes concurrently
 DECODE_AHEAD = 2  # parts decoded ahead of the store's write, in threads: the workers are done, their cores free
 MOST_WORKERS = 8  # a local cluster's workers by default: each holds a volume or two and its own torch
 
@@ -263,21 +262,13 @@ def _from_parts(listing: Listing, parts: Path, split: np.ndarray, cfg: DataConfi
         with np.load(f) as z:
             return images, to_classes(z["masks"], classes)
 
-    def read() -> Any:  # several parts per write: zarr encodes a write's chunks concurrently (a small gain: RESULTS.md)
-        images: list[np.ndarray] = []
-        masks: list[np.ndarray] = []
+    def read() -> Any:  # a part a block: its chunks are linked, not encoded, so no block gathers several (a copy)
         with ThreadPoolExecutor(DECODE_AHEAD) as pool:
             coming = deque(pool.submit(load, k) for k in range(min(DECODE_AHEAD, len(files))))
             for i in range(len(files)):
-                part_images, part_masks = coming.popleft().result()
+                yield coming.popleft().result()
                 if i + DECODE_AHEAD < len(files):
                     coming.append(pool.submit(load, i + DECODE_AHEAD))
-                images.append(part_images)
-                if part_masks is not None:
-                    masks.append(part_masks)
-                if sum(a.nbytes for a in images) >= BLOCK_BYTES or i == len(files) - 1:
-                    yield np.concatenate(images), np.concatenate(masks) if classes else None
-                    images, masks = [], []
 
     starts = np.cumsum([0, *rep])
 
